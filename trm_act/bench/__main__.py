@@ -1,0 +1,25 @@
+"""Dispatch ``python -m trm_act.bench <name> [options]`` to one benchmark module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "env": ("trm_act.bench.env", "TradeReplayEnv / TradeReplayVectorEnv throughput vs gym-anytrading"),
+    "act": ("trm_act.bench.act", "adaptive vs fixed-step ACT inference time"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in BENCHMARKS:
+        choices = "\n".join(f"  {name:5s} {doc}" for name, (_, doc) in BENCHMARKS.items())
+        print(f"usage: python -m trm_act.bench <name> [options]\n\nbenchmarks:\n{choices}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
