@@ -1,0 +1,374 @@
+"""TRMLoss: deep supervision for every reasoning step of a Tiny Recursive Model.
+
+Three terms, each a function of one reasoning step's outputs:
+
+- task loss: cross-entropy over the 8 strategies against the hindsight label (reported, not added);
+- halt loss: BCE-with-logits teaching the halt head to fire when the answer is
+  "confident and correct" (max softmax probability > threshold AND argmax == label);
+- profit-weighted task loss: per-sample cross-entropy x ``1 - tanh(pnl / pnl_scale)``,
+  so samples whose chosen strategy lost money are pushed harder toward the label.
+
+``total = lambda_halt * halt_loss + lambda_profit * profit_weighted_task_loss``
+(``+ lambda_reward * reward_loss`` with the optional expected-PnL term).
+
+Targets and weights are computed without gradient and in float32, so the loss is the same
+under bf16 autocast and on any device. This module imports only torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}. Wrap it with torch.as_tensor().")
+    return value
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}.")
+
+
+def _check_logits(task_logits: Tensor, num_classes: int | None = None) -> tuple[int, int]:
+    _check_tensor("task_logits", task_logits)
+    if task_logits.ndim != 2:
+        raise ValueError(
+            f"task_logits must have shape (B, num_classes); got shape {tuple(task_logits.shape)}. "
+            "Pass one row of strategy logits per sample."
+        )
+    batch, width = task_logits.shape
+    if batch == 0:
+        raise ValueError("task_logits has an empty batch (B=0); pass at least one sample.")
+    if num_classes is not None and width != num_classes:
+        raise ValueError(
+            f"task_logits width must equal num_classes={num_classes}; got shape {tuple(task_logits.shape)}. "
+            "Set num_classes to the number of strategies the model scores."
+        )
+    if not task_logits.is_floating_point():
+        raise ValueError(f"task_logits must be a floating-point tensor; got dtype {task_logits.dtype}.")
+    if not torch.isfinite(task_logits).all():
+        raise ValueError("task_logits contains NaN or inf; check the model for divergence (lower the learning rate).")
+    return batch, width
+
+
+def _check_labels(labels: Tensor, batch: int, num_classes: int) -> Tensor:
+    _check_tensor("labels", labels)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be an integer tensor of class indices; got dtype {labels.dtype}. Use labels.long()."
+        )
+    if labels.shape != (batch,):
+        raise ValueError(
+            f"labels must have shape (B,) = ({batch},) to match task_logits; got shape {tuple(labels.shape)}."
+        )
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] (one per strategy); got a label {bad}.")
+    return labels.long()
+
+
+def _check_pnl(pnl: Tensor, batch: int, name: str = "pnl") -> None:
+    _check_tensor(name, pnl)
+    if pnl.shape != (batch,):
+        raise ValueError(
+            f"{name} must have shape (B,) = ({batch},), the realized PnL of each sample; got shape {tuple(pnl.shape)}."
+        )
+    if not pnl.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (fraction of capital); got dtype {pnl.dtype}.")
+    if not torch.isfinite(pnl).all():
+        raise ValueError(f"{name} contains NaN or inf; realized PnL must be finite (check the data for bad prices).")
+
+
+def _check_class_weights(class_weights: Tensor | None, num_classes: int) -> Tensor | None:
+    if class_weights is None:
+        return None
+    _check_tensor("class_weights", class_weights)
+    if class_weights.shape != (num_classes,):
+        raise ValueError(
+            f"class_weights must have shape ({num_classes},), one weight per class; "
+            f"got shape {tuple(class_weights.shape)}."
+        )
+    if not torch.isfinite(class_weights).all() or (class_weights < 0).any():
+        raise ValueError(f"class_weights must be finite and non-negative; got {class_weights.tolist()}.")
+    return class_weights
+
+
+def _check_pnl_scale(pnl_scale: float) -> None:
+    if not (isinstance(pnl_scale, (int, float)) and pnl_scale > 0 and pnl_scale != float("inf")):
+        raise ValueError(
+            f"pnl_scale must be a positive finite float (PnL at which the weight is 1 - tanh(1) ~ 0.24); "
+            f"got {pnl_scale!r}. The default is 0.05 (5% of capital)."
+        )
+
+
+def _check_threshold(confidence_threshold: float) -> None:
+    if not (isinstance(confidence_threshold, (int, float)) and 0.0 <= confidence_threshold <= 1.0):
+        raise ValueError(
+            f"confidence_threshold must lie in [0, 1] (a softmax probability); got {confidence_threshold!r}."
+        )
+
+
+def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -> Tensor:
+    if reduction == "none":
+        return values
+    if reduction == "sum":
+        return values.sum()
+    return values.sum() / denominator if denominator is not None else values.mean()
+
+
+# ----------------------------------------------------------------------------- targets and weights
+
+
+@torch.no_grad()
+def halt_target(task_logits: Tensor, labels: Tensor, confidence_threshold: float = 0.7) -> Tensor:
+    """1.0 where the step's answer is confident (max prob > threshold) and correct, else 0.0; (B,) float32."""
+    probs = torch.softmax(task_logits.detach().float(), dim=-1)  # (B, C)
+    confidence, prediction = probs.max(dim=-1)  # (B,), (B,)
+    return ((confidence > confidence_threshold) & (prediction == labels)).float()
+
+
+@torch.no_grad()
+def profit_weight(pnl: Tensor, pnl_scale: float = 0.05) -> Tensor:
+    """``1 - tanh(pnl / pnl_scale)``, in float32 and without gradient; (B,).
+
+    Mathematically in (0, 2): losses weigh up to 2, gains down toward 0, zero PnL gives 1.
+    In float32, tanh rounds to exactly +-1 once |pnl / pnl_scale| > ~9, so the weight can
+    reach the closed ends 0 and 2 for absurd PnL (e.g. +-10 = 1000% of capital).
+    """
+    return 1.0 - torch.tanh(pnl.detach().float() / pnl_scale)
+
+
+# ----------------------------------------------------------------------------- loss functions
+
+
+def compute_task_loss(
+    task_logits: Tensor,
+    labels: Tensor,
+    class_weights: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy over the strategies, identical to ``F.cross_entropy``.
+
+    With ``class_weights`` the mean is torch's weighted mean: ``sum_i w[y_i] ce_i / sum_i w[y_i]``.
+    """
+    _check_reduction(reduction)
+    batch, width = _check_logits(task_logits)
+    labels = _check_labels(labels, batch, width)
+    class_weights = _check_class_weights(class_weights, width)
+    weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
+    return F.cross_entropy(task_logits.float(), labels, weight=weight, reduction=reduction)
+
+
+def compute_halt_loss(
+    task_logits: Tensor,
+    halt_logits: Tensor,
+    labels: Tensor,
+    confidence_threshold: float = 0.7,
+    reduction: str = "mean",
+) -> Tensor:
+    """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
+
+    ``halt_logits`` may be (B,) or (B, 1).
+    """
+    _check_reduction(reduction)
+    _check_threshold(confidence_threshold)
+    batch, width = _check_logits(task_logits)
+    labels = _check_labels(labels, batch, width)
+    halt_logits = _flat_halt_logits(halt_logits, batch)
+    target = halt_target(task_logits, labels, confidence_threshold)  # (B,)
+    return F.binary_cross_entropy_with_logits(halt_logits.float(), target, reduction=reduction)
+
+
+def _flat_halt_logits(halt_logits: Tensor, batch: int) -> Tensor:
+    _check_tensor("halt_logits", halt_logits)
+    if halt_logits.shape not in ((batch,), (batch, 1)):
+        raise ValueError(
+            f"halt_logits must have shape (B,) or (B, 1) with B={batch}; got shape {tuple(halt_logits.shape)}."
+        )
+    if not halt_logits.is_floating_point():
+        raise ValueError(f"halt_logits must be a floating-point tensor; got dtype {halt_logits.dtype}.")
+    if not torch.isfinite(halt_logits).all():
+        raise ValueError("halt_logits contains NaN or inf; check the model for divergence.")
+    return halt_logits.reshape(batch)
+
+
+def compute_profit_weighted_loss(
+    task_logits: Tensor,
+    labels: Tensor,
+    pnl: Tensor,
+    pnl_scale: float = 0.05,
+    class_weights: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Per-sample cross-entropy x ``1 - tanh(pnl / pnl_scale)``; the profit weight carries no gradient.
+
+    Class and profit weights multiply: sample i contributes ``p_i * w[y_i] * ce_i``. The mean divides
+    by ``sum_i w[y_i]`` (torch's weighted mean, so zero PnL gives exactly the weighted cross-entropy),
+    or by B without class weights.
+    """
+    _check_reduction(reduction)
+    _check_pnl_scale(pnl_scale)
+    batch, width = _check_logits(task_logits)
+    labels = _check_labels(labels, batch, width)
+    _check_pnl(pnl, batch)
+    class_weights = _check_class_weights(class_weights, width)
+
+    weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
+    ce = F.cross_entropy(task_logits.float(), labels, weight=weight, reduction="none")  # (B,), already x w[y]
+    weighted = profit_weight(pnl, pnl_scale) * ce  # (B,)
+    denominator = None if weight is None else weight[labels].sum()
+    return _reduce(weighted, reduction, denominator)
+
+
+def compute_reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float = 0.05) -> Tensor:
+    """Negative expected realized PnL of the policy softmax(task_logits), in units of ``pnl_scale``.
+
+    ``-mean_i sum_k softmax(task_logits)_ik * strategy_pnl_ik / pnl_scale``: full-information bandit
+    feedback, which does not depend on noisy hindsight labels.
+    """
+    _check_pnl_scale(pnl_scale)
+    batch, width = _check_logits(task_logits)
+    _check_tensor("strategy_pnl", strategy_pnl)
+    if strategy_pnl.shape != (batch, width):
+        raise ValueError(
+            f"strategy_pnl must have shape (B, num_classes) = ({batch}, {width}), each strategy's realized PnL; "
+            f"got shape {tuple(strategy_pnl.shape)}."
+        )
+    if not strategy_pnl.is_floating_point() or not torch.isfinite(strategy_pnl).all():
+        raise ValueError("strategy_pnl must be a finite floating-point tensor (fraction of capital).")
+    probs = torch.softmax(task_logits.float(), dim=-1)  # (B, C)
+    expected = (probs * strategy_pnl.detach().float()).sum(dim=-1)  # (B,)
+    return -(expected / pnl_scale).mean()
+
+
+def class_weights_from_labels(labels: Tensor, num_classes: int = 8) -> Tensor:
+    """Inverse-frequency class weights, float32 (num_classes,), with mean exactly 1.
+
+    Seen classes get ``1 / count`` scaled so their mean is 1. A class absent from ``labels`` gets
+    1.0, the neutral weight: with no frequency to invert we neither favour nor ignore it.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}.")
+    _check_tensor("labels", labels)
+    if labels.ndim != 1 or labels.numel() == 0:
+        raise ValueError(f"labels must be a non-empty 1-D tensor; got shape {tuple(labels.shape)}.")
+    labels = _check_labels(labels, labels.shape[0], num_classes)
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).float()  # (C,)
+    seen = counts > 0
+    weights = torch.ones(num_classes)
+    inverse = 1.0 / counts[seen]
+    weights[seen] = inverse / inverse.mean()
+    return weights
+
+
+# ----------------------------------------------------------------------------- module
+
+
+class TRMLoss(nn.Module):
+    """Loss for one reasoning step of a TRM: ``lambda_halt * halt + lambda_profit * profit_weighted_task``.
+
+    Args:
+        lambda_halt: weight of the halt loss.
+        lambda_profit: weight of the profit-weighted task loss.
+        class_weights: optional (num_classes,) weights, e.g. from :func:`class_weights_from_labels`.
+        confidence_threshold: halt target is 1 when max softmax prob > this and the answer is correct.
+        pnl_scale: PnL (fraction of capital) that sets the profit-weight scale, ``1 - tanh(pnl / pnl_scale)``.
+        num_classes: number of strategies (logit width).
+        lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
+    """
+
+    def __init__(
+        self,
+        lambda_halt: float = 0.01,
+        lambda_profit: float = 1.0,
+        class_weights: Tensor | None = None,
+        confidence_threshold: float = 0.7,
+        pnl_scale: float = 0.05,
+        num_classes: int = 8,
+        lambda_reward: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("lambda_halt", lambda_halt), ("lambda_profit", lambda_profit), ("lambda_reward", lambda_reward)):
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
+        _check_threshold(confidence_threshold)
+        _check_pnl_scale(pnl_scale)
+        if class_weights is not None:
+            class_weights = _check_class_weights(torch.as_tensor(class_weights, dtype=torch.float32), num_classes)
+        self.lambda_halt = float(lambda_halt)
+        self.lambda_profit = float(lambda_profit)
+        self.lambda_reward = float(lambda_reward)
+        self.confidence_threshold = float(confidence_threshold)
+        self.pnl_scale = float(pnl_scale)
+        self.num_classes = num_classes
+        # A buffer follows .to(device) and lands in state_dict with the model it supervises.
+        self.register_buffer("class_weights", class_weights, persistent=True)
+
+    def forward(
+        self,
+        task_logits: Tensor,
+        halt_logits: Tensor,
+        labels: Tensor,
+        pnl: Tensor,
+        return_components: bool = False,
+        strategy_pnl: Tensor | None = None,
+    ) -> Tensor | dict[str, Tensor | float]:
+        """Total loss for one reasoning step, or a dict of its components.
+
+        Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
+        of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional).
+        """
+        batch, _ = _check_logits(task_logits, self.num_classes)
+        labels = _check_labels(labels, batch, self.num_classes)
+        if self.lambda_reward > 0 and strategy_pnl is None:
+            raise ValueError(
+                f"strategy_pnl is required when lambda_reward > 0 (got lambda_reward={self.lambda_reward}); "
+                "pass info['strategy_pnl'] as a (B, num_classes) tensor or set lambda_reward=0."
+            )
+        halt_loss = compute_halt_loss(task_logits, halt_logits, labels, self.confidence_threshold)
+        profit_loss = compute_profit_weighted_loss(task_logits, labels, pnl, self.pnl_scale, self.class_weights)
+        total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
+        reward_loss = None
+        if strategy_pnl is not None:
+            reward_loss = compute_reward_loss(task_logits, strategy_pnl, self.pnl_scale)
+            if self.lambda_reward > 0:
+                total = total + self.lambda_reward * reward_loss
+        if not return_components:
+            return total
+
+        with torch.no_grad():
+            task_loss = compute_task_loss(task_logits, labels, self.class_weights)
+            target_rate = halt_target(task_logits, labels, self.confidence_threshold).mean()
+        components: dict[str, Tensor | float] = {
+            "total_loss": total,
+            "halt_loss": halt_loss.detach(),
+            "task_loss": task_loss,
+            "profit_weighted_task_loss": profit_loss.detach(),
+            "halt_target_rate": target_rate,
+            "lambda_halt": self.lambda_halt,
+            "lambda_profit": self.lambda_profit,
+        }
+        if reward_loss is not None:
+            components["reward_loss"] = reward_loss.detach()
+            components["lambda_reward"] = self.lambda_reward
+        return components
+
+    def extra_repr(self) -> str:
+        weights = None if self.class_weights is None else [round(w, 4) for w in self.class_weights.tolist()]
+        return (
+            f"lambda_halt={self.lambda_halt}, lambda_profit={self.lambda_profit}, "
+            f"lambda_reward={self.lambda_reward}, confidence_threshold={self.confidence_threshold}, "
+            f"pnl_scale={self.pnl_scale}, num_classes={self.num_classes}, class_weights={weights}"
+        )
