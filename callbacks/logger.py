@@ -1,0 +1,156 @@
+"""The one path for writing TRM metrics to TensorBoard, shared by our trainer and every adapter.
+
+``MetricsLogger`` takes a flat ``{tag: value}`` mapping per step: numbers become scalars, arrays
+become histograms. It writes only on rank zero, can wrap a writer someone else owns (Lightning's
+``trainer.logger.experiment``, Hugging Face's ``tb_writer``) so a run keeps one event file, and
+closes only a writer it opened itself. It imports no training framework.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# TRMLoss component name -> TensorBoard tag. Lambdas are hyperparameters, not curves.
+COMPONENT_TAGS = {
+    "total_loss": "loss/total",
+    "halt_loss": "loss/halt",
+    "task_loss": "loss/task",
+    "profit_weighted_task_loss": "loss/profit_weighted_task",
+    "reward_loss": "loss/reward",
+    "halt_target_rate": "halt/target_rate",
+}
+
+# Tags the hparams plugin links to each run's hyperparameters.
+HPARAM_METRICS = ("eval/pnl", "eval/accuracy", "eval/mean_steps", "eval/sharpe")
+
+# Custom Scalars dashboard: loss components and halt statistics side by side.
+LAYOUT = {
+    "TRM loss": {
+        "components": ["Multiline", ["loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"]],
+    },
+    "TRM halting": {
+        "rate and target": ["Multiline", ["halt/rate", "halt/target_rate"]],
+        "mean steps (train vs eval)": ["Multiline", ["halt/mean_steps", "eval/mean_steps"]],
+        "hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]],
+    },
+    "Trading": {
+        "accuracy": ["Multiline", ["train/accuracy", "eval/accuracy"]],
+        "pnl": ["Multiline", ["train/pnl", "eval/pnl"]],
+        "equity (held-out)": ["Multiline", [r"equity/.*"]],
+    },
+}
+
+
+def is_rank_zero() -> bool:
+    """True on the process that should write logs (always, without torch.distributed / torchrun)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def component_scalars(components: Mapping[str, Any]) -> dict[str, float]:
+    """TRMLoss(..., return_components=True) output -> ``{tag: float}`` for the components present."""
+    return {tag: _as_float(components[name]) for name, tag in COMPONENT_TAGS.items() if name in components}
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().item())
+    return float(value)
+
+
+def _as_array(value: Any) -> np.ndarray | None:
+    """A 1-D+ array for histogram values, None for scalars."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        array = np.asarray(value, dtype=np.float64)
+        return array if array.ndim >= 1 else None
+    return None
+
+
+def _hparam_value(value: Any) -> float | int | str | bool:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class MetricsLogger:
+    """Write ``{tag: number | array}`` per step to TensorBoard on rank zero only.
+
+    Args:
+        log_dir: where to open a ``SummaryWriter`` when no ``writer`` is given (opened lazily).
+        writer: an existing ``torch.utils.tensorboard.SummaryWriter`` to write through (not closed here).
+        enabled: force writing on/off; default: only on rank zero.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, *, writer: Any = None, enabled: bool | None = None):
+        if writer is None and log_dir is None:
+            raise ValueError("MetricsLogger needs log_dir (a directory for event files) or writer (a SummaryWriter).")
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.enabled = is_rank_zero() if enabled is None else enabled
+        self._writer = writer
+        self._owns_writer = writer is None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self._writer
+
+    def update(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Numbers -> ``add_scalar``; arrays / tensors with a dimension -> ``add_histogram``; None is skipped."""
+        if not self.enabled:
+            return
+        for tag, value in metrics.items():
+            if value is None:
+                continue
+            array = _as_array(value)
+            if array is None:
+                self.writer.add_scalar(tag, _as_float(value), step)
+            elif array.size:
+                self.writer.add_histogram(tag, array, step)
+
+    def log_curve(self, tag: str, values: Any) -> None:
+        """A curve over its own index (e.g. an equity curve over decision points)."""
+        if not self.enabled:
+            return
+        for index, value in enumerate(np.asarray(values, dtype=np.float64)):
+            self.writer.add_scalar(tag, float(value), index)
+
+    def log_hparams(self, hparams: Mapping[str, Any], metric_tags: tuple[str, ...] = HPARAM_METRICS) -> None:
+        """Hyperparameters into this run (not a sub-run, as ``SummaryWriter.add_hparams`` would make)."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {key: _hparam_value(value) for key, value in hparams.items()}
+        experiment, session_start, session_end = hparams_summary(clean, dict.fromkeys(metric_tags, 0.0))
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+
+    def log_layout(self, layout: Mapping[str, Any] = LAYOUT) -> None:
+        if self.enabled:
+            self.writer.add_custom_scalars(dict(layout))
+
+    def flush(self) -> None:
+        if self.enabled and self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush; close the writer only if this logger opened it."""
+        if self._writer is None:
+            return
+        self._writer.flush()
+        if self._owns_writer:
+            self._writer.close()
+            self._writer = None
