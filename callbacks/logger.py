@@ -97,13 +97,15 @@ class MetricsLogger:
         self.enabled = is_rank_zero() if enabled is None else enabled
         self._writer = writer
         self._owns_writer = writer is None
+        self.purge_step: int | None = None
+        """When resuming at step k, TensorBoard drops points at steps >= k logged by the interrupted process."""
 
     @property
     def writer(self) -> Any:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
         return self._writer
 
     def update(self, step: int, metrics: Mapping[str, Any]) -> None:

@@ -25,7 +25,9 @@ class TensorBoardCallback(Callback):
         self.logger = MetricsLogger(log_dir, writer=writer)
 
     def on_train_start(self, run: RunInfo) -> None:
-        if run.start_step == 0:  # a resumed run already has its hparams and layout
+        if run.start_step > 0:  # resuming: its hparams and layout are already in the run
+            self.logger.purge_step = run.start_step + 1
+        else:
             self.logger.log_hparams(run.hparams)
             self.logger.log_layout(LAYOUT)
         self.logger.flush()

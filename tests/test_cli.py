@@ -1,0 +1,228 @@
+"""End to end: the real CLI in a subprocess, its event file, a real TensorBoard server, Ctrl-C, CSVs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trm_act.envs import SyntheticMarketConfig, generate_synthetic_market
+
+REQUIRED_SCALARS = {
+    "loss/total",
+    "loss/halt",
+    "loss/task",
+    "loss/profit_weighted_task",
+    "halt/rate",
+    "halt/mean_steps",
+    "train/accuracy",
+    "train/pnl",
+    "eval/accuracy",
+    "eval/mean_steps",
+    "eval/pnl",
+}
+
+# A tiny but complete run: small market, small model, a few dozen optimizer steps.
+TINY = [
+    "--synthetic-n-bars", "1500", "--window", "16", "--horizon", "4", "--episode-length", "8",
+    "--d-model", "16", "--n-heads", "2", "--max-steps", "3", "--n-latent", "1",
+    "--batch-size", "8", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "5", "--no-progress",
+]  # fmt: skip
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "trm_act.train", "--env", "trade-replay", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    result = run_cli(*TINY, "--steps", "20", "--logdir", str(root / "runs"), "--run-name", "tiny", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "held-out test split" in result.stdout and "regime oracle" in result.stdout
+    return root / "runs" / "tiny"
+
+
+def test_cli_run_writes_events_checkpoint_config_and_metrics(tiny_run):
+    assert len(list(tiny_run.glob("events.out.tfevents.*"))) == 1
+    events = read_events(tiny_run)
+    assert REQUIRED_SCALARS <= set(events.Tags()["scalars"])
+    assert "halt/steps" in events.Tags()["histograms"]
+    assert [e.step for e in events.Scalars("loss/total")] == list(range(1, 21))
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["baselines"]) >= {"random", "best_fixed", "oracle", "regime_oracle"}
+    assert events.Scalars("eval/pnl")[-1].value == pytest.approx(metrics["model"]["pnl"], rel=1e-5)
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["train"]["steps"] == 20 and config["model"]["max_steps"] == 3
+    checkpoint = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 20 and checkpoint["config"] == config
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_server_serves_the_logged_scalars(tiny_run):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tiny_run.parent), "--port", str(port),
+         "--host", "127.0.0.1", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        tags = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                tags = get_json(f"{base}/data/plugin/scalars/tags")
+                if "tiny" in tags and REQUIRED_SCALARS <= set(tags["tiny"]):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert REQUIRED_SCALARS <= set(tags.get("tiny", {})), tags
+        query = urllib.parse.urlencode({"run": "tiny", "tag": "loss/total"})
+        served = get_json(f"{base}/data/plugin/scalars/scalars?{query}")  # [[wall_time, step, value], ...]
+        logged = read_events(tiny_run).Scalars("loss/total")
+        assert [row[1] for row in served] == [e.step for e in logged]
+        assert [row[2] for row in served] == pytest.approx([e.value for e in logged])
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_sigint_leaves_a_loadable_checkpoint_and_readable_events(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trm_act.train", *TINY, "--steps", "100000", "--checkpoint-every", "1000",
+         "--logdir", str(tmp_path), "--run-name", "ctrlc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    run_dir = tmp_path / "ctrlc"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(run_dir.glob("events.out.tfevents.*")):
+        time.sleep(0.2)
+    time.sleep(3.0)  # let it train a few dozen steps
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert 0 < checkpoint["step"] < 100000
+    steps = [e.step for e in read_events(run_dir).Scalars("loss/total")]
+    assert steps and steps[-1] == checkpoint["step"]  # every step up to the interrupt was flushed
+
+
+def test_resume_from_the_cli_continues_to_the_configured_steps(tmp_path):
+    first = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("--resume", str(tmp_path / "r"), "--max-steps", "4", cwd=tmp_path)
+    assert again.returncode == 2 and "--resume continues the saved run" in again.stderr
+    taken = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
+    assert taken.returncode == 2 and "already holds a run" in taken.stderr
+
+
+def write_csv(path: Path, n_bars: int = 1500) -> Path:
+    frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=n_bars, seed=3))
+    frame = frame.drop(columns=[c for c in frame.columns if c.lower() == "regime"])
+    frame.to_csv(path, index=not any(c.lower() in ("date", "time", "timestamp") for c in frame.columns))
+    return path
+
+
+def test_cli_trains_on_a_csv(tmp_path):
+    csv = write_csv(tmp_path / "prices.csv")
+    result = run_cli(*TINY, "--steps", "6", "--data", str(csv), "--logdir", str(tmp_path), "--run-name", "csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "csv" / "metrics.json").read_text())
+    assert "regime_oracle" not in metrics["baselines"]  # a CSV has no true regimes
+    assert metrics["test_split"]["decisions"] > 10
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--lr", "-1"], "train.lr must be > 0"),
+        (["--mixer", "lstm"], "mixer"),
+        (["--steps", "ten"], "invalid int value"),
+        (["--env", "cartpole"], "invalid choice"),
+        (["--data", "missing.csv"], "missing.csv"),
+        (["--config", "nope.toml"], "file not found"),
+    ],
+)
+def test_user_mistakes_exit_with_one_line(tmp_path, args, message):
+    result = run_cli(*TINY, "--steps", "2", "--logdir", str(tmp_path), *args, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_broken_csv_names_file_column_and_row(tmp_path):
+    csv = write_csv(tmp_path / "broken.csv", n_bars=400)
+    lines = csv.read_text().splitlines()
+    header = lines[0].split(",")
+    close = next(i for i, name in enumerate(header) if name.lower() == "close")
+    row = lines[101].split(",")
+    row[close] = "nan"
+    lines[101] = ",".join(row)
+    csv.write_text("\n".join(lines) + "\n")
+    result = run_cli(*TINY, "--steps", "2", "--data", str(csv), "--logdir", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "broken.csv" in result.stderr and "close" in result.stderr.lower() and "100" in result.stderr
+
+
+def test_config_file_sets_fields_and_flags_override_it(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('[train]\nsteps = 4\nlr = 0.002\n\n[model]\nmixer = "mlp"\n')
+    result = run_cli(*TINY, "--config", str(config), "--lr", "0.003", "--logdir", str(tmp_path), "--run-name", "cfg", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "cfg" / "config.json").read_text())
+    assert saved["train"]["steps"] == 4 and saved["model"]["mixer"] == "mlp" and saved["train"]["lr"] == 0.003
+
+
+def test_help_documents_every_flag():
+    from trm_act.train import build_parser
+
+    text = build_parser().format_help()
+    for flag in ("--data", "--steps", "--batch-size", "--max-steps", "--logdir", "--run-name", "--seed", "--device",
+                 "--resume", "--config", "--lambda-halt", "--lambda-profit", "--lambda-reward", "--pnl-scale",
+                 "--confidence-threshold", "--class-weights", "--mixer", "--ema-decay", "--bf16"):  # fmt: skip
+        assert flag in text
+    assert "Weight of the halt loss" in text  # field docstrings reach --help

@@ -1,0 +1,223 @@
+"""The continual-carry trainer, evaluation and checkpoints, in process on a tiny market."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trm_act.callbacks import Callback
+from trm_act.checkpoint import load_checkpoint, save_checkpoint
+from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
+from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
+from trm_act.evaluation import trading_metrics
+from trm_act.model import TRMConfig
+from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
+
+
+def tiny_config(**train) -> ExperimentConfig:
+    defaults = {"steps": 12, "batch_size": 8, "log_every": 4, "checkpoint_every": 4, "warmup_steps": 2, "progress": False}
+    return ExperimentConfig(
+        env=TradeReplayConfig(window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=1500)),
+        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, n_latent=1, n_cycles=2),
+        loss=LossConfig(lambda_reward=0.5),
+        train=TrainConfig(**(defaults | train)),
+    )
+
+
+class StopAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step, logs):
+        return step < self.step
+
+
+class Collect(Callback):
+    def __init__(self):
+        self.steps: list[tuple[int, dict]] = []
+        self.evals: list[tuple[int, object]] = []
+        self.end = None
+
+    def on_step_end(self, step, logs):
+        self.steps.append((step, dict(logs.scalars)))
+
+    def on_eval_end(self, step, logs):
+        self.evals.append((step, logs))
+
+    def on_train_end(self, summary):
+        self.end = summary
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_train_logs_required_tags_and_writes_metrics(tmp_path):
+    collect = Collect()
+    trainer = Trainer(tiny_config(), tmp_path, [collect])
+    report = trainer.fit()
+
+    assert [step for step, _ in collect.steps] == list(range(1, 13))
+    first = collect.steps[0][1]
+    for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward", "halt/rate"):
+        assert math.isfinite(first[tag])
+    logged = collect.steps[-1][1]  # a log step: window statistics included
+    for tag in ("train/pnl", "train/accuracy", "halt/mean_steps", "halt/hazard/step_3"):
+        assert tag in logged
+    assert logged["halt/hazard/step_3"] == 1.0  # max_steps=3 forces every sample still running to halt
+    assert collect.end["status"] == "completed"
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == report.metrics
+    for name in ("random", "best_fixed", "oracle", "regime_oracle"):
+        assert {"pnl", "sharpe", "accuracy"} <= set(metrics["baselines"][name])
+    model = metrics["model"]
+    assert {"pnl", "sharpe", "accuracy", "mean_steps", "fixed_max_steps"} <= set(model)
+    assert 1.0 <= model["mean_steps"] <= 3.0
+    assert sum(model["steps_histogram"]) == metrics["test_split"]["decisions"]
+    assert metrics["baselines"]["oracle"]["accuracy"] == 1.0
+    oracle_pnl = metrics["baselines"]["oracle"]["pnl"]
+    assert all(entry["pnl"] <= oracle_pnl + 1e-12 for entry in metrics["baselines"]["fixed"].values())
+    assert (tmp_path / "config.json").exists() and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_committed_rewards_are_the_envs_realized_pnl(tmp_path):
+    """Halted slots commit their argmax; the env pays exactly the strategy_pnl the loss was shown."""
+    trainer = Trainer(tiny_config(log_every=1000), tmp_path)
+    calls = []
+    step_masked = trainer.env.step_masked
+
+    def spy(actions, mask):
+        info_shown = {k: v.copy() for k, v in trainer.info.items()}
+        result = step_masked(actions, mask)
+        calls.append((actions.copy(), mask.copy(), result[1].copy(), info_shown))
+        return result
+
+    trainer.env.step_masked = spy
+    for _ in range(7):
+        trainer.train_step()
+    assert len(calls) >= 2  # max_steps=3 forces commits at iterations 3 and 6
+    recorded = np.concatenate(trainer.window.rewards)
+    paid = []
+    for actions, mask, reward, info in calls:
+        rows = np.flatnonzero(mask)
+        np.testing.assert_array_equal(reward[rows], info["strategy_pnl"][rows, actions[rows]])
+        assert np.all(reward[~mask] == 0.0)
+        paid.append(reward[rows])
+    np.testing.assert_array_equal(recorded, np.concatenate(paid))
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = Trainer(tiny_config(), tmp_path / "full")
+    full.fit()
+
+    interrupted = Trainer(tiny_config(), tmp_path / "split", [StopAt(5)])
+    assert interrupted.fit() is None  # stopped early: checkpoint, no evaluation
+    assert interrupted.step == 5
+    resumed = Trainer.from_checkpoint(tmp_path / "split")
+    assert resumed.step == 5
+    resumed.fit()
+
+    assert resumed.step == full.step == 12
+    for key, value in weights(full).items():
+        torch.testing.assert_close(weights(resumed)[key], value, rtol=0, atol=0, msg=key)
+    assert json.loads((tmp_path / "split" / "metrics.json").read_text())["model"]["pnl"] == pytest.approx(
+        json.loads((tmp_path / "full" / "metrics.json").read_text())["model"]["pnl"]
+    )
+
+
+def test_ema_weights_are_used_and_saved(tmp_path):
+    trainer = Trainer(tiny_config(ema_decay=0.5, steps=4), tmp_path)
+    trainer.fit()
+    state = load_checkpoint(tmp_path)
+    assert state["ema"] is not None
+    differs = any(not torch.equal(a, b) for a, b in zip(trainer.ema.parameters(), trainer.model.parameters(), strict=True))
+    assert differs
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    class Poison(Callback):
+        def on_step_end(self, step, logs):
+            if step == 4:  # after the step-4 checkpoint is due; poison the weights
+                with torch.no_grad():
+                    next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = Trainer(tiny_config(checkpoint_every=2), tmp_path, [Poison()])
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        trainer.fit()
+    state = load_checkpoint(tmp_path)
+    assert state["step"] <= 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_class_weights_option_builds_normalised_weights(tmp_path):
+    config = dataclasses.replace(tiny_config(), loss=LossConfig(class_weights=True))
+    trainer = Trainer(config, tmp_path)
+    weights = trainer.loss_fn.class_weights
+    assert weights is not None and weights.shape == (8,)
+    assert weights.mean().item() == pytest.approx(1.0, abs=1e-6)
+    labels = trainer.env.replay.labels[trainer.env.replay.split_indices("train")]
+    counts = np.bincount(labels, minlength=8)
+    seen = counts > 0
+    assert np.argmax(np.where(seen, weights.numpy(), -1)) == np.argmin(np.where(seen, counts, np.inf))
+
+
+def test_bf16_autocast_option_trains(tmp_path):
+    trainer = Trainer(tiny_config(bf16=True), tmp_path)
+    before = weights(trainer)
+    logs = trainer.train_step()
+    assert math.isfinite(logs.scalars["loss/total"])
+    assert any(not torch.equal(before[k], v) for k, v in weights(trainer).items())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_trading_metrics_numbers():
+    pnl = np.array([0.1, -0.2, 0.0, 0.1])
+    metrics = trading_metrics(pnl, actions=np.array([1, 2, 0, 1]), labels=np.array([1, 1, 0, 3]), periods_per_year=4)
+    assert metrics["pnl"] == pytest.approx(0.0)
+    assert metrics["accuracy"] == 0.5
+    assert metrics["hit_rate"] == pytest.approx(2 / 3)  # the flat decision is not a trade
+    assert metrics["trades"] == 3
+    assert metrics["max_drawdown"] == pytest.approx(1 - math.exp(-0.2))
+    assert metrics["sharpe"] == pytest.approx(0.0)
+    up = trading_metrics(np.array([0.01, 0.03]), np.zeros(2, int), np.zeros(2, int), periods_per_year=100)
+    assert up["sharpe"] == pytest.approx(0.02 / 0.01 * 10)
+
+
+def test_lr_schedule_warms_up_then_decays_to_ten_percent():
+    factor = lr_lambda(warmup_steps=10, total_steps=110)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55)
+    assert factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+
+
+def test_config_round_trips_through_a_dict():
+    config = tiny_config()
+    again = ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ValueError, match="unknown key"):
+        ExperimentConfig.from_dict({"train": {"stepz": 3}})
+    with pytest.raises(ValueError, match="unknown section"):
+        ExperimentConfig.from_dict({"trian": {}})

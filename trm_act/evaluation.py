@@ -1,0 +1,206 @@
+"""Held-out evaluation: the model (adaptive halting and fixed max steps) against trading baselines.
+
+Every policy is scored on the same decision points of the chronological test split, none of which
+the trainer saw. PnL per decision is the env's realized strategy PnL (fraction of capital, net of
+costs), so a policy's total here equals the sum of rewards a ``TradeReplayEnv`` episode would pay.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from trm_act.act import act_predict
+from trm_act.envs import STRATEGIES, ReplayData
+
+
+def trading_metrics(pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, periods_per_year: float) -> dict[str, float]:
+    """Summary of a sequence of non-overlapping trades.
+
+    pnl: (N,) realized log-PnL per decision; actions, labels: (N,) strategy indices.
+    ``sharpe`` is annualised with ``periods_per_year`` decisions a year; ``max_drawdown`` is the largest
+    fractional fall of the equity curve ``exp(cumsum(pnl))`` from its running peak.
+    """
+    pnl = np.asarray(pnl, dtype=np.float64)
+    equity = np.concatenate([[0.0], np.cumsum(pnl)])  # (N+1,) log equity
+    drawdown = 1.0 - np.exp(equity - np.maximum.accumulate(equity))  # (N+1,)
+    std = pnl.std()
+    traded = pnl != 0.0
+    return {
+        "pnl": float(pnl.sum()),
+        "mean_pnl": float(pnl.mean()),
+        "sharpe": float(pnl.mean() / std * math.sqrt(periods_per_year)) if std > 0 else 0.0,
+        "max_drawdown": float(drawdown.max()),
+        "hit_rate": float((pnl[traded] > 0).mean()) if traded.any() else 0.0,
+        "accuracy": float((np.asarray(actions) == np.asarray(labels)).mean()),
+        "trades": int(traded.sum()),
+    }
+
+
+def baseline_actions(replay: ReplayData, test_idx: np.ndarray, train_idx: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only."""
+    n = len(test_idx)
+    train_totals = replay.strategy_pnl[train_idx].sum(axis=0)  # (8,)
+    actions = {
+        "random": np.random.default_rng(seed).integers(0, len(STRATEGIES), size=n),
+        "best_fixed": np.full(n, int(train_totals.argmax())),
+        "oracle": replay.labels[test_idx],
+    }
+    if replay.regimes is not None:
+        actions["regime_oracle"] = replay.regime_oracle_actions("train")[test_idx]
+    return actions
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    observations: np.ndarray,
+    *,
+    max_steps: int,
+    adaptive: bool,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(actions (N,), steps (N,), wall seconds) of ACT inference over ``observations`` (N, W, F)."""
+    actions, steps = [], []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    _sync(device)
+    start = time.perf_counter()
+    for begin in range(0, len(observations), batch_size):
+        chunk = torch.from_numpy(observations[begin : begin + batch_size]).to(device)  # (b, W, F)
+        with autocast:
+            result = act_predict(model, chunk, max_steps=max_steps, adaptive=adaptive)
+        actions.append(result.actions)
+        steps.append(result.steps)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return torch.cat(actions).cpu().numpy(), torch.cat(steps).cpu().numpy(), seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class EvalReport:
+    """Held-out results: ``metrics`` is what ``metrics.json`` holds."""
+
+    metrics: dict[str, Any]
+    equity: dict[str, np.ndarray] = field(default_factory=dict)
+    """Cumulative PnL per decision for the model and the main baselines."""
+    steps: np.ndarray | None = None
+    """Reasoning steps per test decision under adaptive halting."""
+
+    def scalars(self) -> dict[str, float]:
+        model = self.metrics["model"]
+        return {
+            "eval/pnl": model["pnl"],
+            "eval/accuracy": model["accuracy"],
+            "eval/mean_steps": model["mean_steps"],
+            "eval/sharpe": model["sharpe"],
+            "eval/max_drawdown": model["max_drawdown"],
+            "eval/fixed_steps_accuracy": model["fixed_max_steps"]["accuracy"],
+            "eval/compute_ratio": model["time_ratio_adaptive_vs_fixed"],
+        }
+
+
+def evaluate(
+    model: torch.nn.Module,
+    replay: ReplayData,
+    *,
+    max_steps: int,
+    device: torch.device,
+    batch_size: int = 2048,
+    bf16: bool = False,
+    seed: int = 0,
+) -> EvalReport:
+    """Score the model (adaptive and fixed max steps) and every baseline on the test split."""
+    test_idx = replay.split_indices("test")
+    train_idx = replay.split_indices("train")
+    observations = replay.observations(test_idx)  # (N, W, F)
+    pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
+    labels = replay.labels[test_idx]  # (N,)
+    periods = replay.bars_per_year / replay.config.stride
+    rows = np.arange(len(test_idx))
+
+    def score(actions: np.ndarray) -> dict[str, float]:
+        return trading_metrics(pnl_matrix[rows, actions], actions, labels, periods)
+
+    predict_args = {"max_steps": max_steps, "batch_size": batch_size, "device": device, "bf16": bf16}
+    adaptive_actions, adaptive_steps, adaptive_s = predict(model, observations, adaptive=True, **predict_args)
+    fixed_actions, fixed_steps, fixed_s = predict(model, observations, adaptive=False, **predict_args)
+
+    model_metrics: dict[str, Any] = score(adaptive_actions)
+    model_metrics |= {
+        "mean_steps": float(adaptive_steps.mean()),
+        "max_steps": max_steps,
+        "steps_histogram": np.bincount(adaptive_steps, minlength=max_steps + 1)[1:].tolist(),
+        "wall_time_s": adaptive_s,
+        "fixed_max_steps": score(fixed_actions) | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s},
+        "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
+        "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
+    }
+    baselines_actions = baseline_actions(replay, test_idx, train_idx, seed)
+    baselines: dict[str, Any] = {name: score(actions) for name, actions in baselines_actions.items()}
+    baselines["best_fixed"]["strategy"] = STRATEGIES[int(baselines_actions["best_fixed"][0])]
+    baselines["fixed"] = {name: score(np.full(len(rows), index)) for index, name in enumerate(STRATEGIES)}
+
+    metrics = {
+        "model": model_metrics,
+        "baselines": baselines,
+        "test_split": {
+            "decisions": len(test_idx),
+            "first_bar": int(replay.decision_bars[test_idx[0]]),
+            "last_bar": int(replay.decision_bars[test_idx[-1]]),
+            "periods_per_year": periods,
+        },
+    }
+    equity = {"equity/model": np.cumsum(pnl_matrix[rows, adaptive_actions])}
+    for name in ("best_fixed", "regime_oracle", "random"):
+        if name in baselines_actions:
+            equity[f"equity/{name}"] = np.cumsum(pnl_matrix[rows, baselines_actions[name]])
+    return EvalReport(metrics=metrics, equity=equity, steps=adaptive_steps)
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    """A readable table of the held-out results."""
+    model, baselines, split = metrics["model"], metrics["baselines"], metrics["test_split"]
+    rows = [
+        (f"model (adaptive, {model['mean_steps']:.2f} steps)", model),
+        (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
+    ]
+    if "regime_oracle" in baselines:
+        rows.append(("regime oracle", baselines["regime_oracle"]))
+    rows += [
+        (f"best fixed ({baselines['best_fixed']['strategy']})", baselines["best_fixed"]),
+        ("random", baselines["random"]),
+        ("hindsight oracle", baselines["oracle"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    header = f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'accuracy':>8}  {'max_dd':>7}  {'hit_rate':>8}"
+    lines = [
+        f"held-out test split: {split['decisions']} decisions (bars {split['first_bar']}..{split['last_bar']})",
+        header,
+        "-" * len(header),
+    ]
+    for name, row in rows:
+        lines.append(
+            f"{name:<{width}}  {row['pnl']:>+8.3f}  {row['sharpe']:>7.2f}  {row['accuracy']:>8.3f}  "
+            f"{row['max_drawdown']:>7.3f}  {row['hit_rate']:>8.3f}"
+        )
+    fixed = model["fixed_max_steps"]
+    lines.append(
+        f"halting: mean {model['mean_steps']:.2f} of {model['max_steps']} steps; inference "
+        f"{model['wall_time_s'] * 1e3:.1f} ms adaptive vs {fixed['wall_time_s'] * 1e3:.1f} ms fixed "
+        f"({model['time_ratio_adaptive_vs_fixed']:.2f}x)"
+    )
+    if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
+        lines.append(f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL")
+    return "\n".join(lines)

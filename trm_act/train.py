@@ -1,0 +1,174 @@
+"""``python -m trm_act.train --env trade-replay [options]``: train, evaluate on held-out data, log to TensorBoard.
+
+Every flag is generated from a config dataclass field and documented by its docstring; a TOML/JSON
+``--config`` file sets the same fields by section (``[env]``, ``[model]``, ``[loss]``, ``[train]``),
+and flags given on the command line override it. User mistakes exit non-zero with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, NoReturn
+
+from trm_act.callbacks import ProgressCallback, TensorBoardCallback
+from trm_act.config import NESTED, SECTIONS, ExperimentConfig, field_docs, load_config_file, merge, unwrap_optional
+
+ENVIRONMENTS = {"trade-replay": "trm_act/TradeReplay-v0"}
+
+# Fields the trainer derives (model input shape from the env) or controls (the split); not flags.
+DERIVED = {"env": {"split"}, "model": {"window", "n_features", "num_classes"}}
+# Short flag names the design promises, for fields whose section-free name would be ambiguous.
+RENAMES = {("env", "data"): "data"}
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option prints one line (not usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag_type(hint: Any) -> tuple[Any, bool] | None:
+    """(argparse type, optional) for simple field types; None for types only a config file can set."""
+    base, optional = unwrap_optional(hint)
+    if base in (bool, int, float, str):
+        return base, optional
+    if base is Path or (isinstance(base, type) and issubclass(base, os.PathLike)):
+        return str, optional
+    return None
+
+
+def _optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, flag_prefix: str, skip: set[str]) -> None:
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"[{dest_prefix}] {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}")
+    defaults = cls() if all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls)) else None
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name in NESTED and dest_prefix == "env":
+            _add_dataclass_flags(parser, NESTED[f.name], f"env.{f.name}", f"{f.name}-", set())
+            continue
+        # The config's data field may hold a DataFrame in Python; on the command line it is a path or "synthetic".
+        spec = (str, False) if (dest_prefix, f.name) in RENAMES else _flag_type(hints[f.name])
+        if spec is None:
+            continue
+        kind, optional = spec
+        name = RENAMES.get((dest_prefix, f.name), f"{flag_prefix}{f.name}").replace("_", "-")
+        default = getattr(defaults, f.name, None) if defaults is not None else None
+        help_text = f"{docs.get(f.name, f.name)} (default: {default})"
+        dest = f"{dest_prefix}.{f.name}"
+        if kind is bool:
+            group.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parse = _optional(kind) if optional else kind
+            group.add_argument(f"--{name}", dest=dest, type=parse, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="python -m trm_act.train",
+        description="Train a Tiny Recursive Model with adaptive computation time on a trade-replay market, "
+        "evaluate it on the held-out split, and log to TensorBoard.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--env", choices=sorted(ENVIRONMENTS), default="trade-replay", help="environment to train on")
+    run.add_argument("--config", type=str, default=None, help="TOML or JSON file with [env]/[model]/[loss]/[train] sections")
+    run.add_argument("--logdir", type=str, default="runs", help="parent directory of run directories")
+    run.add_argument("--run-name", type=str, default=None, help="run directory name (default: a timestamp)")
+    run.add_argument("--resume", type=str, default=None, help="run directory or checkpoint.pt to continue exactly")
+    for section, cls in SECTIONS.items():
+        _add_dataclass_flags(parser, cls, section, "", DERIVED.get(section, set()))
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags given on the command line as a nested ``{section: {field: value}}`` dict."""
+    nested: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if "." not in dest:
+            continue
+        *path, key = dest.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[key] = value
+    return nested
+
+
+def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Defaults < --config file < command-line flags."""
+    data = load_config_file(args.config) if args.config else {}
+    data = merge(data, _overrides(args))
+    return ExperimentConfig.from_dict(data, source=args.config or "command line")
+
+
+def _new_run_dir(logdir: str, run_name: str | None) -> Path:
+    name = run_name or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(logdir) / name
+    if (run_dir / "checkpoint.pt").exists():
+        raise ValueError(f"--run-name {name}: {run_dir} already holds a run; continue it with --resume {run_dir} or pick another name.")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trm_act.trainer import NonFiniteLossError, Trainer
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_dir: Path | None = None
+    try:
+        if args.resume:
+            if _overrides(args) or args.config:
+                raise ValueError("--resume continues the saved run with its saved config; drop the other config flags.")
+            run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+            config = None
+        else:
+            config = resolve_config(args)
+            run_dir = _new_run_dir(args.logdir, args.run_name)
+        progress = ProgressCallback(disable=not (config or ExperimentConfig()).train.progress)
+        callbacks = [TensorBoardCallback(run_dir), progress]
+        if args.resume:
+            trainer = Trainer.from_checkpoint(args.resume, callbacks)
+        else:
+            trainer = Trainer(config, run_dir, callbacks)
+        print(f"run directory: {run_dir}  (tensorboard --logdir {Path(args.logdir if not args.resume else run_dir.parent)})", file=sys.stderr)
+        report = trainer.fit()
+    except ValueError as exc:
+        if os.environ.get("TRM_ACT_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteLossError as exc:
+        print(f"error: training diverged ({exc}); the last good checkpoint is kept in {run_dir}. Try a lower --lr.", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print(f"interrupted; logs flushed in {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if report is None:
+        print(f"stopped at step {trainer.step}; checkpoint saved. Continue with: python -m trm_act.train --resume {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(trainer.summary())
+    print(f"\nmetrics: {run_dir / 'metrics.json'}   checkpoint: {run_dir / 'checkpoint.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The continual-carry trainer (TRM's training loop, driven by a vector of trade-replay envs).
+
+B slots, one per sub-env. Each iteration runs ONE reasoning step on every slot, applies TRMLoss to
+that step (pnl = realized PnL of the step's argmax strategy; labels from the env's info) and takes
+one optimizer step. Slots whose halt rule fires commit their argmax to their env (reward = realized
+PnL), take the env's next observation and restart from a fresh carry. Every forward is a full batch.
+
+Built to grow into torchrun/DDP: seeds and env slices derive from (seed, rank), and only rank zero's
+callbacks write (``trm_act.callbacks.is_rank_zero``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trm_act.act import ACTState, act_step
+from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo, component_scalars
+from trm_act.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from trm_act.config import ExperimentConfig
+from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
+from trm_act.evaluation import EvalReport, evaluate, format_summary
+from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
+from trm_act.model import RecurrentTRM, TRMCarry
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto.")
+    return device
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to 10% of the peak learning rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_GracefulInterrupt]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _WindowStats:
+    """Statistics aggregated between two log steps (committed trades, halting, throughput)."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.rewards: list[np.ndarray] = []
+        self.correct: list[np.ndarray] = []
+        self.halt_steps: list[np.ndarray] = []
+        self.reached = np.zeros(self.max_steps + 1, dtype=np.int64)  # rows that completed step s
+        self.halted = np.zeros(self.max_steps + 1, dtype=np.int64)  # ... and halted there
+        self.iterations = 0
+        self.started = time.perf_counter()
+
+    def scalars(self, batch_size: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out["perf/steps_per_s"] = self.iterations / elapsed
+        out["perf/samples_per_s"] = self.iterations * batch_size / elapsed
+        if self.rewards:
+            rewards, steps = np.concatenate(self.rewards), np.concatenate(self.halt_steps)
+            out["train/pnl"] = float(rewards.mean())
+            out["train/accuracy"] = float(np.concatenate(self.correct).mean())
+            out["halt/mean_steps"] = float(steps.mean())
+            out["perf/decisions_per_s"] = len(rewards) / elapsed
+        for s in range(1, self.max_steps + 1):
+            if self.reached[s]:
+                out[f"halt/hazard/step_{s}"] = float(self.halted[s] / self.reached[s])
+        return out
+
+
+class Trainer:
+    """Trains a RecurrentTRM on TradeReplayVectorEnv with TRMLoss at every reasoning step.
+
+    Args:
+        config: the resolved experiment config.
+        run_dir: where checkpoints, ``config.json`` and ``metrics.json`` go.
+        callbacks: hooks that receive every step's and evaluation's metrics.
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, callbacks: Iterable[Callback] = ()):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = CallbackList(callbacks)
+        train = config.train
+        self.device = resolve_device(train.device)
+        torch.manual_seed(train.seed)
+
+        train_env = dataclasses.replace(config.env, split="train", stride=train.train_stride)
+        self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
+        self.eval_replay = build_replay(dataclasses.replace(config.env, split="test"))
+
+        self.model_config = dataclasses.replace(
+            config.model, window=config.env.window, n_features=self.env.replay.n_features, num_classes=len(STRATEGIES)
+        )
+        self.model = RecurrentTRM(self.model_config).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if train.ema_decay > 0 else None
+
+        loss = config.loss
+        class_weights = None
+        if loss.class_weights:
+            train_labels = self.env.replay.labels[self.env.replay.split_indices("train")]
+            class_weights = class_weights_from_labels(torch.from_numpy(train_labels), len(STRATEGIES))
+        self.loss_fn = TRMLoss(
+            lambda_halt=loss.lambda_halt,
+            lambda_profit=loss.lambda_profit,
+            lambda_reward=loss.lambda_reward,
+            class_weights=class_weights,
+            confidence_threshold=loss.confidence_threshold,
+            pnl_scale=loss.pnl_scale,
+            num_classes=len(STRATEGIES),
+        ).to(self.device)
+
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.95)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(train.warmup_steps, train.steps))
+        self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
+
+        self.step = 0
+        self.obs, self.info = self.env.reset(seed=train.seed)
+        self.state = ACTState.initial(
+            self.model,
+            train.batch_size,
+            device=self.device,
+            exploration_prob=self.model_config.halt_exploration_prob,
+            generator=self.generator,
+        )
+        self.window = _WindowStats(self.model_config.max_steps)
+        self.last_report: EvalReport | None = None
+
+    # ------------------------------------------------------------------ one iteration
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16)
+
+    def train_step(self) -> Logs:
+        """One reasoning step on every slot, one optimizer step, then commit the halted slots."""
+        train, max_steps = self.config.train, self.model_config.max_steps
+        obs = torch.from_numpy(self.obs).to(self.device)  # (B, W, F)
+        labels = torch.from_numpy(self.info["label"]).to(self.device)  # (B,)
+        strategy_pnl = torch.from_numpy(self.info["strategy_pnl"]).to(self.device, torch.float32)  # (B, 8)
+        steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
+
+        self.model.train()
+        with self._autocast():
+            out, next_state, halted = act_step(
+                self.model,
+                obs,
+                self.state,
+                max_steps=max_steps,
+                exploration_prob=self.model_config.halt_exploration_prob,
+                generator=self.generator,
+            )
+        if not (torch.isfinite(out.task_logits).all() and torch.isfinite(out.halt_logits).all()):
+            raise NonFiniteLossError(f"non-finite model output at step {self.step + 1}")
+        actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
+        chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        parts = self.loss_fn(
+            out.task_logits, out.halt_logits, labels, chosen_pnl, return_components=True, strategy_pnl=strategy_pnl
+        )
+        loss = parts["total_loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step + 1}")
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip) if train.grad_clip > 0 else None
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self._update_ema(train.ema_decay)
+        self.state = next_state
+        self.step += 1
+
+        halted_np = halted.cpu().numpy()  # (B,) bool
+        actions_np = actions.cpu().numpy()
+        steps_np = steps_done.cpu().numpy()
+        self._record_halting(halted_np, actions_np, steps_np)
+        if halted_np.any():
+            self.obs, _, _, _, self.info = self.env.step_masked(actions_np, halted_np)
+
+        scalars = component_scalars(parts)
+        scalars["halt/rate"] = float(halted_np.mean())
+        scalars["train/lr"] = self.scheduler.get_last_lr()[0]
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = float(grad_norm)
+        logs = Logs(scalars=scalars)
+        if self.step % train.log_every == 0 or self.step == train.steps:
+            logs.scalars |= self.window.scalars(train.batch_size)
+            logs.histograms["halt/steps"] = np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([])
+            logs.histograms["loss/profit_weight"] = profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy()
+            self.window.reset()
+        return logs
+
+    def _record_halting(self, halted: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> None:
+        window = self.window
+        window.iterations += 1
+        window.reached += np.bincount(steps, minlength=window.max_steps + 1)[: window.max_steps + 1]
+        window.halted += np.bincount(steps[halted], minlength=window.max_steps + 1)[: window.max_steps + 1]
+        if halted.any():
+            committed = actions[halted]
+            window.rewards.append(self.info["strategy_pnl"][halted, committed])  # = the env's reward
+            window.correct.append(committed == self.info["label"][halted])
+            window.halt_steps.append(steps[halted])
+
+    @torch.no_grad()
+    def _update_ema(self, decay: float) -> None:
+        ema_params = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_params, list(self.model.parameters()), 1.0 - decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> EvalReport | None:
+        """Train to ``config.train.steps``, then evaluate on the held-out split.
+
+        Returns the final report, or None when stopped early (Ctrl-C or a callback); a checkpoint is
+        written either way. Raises NonFiniteLossError (keeping the last good checkpoint) on divergence.
+        """
+        train = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        status = "completed"
+        interrupt = _GracefulInterrupt()
+        self.callbacks.on_train_start(
+            RunInfo(log_dir=self.run_dir, total_steps=train.steps, start_step=self.step, hparams=self.hparams())
+        )
+        try:
+            with interrupt.installed():
+                while self.step < train.steps:
+                    logs = self.train_step()
+                    keep_going = self.callbacks.on_step_end(self.step, logs)
+                    if interrupt.requested or not keep_going:
+                        status = "interrupted" if interrupt.requested else "stopped"
+                        break
+                    if self.step % train.checkpoint_every == 0:
+                        self.save()
+                    if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
+                        self.evaluate()
+            self.save()
+            if status == "completed":
+                self.last_report = self.evaluate(final=True)
+        except BaseException as exc:
+            status = "diverged" if isinstance(exc, NonFiniteLossError) else "failed"
+            if isinstance(exc, KeyboardInterrupt):
+                status = "interrupted"
+            self.callbacks.on_exception(exc)
+            raise
+        finally:
+            self.callbacks.on_train_end({"status": status, "step": self.step, "run_dir": str(self.run_dir)})
+        return self.last_report if status == "completed" else None
+
+    def evaluate(self, final: bool = False) -> EvalReport:
+        """Held-out evaluation with adaptive halting (EMA weights when enabled); logs ``eval/*``."""
+        model = self.ema if self.ema is not None else self.model
+        report = evaluate(
+            model,
+            self.eval_replay,
+            max_steps=self.model_config.max_steps,
+            device=self.device,
+            batch_size=self.config.train.eval_batch_size,
+            bf16=self.config.train.bf16,
+            seed=self.config.train.seed,
+        )
+        logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
+        if final:
+            logs.curves = report.equity
+            (self.run_dir / "metrics.json").write_text(json.dumps(report.metrics, indent=2))
+        self.callbacks.on_eval_end(self.step, logs)
+        return report
+
+    def summary(self) -> str:
+        return format_summary(self.last_report.metrics) if self.last_report else "no evaluation yet"
+
+    def hparams(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for section, values in self.config.to_dict().items():
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    flat |= {f"{section}.{key}.{k}": v for k, v in value.items()}
+                else:
+                    flat[f"{section}.{key}"] = value
+        return flat
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, RNGs, env cursors, ACT carry."""
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "env": self.env.state_dict(),
+            "act": {
+                "carry": {f.name: getattr(self.state.carry, f.name) for f in dataclasses.fields(self.state.carry)},
+                "steps": self.state.steps,
+                "min_steps": self.state.min_steps,
+            },
+            "obs": torch.from_numpy(self.obs.copy()),
+            "info": {key: torch.from_numpy(np.asarray(value)) for key, value in self.info.items() if _array_like(value)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        self.env.load_state_dict(state["env"])
+        act = state["act"]
+        carry = TRMCarry(**{k: v.to(self.device) for k, v in act["carry"].items()})
+        self.state = ACTState(carry=carry, steps=act["steps"].to(self.device), min_steps=act["min_steps"].to(self.device))
+        self.obs = state["obs"].numpy()
+        self.info = {key: value.numpy() for key, value in state["info"].items()}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir / LATEST, self.state_dict())
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, callbacks: Iterable[Callback] = ()) -> Trainer:
+        """Rebuild a trainer from a run directory or checkpoint file, ready to continue ``fit``."""
+        state = load_checkpoint(path)
+        config = ExperimentConfig.from_dict(state["config"], source=f"checkpoint {path}")
+        run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+        trainer = cls(config, run_dir, callbacks)
+        trainer.load_state_dict(state)
+        return trainer
+
+
+def _array_like(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype != object
