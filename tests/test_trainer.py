@@ -140,18 +140,19 @@ def test_ema_weights_are_used_and_saved(tmp_path):
     assert differs
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("poison_step", [3, 4])  # 3: caught in the next forward; 4: caught before its checkpoint
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, poison_step):
     class Poison(Callback):
         def on_step_end(self, step, logs):
-            if step == 4:  # after the step-4 checkpoint is due; poison the weights
+            if step == poison_step:  # as if this step's update had produced NaN weights
                 with torch.no_grad():
                     next(trainer.model.parameters()).fill_(float("nan"))
 
     trainer = Trainer(tiny_config(checkpoint_every=2), tmp_path, [Poison()])
-    with pytest.raises(NonFiniteLossError, match="step 5"):
+    with pytest.raises(NonFiniteLossError, match="step 4"):
         trainer.fit()
     state = load_checkpoint(tmp_path)
-    assert state["step"] <= 4
+    assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 

@@ -127,7 +127,7 @@ def evaluate(
     observations = replay.observations(test_idx)  # (N, W, F)
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
-    periods = replay.bars_per_year / replay.config.stride
+    periods = replay.bars_per_year / replay.stride
     rows = np.arange(len(test_idx))
 
     def score(actions: np.ndarray) -> dict[str, float]:

@@ -72,7 +72,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix
         kind, optional = spec
         name = RENAMES.get((dest_prefix, f.name), f"{flag_prefix}{f.name}").replace("_", "-")
         default = getattr(defaults, f.name, None) if defaults is not None else None
-        help_text = f"{docs.get(f.name, f.name)} (default: {default})"
+        help_text = f"{docs.get(f.name, f.name)} (default: {default})".replace("%", "%%")  # argparse %-formats help
         dest = f"{dest_prefix}.{f.name}"
         if kind is bool:
             group.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -374,6 +374,9 @@ class Trainer:
         self.info = {key: value.numpy() for key, value in state["info"].items()}
 
     def save(self) -> Path:
+        """Atomically write the checkpoint; never overwrite a good one with non-finite weights."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise NonFiniteLossError(f"non-finite weights at step {self.step}; not saved")
         return save_checkpoint(self.run_dir / LATEST, self.state_dict())
 
     @classmethod

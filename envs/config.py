@@ -1,0 +1,112 @@
+"""TradeReplayConfig: every option of the trade-replay environment, validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .synthetic import RegimeSpec, SyntheticMarketConfig
+
+SPLITS: tuple[str, ...] = ("train", "test", "all")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _synthetic_from(value: Any) -> SyntheticMarketConfig:
+    """Accept a SyntheticMarketConfig, or a dict of its fields (as saved in a JSON/YAML run config)."""
+    if isinstance(value, SyntheticMarketConfig):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(SyntheticMarketConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"synthetic: unknown option(s) {unknown}; valid options are {sorted(known)}")
+        options = dict(value)
+        if "regimes" in options:
+            options["regimes"] = tuple(
+                r if isinstance(r, RegimeSpec) else RegimeSpec(**{**r, "ar": tuple(r.get("ar", ()))})
+                for r in options["regimes"]
+            )
+        return SyntheticMarketConfig(**options)
+    raise ValueError(
+        f"synthetic={value!r}: expected a SyntheticMarketConfig or a dict of its fields, "
+        "e.g. synthetic={'seed': 1, 'n_bars': 20000}"
+    )
+
+
+@dataclass
+class TradeReplayConfig:
+    """Options of TradeReplayEnv / TradeReplayVectorEnv / build_replay. Validated on construction."""
+
+    data: str | Path | pd.DataFrame = "synthetic"
+    """"synthetic" (the embedded regime market), a path to an OHLCV CSV, or an OHLCV DataFrame."""
+    window: int = 32
+    """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
+    horizon: int = 8
+    """Bars each trade lasts: a decision at bar t trades over bars t+1..t+horizon."""
+    stride: int | None = None
+    """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
+    cost: float = 0.0005
+    """Transaction cost, as a fraction of capital per unit of position change (0.0005 = 5 bp)."""
+    split: str = "train"
+    """Which decisions the episodes visit: "train", "test" (the last test_fraction of bars) or "all"."""
+    test_fraction: float = 0.2
+    """Fraction of bars, at the end of the series, held out as the test split."""
+    episode_length: int | None = None
+    """Decision points per episode (episode_length - 1 steps); None = the whole split, start to end."""
+    synthetic: SyntheticMarketConfig = field(default_factory=SyntheticMarketConfig)
+    """Options of the synthetic market (used when data == "synthetic"); a dict of its fields also works."""
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if isinstance(data, str) and data == "synthetic":
+            pass
+        elif isinstance(data, str | Path):
+            if not Path(data).is_file():
+                raise ValueError(
+                    f"data={str(data)!r}: no such file; pass 'synthetic', the path of an OHLCV CSV, "
+                    "or a pandas DataFrame"
+                )
+        elif not isinstance(data, pd.DataFrame):
+            raise ValueError(
+                f"data={type(data).__name__}: expected 'synthetic', a CSV path or a pandas DataFrame"
+            )
+        for name in ("window", "horizon"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected an int >= 1 (bars)")
+        if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
+            raise ValueError(f"stride={self.stride!r}: expected an int >= 1 (bars) or None (= horizon)")
+        if isinstance(self.cost, bool) or not isinstance(self.cost, int | float | np.floating) or not (
+            0.0 <= float(self.cost) < 1.0
+        ):
+            raise ValueError(
+                f"cost={self.cost!r}: expected a float in [0, 1), a fraction of capital per unit of "
+                "position change (0.0005 = 5 basis points)"
+            )
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r}: expected one of {SPLITS}")
+        if isinstance(self.test_fraction, bool) or not isinstance(
+            self.test_fraction, int | float | np.floating
+        ) or not 0.0 < float(self.test_fraction) < 1.0:
+            raise ValueError(f"test_fraction={self.test_fraction!r}: expected a float strictly between 0 and 1")
+        if self.episode_length is not None and (not _is_int(self.episode_length) or self.episode_length < 2):
+            raise ValueError(
+                f"episode_length={self.episode_length!r}: expected an int >= 2 (decision points per "
+                "episode; an episode of L decisions has L - 1 steps) or None (the whole split)"
+            )
+        self.synthetic = _synthetic_from(self.synthetic)
+        self.cost = float(self.cost)
+        self.test_fraction = float(self.test_fraction)
+
+    @property
+    def effective_stride(self) -> int:
+        """The stride actually used: `stride`, or `horizon` when stride is None."""
+        return int(self.horizon if self.stride is None else self.stride)

@@ -1,0 +1,99 @@
+"""Causal per-bar features and the causal statistics they share with the strategies.
+
+Every value at bar t is a function of bars 0..t only: exponentially weighted (EWM) and trailing
+rolling statistics are computed forward in time, and nothing is normalised with a statistic of the
+whole series (that would leak the future into the past). The test suite checks this bit for bit:
+replacing every bar after t leaves the features of bars <= t unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "ret",          # log return, in units of long-run volatility
+    "range",        # log(high / low), in units of long-run volatility
+    "body",         # log(close / open), in units of long-run volatility
+    "close_loc",    # where the close sits in the bar's range, -1 (low) .. +1 (high)
+    "gap",          # log(open / previous close), in units of long-run volatility
+    "volume_z",     # log volume z-score against its EWM mean and std
+    "vol_ratio",    # log(short-run volatility / long-run volatility)
+    "momentum",     # 16-bar return z-score (sum of returns / (short vol * sqrt(16)))
+    "trend",        # distance of log close from its EWM, in units of long-run volatility
+    "autocorr",     # EWM estimate of the lag-1 return autocorrelation
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+SHORT_VOL_HALFLIFE = 10.0  # bars; reacts within a regime (mean regime lengths are 80-150 bars)
+LONG_VOL_HALFLIFE = 500.0  # bars; a "normal" volatility level to compare against
+VOLUME_HALFLIFE = 500.0  # bars
+FEATURE_CLIP = 10.0  # z-scores beyond +-10 carry no extra information and destabilise training
+_TINY = 1e-12  # keeps 0 / 0 (a flat, volume-less start) at 0 instead of NaN
+
+
+def ewm_mean(x: np.ndarray, halflife: float) -> np.ndarray:
+    """Causal exponentially weighted mean (bias-corrected at the start, like pandas adjust=True)."""
+    return pd.Series(x).ewm(halflife=halflife, adjust=True).mean().to_numpy()
+
+
+def trailing_sum(x: np.ndarray, n: int) -> np.ndarray:
+    """Sum of the last n values (fewer at the start), causal."""
+    return pd.Series(x).rolling(n, min_periods=1).sum().to_numpy()
+
+
+def log_returns(close: np.ndarray) -> np.ndarray:
+    """r[t] = log(close[t] / close[t-1]); r[0] = 0 (bar 0 has no previous close)."""
+    r = np.zeros_like(close, dtype=np.float64)  # (T,)
+    r[1:] = np.diff(np.log(close))
+    return r
+
+
+def volatility(r: np.ndarray, halflife: float) -> np.ndarray:
+    """Causal EWM root-mean-square of returns from bar 1 on (bar 0's return is undefined)."""
+    sq = np.square(r)  # (T,)
+    out = np.zeros_like(sq)  # (T,)
+    out[1:] = np.sqrt(ewm_mean(sq[1:], halflife))
+    return out
+
+
+def compute_features(
+    open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
+) -> np.ndarray:
+    """Features of every bar, (T, N_FEATURES) float32, clipped to +-FEATURE_CLIP.
+
+    Row 0 is all zeros (no previous close); rows >= 1 are valid.
+    """
+    r = log_returns(close)  # (T,)
+    vol_short = volatility(r, SHORT_VOL_HALFLIFE) + _TINY  # (T,)
+    vol_long = volatility(r, LONG_VOL_HALFLIFE) + _TINY  # (T,)
+    log_close = np.log(close)  # (T,)
+    prev_log_close = np.concatenate((log_close[:1], log_close[:-1]))  # (T,)
+    bar_range = high - low  # (T,)
+
+    log_volume = np.log1p(volume)  # (T,)
+    # A slow baseline (like long-run vol) so that a regime's volume level shows instead of adapting away.
+    vol_mean = ewm_mean(log_volume, VOLUME_HALFLIFE)  # (T,)
+    vol_std = np.sqrt(np.maximum(ewm_mean(np.square(log_volume - vol_mean), VOLUME_HALFLIFE), 0.0))  # (T,)
+
+    # Lag-1 autocorrelation: EWM of r_t r_{t-1} over EWM of r_t^2 (bounded by Cauchy-Schwarz, roughly).
+    lagged = np.concatenate(([0.0], r[:-1]))  # (T,)
+    autocorr = ewm_mean(r * lagged, 32.0) / (ewm_mean(np.square(r), 32.0) + _TINY)  # (T,)
+
+    feats = np.column_stack(
+        (
+            r / vol_long,
+            np.log(high / low) / vol_long,
+            np.log(close / open_) / vol_long,
+            np.where(bar_range > 0, 2.0 * (close - low) / np.where(bar_range > 0, bar_range, 1.0) - 1.0, 0.0),
+            (np.log(open_) - prev_log_close) / vol_long,
+            (log_volume - vol_mean) / (vol_std + _TINY),
+            np.log(vol_short / vol_long),
+            trailing_sum(r, 16) / (vol_short * 4.0),
+            (log_close - ewm_mean(log_close, 32.0)) / vol_long,
+            autocorr,
+        )
+    )  # (T, F)
+    feats[0] = 0.0
+    np.clip(feats, -FEATURE_CLIP, FEATURE_CLIP, out=feats)
+    return feats.astype(np.float32)

@@ -1,0 +1,193 @@
+"""Embedded synthetic market: a seeded, regime-switching OHLCV generator (no download needed).
+
+Each regime has its own drift, volatility, lag-1 return autocorrelation and volume level, and a
+persistent Markov chain switches between them. The regimes are built so that each one favours a
+different strategy of :mod:`.strategies` (see ``RegimeSpec.favours``), so knowing the regime is
+worth money, and so that each leaves an observable fingerprint in causal features (volatility,
+drift, autocorrelation sign, volume), so the regime can be learned from the past alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class RegimeSpec:
+    """One market regime: a stationary AR(1) return process with its own volume level."""
+
+    name: str
+    """Short name, e.g. "bull"."""
+    drift: float
+    """Mean log return per bar (0.001 = 0.1% per bar)."""
+    volatility: float
+    """Standard deviation of the log return per bar."""
+    ar: tuple[float, ...]
+    """AR coefficients of the demeaned returns for lags 1, 2, ...: (-0.45,) mean-reverts, (0.35,) trends."""
+    mean_duration: float
+    """Expected number of bars the regime lasts once entered (Markov stay probability 1 - 1/d)."""
+    volume_level: float
+    """Offset of log volume from the market's base level (regime fingerprint)."""
+    favours: str = ""
+    """The strategy this regime is designed to reward (documentation only)."""
+
+    def __post_init__(self) -> None:
+        if not self.volatility > 0:
+            raise ValueError(f"RegimeSpec {self.name!r}: volatility={self.volatility} must be > 0")
+        roots = np.roots(np.r_[1.0, -np.asarray(self.ar, dtype=float)]) if self.ar else np.array([])
+        if np.any(np.abs(roots) >= 1.0):
+            raise ValueError(
+                f"RegimeSpec {self.name!r}: ar={self.ar} is not stationary (a root of the AR polynomial "
+                "lies on or outside the unit circle); use smaller coefficients"
+            )
+        if not self.mean_duration >= 1:
+            raise ValueError(
+                f"RegimeSpec {self.name!r}: mean_duration={self.mean_duration} must be >= 1 bar"
+            )
+
+
+# Calibrated so that, at the default cost, each regime's best strategy (by mean PnL) is `favours`,
+# and the hindsight label distribution stays spread out (no class above 50%).
+DEFAULT_REGIMES: tuple[RegimeSpec, ...] = (
+    RegimeSpec("bull", drift=0.0012, volatility=0.010, ar=(), mean_duration=150,
+               volume_level=-0.1, favours="long"),
+    RegimeSpec("bear", drift=-0.0018, volatility=0.018, ar=(), mean_duration=100,
+               volume_level=0.45, favours="short"),
+    RegimeSpec("range", drift=0.0, volatility=0.008, ar=(-0.45,), mean_duration=120,
+               volume_level=-0.3, favours="mean_reversion"),
+    RegimeSpec("swing", drift=0.0, volatility=0.013, ar=(0.35,), mean_duration=120,
+               volume_level=0.25, favours="momentum"),
+    RegimeSpec("chop", drift=0.0, volatility=0.024, ar=(0.25, -0.2, -0.3, -0.3, -0.3), mean_duration=80,
+               volume_level=0.8, favours="flat"),
+    RegimeSpec("quiet", drift=0.0005, volatility=0.004, ar=(), mean_duration=150,
+               volume_level=-0.6, favours="vol_target"),
+)
+
+
+@dataclass(frozen=True)
+class SyntheticMarketConfig:
+    """Options of the embedded synthetic market. Frozen (hashable) so that builds can be cached."""
+
+    n_bars: int = 40_000
+    """Number of OHLCV bars to generate."""
+    seed: int = 0
+    """Seed of the market itself (independent of the environment's reset seed)."""
+    regimes: tuple[RegimeSpec, ...] = field(default=DEFAULT_REGIMES)
+    """The regimes; the Markov chain leaves regime k with probability 1/mean_duration, to any other uniformly."""
+    start_price: float = 100.0
+    """Close of the bar before the first bar."""
+    start_date: str = "2000-01-03"
+    """Timestamp of the first bar; bars are business days (252 per year)."""
+    base_volume: float = 1e6
+    """Median volume of a bar in a regime with volume_level 0."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_bars, int) or self.n_bars < 2:
+            raise ValueError(f"SyntheticMarketConfig: n_bars={self.n_bars!r} must be an int >= 2")
+        if not isinstance(self.seed, int | np.integer):
+            raise ValueError(f"SyntheticMarketConfig: seed={self.seed!r} must be an int")
+        if not isinstance(self.regimes, tuple) or len(self.regimes) < 2:
+            raise ValueError("SyntheticMarketConfig: regimes must be a tuple of at least 2 RegimeSpec")
+        if not all(isinstance(r, RegimeSpec) for r in self.regimes):
+            raise ValueError("SyntheticMarketConfig: every entry of regimes must be a RegimeSpec")
+        if not self.start_price > 0 or not self.base_volume > 0:
+            raise ValueError("SyntheticMarketConfig: start_price and base_volume must be > 0")
+
+    @property
+    def regime_names(self) -> tuple[str, ...]:
+        """Names of the regimes, index = regime id."""
+        return tuple(r.name for r in self.regimes)
+
+
+def _regime_path(n_bars: int, regimes: tuple[RegimeSpec, ...], rng: np.random.Generator) -> np.ndarray:
+    """Persistent Markov chain: geometric stays (mean = mean_duration), then a uniform jump elsewhere."""
+    k = len(regimes)
+    path = np.empty(n_bars, dtype=np.int64)  # (T,)
+    pos = 0
+    current = int(rng.integers(k))
+    while pos < n_bars:
+        stay = int(rng.geometric(1.0 / regimes[current].mean_duration))
+        path[pos : pos + stay] = current
+        pos += stay
+        nxt = int(rng.integers(k - 1))
+        current = nxt + (nxt >= current)  # uniform over the other regimes
+    return path
+
+
+def _innovation_scale(ar: tuple[float, ...]) -> float:
+    """sqrt(sum of squared impulse responses): the stationary std of an AR process with unit innovations."""
+    psi = np.zeros(512)  # (L,) impulse response; coefficients decay geometrically for a stationary AR
+    psi[0] = 1.0
+    for j in range(1, psi.size):
+        psi[j] = sum(c * psi[j - 1 - i] for i, c in enumerate(ar) if j - 1 - i >= 0)
+    return float(np.sqrt(np.sum(psi**2)))
+
+
+def _ar_returns(regime: np.ndarray, regimes: tuple[RegimeSpec, ...], rng: np.random.Generator) -> np.ndarray:
+    """Demeaned returns x_t = sum_j ar_j x_{t-j} + s eps_t, with each regime's own coefficients.
+
+    The innovation scale s makes each regime's stationary return volatility equal its `volatility`
+    whatever its autocorrelation structure.
+    """
+    n = regime.shape[0]
+    order = max((len(r.ar) for r in regimes), default=0)
+    coeffs = [list(r.ar) + [0.0] * (order - len(r.ar)) for r in regimes]
+    scale = [r.volatility / _innovation_scale(r.ar) for r in regimes]
+    shocks = rng.standard_normal(n).tolist()
+    history = [0.0] * order  # most recent first
+    out = np.empty(n)  # (T,)
+    for i, k in enumerate(regime.tolist()):  # the recursion is sequential; 40k scalar steps take ~40 ms
+        x = scale[k] * shocks[i] + sum(c * h for c, h in zip(coeffs[k], history, strict=True))
+        if order:
+            history = [x, *history[:-1]]
+        out[i] = x
+    return out
+
+
+def generate_synthetic_market(config: SyntheticMarketConfig | None = None) -> pd.DataFrame:
+    """Generate OHLCV bars and the true regime of each bar.
+
+    Returns a DataFrame indexed by business-day timestamps with float columns
+    ``open, high, low, close, volume`` and an int column ``regime`` (index into
+    ``config.regimes``). All randomness comes from ``numpy.random.default_rng(config.seed)``.
+    """
+    config = SyntheticMarketConfig() if config is None else config
+    rng = np.random.default_rng(config.seed)
+    n = config.n_bars
+    regime = _regime_path(n, config.regimes, rng)  # (T,)
+
+    drift = np.array([r.drift for r in config.regimes])[regime]  # (T,)
+    vol = np.array([r.volatility for r in config.regimes])[regime]  # (T,)
+    volume_level = np.array([r.volume_level for r in config.regimes])[regime]  # (T,)
+    log_ret = drift + _ar_returns(regime, config.regimes, rng)  # (T,)
+
+    log_close = np.log(config.start_price) + np.cumsum(log_ret)  # (T,)
+    prev_log_close = np.concatenate(([np.log(config.start_price)], log_close[:-1]))  # (T,)
+    # The open gaps a little from the previous close; the bar's extremes extend beyond open/close
+    # by half-normal amounts that scale with the regime's volatility (wider bars in wild regimes).
+    log_open = prev_log_close + 0.15 * vol * rng.standard_normal(n)  # (T,)
+    upper = np.maximum(log_open, log_close) + 0.5 * vol * np.abs(rng.standard_normal(n))  # (T,)
+    lower = np.minimum(log_open, log_close) - 0.5 * vol * np.abs(rng.standard_normal(n))  # (T,)
+    # Volume rises with the regime's level and with the size of the bar's move.
+    log_volume = (
+        np.log(config.base_volume)
+        + volume_level
+        + 0.3 * np.abs(log_ret - drift) / vol
+        + 0.25 * rng.standard_normal(n)
+    )  # (T,)
+
+    index = pd.bdate_range(config.start_date, periods=n, name="timestamp")
+    return pd.DataFrame(
+        {
+            "open": np.exp(log_open),
+            "high": np.exp(upper),
+            "low": np.exp(lower),
+            "close": np.exp(log_close),
+            "volume": np.round(np.exp(log_volume)),
+            "regime": regime,
+        },
+        index=index,
+    )

@@ -1,0 +1,231 @@
+"""TradeReplayEnv: pick one of 8 trading strategies at each decision point of a market replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+from .config import TradeReplayConfig
+from .features import FEATURE_CLIP
+from .replay import ReplayData, build_replay
+from .strategies import N_STRATEGIES
+from .synthetic import SyntheticMarketConfig
+
+_DEFAULTS = TradeReplayConfig.__dataclass_fields__
+
+
+def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) -> TradeReplayConfig:
+    """A config from either `config` or individual options (both at once would be ambiguous)."""
+    if config is None:
+        return TradeReplayConfig(**options)
+    if not isinstance(config, TradeReplayConfig):
+        raise ValueError(f"config={config!r}: expected a TradeReplayConfig or None")
+    defaults = TradeReplayConfig()
+    changed = sorted(
+        k for k, v in options.items()
+        if not (v is getattr(defaults, k) or (not isinstance(v, pd.DataFrame) and v == getattr(defaults, k)))
+    )
+    if changed:
+        raise ValueError(
+            f"got config= and also {changed}; pass one or the other, "
+            f"e.g. config=dataclasses.replace(config, {changed[0]}=...)"
+        )
+    return config
+
+
+def episode_bounds(start: int, stop: int, episode_length: int | None, rng: np.random.Generator | None) -> tuple[int, int]:
+    """(first, last) decision index of a new episode within the split range [start, stop).
+
+    With episode_length set, the first decision is drawn uniformly among those that fit, with one
+    ``rng.integers`` call (the vector env makes the same call, so seeded episodes agree exactly).
+    """
+    if episode_length is None:
+        return start, stop - 1
+    assert rng is not None
+    first = start + int(rng.integers(0, stop - start - episode_length + 1))
+    return first, first + episode_length - 1
+
+
+def check_split(replay: ReplayData, config: TradeReplayConfig) -> tuple[int, int]:
+    """The split's decision range, after checking that it fits at least one episode."""
+    start, stop = replay.split_range(config.split)
+    n = stop - start
+    need = 2 if config.episode_length is None else config.episode_length
+    if n < need:
+        raise ValueError(
+            f"split={config.split!r} of {replay.source} has {n} decision point(s) but an episode needs {need} "
+            f"(episode_length={config.episode_length}); use more bars, a smaller stride/episode_length, "
+            "or another test_fraction"
+        )
+    return start, stop
+
+
+class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
+    """Replay a market and choose, at each decision point, which of 8 trading strategies to run.
+
+    At decision bar t the agent sees the causal features of bars t-window+1..t and picks a strategy;
+    the strategy trades over bars t+1..t+horizon (entering from flat, exiting to flat) and its
+    realized PnL, net of costs, is the reward. The environment then moves `stride` bars on.
+    Every strategy's PnL is precomputed once (see ``ReplayData``), so a step is an index lookup.
+
+    ## Action Space
+
+    ``Discrete(8)``; the action is an index into ``STRATEGIES``:
+
+    | action | strategy       | rule (position held over bar j+1, decided from bars <= j)           |
+    |--------|----------------|---------------------------------------------------------------------|
+    | 0      | flat           | 0                                                                   |
+    | 1      | long           | +1                                                                  |
+    | 2      | short          | -1                                                                  |
+    | 3      | momentum       | tanh(5-bar return / (short-run vol * sqrt 5))                      |
+    | 4      | mean_reversion | -tanh(2 * (log close - its 4-bar mean) / short-run vol)            |
+    | 5      | ma_trend       | tanh(2 * (EWM_4 - EWM_16 of log close) / short-run vol)            |
+    | 6      | breakout       | position of the close in its 20-bar high-low channel, -1 .. +1      |
+    | 7      | vol_target     | min(0.8 * long-run vol / short-run vol, 2): a volatility-targeted long |
+
+    ## Observation Space
+
+    ``Box(-10, 10, (window, 10), float32)``: for bars t-window+1..t, the features ``ret``, ``range``,
+    ``body``, ``close_loc``, ``gap``, ``volume_z``, ``vol_ratio``, ``momentum``, ``trend``,
+    ``autocorr`` (see ``trm_act.envs.features.FEATURE_NAMES``). Each is computed from past bars only,
+    with causal (EWM / trailing) normalisation, so the observation at t never changes when a later
+    bar does. A fresh array is returned every time.
+
+    ## Rewards
+
+    The reward of ``step(a)`` is ``info["strategy_pnl"][a]`` of the decision just acted on, exactly:
+    ``sum_k p_k * r_{t+k+1} - cost * (|p_0| + sum_k |p_k - p_{k-1}| + |p_{h-1}|)``, in fractions of
+    capital (0.05 = 5%), with r the close-to-close log return and p the strategy's positions.
+
+    ``info`` (from ``reset`` and ``step``) describes the decision point of the returned observation:
+    ``label`` (int, best strategy in hindsight, ties to the lowest index), ``strategy_pnl``
+    (float64[8], each strategy's PnL over the coming horizon; supervision, never model input), ``t``
+    (bar index), ``decision`` (decision index into ``env.replay``), and ``regime`` (int, the true
+    regime; synthetic data only).
+
+    ## Starting State
+
+    The first decision of the split (episode_length None), or one drawn uniformly from
+    ``self.np_random`` among the starts that leave room for episode_length decisions.
+
+    ## Episode End
+
+    ``terminated`` is always False (a market has no terminal state). ``truncated`` is True on the step
+    that reaches the episode's last decision point: the end of the split, or episode_length decision
+    points after the start. An episode of L decision points therefore has L - 1 steps.
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, stride=None,
+                   cost=0.0005, split="train", test_fraction=0.2, episode_length=None,
+                   synthetic=SyntheticMarketConfig())
+    ```
+
+    * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, or a DataFrame.
+    * ``window``, ``horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``, ``episode_length``,
+      ``synthetic``: see ``TradeReplayConfig``. Or pass a whole ``config=TradeReplayConfig(...)``.
+    * ``render_mode``: must be None (nothing to render; plot ``env.replay.close`` instead).
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(
+        self,
+        data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
+        window: int = _DEFAULTS["window"].default,
+        horizon: int = _DEFAULTS["horizon"].default,
+        stride: int | None = _DEFAULTS["stride"].default,
+        cost: float = _DEFAULTS["cost"].default,
+        split: str = _DEFAULTS["split"].default,
+        test_fraction: float = _DEFAULTS["test_fraction"].default,
+        episode_length: int | None = _DEFAULTS["episode_length"].default,
+        synthetic: SyntheticMarketConfig | dict[str, Any] | None = None,
+        *,
+        config: TradeReplayConfig | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        options = dict(data=data, window=window, horizon=horizon, stride=stride, cost=cost, split=split,
+                       test_fraction=test_fraction, episode_length=episode_length)
+        if synthetic is not None:
+            options["synthetic"] = synthetic
+        self.config = resolve_config(config, options)
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: TradeReplayEnv does not render; pass None")
+        self.render_mode = render_mode
+        self.replay = build_replay(self.config)
+        self._start, self._stop = check_split(self.replay, self.config)
+
+        replay = self.replay
+        self.action_space = spaces.Discrete(N_STRATEGIES)
+        self.observation_space = spaces.Box(
+            -FEATURE_CLIP, FEATURE_CLIP, shape=(replay.window, replay.n_features), dtype=np.float32
+        )
+        # Plain Python containers make the per-step lookups a few list indexings (no numpy scalars).
+        self._pnl_list: list[list[float]] = replay.strategy_pnl.tolist()
+        self._pnl_rows = list(replay.strategy_pnl)  # read-only row views, copied into each info
+        self._labels: list[int] = replay.labels.tolist()
+        self._bars: list[int] = replay.decision_bars.tolist()
+        self._regimes: list[int] | None = None if replay.regimes is None else replay.regimes.tolist()
+        windows = replay.windows
+        self._windows = None if windows is None else list(windows)  # (W, F) read-only views, copied per step
+        self._actions = {a: a for a in range(N_STRATEGIES)}
+        self._decision = -1  # -1: reset() not called yet; -2: the episode has ended
+        self._last = -1
+
+    # --- internals -----------------------------------------------------------------------------
+    def _observation(self, d: int) -> np.ndarray:
+        if self._windows is not None:
+            return self._windows[d].copy()  # (W, F) fresh
+        t = self._bars[d]
+        return self.replay.features[t - self.replay.window + 1 : t + 1].copy()  # (W, F) fresh
+
+    def _info(self, d: int) -> dict[str, Any]:
+        info = {"label": self._labels[d], "strategy_pnl": self._pnl_rows[d].copy(), "t": self._bars[d], "decision": d}
+        if self._regimes is not None:
+            info["regime"] = self._regimes[d]
+        return info
+
+    def _action(self, action: Any) -> int:
+        try:
+            a = self._actions.get(action)
+        except TypeError:  # unhashable, e.g. a 0-d array
+            a = self._actions.get(int(action)) if np.ndim(action) == 0 else None
+        if a is None:
+            raise ValueError(f"action={action!r}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)")
+        return a
+
+    # --- gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        rng = self.np_random if self.config.episode_length is not None else None
+        self._decision, self._last = episode_bounds(self._start, self._stop, self.config.episode_length, rng)
+        d = self._decision
+        return self._observation(d), self._info(d)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        d = self._decision
+        if d < 0:
+            raise ResetNeeded(
+                "call reset() before step()" if d == -1 else "the episode has ended (truncated); call reset()"
+            )
+        a = self._action(action)
+        reward = self._pnl_list[d][a]  # Python float, exactly strategy_pnl[d, a]
+        d += 1
+        truncated = d == self._last
+        self._decision = -2 if truncated else d
+        return self._observation(d), reward, False, truncated, self._info(d)
+
+    def render(self) -> None:
+        """No rendering: the replay is a table of numbers; plot ``env.replay.close`` for a picture."""
+        return None

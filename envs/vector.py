@@ -1,0 +1,251 @@
+"""TradeReplayVectorEnv: N trade replays stepped together with numpy, no Python loop per sub-env.
+
+Sub-env i behaves exactly like ``TradeReplayEnv`` reset with seed ``seed + i``. Episodes that end
+are reset within the same ``step`` call (Gymnasium's SAME_STEP autoreset): the returned observation
+and info are the new episode's first decision, and ``info["final_obs"]`` / ``info["final_info"]``
+hold the last decision of the episode that ended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .config import TradeReplayConfig
+from .features import FEATURE_CLIP
+from .replay import build_replay
+from .strategies import N_STRATEGIES
+from .synthetic import SyntheticMarketConfig
+from .trade_replay import _DEFAULTS, check_split, episode_bounds, resolve_config
+
+# Bit generators a saved state may name (Gymnasium seeds with PCG64).
+_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "Philox": np.random.Philox,
+                   "SFC64": np.random.SFC64, "MT19937": np.random.MT19937}
+
+
+class TradeReplayVectorEnv(VectorEnv):
+    """``num_envs`` TradeReplayEnv copies over one shared, precomputed replay, batched with numpy.
+
+    Arguments are those of ``TradeReplayEnv`` plus ``num_envs``. Observations are
+    ``(num_envs, window, F)`` float32 (fresh each call), rewards ``(num_envs,)`` float64.
+
+    ``info`` holds arrays over sub-envs: ``label`` (N,) int64, ``strategy_pnl`` (N, 8) float64,
+    ``t`` (N,) int64, ``decision`` (N,) int64 and, on synthetic data, ``regime`` (N,) int64, each with
+    Gymnasium's ``_key`` mask (all True). When episodes end in a step, ``final_obs`` (object array,
+    None where no episode ended), ``final_info`` (same keys, masked) and their masks are added.
+
+    ``step_masked(actions, mask)`` advances only the sub-envs where mask is True; the others keep
+    their decision point and return reward 0.0, no truncation, and their current observation/info.
+    ``state_dict()`` / ``load_state_dict()`` save and restore the cursors and RNGs (exact resume).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
+        window: int = _DEFAULTS["window"].default,
+        horizon: int = _DEFAULTS["horizon"].default,
+        stride: int | None = _DEFAULTS["stride"].default,
+        cost: float = _DEFAULTS["cost"].default,
+        split: str = _DEFAULTS["split"].default,
+        test_fraction: float = _DEFAULTS["test_fraction"].default,
+        episode_length: int | None = _DEFAULTS["episode_length"].default,
+        synthetic: SyntheticMarketConfig | dict[str, Any] | None = None,
+        *,
+        config: TradeReplayConfig | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: TradeReplayVectorEnv does not render; pass None")
+        options = dict(data=data, window=window, horizon=horizon, stride=stride, cost=cost, split=split,
+                       test_fraction=test_fraction, episode_length=episode_length)
+        if synthetic is not None:
+            options["synthetic"] = synthetic
+        self.config = resolve_config(config, options)
+        self.replay = build_replay(self.config)
+        self._start, self._stop = check_split(self.replay, self.config)
+
+        self.num_envs = int(num_envs)
+        replay = self.replay
+        self.single_action_space = spaces.Discrete(N_STRATEGIES)
+        self.single_observation_space = spaces.Box(
+            -FEATURE_CLIP, FEATURE_CLIP, shape=(replay.window, replay.n_features), dtype=np.float32
+        )
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+
+        self._pnl = replay.strategy_pnl  # (D, S)
+        self._labels = replay.labels  # (D,)
+        self._bars = replay.decision_bars  # (D,)
+        self._regimes = replay.regimes  # (D,) or None
+        self._windows = replay.windows  # (D, W, F) or None
+        self._rngs: list[np.random.Generator] | None = None
+        self._decision: np.ndarray | None = None  # (N,) current decision index of each sub-env
+        self._last = np.zeros(self.num_envs, dtype=np.int64)  # (N,) last decision of each episode
+
+    # --- internals -----------------------------------------------------------------------------
+    def _observations(self, decisions: np.ndarray) -> np.ndarray:
+        if self._windows is not None:
+            return self._windows[decisions]  # (N, W, F) fancy indexing: a fresh copy
+        return self.replay.observations(decisions)
+
+    def _info_values(self, decisions: np.ndarray) -> dict[str, np.ndarray]:
+        values = {
+            "label": self._labels[decisions],  # (N,)
+            "strategy_pnl": self._pnl[decisions],  # (N, S)
+            "t": self._bars[decisions],  # (N,)
+            "decision": decisions.copy(),  # (N,)
+        }
+        if self._regimes is not None:
+            values["regime"] = self._regimes[decisions]  # (N,)
+        return values
+
+    def _info(self, decisions: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        """Info arrays with Gymnasium's `_key` masks; with `mask`, rows outside it are zero (final_info layout)."""
+        info: dict[str, Any] = self._info_values(decisions)
+        for key in list(info):
+            if mask is not None:
+                info[key][~mask] = 0
+            info[f"_{key}"] = np.ones(self.num_envs, dtype=bool) if mask is None else mask.copy()
+        return info
+
+    def _new_episodes(self, envs: np.ndarray) -> None:
+        """Start a new episode in each listed sub-env (a loop over resetting envs only)."""
+        assert self._decision is not None and self._rngs is not None
+        for i in envs.tolist():
+            rng = self._rngs[i] if self.config.episode_length is not None else None
+            self._decision[i], self._last[i] = episode_bounds(self._start, self._stop, self.config.episode_length, rng)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Cursors and RNG states of every sub-env, as plain Python values (safe for torch.load(weights_only=True)).
+
+        ``load_state_dict`` on a vector env built with the same config continues exactly where this one is.
+        """
+        return {
+            "num_envs": self.num_envs,
+            "decision": None if self._decision is None else self._decision.tolist(),
+            "last": self._last.tolist(),
+            "rngs": None if self._rngs is None else [rng.bit_generator.state for rng in self._rngs],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
+        if state.get("num_envs") != self.num_envs:
+            raise ValueError(
+                f"state: saved with num_envs={state.get('num_envs')}, this env has {self.num_envs}; "
+                "build the vector env with the saved num_envs"
+            )
+        decision = state["decision"]
+        if decision is not None and not all(self._start <= d < self._stop for d in decision):
+            raise ValueError(
+                f"state: decision indices outside this env's split range [{self._start}, {self._stop}); "
+                "build the vector env with the saved config"
+            )
+        rngs = None
+        if state["rngs"] is not None:
+            rngs = []
+            for saved in state["rngs"]:
+                bit_generator = _BIT_GENERATORS.get(saved["bit_generator"])
+                if bit_generator is None:
+                    raise ValueError(f"state: unknown bit generator {saved['bit_generator']!r}; expected one of {list(_BIT_GENERATORS)}")
+                rng = np.random.Generator(bit_generator())
+                rng.bit_generator.state = saved
+                rngs.append(rng)
+        self._rngs = rngs
+        self._decision = None if decision is None else np.array(decision, dtype=np.int64)
+        self._last = np.array(state["last"], dtype=np.int64)
+
+    # --- gymnasium API -------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every sub-env; with seed s, sub-env i is seeded s + i (or seed[i] for a list)."""
+        if isinstance(seed, list | tuple):
+            if len(seed) != self.num_envs:
+                raise ValueError(f"seed: a list of {len(seed)} seeds for {self.num_envs} sub-envs; pass one per sub-env")
+            seeds = list(seed)
+        elif seed is None:
+            seeds = [None] * self.num_envs
+        else:
+            super().reset(seed=int(seed))
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        if self._rngs is None:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        else:  # like Env.reset: seed=None keeps a sub-env's generator
+            self._rngs = [rng if s is None else seeding.np_random(s)[0] for rng, s in zip(self._rngs, seeds, strict=True)]
+        self._decision = np.zeros(self.num_envs, dtype=np.int64)
+        self._new_episodes(np.arange(self.num_envs))
+        return self._observations(self._decision), self._info(self._decision)
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Advance every sub-env by one decision (``step_masked`` with an all-True mask)."""
+        return self.step_masked(actions, None)
+
+    def step_masked(
+        self, actions: Any, mask: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Advance only the sub-envs where ``mask`` is True; they commit ``actions[i]``.
+
+        The others do not move: reward 0.0, terminated/truncated False, observation and info of their
+        current decision (their actions are ignored and not validated). ``mask=None`` means all.
+        """
+        decision = self._decision
+        if decision is None:
+            raise ResetNeeded("call reset() before step()")
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs,) or a.dtype.kind not in "iu":
+            raise ValueError(
+                f"actions: expected an integer array of shape ({self.num_envs},), got {a.dtype} {a.shape}"
+            )
+        if mask is None:
+            bad = (a < 0) | (a >= N_STRATEGIES)  # (N,)
+            active = None
+        else:
+            active = np.asarray(mask)
+            if active.shape != (self.num_envs,) or active.dtype != np.bool_:
+                raise ValueError(f"mask: expected a bool array of shape ({self.num_envs},), got {active.dtype} {active.shape}")
+            bad = active & ((a < 0) | (a >= N_STRATEGIES))
+            a = np.where(active, a, 0)  # ignored actions still index safely
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"actions[{i}]={a[i]}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)")
+
+        rewards = self._pnl[decision, a]  # (N,) exactly strategy_pnl[d, a]
+        if active is None:
+            decision += 1
+        else:
+            rewards[~active] = 0.0
+            decision += active
+        truncated = decision == self._last  # (N,) only advanced envs can newly reach their last decision
+        if active is not None:
+            truncated &= active
+        terminated = np.zeros(self.num_envs, dtype=bool)  # (N,)
+
+        obs = self._observations(decision)  # (N, W, F)
+        info = self._info(decision)
+        if truncated.any():
+            ended = np.flatnonzero(truncated)  # (E,)
+            final_obs = np.full(self.num_envs, None, dtype=object)  # Gymnasium's layout: per-env arrays
+            final_rows = obs[ended]  # (E, W, F) copies, before the rows are overwritten
+            for j, i in enumerate(ended.tolist()):
+                final_obs[i] = final_rows[j]
+            info["final_obs"], info["_final_obs"] = final_obs, truncated.copy()
+            info["final_info"], info["_final_info"] = self._info(decision, truncated), truncated.copy()
+            self._new_episodes(ended)
+            obs[ended] = self._observations(decision[ended])
+            for key, value in self._info_values(decision[ended]).items():
+                info[key][ended] = value
+        return obs, rewards, terminated, truncated, info

@@ -1,0 +1,233 @@
+"""Market data: OHLCV loading and validation (envs/market.py) and the synthetic generator (envs/synthetic.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from trm_act.envs import (
+    DEFAULT_REGIMES,
+    RegimeSpec,
+    SyntheticMarketConfig,
+    TradeReplayConfig,
+    build_replay,
+    generate_synthetic_market,
+    load_ohlcv,
+)
+from trm_act.envs.market import bars_per_year
+
+
+def yahoo_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Synthetic bars in the column layout of a Yahoo Finance CSV (Date, Open, ..., Adj Close, Volume)."""
+    bars = generate_synthetic_market(SyntheticMarketConfig(n_bars=n, seed=seed))
+    frame = bars.drop(columns="regime").rename(columns=str.title).reset_index(names="Date")
+    frame["Date"] = frame["Date"].dt.strftime("%Y-%m-%d")
+    frame.insert(5, "Adj Close", frame["Close"])
+    return frame
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def test_csv_round_trip_matches_source(tmp_path):
+    frame = yahoo_frame()
+    ohlcv = load_ohlcv(write_csv(tmp_path / "prices.csv", frame))
+    assert list(ohlcv.columns) == ["open", "high", "low", "close", "volume"]
+    assert isinstance(ohlcv.index, pd.DatetimeIndex) and ohlcv.index.name == "timestamp"
+    assert ohlcv.index[0] == pd.Timestamp(frame["Date"].iloc[0])
+    np.testing.assert_allclose(ohlcv["close"].to_numpy(), frame["Close"].to_numpy(), rtol=1e-12)
+    assert ohlcv.attrs["source"].endswith("prices.csv")
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [
+        str.lower,
+        str.upper,
+        lambda c: {"Date": "Timestamp", "Adj Close": "adj_close"}.get(c, c),
+        lambda c: {"Date": "datetime", "Adj Close": "AdjClose", "Volume": "vol"}.get(c, c),
+        lambda c: {"Date": " time "}.get(c, c),
+    ],
+    ids=["lower", "upper", "timestamp-adj_close", "datetime-AdjClose-vol", "padded-time"],
+)
+def test_column_spellings_are_case_insensitive(rename):
+    frame = yahoo_frame()
+    reference = load_ohlcv(frame)
+    pd.testing.assert_frame_equal(load_ohlcv(frame.rename(columns=rename)), reference)
+
+
+def test_datetime_index_and_optional_columns():
+    frame = yahoo_frame().drop(columns=["Adj Close", "Volume"])
+    indexed = frame.assign(Date=pd.to_datetime(frame["Date"])).set_index("Date")
+    ohlcv = load_ohlcv(indexed)
+    assert (ohlcv["volume"] == 0).all()  # Volume is optional
+    pd.testing.assert_frame_equal(ohlcv, load_ohlcv(frame))
+
+
+def test_separate_date_and_time_columns_are_joined():
+    frame = yahoo_frame(50).drop(columns="Adj Close")
+    frame["Time"] = "09:30:00"
+    assert load_ohlcv(frame).index[0] == pd.Timestamp(frame["Date"].iloc[0] + " 09:30")
+
+
+def test_adj_close_adjusts_prices():
+    frame = yahoo_frame(50)
+    frame.loc[:24, "Adj Close"] = frame.loc[:24, "Close"] / 2.0  # a 2:1 split after row 24
+    ohlcv = load_ohlcv(frame)
+    np.testing.assert_allclose(ohlcv["close"].to_numpy()[:25], frame["Close"].to_numpy()[:25] / 2.0)
+    np.testing.assert_allclose(ohlcv["high"].to_numpy()[:25], frame["High"].to_numpy()[:25] / 2.0)
+    np.testing.assert_allclose(ohlcv["open"].to_numpy()[25:], frame["Open"].to_numpy()[25:])
+
+
+def test_bars_per_year_is_inferred_from_timestamps():
+    assert bars_per_year(pd.bdate_range("2001-01-01", periods=2000)) == pytest.approx(260.9, abs=0.5)
+    assert bars_per_year(pd.date_range("2001-01-01", periods=5000, freq="h")) == pytest.approx(8765.8, rel=1e-3)
+    frame = yahoo_frame(600).drop(columns="Adj Close")
+    frame["Date"] = pd.date_range("2020-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M")
+    replay = build_replay(TradeReplayConfig(data=frame))
+    assert replay.bars_per_year == pytest.approx(8765.8, rel=1e-2)
+    assert build_replay(TradeReplayConfig()).bars_per_year == 252.0
+
+
+# --- validation: every error names file, column and row ------------------------------------------
+
+def _corrupt(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    if kind == "missing column":
+        return frame.drop(columns="Close")
+    if kind == "NaN price":
+        frame["Close"] = frame["Close"].astype(object)
+        frame.loc[17, "Close"] = None
+    elif kind == "zero price":
+        frame.loc[5, "Open"] = 0.0
+    elif kind == "negative price":
+        frame.loc[8, "Low"] = -1.0
+    elif kind == "non-numeric":
+        frame["High"] = frame["High"].astype(object)
+        frame.loc[9, "High"] = "12.3.4"
+    elif kind == "unsorted dates":
+        frame.loc[[10, 11], "Date"] = frame.loc[[11, 10], "Date"].to_numpy()
+    elif kind == "duplicate timestamps":
+        frame.loc[12, "Date"] = frame.loc[11, "Date"]
+    elif kind == "bad timestamp":
+        frame.loc[3, "Date"] = "not a date"
+    elif kind == "high below close":
+        frame.loc[7, "High"] = frame.loc[7, "Close"] * 0.9
+    elif kind == "negative volume":
+        frame.loc[4, "Volume"] = -5
+    return frame
+
+
+BAD_CSVS = [
+    ("missing column", r"prices\.csv: missing column 'close' .*found columns"),
+    ("NaN price", r"prices\.csv: column 'Close' row 17 \(line 19\): NaN price; fill or drop"),
+    ("zero price", r"prices\.csv: column 'Open' row 5 \(line 7\): price 0\.0 must be > 0"),
+    ("negative price", r"prices\.csv: column 'Low' row 8 \(line 10\): price -1\.0 must be > 0"),
+    ("non-numeric", r"prices\.csv: column 'High' row 9 \(line 11\): non-numeric value '12\.3\.4'"),
+    ("unsorted dates", r"prices\.csv: column 'Date' row 11 \(line 13\): .* earlier than row 10 .*not sorted; sort"),
+    ("duplicate timestamps", r"prices\.csv: column 'Date' row 12 \(line 14\): duplicate timestamp .*same as row 11"),
+    ("bad timestamp", r"prices\.csv: column 'Date' row 3 \(line 5\): cannot parse timestamp 'not a date'"),
+    ("high below close", r"prices\.csv: column 'High' row 7 \(line 9\): high below open or close"),
+    ("negative volume", r"prices\.csv: column 'Volume' row 4 \(line 6\): volume -5\.0 must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), BAD_CSVS, ids=[k for k, _ in BAD_CSVS])
+def test_bad_csv_raises_naming_file_column_row(tmp_path, kind, message):
+    path = write_csv(tmp_path / "prices.csv", _corrupt(kind, yahoo_frame(60)))
+    with pytest.raises(ValueError, match=message):
+        load_ohlcv(path)
+    with pytest.raises(ValueError, match=message):  # the same through the environment's config path
+        build_replay(TradeReplayConfig(data=str(path)))
+
+
+def test_bad_dataframe_names_dataframe():
+    with pytest.raises(ValueError, match=r"DataFrame: column 'Close' row 17: NaN price"):
+        load_ohlcv(_corrupt("NaN price", yahoo_frame(60)))
+
+
+def test_too_short_csv(tmp_path):
+    path = write_csv(tmp_path / "short.csv", yahoo_frame(40))
+    message = r"short\.csv: 40 rows \(last row 39\), but window=32 \+ horizon=8 \+ 1 = 41 bars are needed"
+    with pytest.raises(ValueError, match=message):
+        build_replay(TradeReplayConfig(data=str(path)))
+    assert build_replay(TradeReplayConfig(data=str(path), window=31)).n_decisions == 1  # exactly enough
+
+
+def test_unreadable_inputs(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty\.csv: cannot read as CSV"):
+        load_ohlcv(empty)
+    with pytest.raises(ValueError, match=r"missing\.csv: file not found"):
+        load_ohlcv(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"header\.csv: no data rows"):
+        load_ohlcv(write_csv(tmp_path / "header.csv", yahoo_frame(5).iloc[:0]))
+    with pytest.raises(ValueError, match="missing column 'date'"):
+        load_ohlcv(yahoo_frame(20).drop(columns="Date"))
+
+
+# --- synthetic market ----------------------------------------------------------------------------
+
+def test_synthetic_market_is_seeded_and_valid():
+    config = SyntheticMarketConfig(n_bars=3000, seed=7)
+    a, b = generate_synthetic_market(config), generate_synthetic_market(config)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["close"], generate_synthetic_market(SyntheticMarketConfig(n_bars=3000, seed=8))["close"])
+    assert (a["high"] >= a[["open", "close"]].max(axis=1)).all()
+    assert (a["low"] <= a[["open", "close"]].min(axis=1)).all()
+    assert (a[["open", "high", "low", "close"]] > 0).all().all()
+    load_ohlcv(a)  # passes the same validation as user data
+
+
+def test_synthetic_market_uses_no_global_rng():
+    # The legacy global-RNG calls below are the point: they observe the state the generator must not touch.
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    generate_synthetic_market(SyntheticMarketConfig(n_bars=500, seed=1))
+    after = np.random.get_state()  # noqa: NPY002
+    assert all(np.array_equal(x, y) for x, y in zip(np_state, after, strict=True))
+    assert random.getstate() == py_state
+
+
+def test_default_regimes_are_persistent_and_distinct():
+    assert len(DEFAULT_REGIMES) >= 4
+    frame = generate_synthetic_market()
+    regime = frame["regime"].to_numpy()
+    assert set(np.unique(regime)) == set(range(len(DEFAULT_REGIMES)))
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, regime, -1]) != 0))  # lengths of constant stretches
+    assert 50 <= runs.mean() <= 200
+    r = np.diff(np.log(frame["close"].to_numpy()))
+    vols = [r[regime[1:] == k].std() for k in range(len(DEFAULT_REGIMES))]
+    for k, spec in enumerate(DEFAULT_REGIMES):  # each regime's realised volatility is its own
+        assert vols[k] == pytest.approx(spec.volatility, rel=0.15), spec.name
+    favours = [spec.favours for spec in DEFAULT_REGIMES]
+    assert len(set(favours)) == len(favours)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_bars": 1}, "n_bars=1"),
+        ({"regimes": DEFAULT_REGIMES[:1]}, "at least 2"),
+        ({"start_price": 0.0}, "start_price"),
+    ],
+)
+def test_synthetic_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticMarketConfig(**kwargs)
+
+
+def test_regime_spec_validation():
+    with pytest.raises(ValueError, match=r"'x': ar=\(1\.2,\) is not stationary"):
+        RegimeSpec("x", drift=0.0, volatility=0.01, ar=(1.2,), mean_duration=10, volume_level=0.0)
+    with pytest.raises(ValueError, match="volatility"):
+        RegimeSpec("x", drift=0.0, volatility=0.0, ar=(), mean_duration=10, volume_level=0.0)

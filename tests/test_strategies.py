@@ -1,0 +1,142 @@
+"""Strategies, trade PnL, labels, splits and the regime oracle (envs/strategies.py, envs/replay.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from trm_act.envs import (
+    STRATEGIES,
+    SyntheticMarketConfig,
+    TradeReplayConfig,
+    build_replay,
+    generate_synthetic_market,
+)
+from trm_act.envs.strategies import strategy_positions, trade_pnl
+
+
+@pytest.fixture(scope="module")
+def replay():
+    return build_replay(TradeReplayConfig())  # the default synthetic market
+
+
+def naive_pnl(positions: np.ndarray, close: np.ndarray, t: int, horizon: int, cost: float) -> float:
+    """The PnL definition written out bar by bar: enter from flat at t, exit to flat at t + horizon."""
+    pnl, previous = 0.0, 0.0
+    for k in range(horizon):
+        p = positions[t + k]
+        pnl += p * np.log(close[t + k + 1] / close[t + k]) - cost * abs(p - previous)
+        previous = p
+    return pnl - cost * abs(previous)
+
+
+def test_strategy_names():
+    assert len(STRATEGIES) == 8 and len(set(STRATEGIES)) == 8
+    assert STRATEGIES[:3] == ("flat", "long", "short")
+
+
+def test_trade_pnl_matches_bar_by_bar_definition():
+    bars = generate_synthetic_market(SyntheticMarketConfig(n_bars=400, seed=3))
+    o, h, low, c = (bars[k].to_numpy() for k in ("open", "high", "low", "close"))
+    positions = strategy_positions(o, h, low, c)  # (T, 8)
+    decision_bars = np.arange(20, 400 - 5, 3)
+    pnl = trade_pnl(positions, c, decision_bars, horizon=5, cost=0.001)
+    for i, t in enumerate(decision_bars):
+        for s in range(8):
+            assert pnl[i, s] == pytest.approx(naive_pnl(positions[:, s], c, t, 5, 0.001), abs=1e-13)
+    # flat earns 0; long and short pay the round trip on top of the close-to-close log return.
+    move = np.log(c[decision_bars + 5] / c[decision_bars])
+    np.testing.assert_array_equal(pnl[:, 0], 0.0)
+    np.testing.assert_allclose(pnl[:, 1], move - 0.002, atol=1e-13)
+    np.testing.assert_allclose(pnl[:, 2], -move - 0.002, atol=1e-13)
+
+
+@pytest.mark.parametrize("t", [60, 333, 1200])
+def test_positions_are_causal(t):
+    """Replacing every bar after t leaves every strategy's position at bars <= t unchanged, bit for bit."""
+    bars = generate_synthetic_market(SyntheticMarketConfig(n_bars=1500, seed=5))
+    other = generate_synthetic_market(SyntheticMarketConfig(n_bars=1500, seed=6))
+    cols = ["open", "high", "low", "close"]
+    changed = bars[cols].to_numpy().copy()
+    changed[t + 1 :] = other[cols].to_numpy()[t + 1 :] * (bars["close"].iloc[t] / other["close"].iloc[t])
+    before = strategy_positions(*bars[cols].to_numpy().T)
+    after = strategy_positions(*changed.T)
+    assert np.array_equal(before[: t + 1], after[: t + 1])
+    assert not np.array_equal(before[t + 1 :], after[t + 1 :])  # the replacement did change the future
+
+
+def test_labels_are_argmax_with_ties_to_lowest(replay):
+    np.testing.assert_array_equal(replay.labels, np.argmax(replay.strategy_pnl, axis=1))
+    # Constant prices at zero cost: every strategy earns exactly 0, so the label is 0 (flat).
+    frame = pd.DataFrame(
+        {"open": 10.0, "high": 10.0, "low": 10.0, "close": 10.0, "volume": 100.0},
+        index=pd.bdate_range("2020-01-01", periods=80, name="date"),
+    )
+    flat = build_replay(TradeReplayConfig(data=frame, cost=0.0))
+    assert np.all(flat.strategy_pnl == 0.0) and np.all(flat.labels == 0)
+    assert np.isfinite(flat.features).all()
+
+
+def test_decision_points_and_splits(replay):
+    t = replay.decision_bars
+    assert t[0] == replay.window  # first bar whose window holds only valid features (bar 0 has none)
+    assert replay.stride == replay.horizon and np.all(np.diff(t) == replay.stride)
+    assert t[-1] + replay.horizon <= replay.n_bars - 1 < t[-1] + replay.stride + replay.horizon
+    train, test = replay.split_indices("train"), replay.split_indices("test")
+    assert np.all(t[train] + replay.horizon < replay.boundary_bar)  # no train label uses a test bar
+    assert np.all(t[test] >= replay.boundary_bar)
+    assert train[-1] < test[0] and np.all(np.diff(train) == 1) and np.all(np.diff(test) == 1)
+    assert replay.boundary_bar == int(0.8 * replay.n_bars)
+    assert len(test) == pytest.approx(0.2 * replay.n_decisions, abs=2)
+    np.testing.assert_array_equal(replay.split_indices("all"), np.arange(replay.n_decisions))
+    with pytest.raises(ValueError, match="split='valid'"):
+        replay.split_indices("valid")
+
+
+def test_default_market_strategies_differ_and_labels_spread(replay):
+    pnl = replay.strategy_pnl
+    equal = max(np.mean(np.abs(pnl[:, i] - pnl[:, j]) <= 1e-12) for i, j in itertools.combinations(range(8), 2))
+    assert equal <= 0.10
+    shares = np.bincount(replay.labels, minlength=8) / replay.n_decisions
+    assert shares.max() <= 0.50
+
+
+def test_regimes_favour_different_strategies(replay):
+    means = replay.regime_mean_pnl("train")  # (K, 8)
+    best = np.argmax(means, axis=1)
+    assert len(set(best.tolist())) >= 5
+    for k, name in enumerate(replay.regime_names):
+        favoured = {"bull": "long", "bear": "short", "range": "mean_reversion", "swing": "momentum",
+                    "quiet": "vol_target"}.get(name)
+        if favoured is not None:
+            assert STRATEGIES[best[k]] == favoured, name
+    chop = replay.regime_names.index("chop")
+    assert np.all(means[chop, 3:7] < -0.01)  # every active rule bleeds in the whipsaw regime
+
+
+def test_regime_oracle_beats_best_fixed_on_test(replay):
+    train, test = replay.split_indices("train"), replay.split_indices("test")
+    pnl = replay.strategy_pnl
+    best_fixed = int(np.argmax(pnl[train].mean(axis=0)))
+    oracle = replay.regime_oracle_actions("train")
+    assert oracle.shape == (replay.n_decisions,)
+    regime_total = pnl[test, oracle[test]].sum()
+    fixed_total = pnl[test, best_fixed].sum()
+    random_total = pnl[test].mean(axis=1).sum()  # expected total of a uniformly random policy
+    hindsight_total = pnl[test].max(axis=1).sum()
+    assert regime_total > fixed_total + 3.0  # +300% of capital over the test split
+    assert regime_total > random_total + 3.0
+    assert hindsight_total > regime_total
+    # The oracle is constant within a regime.
+    for k in range(len(replay.regime_names)):
+        assert len(set(oracle[replay.regimes == k].tolist())) == 1
+
+
+def test_regime_oracle_needs_regimes():
+    frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=300)).drop(columns="regime")
+    replay = build_replay(TradeReplayConfig(data=frame))
+    assert replay.regimes is None and replay.regime_names is None
+    with pytest.raises(ValueError, match="no true regimes"):
+        replay.regime_oracle_actions()
