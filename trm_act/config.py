@@ -68,6 +68,9 @@ class TrainConfig:
     """Peak AdamW learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    halt_lr_scale: float = 10.0
+    """Learning-rate multiplier of the halt head: Adam moves a parameter ~lr per step, so the -5 halt bias
+    (TRM's init) would need ~5k steps at lr to reach 0; short runs need the head to learn faster."""
     warmup_steps: int = 100
     """Linear learning-rate warm-up steps, then cosine decay to 10% of lr."""
     grad_clip: float = 1.0
@@ -103,6 +106,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"train.{name} must be an int >= 0; got {value!r}.")
+        if not self.halt_lr_scale > 0:
+            raise ValueError(f"train.halt_lr_scale must be > 0; got {self.halt_lr_scale!r}.")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0; got {self.lr!r}.")
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):

@@ -36,6 +36,13 @@ from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM, TRMCarry
 
 
+def _param_groups(model: RecurrentTRM, lr: float, halt_lr_scale: float) -> list[dict[str, Any]]:
+    halt = list(model.halt_head.parameters())
+    halt_ids = {id(p) for p in halt}
+    rest = [p for p in model.parameters() if id(p) not in halt_ids]
+    return [{"params": rest, "lr": lr}, {"params": halt, "lr": lr * halt_lr_scale}]
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the last good checkpoint is kept."""
 
@@ -161,7 +168,7 @@ class Trainer:
         ).to(self.device)
 
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.95)
+            _param_groups(self.model, train.lr, train.halt_lr_scale), weight_decay=train.weight_decay, betas=(0.9, 0.95)
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(train.warmup_steps, train.steps))
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)

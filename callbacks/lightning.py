@@ -1,0 +1,236 @@
+"""PyTorch Lightning adapter: a callback that logs TRM metrics, and a ready LightningModule.
+
+``TRMLightningCallback`` writes the TRM metrics that ``training_step`` returns into the trainer's
+TensorBoard run (``trainer.logger.experiment``), so they sit next to Lightning's own curves in one
+event file. ``TRMLightningModule`` wraps RecurrentTRM + TRMLoss with deep supervision over the
+reasoning steps and brings its own data, so two lines train it::
+
+    import lightning
+    from trm_act.callbacks.lightning import TRMLightningModule
+
+    lightning.Trainer(max_steps=200, accelerator="cpu").fit(TRMLightningModule())
+
+Needs the ``lightning`` package: ``pip install "trm-act[lightning]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+except ImportError as exc:  # pragma: no cover - exercised by tests with the import blocked
+    raise ImportError(
+        'trm_act.callbacks.lightning needs PyTorch Lightning; install it with: pip install "trm-act[lightning]"'
+    ) from exc
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..loss import TRMLoss
+from ..model import RecurrentTRM, TRMConfig
+from ._deep_supervision import ReplayDataset, build_replay, deep_supervision, resolve_model_config
+from .logger import COMPONENT_TAGS, MetricsLogger
+
+__all__ = ["TRMLightningCallback", "TRMLightningModule", "trm_metrics"]
+
+
+def trm_metrics(outputs: Any) -> dict[str, float]:
+    """The TRM scalars in a ``training_step`` output, keyed by TensorBoard tag.
+
+    Keys named like TRMLoss components (``total_loss``, ``halt_loss``, ``task_loss``,
+    ``profit_weighted_task_loss``, ``reward_loss``, ``halt_target_rate``) map to their tags
+    (``loss/total``, ...); keys that already are tags (contain ``/``, e.g. ``halt/rate``) pass as they
+    are. Everything else (``loss``, the lambdas, non-scalars) is ignored.
+    """
+    if not isinstance(outputs, Mapping):
+        return {}
+    metrics: dict[str, float] = {}
+    for key, value in outputs.items():
+        tag = COMPONENT_TAGS.get(key, key if "/" in key else None)
+        if tag is None:
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            metrics[tag] = float(value.detach().float().item())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[tag] = float(value)
+    return metrics
+
+
+class TRMLightningCallback(pl.Callback):
+    """Log the TRM metrics returned by ``training_step`` to TensorBoard, on global rank zero only.
+
+    Expected ``training_step`` output: a dict with ``"loss"`` (what Lightning optimizes) plus TRM
+    metrics, either TRMLoss component names or tags (see :func:`trm_metrics`), e.g.::
+
+        components = loss_fn(task_logits, halt_logits, labels, pnl, return_components=True)
+        return {"loss": components["total_loss"], **components, "halt/rate": rate, "halt/mean_steps": steps}
+
+    Writer: the ``SummaryWriter`` of the trainer's first ``TensorBoardLogger``
+    (``trainer.logger.experiment``), so one run holds Lightning's and TRM's curves; without one, a
+    writer of its own in ``log_dir`` (default ``<trainer.log_dir>/trm``), closed at the end of training.
+
+    Step: ``trainer.global_step`` after the optimizer step, i.e. the number of optimizer steps taken
+    (1 for the first). With gradient accumulation the metrics of the accumulated batches are averaged
+    and written once per optimizer step, so steps strictly increase.
+
+    Args:
+        log_dir: directory for an own writer when the trainer has no TensorBoardLogger.
+        flush_every: flush the writer every this many logged steps (and always at the end).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike | None = None, flush_every: int = 50):
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be an integer >= 1; got {flush_every!r}.")
+        self.log_dir = log_dir
+        self.flush_every = flush_every
+        self.logger: MetricsLogger | None = None
+        self._pending: list[dict[str, float]] = []
+        self._last_step = -1
+        self._written = 0
+
+    def _make_logger(self, trainer: pl.Trainer) -> MetricsLogger:
+        enabled = trainer.is_global_zero
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # .experiment is Lightning's SummaryWriter (a dummy off rank zero); the logger owns it.
+                return MetricsLogger(writer=logger.experiment if enabled else None, log_dir=logger.log_dir, enabled=enabled)
+        log_dir = self.log_dir if self.log_dir is not None else os.path.join(trainer.log_dir or ".", "trm")
+        return MetricsLogger(log_dir, enabled=enabled)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.logger = self._make_logger(trainer)
+        self._pending.clear()
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.logger is None or not self.logger.enabled:
+            return
+        metrics = trm_metrics(outputs)
+        if metrics:
+            self._pending.append(metrics)
+        step = trainer.global_step
+        if step <= self._last_step or not self._pending:
+            return  # still accumulating gradients: write once the optimizer has stepped
+        tags = {tag for metrics in self._pending for tag in metrics}
+        mean = {
+            tag: sum(m[tag] for m in self._pending if tag in m) / sum(tag in m for m in self._pending) for tag in tags
+        }
+        self.logger.update(step, mean)
+        self._pending.clear()
+        self._last_step = step
+        self._written += 1
+        if self._written % self.flush_every == 0:
+            self.logger.flush()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.logger is not None:
+            self.logger.flush()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.logger is not None:
+            self.logger.close()  # flushes; closes only a writer this callback opened
+            self.logger = None
+
+
+class TRMLightningModule(pl.LightningModule):
+    """RecurrentTRM + TRMLoss with deep supervision over the reasoning steps, on trade-replay data.
+
+    Each batch runs ``model_config.max_steps`` reasoning steps from a fresh carry and applies TRMLoss at
+    every step (pnl = realized PnL of that step's argmax); the loss is the mean over steps (see
+    :func:`trm_act.callbacks._deep_supervision.deep_supervision`). ``training_step`` returns
+    ``{"loss", "loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward",
+    "halt/target_rate", "halt/rate", "halt/mean_steps", "train/accuracy", "train/pnl"}``, which
+    :class:`TRMLightningCallback` (added automatically through ``configure_callbacks``) writes to
+    TensorBoard. The module provides its own ``train_dataloader`` over the replay's train split.
+
+    Args:
+        model_config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay,
+            with ``max_steps=4`` reasoning steps per batch.
+        replay_config: ``trm_act.envs.TradeReplayConfig``; default: the embedded synthetic market.
+        lambda_halt, lambda_profit, lambda_reward, confidence_threshold, pnl_scale: TRMLoss's.
+        lr, weight_decay: AdamW's.
+        batch_size: decision points per batch.
+    """
+
+    def __init__(
+        self,
+        model_config: TRMConfig | Mapping[str, Any] | None = None,
+        replay_config: Any = None,
+        *,
+        lambda_halt: float = 0.01,
+        lambda_profit: float = 1.0,
+        lambda_reward: float = 0.0,
+        confidence_threshold: float = 0.7,
+        pnl_scale: float = 0.05,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 64,
+    ):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr must be a positive float; got {lr!r}.")
+        self.replay = build_replay(replay_config)
+        config = resolve_model_config(model_config, self.replay)
+        self.model = RecurrentTRM(config)
+        self.loss_fn = TRMLoss(
+            lambda_halt=lambda_halt,
+            lambda_profit=lambda_profit,
+            lambda_reward=lambda_reward,
+            confidence_threshold=confidence_threshold,
+            pnl_scale=pnl_scale,
+            num_classes=config.num_classes,
+        )
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = batch_size
+        # Plain values only, so TensorBoard's hparams and checkpoints (load_from_checkpoint) both take them.
+        self.save_hyperparameters(
+            {
+                "model_config": config.to_dict(),
+                "lambda_halt": lambda_halt,
+                "lambda_profit": lambda_profit,
+                "lambda_reward": lambda_reward,
+                "confidence_threshold": confidence_threshold,
+                "pnl_scale": pnl_scale,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "batch_size": batch_size,
+            }
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Strategy logits (B, C) after all ``max_steps`` reasoning steps (what TRM does at evaluation)."""
+        carry = self.model.init_carry(obs.shape[0], device=obs.device)
+        for _ in range(self.model.config.max_steps):
+            out = self.model(obs, carry)
+            carry = out.carry
+        return out.task_logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        loss, metrics, _ = deep_supervision(
+            self.model, self.loss_fn, batch["obs"], batch["labels"], batch["strategy_pnl"]
+        )
+        # Progress bar only: TensorBoard gets the TRM tags from TRMLightningCallback, at one step semantics.
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return {"loss": loss, **metrics}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """A ``TRMLightningCallback`` unless the Trainer already has one (which then keeps its options)."""
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(cb, TRMLightningCallback) for cb in trainer.callbacks):
+            return []
+        return [TRMLightningCallback()]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(ReplayDataset(self.replay, "train"), batch_size=self.batch_size, shuffle=True, drop_last=False)

@@ -1,0 +1,117 @@
+"""TRMLightningCallback / TRMLightningModule against the real Lightning on CPU, read back from TensorBoard."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import lightning
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from trm_act.callbacks.lightning import TRMLightningCallback, TRMLightningModule, trm_metrics
+from trm_act.envs import TradeReplayConfig
+
+TRM_TAGS = ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "halt/rate", "halt/mean_steps")
+SMALL_REPLAY = TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 1})
+SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2}
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    files = list(Path(log_dir).glob("events.out.tfevents.*"))
+    assert len(files) == 1, f"expected one event file per run in {log_dir}, found {files}"
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+class Recorder(lightning.pytorch.Callback):
+    """loss/total that training_step returned, grouped by the optimizer step its batch contributed to."""
+
+    def __init__(self):
+        self.by_step: dict[int, list[float]] = {0: []}  # step 0: before the first optimizer step
+        self._pending: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._pending.append(float(outputs["loss/total"]))
+        if trainer.global_step not in self.by_step:  # the optimizer stepped after this batch
+            self.by_step[trainer.global_step], self._pending = self._pending, []
+
+
+def trainer(tmp_path, **kwargs):
+    options = dict(
+        accelerator="cpu",
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return lightning.Trainer(**options)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_single_thread():
+    # Tiny models: one intra-op thread is faster, and 2 threads spin badly when the 2 cores are shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_components_land_in_the_tensorboard_logger_run(tmp_path, accumulate):
+    lightning.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    recorder = Recorder()
+    module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY, batch_size=32)
+    trainer(tmp_path, max_steps=4, logger=logger, callbacks=[recorder], accumulate_grad_batches=accumulate).fit(module)
+
+    logged = scalars(logger.log_dir)
+    assert set(TRM_TAGS) <= set(logged)
+    for tag in TRM_TAGS:
+        assert [step for step, _ in logged[tag]] == [1, 2, 3, 4], tag  # trainer.global_step after the step
+    # The value is what training_step returned, averaged over the accumulated batches of that step.
+    assert max(len(batches) for batches in recorder.by_step.values()) == accumulate
+    for step, value in logged["loss/total"]:
+        batches = recorder.by_step[step]
+        assert value == pytest.approx(sum(batches) / len(batches), rel=1e-5)
+    assert all(value == 2.0 for _, value in logged["halt/mean_steps"])  # halt bias -5: the cap (max_steps=2)
+    # Lightning's hparams share the run: still one event file (checked in scalars()).
+
+
+def test_two_line_default_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Lightning's default TensorBoardLogger writes ./lightning_logs
+    lightning.Trainer(max_steps=2, accelerator="cpu", enable_progress_bar=False).fit(TRMLightningModule())
+    (version,) = (tmp_path / "lightning_logs").iterdir()
+    logged = scalars(version)
+    assert set(TRM_TAGS) <= set(logged)
+    assert [step for step, _ in logged["loss/total"]] == [1, 2]
+
+
+def test_own_writer_without_a_tensorboard_logger(tmp_path):
+    own = tmp_path / "own"
+    callback = TRMLightningCallback(log_dir=own)
+    module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY, batch_size=32)
+    fit = trainer(tmp_path, max_steps=3, logger=False, callbacks=[callback])
+    fit.fit(module)
+    assert sum(isinstance(cb, TRMLightningCallback) for cb in fit.callbacks) == 1  # the module added none
+    logged = scalars(own)
+    assert [step for step, _ in logged["loss/total"]] == [1, 2, 3]
+    assert callback.logger is None  # closed at the end
+
+
+def test_trm_metrics_maps_components_and_keeps_tags():
+    import torch
+
+    out = {"loss": torch.tensor(1.0), "total_loss": torch.tensor(2.0), "halt/rate": 0.25, "lambda_halt": 0.01,
+           "other": 3.0, "halt/steps": torch.ones(4)}
+    assert trm_metrics(out) == {"loss/total": 2.0, "halt/rate": 0.25}
+    assert trm_metrics(torch.tensor(1.0)) == {}
