@@ -32,12 +32,12 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 class LossConfig:
     """TRMLoss hyperparameters (see ``trm_act.loss.TRMLoss``)."""
 
-    lambda_halt: float = 0.01
-    """Weight of the halt loss (BCE toward 'confident and correct')."""
-    lambda_profit: float = 1.0
-    """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
-    lambda_reward: float = 1.0
-    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss exactly)."""
+    lambda_halt: float = 0.5
+    """Weight of the halt loss (BCE toward 'confident and correct'; TRMLoss's own default is 0.01)."""
+    lambda_profit: float = 0.1
+    """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale)) (TRMLoss default 1.0)."""
+    lambda_reward: float = 10.0
+    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; see README for the comparison)."""
     confidence_threshold: float = 0.7
     """Halt target is 1 when max softmax probability exceeds this and the answer is correct."""
     pnl_scale: float = 0.05
@@ -62,7 +62,7 @@ class TrainConfig:
 
     steps: int = 1500
     """Optimizer steps; each runs one reasoning step on every slot."""
-    batch_size: int = 256
+    batch_size: int = 128
     """Slots (= sub-environments) reasoning in parallel."""
     lr: float = 1e-3
     """Peak AdamW learning rate."""
@@ -119,12 +119,14 @@ class TrainConfig:
 
 
 def _default_env() -> TradeReplayConfig:
-    # Training draws 64-decision episodes at random starts so the slots cover the whole train split.
-    return TradeReplayConfig(episode_length=64)
+    # 64-decision episodes at random starts let the slots cover the whole train split; a 16-bar window
+    # (features already carry longer rolling statistics) halves the tokens per reasoning step.
+    return TradeReplayConfig(window=16, episode_length=64)
 
 
 def _default_model() -> TRMConfig:
-    return TRMConfig()
+    # Sized so the default run trains in ~2 minutes on 2 CPU cores (measured; see README).
+    return TRMConfig(window=16, d_model=32, n_heads=4, n_latent=1, max_steps=4)
 
 
 @dataclass

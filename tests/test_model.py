@@ -1,0 +1,300 @@
+"""RecurrentTRM and TRMConfig: shapes, dtypes, devices, validation, and TRM's gradient structure."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trm_act.model import MIXERS, POOLINGS, RecurrentTRM, StepOutput, TRMCarry, TRMConfig
+
+MIXER_NAMES = sorted(MIXERS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_config(**overrides) -> TRMConfig:
+    base = dict(window=8, n_features=5, d_model=16, n_heads=2, n_layers=2, n_latent=2, n_cycles=2, max_steps=4)
+    base.update(overrides)
+    return TRMConfig(**base)
+
+
+def make_model(seed: int = 0, **overrides) -> RecurrentTRM:
+    torch.manual_seed(seed)
+    return RecurrentTRM(small_config(**overrides))
+
+
+def make_obs(config: TRMConfig, batch: int = 6, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.window, config.n_features, generator=gen)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_every_config_field_has_a_default_and_a_docstring():
+    tree = ast.parse(textwrap.dedent(inspect.getsource(TRMConfig)))
+    body = tree.body[0].body
+    documented = {
+        stmt.target.id
+        for stmt, nxt in zip(body, body[1:], strict=False)
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(nxt, ast.Expr)
+        and isinstance(nxt.value, ast.Constant)
+        and isinstance(nxt.value.value, str)
+    }
+    names = {f.name for f in dataclasses.fields(TRMConfig)}
+    assert names == documented
+    assert all(f.default is not dataclasses.MISSING for f in dataclasses.fields(TRMConfig))
+    assert TRMConfig().num_classes == 8 and TRMConfig().halt_bias_init == -5.0
+    assert TRMConfig().halt_exploration_prob == 0.1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("window", 0),
+        ("n_features", -1),
+        ("d_model", 1.5),
+        ("n_layers", 0),
+        ("n_latent", 0),
+        ("n_cycles", 0),
+        ("max_steps", 0),
+        ("num_classes", 1),
+        ("mlp_ratio", 0.0),
+        ("halt_bias_init", float("nan")),
+        ("halt_exploration_prob", 1.5),
+        ("dropout", 1.0),
+        ("n_heads", 3),  # does not divide d_model=16
+        ("attn_radius", -1),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        small_config(**{field: value})
+
+
+def test_config_registries_list_the_valid_choices():
+    with pytest.raises(ValueError, match=r"mixer='transformer'.*\['attention', 'mlp'\]"):
+        small_config(mixer="transformer")
+    with pytest.raises(ValueError, match=r"pool='max'.*\['mean', 'last'\]"):
+        small_config(pool="max")
+    small_config(mixer="mlp", n_heads=3)  # n_heads only matters for attention
+
+
+def test_config_to_dict_round_trips():
+    config = small_config(mixer="mlp")
+    assert TRMConfig(**config.to_dict()) == config
+
+
+# ----------------------------------------------------------------------------- shapes, dtypes, devices
+
+
+@pytest.mark.parametrize("pool", POOLINGS)
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_step_shapes_and_dtypes(mixer, pool):
+    model = make_model(mixer=mixer, pool=pool)
+    config = model.config
+    obs = make_obs(config, batch=6)
+    carry = model.init_carry(6)
+    out = model(obs, carry)
+    assert isinstance(out, StepOutput)
+    assert out.task_logits.shape == (6, config.num_classes) and out.task_logits.dtype == torch.float32
+    assert out.halt_logits.shape == (6,) and out.halt_logits.dtype == torch.float32
+    assert isinstance(out.carry, TRMCarry)
+    assert out.carry.y.shape == out.carry.z.shape == (6, config.window, config.d_model)
+    assert out.carry.y.dtype == torch.float32
+    # The halt head starts at exactly its bias: weight 0, bias -5 (TRM), whatever the input.
+    torch.testing.assert_close(out.halt_logits, torch.full((6,), -5.0))
+    # A second step takes the carry back.
+    out2 = model(obs, out.carry)
+    assert torch.isfinite(out2.task_logits).all()
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_float64_model_keeps_its_dtype(mixer):
+    model = make_model(mixer=mixer).double()
+    obs = make_obs(model.config)  # float32 observations are cast to the model's dtype
+    out = model(obs, model.init_carry(obs.shape[0]))
+    assert out.carry.y.dtype == torch.float64 and out.task_logits.dtype == torch.float32
+
+
+def test_init_carry_is_the_fixed_init_broadcast():
+    model = make_model()
+    carry = model.init_carry(3)
+    assert carry.y.shape == (3, 8, 16) and carry.batch_size == 3
+    torch.testing.assert_close(carry.y[2, 5], model.y_init)
+    torch.testing.assert_close(carry.z[0, 0], model.z_init)
+    assert not carry.y.requires_grad
+    # the init vectors are buffers: saved with the weights, not trained
+    assert {"y_init", "z_init"} <= set(model.state_dict())
+    assert all(p is not model.y_init for p in model.parameters())
+    with pytest.raises(ValueError, match="batch_size"):
+        model.init_carry(-1)
+
+
+def test_carry_select_and_reset():
+    gen = torch.Generator().manual_seed(0)
+    a = TRMCarry(torch.randn(4, 2, 3, generator=gen), torch.randn(4, 2, 3, generator=gen))
+    b = TRMCarry(torch.zeros(4, 2, 3), torch.ones(4, 2, 3))
+    mask = torch.tensor([True, False, True, False])
+    r = a.reset(mask, b)
+    torch.testing.assert_close(r.y[0], b.y[0])
+    torch.testing.assert_close(r.z[2], b.z[2])
+    torch.testing.assert_close(r.y[1], a.y[1])
+    torch.testing.assert_close(r.z[3], a.z[3])
+    s = a.select(torch.tensor([3, 1]))
+    torch.testing.assert_close(s.y, a.y[[3, 1]])
+    assert a.select(mask).batch_size == 2
+
+
+def test_bad_observation_shape_names_the_fix():
+    model = make_model()
+    with pytest.raises(ValueError, match="n_features"):
+        model(torch.zeros(2, 8, 7), model.init_carry(2))
+    with pytest.raises(ValueError, match="init_carry"):
+        model(torch.zeros(2, 8, 5), model.init_carry(3))
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_runs_under_bf16_autocast(mixer):
+    model = make_model(mixer=mixer)
+    obs = make_obs(model.config, batch=4)
+    carry = model.init_carry(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(obs, carry)
+        out2 = model(obs, out.carry)
+        loss = F.cross_entropy(out2.task_logits, torch.zeros(4, dtype=torch.long)) + out2.halt_logits.mean()
+    loss.backward()
+    assert out2.task_logits.dtype == torch.float32 and out2.halt_logits.dtype == torch.float32
+    assert out2.carry.y.dtype == torch.float32  # carry keeps the model's dtype across steps
+    assert torch.isfinite(out2.task_logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_runs_on_cuda(mixer):
+    model = make_model(mixer=mixer).cuda()
+    obs = make_obs(model.config).cuda()
+    out = model(obs, model.init_carry(obs.shape[0]))
+    assert out.task_logits.device.type == "cuda" and out.carry.y.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(obs, out.carry)
+    assert out.task_logits.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- gradient structure (TRM)
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_returned_carry_is_detached_and_no_gradient_reaches_the_previous_step(mixer):
+    model = make_model(mixer=mixer, n_cycles=1)  # T=1: even the first cycle is the gradient cycle
+    obs = make_obs(model.config)
+    first = model(obs, model.init_carry(obs.shape[0]))
+    assert first.carry.y.grad_fn is None and not first.carry.y.requires_grad
+    assert first.carry.z.grad_fn is None and not first.carry.z.requires_grad
+
+    # Gradients of step 2 equal those of a step run from a copy of the carry with no history:
+    # nothing flows back into step 1.
+    second = model(obs, first.carry)
+    model.zero_grad()
+    second.task_logits.sum().backward()
+    through_chain = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    fresh_carry = TRMCarry(first.carry.y.clone(), first.carry.z.clone())
+    model.zero_grad()
+    model(obs, fresh_carry).task_logits.sum().backward()
+    isolated = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for a, b in zip(through_chain, isolated, strict=True):
+        torch.testing.assert_close(a, b)
+
+    # Even a carry that requires grad gets none when T > 1: the first T-1 cycles are no_grad.
+    model3 = make_model(mixer=mixer, n_cycles=2)
+    carry = TRMCarry(first.carry.y.clone().requires_grad_(), first.carry.z.clone().requires_grad_())
+    model3(obs, carry).task_logits.sum().backward()
+    assert carry.y.grad is None and carry.z.grad is None
+
+
+@pytest.mark.parametrize("n_cycles", [1, 3])
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_only_the_last_cycle_carries_gradient(mixer, n_cycles):
+    model = make_model(mixer=mixer, n_cycles=n_cycles, n_latent=2, n_layers=2)
+    config = model.config
+    obs = make_obs(config)
+    calls = {"grad": 0, "no_grad": 0}
+
+    def count(module, args, output):
+        calls["grad" if output.requires_grad else "no_grad"] += 1
+
+    handles = [block.register_forward_hook(count) for block in model.net]
+    out = model(obs, model.init_carry(obs.shape[0]))
+    for handle in handles:
+        handle.remove()
+    per_cycle = (config.n_latent + 1) * config.n_layers  # n latent updates + 1 answer update, each n_layers blocks
+    assert calls == {"grad": per_cycle, "no_grad": (n_cycles - 1) * per_cycle}
+
+    # The gradient equals that of one hand-written cycle started from the no-grad state: the
+    # first T-1 cycles contribute nothing but their (detached) result.
+    model.zero_grad()
+    (out.task_logits.sum() + out.halt_logits.sum()).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    x = model.encode(obs)
+    carry = model.init_carry(obs.shape[0])
+    y, z = carry.y, carry.z
+    with torch.no_grad():
+        for _ in range(n_cycles - 1):
+            for _ in range(config.n_latent):
+                z = model.net_forward(x + y + z)
+            y = model.net_forward(y + z)
+    for _ in range(config.n_latent):
+        z = model.net_forward(x + y + z)
+    y = model.net_forward(y + z)
+    pooled = y.mean(dim=1)
+    (model.task_head(pooled).sum() + model.halt_head(pooled).sum()).backward()
+    for name, p in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
+@pytest.mark.parametrize("radius", [0, 1])
+def test_attn_radius_limits_how_far_one_step_sees(radius):
+    # 1 block per net call and 2 net calls per step (n_latent=1, T=1): with radius 1, a change at
+    # bar 0 reaches bars 0-2 after one step and bars 0-4 after two; with radius 0 (global), all bars.
+    model = make_model(attn_radius=radius, pool="last", n_layers=1, n_latent=1, n_cycles=1)
+    obs = make_obs(model.config, batch=2)
+    far = obs.clone()
+    far[:, 0] += 1.0
+    with torch.no_grad():
+        a1, b1 = model(obs, model.init_carry(2)), model(far, model.init_carry(2))
+        a2, b2 = model(obs, a1.carry), model(far, b1.carry)
+    reached1 = (a1.carry.y != b1.carry.y).flatten(2).any(-1).any(0)  # (W,) bars the change reached
+    reached2 = (a2.carry.y != b2.carry.y).flatten(2).any(-1).any(0)  # (W,)
+    if radius == 1:
+        assert reached1.tolist() == [True] * 3 + [False] * 5
+        assert reached2.tolist() == [True] * 5 + [False] * 3
+        assert torch.equal(a1.task_logits, b1.task_logits)  # the decision bar has not seen it yet
+    else:
+        assert reached1.all() and not torch.equal(a1.task_logits, b1.task_logits)
+
+
+def test_dropout_is_active_only_in_training():
+    model = make_model(dropout=0.5)
+    obs = make_obs(model.config)
+    carry = model.init_carry(obs.shape[0])
+    model.eval()
+    torch.testing.assert_close(model(obs, carry).task_logits, model(obs, carry).task_logits)
+    model.train()
+    assert not torch.allclose(model(obs, carry).task_logits, model(obs, carry).task_logits)

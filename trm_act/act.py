@@ -1,0 +1,228 @@
+"""Adaptive computation time (ACT) around :class:`~trm_act.model.RecurrentTRM`.
+
+Three pieces, each written once:
+
+- :func:`halt_rule`: the only place that decides whether a sample stops after a reasoning step.
+- :class:`ACTState` + :func:`act_step`: TRM's training carry. B slots each hold one sample; every call
+  runs one reasoning step on the full batch, and slots that halt are reset to a fresh carry (with
+  ``torch.where``, no data-dependent shapes) so that the trainer can load a new sample into them.
+- :func:`act_predict`: inference that really halts per sample. TRM and HRM train a halt head and
+  then run every sample for the full 16 steps at evaluation (TinyRecursiveModels issue 64, HRM
+  issue 7); here, in adaptive mode, halted rows are dropped from later steps, so the cost follows
+  the mean number of steps instead of the maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trm_act.model import RecurrentTRM, StepOutput, TRMCarry
+
+__all__ = ["ACTResult", "ACTState", "act_predict", "act_step", "draw_min_steps", "halt_rule"]
+
+
+def _check_max_steps(max_steps: int) -> None:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}.")
+
+
+def _check_prob(exploration_prob: float) -> None:
+    if not (isinstance(exploration_prob, (int, float)) and 0.0 <= exploration_prob <= 1.0):
+        raise ValueError(f"exploration_prob must lie in [0, 1], got {exploration_prob!r}.")
+
+
+def halt_rule(
+    halt_logits: torch.Tensor,
+    steps: torch.Tensor,
+    max_steps: int,
+    min_steps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """THE halting rule: does each sample stop after the reasoning step it just finished?
+
+    ``steps`` (B,) counts the steps already taken, including the one that produced ``halt_logits``
+    (B,) or (B, 1). A sample halts when ``(halt_logit > 0 and steps >= min_steps) or steps >= max_steps``.
+    ``min_steps`` (B,) is the exploration floor used in training (None: no floor, as at inference).
+    Returns a (B,) bool tensor.
+    """
+    _check_max_steps(max_steps)
+    if halt_logits.dim() == 2 and halt_logits.shape[1] == 1:
+        halt_logits = halt_logits.squeeze(1)  # (B,)
+    if halt_logits.dim() != 1 or steps.shape != halt_logits.shape:
+        raise ValueError(
+            f"halt_logits must be (B,) or (B, 1) and steps (B,), got {tuple(halt_logits.shape)} and "
+            f"{tuple(steps.shape)}."
+        )
+    wants_to_halt = halt_logits > 0  # (B,)
+    if min_steps is not None:
+        wants_to_halt = wants_to_halt & (steps >= min_steps)  # (B,) exploration: think at least min_steps
+    return wants_to_halt | (steps >= max_steps)  # (B,) forced halt at the cap
+
+
+def draw_min_steps(
+    batch_size: int,
+    max_steps: int,
+    exploration_prob: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Minimum step counts (B,) long for new samples: with probability ``exploration_prob`` a uniform
+    integer in [2, max_steps] (TRM/HRM's halt exploration, which makes the halt head see long runs),
+    otherwise 1 (no floor).
+
+    Randomness comes only from ``generator`` (drawn on its device, then moved), so a seeded
+    generator gives the same draws on every device. Always draws 2 x batch_size numbers, whatever
+    the outcome, so the generator's stream does not depend on the data.
+    """
+    _check_max_steps(max_steps)
+    _check_prob(exploration_prob)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    explore = torch.rand(batch_size, generator=generator, device=gen_device) < exploration_prob  # (B,)
+    # max(max_steps, 2) keeps the range non-empty when max_steps == 1; such floors never bind.
+    floor = torch.randint(2, max(max_steps, 2) + 1, (batch_size,), generator=generator, device=gen_device)  # (B,)
+    ones = torch.ones(batch_size, dtype=torch.long, device=gen_device)  # (B,)
+    return torch.where(explore, floor, ones).to(device)  # (B,)
+
+
+@dataclass
+class ACTState:
+    """Training carry of B slots (TRM's ``Carry``): model carry (detached), steps taken so far in the
+    current sample, and each slot's minimum step count (exploration floor)."""
+
+    carry: TRMCarry
+    steps: torch.Tensor
+    """(B,) long: reasoning steps the slot's current sample has taken (0 for a fresh sample)."""
+    min_steps: torch.Tensor
+    """(B,) long: the slot's sample may not halt on its own before this many steps."""
+
+    @classmethod
+    def initial(
+        cls,
+        model: RecurrentTRM,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        exploration_prob: float = 0.0,
+        generator: torch.Generator | None = None,
+        max_steps: int | None = None,
+    ) -> ACTState:
+        """All slots fresh: steps = 0, minimum steps drawn as in :func:`draw_min_steps`
+        (``max_steps`` defaults to ``model.config.max_steps``)."""
+        device = device if device is not None else model.y_init.device
+        max_steps = model.config.max_steps if max_steps is None else max_steps
+        return cls(
+            carry=model.init_carry(batch_size, device=device),
+            steps=torch.zeros(batch_size, dtype=torch.long, device=device),
+            min_steps=draw_min_steps(batch_size, max_steps, exploration_prob, generator=generator, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.steps.shape[0]
+
+
+def act_step(
+    model: RecurrentTRM,
+    obs: torch.Tensor,
+    state: ACTState,
+    *,
+    max_steps: int | None = None,
+    exploration_prob: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[StepOutput, ACTState, torch.Tensor]:
+    """One reasoning step on all B slots (a full batch, as in TRM's training loop).
+
+    Returns ``(output, next_state, halted)``: ``output`` keeps its graph (apply TRMLoss to it);
+    ``halted`` (B,) bool marks slots whose sample stopped after this step; in ``next_state`` those
+    slots are already fresh (carry reset, steps = 0, a new minimum step count drawn), so the caller
+    only has to put new observations into them. ``max_steps`` defaults to ``model.config.max_steps``
+    and ``exploration_prob`` to ``model.config.halt_exploration_prob`` (0.1).
+    """
+    max_steps = model.config.max_steps if max_steps is None else max_steps
+    exploration_prob = model.config.halt_exploration_prob if exploration_prob is None else exploration_prob
+    _check_max_steps(max_steps)
+    if obs.shape[0] != state.batch_size:
+        raise ValueError(f"obs has {obs.shape[0]} rows but the ACT state has {state.batch_size} slots.")
+    out = model(obs, state.carry)
+    steps = state.steps + 1  # (B,)
+    halted = halt_rule(out.halt_logits.detach(), steps, max_steps, state.min_steps)  # (B,)
+    b, device = state.batch_size, steps.device
+    fresh = model.init_carry(b, device=device)
+    new_min = draw_min_steps(b, max_steps, exploration_prob, generator=generator, device=device)  # (B,)
+    next_state = ACTState(
+        carry=out.carry.reset(halted, fresh),
+        steps=torch.where(halted, torch.zeros_like(steps), steps),  # (B,)
+        min_steps=torch.where(halted, new_min, state.min_steps),  # (B,)
+    )
+    return out, next_state, halted
+
+
+@dataclass
+class ACTResult:
+    """What :func:`act_predict` returns."""
+
+    actions: torch.Tensor
+    """(B,) long: argmax of each sample's task logits at the step it halted."""
+    steps: torch.Tensor
+    """(B,) long: reasoning steps each sample took (max_steps for all when adaptive=False)."""
+    task_logits: torch.Tensor
+    """(B, C) float32: task logits at the step each sample halted."""
+    row_steps: int
+    """Row-steps evaluated (sum over reasoning steps of the rows run), the cost adaptive mode saves."""
+
+
+@torch.no_grad()
+def act_predict(
+    model: RecurrentTRM,
+    obs: torch.Tensor,
+    max_steps: int | None = None,
+    adaptive: bool = True,
+) -> ACTResult:
+    """Run each sample until it halts (``adaptive=True``) or every sample for ``max_steps`` steps.
+
+    Adaptive mode halts per sample with :func:`halt_rule` (no exploration floor) and indexes the
+    still-active rows out of the batch after each step, so later steps run on fewer rows and the cost
+    follows the mean step count. ``adaptive=False`` is what TRM and HRM do at evaluation: all rows
+    run to ``max_steps`` and the last step's logits are used. The model is put in eval mode for the
+    call and its previous mode restored.
+    """
+    max_steps = model.config.max_steps if max_steps is None else max_steps
+    _check_max_steps(max_steps)
+    was_training = model.training
+    model.eval()
+    try:
+        b = obs.shape[0]
+        x = model.encode(obs)  # (B, W, D): encoded once, the input is the same at every step
+        carry = model.init_carry(b, device=x.device)
+        if not adaptive:
+            for _ in range(max_steps):
+                out = model.step(x, carry)
+                carry = out.carry
+            logits = out.task_logits  # (B, C)
+            steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
+            return ACTResult(logits.argmax(-1), steps, logits, row_steps=b * max_steps)
+
+        logits = torch.zeros(b, model.config.num_classes, device=x.device)  # (B, C) filled as rows halt
+        steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
+        active = torch.arange(b, device=x.device)  # (A,) original row of each active row
+        row_steps = 0
+        for s in range(1, max_steps + 1):
+            out = model.step(x, carry)
+            row_steps += active.numel()
+            step_count = torch.full_like(active, s)  # (A,)
+            halted = halt_rule(out.halt_logits, step_count, max_steps)  # (A,)
+            rows = active[halted]  # (H,) original rows that stop now
+            logits[rows] = out.task_logits[halted]
+            steps[rows] = s
+            keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
+            if keep.numel() == 0:
+                break
+            if keep.numel() < active.numel():  # compact: later steps only see the active rows
+                active, x, carry = active[keep], x[keep], out.carry.select(keep)
+            else:
+                carry = out.carry
+        return ACTResult(logits.argmax(-1), steps, logits, row_steps=row_steps)
+    finally:
+        model.train(was_training)

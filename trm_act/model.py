@@ -1,0 +1,305 @@
+"""Recurrent Tiny Recursive Model (TRM): one reasoning step per call, carry in and carry out.
+
+The model follows TRM (Jolicoeur-Martineau 2025, "Less is More: Recursive Reasoning with Tiny
+Networks"): one small shared network ``net`` refines a latent ``z`` and an answer ``y``. A reasoning
+step runs ``n_cycles`` (T) cycles; each cycle does ``n_latent`` (n) latent updates
+``z = net(x + y + z)`` and then one answer update ``y = net(y + z)``. The first T-1 cycles run
+without gradient and only the last cycle is backpropagated (TRM's "deep recursion"), and the carry
+handed back is detached, so a reasoning step costs the same memory whatever step it is.
+
+Halting is not decided here: the model emits a halt logit and :mod:`trm_act.act` applies the single
+halting rule. The model knows nothing about markets or environments: it maps observations of shape
+(B, window, n_features) to 8 strategy logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MIXERS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+
+
+def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Parameter-free RMSNorm computed in float32 (safe under bf16 autocast), returned in h's dtype."""
+    h32 = h.float()
+    return (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+
+
+class AttentionMixer(nn.Module):
+    """Bidirectional multi-head self-attention over the window (every bar is already in the past)."""
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.dropout = config.dropout
+        mask = None
+        if config.attn_radius > 0:  # banded attention: each bar sees bars at most attn_radius away
+            pos = torch.arange(config.window)
+            mask = (pos[:, None] - pos[None, :]).abs() <= config.attn_radius  # (W, W) True = may attend
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, w, d = h.shape
+        qkv = self.qkv(h).view(b, w, 3, self.n_heads, d // self.n_heads)  # (B, W, 3, H, D/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D/H)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=p)  # (B, H, W, D/H)
+        return self.out(a.transpose(1, 2).reshape(b, w, d))  # (B, W, D)
+
+
+class TokenMLPMixer(nn.Module):
+    """MLP-mixer token mixing: an MLP across the window, shared over channels.
+
+    TRM found the attention-free mixer better on small fixed contexts (Sudoku); the window here is
+    also small and fixed, so both are offered.
+    """
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        hidden = max(1, round(config.mlp_ratio * config.window))
+        self.up = nn.Linear(config.window, hidden)
+        self.down = nn.Linear(hidden, config.window)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        t = h.transpose(1, 2)  # (B, D, W): mix along the window
+        return self.down(F.gelu(self.up(t))).transpose(1, 2)  # (B, W, D)
+
+
+# Explicit registry of token mixers: TRMConfig.mixer must name one of these.
+MIXERS: dict[str, Callable[[TRMConfig], nn.Module]] = {
+    "attention": AttentionMixer,
+    "mlp": TokenMLPMixer,
+}
+
+# How the answer y is pooled over the window before the heads.
+POOLINGS = ("mean", "last")
+
+
+class SwiGLU(nn.Module):
+    """Channel MLP with a SwiGLU gate, as in TRM's blocks."""
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        hidden = max(1, round(config.mlp_ratio * config.d_model))
+        self.gate_up = nn.Linear(config.d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, config.d_model, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(h).chunk(2, dim=-1)  # 2 x (B, W, hidden)
+        return self.down(F.silu(gate) * up)  # (B, W, D)
+
+
+class Block(nn.Module):
+    """Post-norm residual block (TRM): h = norm(h + mix(h)); h = norm(h + mlp(h))."""
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.mix = MIXERS[config.mixer](config)
+        self.mlp = SwiGLU(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = _rms_norm(h + self.drop(self.mix(h)))  # (B, W, D)
+        return _rms_norm(h + self.drop(self.mlp(h)))  # (B, W, D)
+
+
+@dataclass
+class TRMConfig:
+    """Hyperparameters of :class:`RecurrentTRM`. Defaults train ~1-2k steps in ~2 minutes on 2 CPU cores."""
+
+    window: int = 32
+    """Bars per observation (the W of obs (B, W, F)); one token per bar."""
+    n_features: int = 8
+    """Features per bar (the F of obs (B, W, F)); must match the environment's observation."""
+    num_classes: int = 8
+    """Width of the task head: one logit per strategy."""
+    d_model: int = 64
+    """Token width of the encoder, the latent z and the answer y."""
+    n_layers: int = 2
+    """Blocks in the single shared network ``net`` (TRM uses 2)."""
+    mixer: str = "attention"
+    """Token mixer inside each block: one of MIXERS ("attention" or "mlp", the MLP-mixer over the window)."""
+    n_heads: int = 4
+    """Attention heads (mixer="attention" only); must divide d_model."""
+    attn_radius: int = 0
+    """Local attention: a bar attends to bars at most this far away (0 = the whole window; attention only)."""
+    mlp_ratio: float = 2.0
+    """Hidden width of the MLPs as a multiple of d_model (channel MLP) or of window (token MLP)."""
+    n_latent: int = 2
+    """n: latent updates z = net(x + y + z) per cycle, before each answer update y = net(y + z)."""
+    n_cycles: int = 2
+    """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient."""
+    max_steps: int = 8
+    """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
+    pool: str = "mean"
+    """How y is pooled over the window for the heads: "mean" or "last" (the decision bar)."""
+    halt_bias_init: float = -5.0
+    """Initial bias of the halt head (TRM: -5), so that halting is learned rather than assumed."""
+    halt_exploration_prob: float = 0.1
+    """Fraction of new training samples that draw a minimum step count in [2, max_steps]."""
+    dropout: float = 0.0
+    """Dropout inside the blocks (training only)."""
+
+    def __post_init__(self) -> None:
+        for name in ("window", "n_features", "d_model", "n_layers", "n_heads", "n_latent", "n_cycles", "max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TRMConfig.{name} must be an integer >= 1, got {value!r}; pass a positive int.")
+        if isinstance(self.attn_radius, bool) or not isinstance(self.attn_radius, int) or self.attn_radius < 0:
+            raise ValueError(
+                f"TRMConfig.attn_radius must be an integer >= 0 (0 = global attention), got {self.attn_radius!r}."
+            )
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"TRMConfig.num_classes must be an integer >= 2, got {self.num_classes!r}.")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"TRMConfig.mixer={self.mixer!r} is not a known mixer; choose one of {sorted(MIXERS)}.")
+        if self.pool not in POOLINGS:
+            raise ValueError(f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}.")
+        if self.mixer == "attention" and self.d_model % self.n_heads:
+            raise ValueError(
+                f"TRMConfig.n_heads={self.n_heads} must divide d_model={self.d_model}; "
+                "pick n_heads among the divisors of d_model."
+            )
+        if not (isinstance(self.mlp_ratio, (int, float)) and math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"TRMConfig.mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}.")
+        if not (isinstance(self.halt_bias_init, (int, float)) and math.isfinite(self.halt_bias_init)):
+            raise ValueError(f"TRMConfig.halt_bias_init must be a finite number, got {self.halt_bias_init!r}.")
+        if not (isinstance(self.halt_exploration_prob, (int, float)) and 0.0 <= self.halt_exploration_prob <= 1.0):
+            raise ValueError(
+                f"TRMConfig.halt_exploration_prob must lie in [0, 1], got {self.halt_exploration_prob!r}."
+            )
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"TRMConfig.dropout must lie in [0, 1), got {self.dropout!r}.")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict of the fields (for checkpoints and logged hyperparameters)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class TRMCarry:
+    """What one reasoning step hands to the next: answer y and latent z, each (B, window, d_model)."""
+
+    y: torch.Tensor
+    z: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.y.shape[0]
+
+    def select(self, index: torch.Tensor) -> TRMCarry:
+        """Rows ``index`` (long indices or a (B,) bool mask): used by adaptive inference to compact."""
+        return TRMCarry(self.y[index], self.z[index])
+
+    def reset(self, mask: torch.Tensor, fresh: TRMCarry) -> TRMCarry:
+        """Rows where ``mask`` (B,) is True come from ``fresh``, the others stay (torch.where, no sync)."""
+        m = mask.view(-1, 1, 1)  # (B, 1, 1)
+        return TRMCarry(
+            torch.where(m, fresh.y.to(self.y.dtype), self.y),  # (B, W, D)
+            torch.where(m, fresh.z.to(self.z.dtype), self.z),  # (B, W, D)
+        )
+
+    def detach(self) -> TRMCarry:
+        return TRMCarry(self.y.detach(), self.z.detach())
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TRMCarry:
+        return TRMCarry(self.y.to(device=device, dtype=dtype), self.z.to(device=device, dtype=dtype))
+
+
+class StepOutput(NamedTuple):
+    """One reasoning step: float32 task logits (B, num_classes), halt logits (B,), and the detached carry."""
+
+    task_logits: torch.Tensor
+    halt_logits: torch.Tensor
+    carry: TRMCarry
+
+
+class RecurrentTRM(nn.Module):
+    """Tiny Recursive Model; ``forward(obs, carry)`` runs one reasoning step.
+
+    obs (B, window, n_features) -> tokens x (B, W, D) (a linear encoder per bar plus learned positions),
+    then n_cycles cycles of [n_latent x ``z = net(x + y + z)``, ``y = net(y + z)``] with one shared
+    ``net``; heads read y pooled over the window.
+    """
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.in_proj = nn.Linear(config.n_features, d)
+        self.pos = nn.Parameter(torch.randn(config.window, d) * 0.02)  # (W, D) learned positions
+        self.net = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.task_head = nn.Linear(d, config.num_classes)
+        self.halt_head = nn.Linear(d, 1)
+        # TRM: the halt (Q) head starts at weight 0 and bias -5, so no sample halts until the
+        # halt loss teaches it to; the weight still receives gradient because y is not zero.
+        nn.init.zeros_(self.halt_head.weight)
+        nn.init.constant_(self.halt_head.bias, config.halt_bias_init)
+        # TRM: fixed (non-learned) initial y and z, truncated-normal with std 1, broadcast over
+        # batch and window; buffers so that they travel with the checkpoint and the device.
+        self.register_buffer("y_init", nn.init.trunc_normal_(torch.empty(d), std=1.0, a=-2.0, b=2.0))
+        self.register_buffer("z_init", nn.init.trunc_normal_(torch.empty(d), std=1.0, a=-2.0, b=2.0))
+
+    def init_carry(self, batch_size: int, device: torch.device | str | None = None) -> TRMCarry:
+        """Fresh carry for ``batch_size`` samples, on ``device`` (default: the model's device)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}.")
+        shape = (batch_size, self.config.window, self.config.d_model)
+        y = self.y_init.to(device).expand(shape)  # (B, W, D), a broadcast view: no copy
+        z = self.z_init.to(device).expand(shape)  # (B, W, D)
+        return TRMCarry(y, z)
+
+    def net_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The shared network: n_layers post-norm blocks, (B, W, D) -> (B, W, D)."""
+        for block in self.net:
+            h = block(h)
+        return h
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations (B, W, F) -> input tokens x (B, W, D); constant across reasoning steps."""
+        if obs.dim() != 3 or tuple(obs.shape[1:]) != (self.config.window, self.config.n_features):
+            raise ValueError(
+                f"obs must have shape (batch, window={self.config.window}, n_features={self.config.n_features}), "
+                f"got {tuple(obs.shape)}; set TRMConfig.window / n_features to the environment's observation."
+            )
+        x = self.in_proj(obs.to(self.pos.dtype)) + self.pos  # (B, W, D)
+        return _rms_norm(x)  # unit RMS, like y and z, so that no term of x + y + z dominates
+
+    def _cycle(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(self.config.n_latent):
+            z = self.net_forward(x + y + z)  # (B, W, D) latent update sees the input
+        y = self.net_forward(y + z)  # (B, W, D) answer update does not (TRM)
+        return y, z
+
+    def step(self, x: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        """One reasoning step from encoded tokens x (B, W, D); ``forward`` = ``step(encode(obs), carry)``."""
+        if carry.y.shape != x.shape or carry.z.shape != x.shape:
+            raise ValueError(
+                f"carry shapes y={tuple(carry.y.shape)}, z={tuple(carry.z.shape)} must equal the tokens' "
+                f"{tuple(x.shape)}; build it with model.init_carry(batch_size)."
+            )
+        y, z = carry.y, carry.z
+        # TRM deep recursion: T-1 cycles only move the state (no graph, no saved activations) ...
+        with torch.no_grad():
+            for _ in range(self.config.n_cycles - 1):
+                y, z = self._cycle(x, y, z)
+        # ... and the last cycle is the only one backpropagated (the 1-step gradient approximation).
+        y, z = self._cycle(x, y, z)
+        pooled = y.mean(dim=1) if self.config.pool == "mean" else y[:, -1]  # (B, D)
+        task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
+        halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
+        # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
+        carry_dtype = self.y_init.dtype
+        return StepOutput(task_logits, halt_logits, TRMCarry(y.detach().to(carry_dtype), z.detach().to(carry_dtype)))
+
+    def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        return self.step(self.encode(obs), carry)
