@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import textwrap
 
 import pytest
@@ -26,7 +27,9 @@ def one_thread():
 
 
 def small_config(**overrides) -> TRMConfig:
-    base = dict(window=8, n_features=5, d_model=16, n_heads=2, n_layers=2, n_latent=2, n_cycles=2, max_steps=4)
+    base = dict(
+        window=8, n_features=5, d_model=16, n_heads=2, n_layers=2, n_latent=2, n_cycles=2, max_steps=4
+    )
     base.update(overrides)
     return TRMConfig(**base)
 
@@ -49,7 +52,7 @@ def test_every_config_field_has_a_default_and_a_docstring():
     body = tree.body[0].body
     documented = {
         stmt.target.id
-        for stmt, nxt in zip(body, body[1:], strict=False)
+        for stmt, nxt in itertools.pairwise(body)
         if isinstance(stmt, ast.AnnAssign)
         and isinstance(nxt, ast.Expr)
         and isinstance(nxt.value, ast.Constant)
@@ -77,13 +80,19 @@ def test_every_config_field_has_a_default_and_a_docstring():
         ("halt_bias_init", float("nan")),
         ("halt_exploration_prob", 1.5),
         ("dropout", 1.0),
-        ("n_heads", 3),  # does not divide d_model=16
         ("attn_radius", -1),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         small_config(**{field: value})
+
+
+def test_attention_options_are_checked_against_the_mixer():
+    with pytest.raises(ValueError, match="n_heads=3 must divide d_model=16"):
+        small_config(mixer="attention", n_heads=3)
+    with pytest.raises(ValueError, match="attn_radius=2 needs mixer='attention'"):
+        small_config(mixer="mlp", attn_radius=2)
 
 
 def test_config_registries_list_the_valid_choices():
@@ -242,7 +251,9 @@ def test_only_the_last_cycle_carries_gradient(mixer, n_cycles):
     out = model(obs, model.init_carry(obs.shape[0]))
     for handle in handles:
         handle.remove()
-    per_cycle = (config.n_latent + 1) * config.n_layers  # n latent updates + 1 answer update, each n_layers blocks
+    per_cycle = (
+        config.n_latent + 1
+    ) * config.n_layers  # n latent updates + 1 answer update, each n_layers blocks
     assert calls == {"grad": per_cycle, "no_grad": (n_cycles - 1) * per_cycle}
 
     # The gradient equals that of one hand-written cycle started from the no-grad state: the
@@ -273,7 +284,7 @@ def test_only_the_last_cycle_carries_gradient(mixer, n_cycles):
 def test_attn_radius_limits_how_far_one_step_sees(radius):
     # 1 block per net call and 2 net calls per step (n_latent=1, T=1): with radius 1, a change at
     # bar 0 reaches bars 0-2 after one step and bars 0-4 after two; with radius 0 (global), all bars.
-    model = make_model(attn_radius=radius, pool="last", n_layers=1, n_latent=1, n_cycles=1)
+    model = make_model(mixer="attention", attn_radius=radius, pool="last", n_layers=1, n_latent=1, n_cycles=1)
     obs = make_obs(model.config, batch=2)
     far = obs.clone()
     far[:, 0] += 1.0

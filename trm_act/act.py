@@ -81,7 +81,9 @@ def draw_min_steps(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     explore = torch.rand(batch_size, generator=generator, device=gen_device) < exploration_prob  # (B,)
     # max(max_steps, 2) keeps the range non-empty when max_steps == 1; such floors never bind.
-    floor = torch.randint(2, max(max_steps, 2) + 1, (batch_size,), generator=generator, device=gen_device)  # (B,)
+    floor = torch.randint(
+        2, max(max_steps, 2) + 1, (batch_size,), generator=generator, device=gen_device
+    )  # (B,)
     ones = torch.ones(batch_size, dtype=torch.long, device=gen_device)  # (B,)
     return torch.where(explore, floor, ones).to(device)  # (B,)
 
@@ -115,7 +117,9 @@ class ACTState:
         return cls(
             carry=model.init_carry(batch_size, device=device),
             steps=torch.zeros(batch_size, dtype=torch.long, device=device),
-            min_steps=draw_min_steps(batch_size, max_steps, exploration_prob, generator=generator, device=device),
+            min_steps=draw_min_steps(
+                batch_size, max_steps, exploration_prob, generator=generator, device=device
+            ),
         )
 
     @property

@@ -122,19 +122,19 @@ class TRMConfig:
     """Features per bar (the F of obs (B, W, F)); must match the environment's observation."""
     num_classes: int = 8
     """Width of the task head: one logit per strategy."""
-    d_model: int = 64
+    d_model: int = 32
     """Token width of the encoder, the latent z and the answer y."""
     n_layers: int = 2
     """Blocks in the single shared network ``net`` (TRM uses 2)."""
-    mixer: str = "attention"
-    """Token mixer inside each block: one of MIXERS ("attention" or "mlp", the MLP-mixer over the window)."""
+    mixer: str = "mlp"
+    """Token mixer in each block, one of MIXERS: "mlp" (MLP-mixer over the window; cheaper) or "attention"."""
     n_heads: int = 4
     """Attention heads (mixer="attention" only); must divide d_model."""
     attn_radius: int = 0
     """Local attention: a bar attends to bars at most this far away (0 = the whole window; attention only)."""
     mlp_ratio: float = 2.0
     """Hidden width of the MLPs as a multiple of d_model (channel MLP) or of window (token MLP)."""
-    n_latent: int = 2
+    n_latent: int = 1
     """n: latent updates z = net(x + y + z) per cycle, before each answer update y = net(y + z)."""
     n_cycles: int = 2
     """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient."""
@@ -150,30 +150,64 @@ class TRMConfig:
     """Dropout inside the blocks (training only)."""
 
     def __post_init__(self) -> None:
-        for name in ("window", "n_features", "d_model", "n_layers", "n_heads", "n_latent", "n_cycles", "max_steps"):
+        for name in (
+            "window",
+            "n_features",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_latent",
+            "n_cycles",
+            "max_steps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TRMConfig.{name} must be an integer >= 1, got {value!r}; pass a positive int.")
-        if isinstance(self.attn_radius, bool) or not isinstance(self.attn_radius, int) or self.attn_radius < 0:
+                raise ValueError(
+                    f"TRMConfig.{name} must be an integer >= 1, got {value!r}; pass a positive int."
+                )
+        if (
+            isinstance(self.attn_radius, bool)
+            or not isinstance(self.attn_radius, int)
+            or self.attn_radius < 0
+        ):
             raise ValueError(
                 f"TRMConfig.attn_radius must be an integer >= 0 (0 = global attention), got {self.attn_radius!r}."
             )
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 2
+        ):
             raise ValueError(f"TRMConfig.num_classes must be an integer >= 2, got {self.num_classes!r}.")
         if self.mixer not in MIXERS:
-            raise ValueError(f"TRMConfig.mixer={self.mixer!r} is not a known mixer; choose one of {sorted(MIXERS)}.")
+            raise ValueError(
+                f"TRMConfig.mixer={self.mixer!r} is not a known mixer; choose one of {sorted(MIXERS)}."
+            )
         if self.pool not in POOLINGS:
-            raise ValueError(f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}.")
+            raise ValueError(
+                f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}."
+            )
+        if self.attn_radius and self.mixer != "attention":
+            raise ValueError(
+                f"TRMConfig.attn_radius={self.attn_radius} needs mixer='attention' (mixer={self.mixer!r}); "
+                "set attn_radius=0 or mixer='attention'."
+            )
         if self.mixer == "attention" and self.d_model % self.n_heads:
             raise ValueError(
                 f"TRMConfig.n_heads={self.n_heads} must divide d_model={self.d_model}; "
                 "pick n_heads among the divisors of d_model."
             )
-        if not (isinstance(self.mlp_ratio, (int, float)) and math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+        if not (
+            isinstance(self.mlp_ratio, (int, float)) and math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0
+        ):
             raise ValueError(f"TRMConfig.mlp_ratio must be a finite number > 0, got {self.mlp_ratio!r}.")
         if not (isinstance(self.halt_bias_init, (int, float)) and math.isfinite(self.halt_bias_init)):
-            raise ValueError(f"TRMConfig.halt_bias_init must be a finite number, got {self.halt_bias_init!r}.")
-        if not (isinstance(self.halt_exploration_prob, (int, float)) and 0.0 <= self.halt_exploration_prob <= 1.0):
+            raise ValueError(
+                f"TRMConfig.halt_bias_init must be a finite number, got {self.halt_bias_init!r}."
+            )
+        if not (
+            isinstance(self.halt_exploration_prob, (int, float)) and 0.0 <= self.halt_exploration_prob <= 1.0
+        ):
             raise ValueError(
                 f"TRMConfig.halt_exploration_prob must lie in [0, 1], got {self.halt_exploration_prob!r}."
             )
@@ -299,7 +333,9 @@ class RecurrentTRM(nn.Module):
         halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype
-        return StepOutput(task_logits, halt_logits, TRMCarry(y.detach().to(carry_dtype), z.detach().to(carry_dtype)))
+        return StepOutput(
+            task_logits, halt_logits, TRMCarry(y.detach().to(carry_dtype), z.detach().to(carry_dtype))
+        )
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         return self.step(self.encode(obs), carry)

@@ -12,6 +12,9 @@ found with the real halting rule; the bias is set so that as many steps as possi
 benchmark batch is drawn evenly from the candidates of each halting step 1..max_steps (with
 replacement). So halting depends on the input through the model's own halt head, and the halting
 steps of the batch are spread over 1..max_steps. The steps reported are those act_predict returns.
+
+On a CPU shared with other jobs, pass ``--threads 1``: with more intra-op threads than free cores,
+OpenMP contention makes every small op slow and the timings meaningless.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trm_act.bench act", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512, help="rows in the benchmark batch")
     parser.add_argument("--max-steps", type=int, default=8, help="reasoning-step cap (TRMConfig.max_steps)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mode; the median is reported")
-    parser.add_argument("--candidates", type=int, default=2048, help="random observations to draw the batch from")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs of each mode; the median is reported"
+    )
+    parser.add_argument(
+        "--candidates", type=int, default=2048, help="random observations to draw the batch from"
+    )
     parser.add_argument("--mixer", choices=sorted(MIXERS), default=TRMConfig.mixer, help="token mixer")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -47,7 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def pooled_answer_trajectories(model: RecurrentTRM, obs: torch.Tensor, max_steps: int, chunk: int = 512) -> torch.Tensor:
+def pooled_answer_trajectories(
+    model: RecurrentTRM, obs: torch.Tensor, max_steps: int, chunk: int = 512
+) -> torch.Tensor:
     """The pooled answer y that the heads read, for every row after every step of a full run: (N, S, D)."""
     rows = []
     for start in range(0, obs.shape[0], chunk):
@@ -92,7 +101,9 @@ def build_benchmark(args: argparse.Namespace) -> tuple[RecurrentTRM, torch.Tenso
         traj = pooled @ weight  # (N, S) halt logits before the bias
         for q in torch.linspace(0.02, 0.98, 49).tolist():
             bias = -torch.quantile(traj.flatten(), q).item()
-            counts = torch.bincount(halting_steps(traj, bias, args.max_steps), minlength=args.max_steps + 1)[1:]
+            counts = torch.bincount(halting_steps(traj, bias, args.max_steps), minlength=args.max_steps + 1)[
+                1:
+            ]
             score = (int((counts > 0).sum()), int(counts.min()))
             if score > best_score:
                 best_weight, best_bias, best_score = weight, bias, score
@@ -150,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"row-steps evaluated: adaptive {adaptive.row_steps}, fixed {fixed.row_steps}")
     print(f"actions equal to the fixed run's: {agree:.1%} (fixed mode keeps thinking past the halt)")
     print()
-    print("| mean_steps | max_steps | fixed (ms) | adaptive (ms) | ratio | ideal | target (1.15 x ideal) | result |")
+    print(
+        "| mean_steps | max_steps | fixed (ms) | adaptive (ms) | ratio | ideal | target (1.15 x ideal) | result |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|:---|")
     verdict = "PASS" if ratio <= target else "FAIL"
     print(
