@@ -113,7 +113,9 @@ class ReplayDataset(Dataset):
     def __init__(self, replay: Any, split: str = "train"):
         indices = replay.split_indices(split)
         if len(indices) == 0:
-            raise ValueError(f"The replay's {split!r} split has no decision points; use more bars or another split.")
+            raise ValueError(
+                f"The replay's {split!r} split has no decision points; use more bars or another split."
+            )
         self.obs = torch.as_tensor(replay.observations(indices), dtype=torch.float32)  # (N, W, F)
         self.labels = torch.as_tensor(replay.labels[indices], dtype=torch.long)  # (N,)
         self.strategy_pnl = torch.as_tensor(replay.strategy_pnl[indices], dtype=torch.float32)  # (N, C)
@@ -122,7 +124,11 @@ class ReplayDataset(Dataset):
         return self.obs.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"obs": self.obs[index], "labels": self.labels[index], "strategy_pnl": self.strategy_pnl[index]}
+        return {
+            "obs": self.obs[index],
+            "labels": self.labels[index],
+            "strategy_pnl": self.strategy_pnl[index],
+        }
 
 
 def build_replay(replay_config: Any = None) -> Any:
@@ -141,10 +147,17 @@ def resolve_model_config(model_config: TRMConfig | Mapping[str, Any] | None, rep
     """
     window, n_features = (int(n) for n in replay.observations(replay.split_indices("train")[:1]).shape[1:])
     if model_config is None or isinstance(model_config, Mapping):
-        fields = {"window": window, "n_features": n_features, "max_steps": DEFAULT_MAX_STEPS, **(model_config or {})}
+        fields = {
+            "window": window,
+            "n_features": n_features,
+            "max_steps": DEFAULT_MAX_STEPS,
+            **(model_config or {}),
+        }
         model_config = TRMConfig(**fields)
     if not isinstance(model_config, TRMConfig):
-        raise ValueError(f"model_config must be a TRMConfig, a dict of its fields or None; got {type(model_config).__name__}.")
+        raise ValueError(
+            f"model_config must be a TRMConfig, a dict of its fields or None; got {type(model_config).__name__}."
+        )
     if (model_config.window, model_config.n_features) != (window, n_features):
         raise ValueError(
             f"model_config has window={model_config.window}, n_features={model_config.n_features} but the replay's "

@@ -104,7 +104,9 @@ class TRMHFModel(nn.Module):
         """The RecurrentTRM's config (not ``config``: HF treats ``model.config`` as a PretrainedConfig)."""
         return self.trm.config
 
-    def forward(self, obs: torch.Tensor, labels: torch.Tensor, strategy_pnl: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, obs: torch.Tensor, labels: torch.Tensor, strategy_pnl: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """obs (B, W, F), labels (B,) int, strategy_pnl (B, C) -> ``{"loss", "logits" (B, C)}``."""
         loss, metrics, logits = deep_supervision(self.trm, self.loss_fn, obs, labels, strategy_pnl)
         if self.training:

@@ -97,7 +97,9 @@ class TRMLightningCallback(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # .experiment is Lightning's SummaryWriter (a dummy off rank zero); the logger owns it.
-                return MetricsLogger(writer=logger.experiment if enabled else None, log_dir=logger.log_dir, enabled=enabled)
+                return MetricsLogger(
+                    writer=logger.experiment if enabled else None, log_dir=logger.log_dir, enabled=enabled
+                )
         log_dir = self.log_dir if self.log_dir is not None else os.path.join(trainer.log_dir or ".", "trm")
         return MetricsLogger(log_dir, enabled=enabled)
 
@@ -119,7 +121,8 @@ class TRMLightningCallback(pl.Callback):
             return  # still accumulating gradients: write once the optimizer has stepped
         tags = {tag for metrics in self._pending for tag in metrics}
         mean = {
-            tag: sum(m[tag] for m in self._pending if tag in m) / sum(tag in m for m in self._pending) for tag in tags
+            tag: sum(m[tag] for m in self._pending if tag in m) / sum(tag in m for m in self._pending)
+            for tag in tags
         }
         self.logger.update(step, mean)
         self._pending.clear()
@@ -128,7 +131,9 @@ class TRMLightningCallback(pl.Callback):
         if self._written % self.flush_every == 0:
             self.logger.flush()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self.logger is not None:
             self.logger.flush()
 
@@ -233,4 +238,6 @@ class TRMLightningModule(pl.LightningModule):
         return [TRMLightningCallback()]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(ReplayDataset(self.replay, "train"), batch_size=self.batch_size, shuffle=True, drop_last=False)
+        return DataLoader(
+            ReplayDataset(self.replay, "train"), batch_size=self.batch_size, shuffle=True, drop_last=False
+        )

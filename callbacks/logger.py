@@ -32,7 +32,10 @@ HPARAM_METRICS = ("eval/pnl", "eval/accuracy", "eval/mean_steps", "eval/sharpe")
 # Custom Scalars dashboard: loss components and halt statistics side by side.
 LAYOUT = {
     "TRM loss": {
-        "components": ["Multiline", ["loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"]],
+        "components": [
+            "Multiline",
+            ["loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"],
+        ],
     },
     "TRM halting": {
         "rate and target": ["Multiline", ["halt/rate", "halt/target_rate"]],
@@ -90,9 +93,13 @@ class MetricsLogger:
         enabled: force writing on/off; default: only on rank zero.
     """
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, *, writer: Any = None, enabled: bool | None = None):
+    def __init__(
+        self, log_dir: str | os.PathLike | None = None, *, writer: Any = None, enabled: bool | None = None
+    ):
         if writer is None and log_dir is None:
-            raise ValueError("MetricsLogger needs log_dir (a directory for event files) or writer (a SummaryWriter).")
+            raise ValueError(
+                "MetricsLogger needs log_dir (a directory for event files) or writer (a SummaryWriter)."
+            )
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.enabled = is_rank_zero() if enabled is None else enabled
         self._writer = writer

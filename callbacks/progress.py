@@ -21,7 +21,12 @@ class ProgressCallback(Callback):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=run.total_steps, initial=run.start_step, desc="train", unit="step", disable=self.disable, dynamic_ncols=True
+            total=run.total_steps,
+            initial=run.start_step,
+            desc="train",
+            unit="step",
+            disable=self.disable,
+            dynamic_ncols=True,
         )
 
     def on_step_end(self, step: int, logs: Logs) -> None:
@@ -29,7 +34,9 @@ class ProgressCallback(Callback):
             return
         self.bar.update(step - self.bar.n)
         if step % self.every == 0:
-            shown = {short: f"{logs.scalars[tag]:.4g}" for tag, short in POSTFIX.items() if tag in logs.scalars}
+            shown = {
+                short: f"{logs.scalars[tag]:.4g}" for tag, short in POSTFIX.items() if tag in logs.scalars
+            }
             self.bar.set_postfix(shown, refresh=False)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:

@@ -100,7 +100,11 @@ class TRMSB3Callback(BaseCallback):
         if self.strategy_names is None:
             from ..envs import STRATEGIES
 
-            names = STRATEGIES if len(STRATEGIES) == n_actions else tuple(f"strategy_{i}" for i in range(n_actions))
+            names = (
+                STRATEGIES
+                if len(STRATEGIES) == n_actions
+                else tuple(f"strategy_{i}" for i in range(n_actions))
+            )
             self.strategy_names = tuple(names)
         elif len(self.strategy_names) != n_actions:
             raise ValueError(

@@ -84,8 +84,10 @@ class TradeReplayConfig:
                 raise ValueError(f"{name}={value!r}: expected an int >= 1 (bars)")
         if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
             raise ValueError(f"stride={self.stride!r}: expected an int >= 1 (bars) or None (= horizon)")
-        if isinstance(self.cost, bool) or not isinstance(self.cost, int | float | np.floating) or not (
-            0.0 <= float(self.cost) < 1.0
+        if (
+            isinstance(self.cost, bool)
+            or not isinstance(self.cost, int | float | np.floating)
+            or not (0.0 <= float(self.cost) < 1.0)
         ):
             raise ValueError(
                 f"cost={self.cost!r}: expected a float in [0, 1), a fraction of capital per unit of "
@@ -93,10 +95,14 @@ class TradeReplayConfig:
             )
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r}: expected one of {SPLITS}")
-        if isinstance(self.test_fraction, bool) or not isinstance(
-            self.test_fraction, int | float | np.floating
-        ) or not 0.0 < float(self.test_fraction) < 1.0:
-            raise ValueError(f"test_fraction={self.test_fraction!r}: expected a float strictly between 0 and 1")
+        if (
+            isinstance(self.test_fraction, bool)
+            or not isinstance(self.test_fraction, int | float | np.floating)
+            or not 0.0 < float(self.test_fraction) < 1.0
+        ):
+            raise ValueError(
+                f"test_fraction={self.test_fraction!r}: expected a float strictly between 0 and 1"
+            )
         if self.episode_length is not None and (not _is_int(self.episode_length) or self.episode_length < 2):
             raise ValueError(
                 f"episode_length={self.episode_length!r}: expected an int >= 2 (decision points per "

@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "ret",          # log return, in units of long-run volatility
-    "range",        # log(high / low), in units of long-run volatility
-    "body",         # log(close / open), in units of long-run volatility
-    "close_loc",    # where the close sits in the bar's range, -1 (low) .. +1 (high)
-    "gap",          # log(open / previous close), in units of long-run volatility
-    "volume_z",     # log volume z-score against its EWM mean and std
-    "vol_ratio",    # log(short-run volatility / long-run volatility)
-    "momentum",     # 16-bar return z-score (sum of returns / (short vol * sqrt(16)))
-    "trend",        # distance of log close from its EWM, in units of long-run volatility
-    "autocorr",     # EWM estimate of the lag-1 return autocorrelation
+    "ret",  # log return, in units of long-run volatility
+    "range",  # log(high / low), in units of long-run volatility
+    "body",  # log(close / open), in units of long-run volatility
+    "close_loc",  # where the close sits in the bar's range, -1 (low) .. +1 (high)
+    "gap",  # log(open / previous close), in units of long-run volatility
+    "volume_z",  # log volume z-score against its EWM mean and std
+    "vol_ratio",  # log(short-run volatility / long-run volatility)
+    "momentum",  # 16-bar return z-score (sum of returns / (short vol * sqrt(16)))
+    "trend",  # distance of log close from its EWM, in units of long-run volatility
+    "autocorr",  # EWM estimate of the lag-1 return autocorrelation
 )
 N_FEATURES = len(FEATURE_NAMES)
 

@@ -164,8 +164,10 @@ def _numeric(frame: pd.DataFrame, column: str, report: _Reporter, *, price: bool
         i = int(invalid[0])
         rule = "must be > 0" if price else "must be >= 0"
         raise report.error(
-            f"{kind} {values[i]} {rule}", "fix or drop that row (log returns need positive prices)",
-            column=column, row=i,
+            f"{kind} {values[i]} {rule}",
+            "fix or drop that row (log returns need positive prices)",
+            column=column,
+            row=i,
         )
     return values
 
@@ -197,7 +199,9 @@ def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> p
         try:
             frame = pd.read_csv(path)
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise report.error(f"cannot read as CSV ({exc})", "pass a comma-separated file with a header") from exc
+            raise report.error(
+                f"cannot read as CSV ({exc})", "pass a comma-separated file with a header"
+            ) from exc
     else:
         raise ValueError(
             f"data={type(data).__name__}: expected a CSV path (str or Path) or a pandas DataFrame; "
@@ -232,12 +236,18 @@ def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> p
             raise report.error(
                 f"{problem} (open={o[i]}, high={h[i]}, low={low[i]}, close={c[i]})",
                 "fix the bar; high must be the bar's maximum and low its minimum",
-                column=columns[column], row=i,
+                column=columns[column],
+                row=i,
             )
 
     if "adj_close" in columns:
         factor = _numeric(frame, columns["adj_close"], report, price=True) / c  # (T,)
-        o, h, low, c = o * factor, h * factor, low * factor, c * factor  # monotone scaling keeps h >= o, c >= low
+        o, h, low, c = (
+            o * factor,
+            h * factor,
+            low * factor,
+            c * factor,
+        )  # monotone scaling keeps h >= o, c >= low
 
     out = pd.DataFrame(
         {"open": o, "high": h, "low": low, "close": c, "volume": volume},
@@ -255,5 +265,7 @@ def bars_per_year(index: pd.DatetimeIndex) -> float:
     """
     if len(index) < 2:
         return 252.0
-    years = (index[-1] - index[0]) / pd.Timedelta(days=_DAYS_PER_YEAR)  # unit-safe (pandas 3 may use us, not ns)
+    years = (index[-1] - index[0]) / pd.Timedelta(
+        days=_DAYS_PER_YEAR
+    )  # unit-safe (pandas 3 may use us, not ns)
     return float((len(index) - 1) / years) if years > 0 else 252.0

@@ -45,9 +45,16 @@ class _Market:
     bars_per_year: float
 
 
-def _market_from_frame(ohlcv: pd.DataFrame, source: str, bar_regimes: np.ndarray | None,
-                       regime_names: tuple[str, ...] | None, per_year: float) -> _Market:
-    o, h, low, c, v = (ohlcv[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
+def _market_from_frame(
+    ohlcv: pd.DataFrame,
+    source: str,
+    bar_regimes: np.ndarray | None,
+    regime_names: tuple[str, ...] | None,
+    per_year: float,
+) -> _Market:
+    o, h, low, c, v = (
+        ohlcv[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume")
+    )
     return _Market(
         source=source,
         timestamps=pd.DatetimeIndex(ohlcv.index),
@@ -63,8 +70,9 @@ def _market_from_frame(ohlcv: pd.DataFrame, source: str, bar_regimes: np.ndarray
 @functools.lru_cache(maxsize=8)
 def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
     frame = generate_synthetic_market(config)
-    return _market_from_frame(frame, "synthetic", frame["regime"].to_numpy(), config.regime_names,
-                              SYNTHETIC_BARS_PER_YEAR)
+    return _market_from_frame(
+        frame, "synthetic", frame["regime"].to_numpy(), config.regime_names, SYNTHETIC_BARS_PER_YEAR
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,7 +86,9 @@ def _market(config: TradeReplayConfig) -> _Market:
     data = config.data
     if isinstance(data, pd.DataFrame):
         ohlcv = load_ohlcv(data)
-        return _market_from_frame(ohlcv, "DataFrame", None, None, bars_per_year(pd.DatetimeIndex(ohlcv.index)))
+        return _market_from_frame(
+            ohlcv, "DataFrame", None, None, bars_per_year(pd.DatetimeIndex(ohlcv.index))
+        )
     if isinstance(data, str) and data == "synthetic":
         return _synthetic_market(config.synthetic)
     path = Path(data)
@@ -161,7 +171,11 @@ class ReplayData:
         bars = self.decision_bars
         train_stop = int(np.searchsorted(bars + self.horizon, self.boundary_bar, side="left"))
         test_start = int(np.searchsorted(bars, self.boundary_bar, side="left"))
-        return {"train": (0, train_stop), "test": (test_start, self.n_decisions), "all": (0, self.n_decisions)}
+        return {
+            "train": (0, train_stop),
+            "test": (test_start, self.n_decisions),
+            "all": (0, self.n_decisions),
+        }
 
     def split_range(self, split: str) -> tuple[int, int]:
         """(start, stop) of the split's decision indices: chronological and contiguous."""
@@ -218,12 +232,16 @@ class ReplayData:
         means = self.regime_mean_pnl(fit_split)  # (K, S)
         fit = self.split_indices(fit_split)
         best_fixed = int(np.argmax(self.strategy_pnl[fit].mean(axis=0)))
-        table = np.where(np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1))
+        table = np.where(
+            np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1)
+        )
         assert self.regimes is not None  # checked by regime_mean_pnl
         return table.astype(np.int64)[self.regimes]
 
 
-def _build(market: _Market, window: int, horizon: int, stride: int, cost: float, test_fraction: float) -> ReplayData:
+def _build(
+    market: _Market, window: int, horizon: int, stride: int, cost: float, test_fraction: float
+) -> ReplayData:
     n_bars = market.close.shape[0]
     need = window + horizon + 1
     if n_bars < need:

@@ -21,14 +21,14 @@ import pandas as pd
 from .features import LONG_VOL_HALFLIFE, SHORT_VOL_HALFLIFE, ewm_mean, log_returns, trailing_sum, volatility
 
 STRATEGIES: tuple[str, ...] = (
-    "flat",            # no position
-    "long",            # +1 throughout
-    "short",           # -1 throughout
-    "momentum",        # time-series momentum: tanh of the 5-bar return z-score (Moskowitz, Ooi & Pedersen 2012)
+    "flat",  # no position
+    "long",  # +1 throughout
+    "short",  # -1 throughout
+    "momentum",  # time-series momentum: tanh of the 5-bar return z-score (Moskowitz, Ooi & Pedersen 2012)
     "mean_reversion",  # short-term reversal: -tanh of the close's 4-bar-mean deviation z-score (Bollinger-style)
-    "ma_trend",        # moving-average crossover: tanh of (fast EWM - slow EWM) of log close, in vol units
-    "breakout",        # Donchian channel position: -1 at the 20-bar low .. +1 at the 20-bar high
-    "vol_target",      # volatility-targeted long: 0.8 x long-run vol / short-run vol, capped at 2x (Moreira & Muir 2017)
+    "ma_trend",  # moving-average crossover: tanh of (fast EWM - slow EWM) of log close, in vol units
+    "breakout",  # Donchian channel position: -1 at the 20-bar low .. +1 at the 20-bar high
+    "vol_target",  # volatility-targeted long: 0.8 x long-run vol / short-run vol, capped at 2x (Moreira & Muir 2017)
 )
 N_STRATEGIES = len(STRATEGIES)
 
@@ -41,9 +41,7 @@ MAX_LEVERAGE = 2.0
 _TINY = 1e-12
 
 
-def strategy_positions(
-    open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
-) -> np.ndarray:
+def strategy_positions(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     """Positions of all strategies at every bar, (T, 8) float64; row j uses bars <= j only."""
     del open_  # part of the signature so that rules using the open can be added without API churn
     n = close.shape[0]
@@ -63,7 +61,9 @@ def strategy_positions(
     highest = pd.Series(high).rolling(CHANNEL_LOOKBACK, min_periods=1).max().to_numpy()  # (T,)
     lowest = pd.Series(low).rolling(CHANNEL_LOOKBACK, min_periods=1).min().to_numpy()  # (T,)
     width = highest - lowest  # (T,)
-    breakout = np.where(width > 0, 2.0 * (close - lowest) / np.where(width > 0, width, 1.0) - 1.0, 0.0)  # (T,)
+    breakout = np.where(
+        width > 0, 2.0 * (close - lowest) / np.where(width > 0, width, 1.0) - 1.0, 0.0
+    )  # (T,)
 
     vol_target = np.minimum(VOL_TARGET_FRACTION * vol_long / vol_short, MAX_LEVERAGE)  # (T,)
 
@@ -88,8 +88,6 @@ def trade_pnl(
     returns = r[decision_bars[:, None] + offsets + 1]  # (D, H)
     gross = np.einsum("dhs,dh->ds", held, returns)  # (D, S)
     turnover = (
-        np.abs(held[:, 0])
-        + np.abs(np.diff(held, axis=1)).sum(axis=1)
-        + np.abs(held[:, -1])
+        np.abs(held[:, 0]) + np.abs(np.diff(held, axis=1)).sum(axis=1) + np.abs(held[:, -1])
     )  # (D, S): enter from flat, rebalance, exit to flat
     return gross - cost * turnover

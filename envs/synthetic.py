@@ -44,26 +44,54 @@ class RegimeSpec:
                 "lies on or outside the unit circle); use smaller coefficients"
             )
         if not self.mean_duration >= 1:
-            raise ValueError(
-                f"RegimeSpec {self.name!r}: mean_duration={self.mean_duration} must be >= 1 bar"
-            )
+            raise ValueError(f"RegimeSpec {self.name!r}: mean_duration={self.mean_duration} must be >= 1 bar")
 
 
 # Calibrated so that, at the default cost, each regime's best strategy (by mean PnL) is `favours`,
 # and the hindsight label distribution stays spread out (no class above 50%).
 DEFAULT_REGIMES: tuple[RegimeSpec, ...] = (
-    RegimeSpec("bull", drift=0.0012, volatility=0.010, ar=(), mean_duration=150,
-               volume_level=-0.1, favours="long"),
-    RegimeSpec("bear", drift=-0.0018, volatility=0.018, ar=(), mean_duration=100,
-               volume_level=0.45, favours="short"),
-    RegimeSpec("range", drift=0.0, volatility=0.008, ar=(-0.45,), mean_duration=120,
-               volume_level=-0.3, favours="mean_reversion"),
-    RegimeSpec("swing", drift=0.0, volatility=0.013, ar=(0.35,), mean_duration=120,
-               volume_level=0.25, favours="momentum"),
-    RegimeSpec("chop", drift=0.0, volatility=0.024, ar=(0.25, -0.2, -0.3, -0.3, -0.3), mean_duration=80,
-               volume_level=0.8, favours="flat"),
-    RegimeSpec("quiet", drift=0.0005, volatility=0.004, ar=(), mean_duration=150,
-               volume_level=-0.6, favours="vol_target"),
+    RegimeSpec(
+        "bull", drift=0.0012, volatility=0.010, ar=(), mean_duration=150, volume_level=-0.1, favours="long"
+    ),
+    RegimeSpec(
+        "bear", drift=-0.0018, volatility=0.018, ar=(), mean_duration=100, volume_level=0.45, favours="short"
+    ),
+    RegimeSpec(
+        "range",
+        drift=0.0,
+        volatility=0.008,
+        ar=(-0.45,),
+        mean_duration=120,
+        volume_level=-0.3,
+        favours="mean_reversion",
+    ),
+    RegimeSpec(
+        "swing",
+        drift=0.0,
+        volatility=0.013,
+        ar=(0.35,),
+        mean_duration=120,
+        volume_level=0.25,
+        favours="momentum",
+    ),
+    RegimeSpec(
+        "chop",
+        drift=0.0,
+        volatility=0.024,
+        ar=(0.25, -0.2, -0.3, -0.3, -0.3),
+        mean_duration=80,
+        volume_level=0.8,
+        favours="flat",
+    ),
+    RegimeSpec(
+        "quiet",
+        drift=0.0005,
+        volatility=0.004,
+        ar=(),
+        mean_duration=150,
+        volume_level=-0.6,
+        favours="vol_target",
+    ),
 )
 
 

@@ -28,7 +28,8 @@ def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) ->
         raise ValueError(f"config={config!r}: expected a TradeReplayConfig or None")
     defaults = TradeReplayConfig()
     changed = sorted(
-        k for k, v in options.items()
+        k
+        for k, v in options.items()
         if not (v is getattr(defaults, k) or (not isinstance(v, pd.DataFrame) and v == getattr(defaults, k)))
     )
     if changed:
@@ -39,7 +40,9 @@ def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) ->
     return config
 
 
-def episode_bounds(start: int, stop: int, episode_length: int | None, rng: np.random.Generator | None) -> tuple[int, int]:
+def episode_bounds(
+    start: int, stop: int, episode_length: int | None, rng: np.random.Generator | None
+) -> tuple[int, int]:
     """(first, last) decision index of a new episode within the split range [start, stop).
 
     With episode_length set, the first decision is drawn uniformly among those that fit, with one
@@ -155,8 +158,16 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         config: TradeReplayConfig | None = None,
         render_mode: str | None = None,
     ) -> None:
-        options = dict(data=data, window=window, horizon=horizon, stride=stride, cost=cost, split=split,
-                       test_fraction=test_fraction, episode_length=episode_length)
+        options = dict(
+            data=data,
+            window=window,
+            horizon=horizon,
+            stride=stride,
+            cost=cost,
+            split=split,
+            test_fraction=test_fraction,
+            episode_length=episode_length,
+        )
         if synthetic is not None:
             options["synthetic"] = synthetic
         self.config = resolve_config(config, options)
@@ -191,7 +202,12 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         return self.replay.features[t - self.replay.window + 1 : t + 1].copy()  # (W, F) fresh
 
     def _info(self, d: int) -> dict[str, Any]:
-        info = {"label": self._labels[d], "strategy_pnl": self._pnl_rows[d].copy(), "t": self._bars[d], "decision": d}
+        info = {
+            "label": self._labels[d],
+            "strategy_pnl": self._pnl_rows[d].copy(),
+            "t": self._bars[d],
+            "decision": d,
+        }
         if self._regimes is not None:
             info["regime"] = self._regimes[d]
         return info
@@ -202,11 +218,15 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         except TypeError:  # unhashable, e.g. a 0-d array
             a = self._actions.get(int(action)) if np.ndim(action) == 0 else None
         if a is None:
-            raise ValueError(f"action={action!r}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)")
+            raise ValueError(
+                f"action={action!r}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)"
+            )
         return a
 
     # --- gymnasium API -------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         rng = self.np_random if self.config.episode_length is not None else None
         self._decision, self._last = episode_bounds(self._start, self._stop, self.config.episode_length, rng)

@@ -27,8 +27,13 @@ from .synthetic import SyntheticMarketConfig
 from .trade_replay import _DEFAULTS, check_split, episode_bounds, resolve_config
 
 # Bit generators a saved state may name (Gymnasium seeds with PCG64).
-_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "Philox": np.random.Philox,
-                   "SFC64": np.random.SFC64, "MT19937": np.random.MT19937}
+_BIT_GENERATORS = {
+    "PCG64": np.random.PCG64,
+    "PCG64DXSM": np.random.PCG64DXSM,
+    "Philox": np.random.Philox,
+    "SFC64": np.random.SFC64,
+    "MT19937": np.random.MT19937,
+}
 
 
 class TradeReplayVectorEnv(VectorEnv):
@@ -69,8 +74,16 @@ class TradeReplayVectorEnv(VectorEnv):
             raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: TradeReplayVectorEnv does not render; pass None")
-        options = dict(data=data, window=window, horizon=horizon, stride=stride, cost=cost, split=split,
-                       test_fraction=test_fraction, episode_length=episode_length)
+        options = dict(
+            data=data,
+            window=window,
+            horizon=horizon,
+            stride=stride,
+            cost=cost,
+            split=split,
+            test_fraction=test_fraction,
+            episode_length=episode_length,
+        )
         if synthetic is not None:
             options["synthetic"] = synthetic
         self.config = resolve_config(config, options)
@@ -126,7 +139,9 @@ class TradeReplayVectorEnv(VectorEnv):
         assert self._decision is not None and self._rngs is not None
         for i in envs.tolist():
             rng = self._rngs[i] if self.config.episode_length is not None else None
-            self._decision[i], self._last[i] = episode_bounds(self._start, self._stop, self.config.episode_length, rng)
+            self._decision[i], self._last[i] = episode_bounds(
+                self._start, self._stop, self.config.episode_length, rng
+            )
 
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -160,7 +175,9 @@ class TradeReplayVectorEnv(VectorEnv):
             for saved in state["rngs"]:
                 bit_generator = _BIT_GENERATORS.get(saved["bit_generator"])
                 if bit_generator is None:
-                    raise ValueError(f"state: unknown bit generator {saved['bit_generator']!r}; expected one of {list(_BIT_GENERATORS)}")
+                    raise ValueError(
+                        f"state: unknown bit generator {saved['bit_generator']!r}; expected one of {list(_BIT_GENERATORS)}"
+                    )
                 rng = np.random.Generator(bit_generator())
                 rng.bit_generator.state = saved
                 rngs.append(rng)
@@ -175,7 +192,9 @@ class TradeReplayVectorEnv(VectorEnv):
         """Reset every sub-env; with seed s, sub-env i is seeded s + i (or seed[i] for a list)."""
         if isinstance(seed, list | tuple):
             if len(seed) != self.num_envs:
-                raise ValueError(f"seed: a list of {len(seed)} seeds for {self.num_envs} sub-envs; pass one per sub-env")
+                raise ValueError(
+                    f"seed: a list of {len(seed)} seeds for {self.num_envs} sub-envs; pass one per sub-env"
+                )
             seeds = list(seed)
         elif seed is None:
             seeds = [None] * self.num_envs
@@ -185,7 +204,10 @@ class TradeReplayVectorEnv(VectorEnv):
         if self._rngs is None:
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
         else:  # like Env.reset: seed=None keeps a sub-env's generator
-            self._rngs = [rng if s is None else seeding.np_random(s)[0] for rng, s in zip(self._rngs, seeds, strict=True)]
+            self._rngs = [
+                rng if s is None else seeding.np_random(s)[0]
+                for rng, s in zip(self._rngs, seeds, strict=True)
+            ]
         self._decision = np.zeros(self.num_envs, dtype=np.int64)
         self._new_episodes(np.arange(self.num_envs))
         return self._observations(self._decision), self._info(self._decision)
@@ -216,12 +238,16 @@ class TradeReplayVectorEnv(VectorEnv):
         else:
             active = np.asarray(mask)
             if active.shape != (self.num_envs,) or active.dtype != np.bool_:
-                raise ValueError(f"mask: expected a bool array of shape ({self.num_envs},), got {active.dtype} {active.shape}")
+                raise ValueError(
+                    f"mask: expected a bool array of shape ({self.num_envs},), got {active.dtype} {active.shape}"
+                )
             bad = active & ((a < 0) | (a >= N_STRATEGIES))
             a = np.where(active, a, 0)  # ignored actions still index safely
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"actions[{i}]={a[i]}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)")
+            raise ValueError(
+                f"actions[{i}]={a[i]}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)"
+            )
 
         rewards = self._pnl[decision, a]  # (N,) exactly strategy_pnl[d, a]
         if active is None:

@@ -15,15 +15,6 @@ from trm_act.model import MIXERS, RecurrentTRM, TRMConfig
 MIXER_NAMES = sorted(MIXERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to OpenMP contention on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed: int = 0, **overrides) -> RecurrentTRM:
     base = dict(
         window=8, n_features=5, d_model=16, n_heads=2, n_layers=1, n_latent=2, n_cycles=2, max_steps=4

@@ -22,35 +22,22 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import torch  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tb_events import event_files, scalars  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 from transformers.integrations import TensorBoardCallback  # noqa: E402
 from trm_act.callbacks.hf import TRMHFCallback, TRMHFModel, replay_dataset  # noqa: E402
 from trm_act.envs import TradeReplayConfig  # noqa: E402
 
-TRM_TAGS = ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "halt/rate", "halt/mean_steps")
+TRM_TAGS = (
+    "loss/total",
+    "loss/halt",
+    "loss/task",
+    "loss/profit_weighted_task",
+    "halt/rate",
+    "halt/mean_steps",
+)
 SMALL_REPLAY = TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 4})
 SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2}
-
-
-def event_files(root: Path) -> list[Path]:
-    return sorted(Path(root).rglob("events.out.tfevents.*"))
-
-
-def scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
-    files = event_files(root)
-    assert len(files) == 1, f"expected one event file per run under {root}, found {files}"
-    acc = EventAccumulator(str(files[0].parent), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model; 2 threads spin badly on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +65,9 @@ def arguments(tmp_path: Path, **kwargs) -> TrainingArguments:
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_components_share_hf_tensorboard_run(tmp_path, dataset, accumulate):
     model = TRMHFModel(SMALL_MODEL, SMALL_REPLAY)
-    trainer = Trainer(model=model, args=arguments(tmp_path, gradient_accumulation_steps=accumulate),
-                      train_dataset=dataset)
+    trainer = Trainer(
+        model=model, args=arguments(tmp_path, gradient_accumulation_steps=accumulate), train_dataset=dataset
+    )
     trainer.add_callback(TRMHFCallback(trainer))
     trainer.train()
 
@@ -96,8 +84,11 @@ def test_components_share_hf_tensorboard_run(tmp_path, dataset, accumulate):
 
 def test_callback_before_hf_tensorboard_callback_keeps_one_event_file(tmp_path, dataset):
     # Our on_train_begin runs before HF's, whose writer does not exist yet: we open it and hand it over.
-    trainer = Trainer(model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY), args=arguments(tmp_path, report_to="none"),
-                      train_dataset=dataset)
+    trainer = Trainer(
+        model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY),
+        args=arguments(tmp_path, report_to="none"),
+        train_dataset=dataset,
+    )
     trainer.add_callback(TRMHFCallback(trainer))
     hf_callback = TensorBoardCallback()
     trainer.add_callback(hf_callback)
@@ -110,8 +101,11 @@ def test_callback_before_hf_tensorboard_callback_keeps_one_event_file(tmp_path, 
 
 
 def test_own_writer_without_hf_tensorboard(tmp_path, dataset):
-    trainer = Trainer(model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY), args=arguments(tmp_path, report_to="none"),
-                      train_dataset=dataset)
+    trainer = Trainer(
+        model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY),
+        args=arguments(tmp_path, report_to="none"),
+        train_dataset=dataset,
+    )
     trainer.add_callback(TRMHFCallback(log_dir=tmp_path / "own"))
     trainer.train()
     assert event_files(tmp_path / "out") == []
@@ -122,8 +116,11 @@ def test_own_writer_without_hf_tensorboard(tmp_path, dataset):
 def test_callback_needs_a_trainer_or_a_log_dir(tmp_path, dataset):
     with pytest.raises(ValueError, match="log_dir"):
         TRMHFCallback()
-    trainer = Trainer(model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY), args=arguments(tmp_path, report_to="none"),
-                      train_dataset=dataset)
+    trainer = Trainer(
+        model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY),
+        args=arguments(tmp_path, report_to="none"),
+        train_dataset=dataset,
+    )
     trainer.add_callback(TRMHFCallback(trainer))
     with pytest.raises(ValueError, match="report_to"):
         trainer.train()
@@ -131,7 +128,9 @@ def test_callback_needs_a_trainer_or_a_log_dir(tmp_path, dataset):
 
 def test_pop_trm_metrics_averages_training_passes_only(dataset):
     model = TRMHFModel(SMALL_MODEL, SMALL_REPLAY)
-    batch = {key: torch.stack([dataset[i][key] for i in range(8)]) for key in ("obs", "labels", "strategy_pnl")}
+    batch = {
+        key: torch.stack([dataset[i][key] for i in range(8)]) for key in ("obs", "labels", "strategy_pnl")
+    }
     first = model(**batch)["loss"].item()
     model.eval()
     model(**batch)  # evaluation passes are not training metrics

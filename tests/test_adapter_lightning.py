@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -12,21 +11,20 @@ pytest.importorskip("lightning")
 import lightning
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tb_events import scalars
 from trm_act.callbacks.lightning import TRMLightningCallback, TRMLightningModule, trm_metrics
 from trm_act.envs import TradeReplayConfig
 
-TRM_TAGS = ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "halt/rate", "halt/mean_steps")
+TRM_TAGS = (
+    "loss/total",
+    "loss/halt",
+    "loss/task",
+    "loss/profit_weighted_task",
+    "halt/rate",
+    "halt/mean_steps",
+)
 SMALL_REPLAY = TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 1})
 SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2}
-
-
-def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    files = list(Path(log_dir).glob("events.out.tfevents.*"))
-    assert len(files) == 1, f"expected one event file per run in {log_dir}, found {files}"
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 class Recorder(lightning.pytorch.Callback):
@@ -55,15 +53,11 @@ def trainer(tmp_path, **kwargs):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_single_thread():
-    # Tiny models: one intra-op thread is faster, and 2 threads spin badly when the 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
@@ -72,7 +66,9 @@ def test_components_land_in_the_tensorboard_logger_run(tmp_path, accumulate):
     logger = TensorBoardLogger(tmp_path, name="run")
     recorder = Recorder()
     module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY, batch_size=32)
-    trainer(tmp_path, max_steps=4, logger=logger, callbacks=[recorder], accumulate_grad_batches=accumulate).fit(module)
+    trainer(
+        tmp_path, max_steps=4, logger=logger, callbacks=[recorder], accumulate_grad_batches=accumulate
+    ).fit(module)
 
     logged = scalars(logger.log_dir)
     assert set(TRM_TAGS) <= set(logged)
@@ -109,9 +105,14 @@ def test_own_writer_without_a_tensorboard_logger(tmp_path):
 
 
 def test_trm_metrics_maps_components_and_keeps_tags():
-    import torch
 
-    out = {"loss": torch.tensor(1.0), "total_loss": torch.tensor(2.0), "halt/rate": 0.25, "lambda_halt": 0.01,
-           "other": 3.0, "halt/steps": torch.ones(4)}
+    out = {
+        "loss": torch.tensor(1.0),
+        "total_loss": torch.tensor(2.0),
+        "halt/rate": 0.25,
+        "lambda_halt": 0.01,
+        "other": 3.0,
+        "halt/steps": torch.ones(4),
+    }
     assert trm_metrics(out) == {"loss/total": 2.0, "halt/rate": 0.25}
     assert trm_metrics(torch.tensor(1.0)) == {}

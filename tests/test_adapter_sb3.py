@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gymnasium
 import numpy as np
 import pytest
 
 pytest.importorskip("stable_baselines3")
 
-import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.env_util import make_vec_env
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tb_events import scalars
 from trm_act.callbacks.sb3 import TRMSB3Callback
 from trm_act.envs import STRATEGIES  # importing trm_act.envs registers trm_act/TradeReplay-v0
 
@@ -43,22 +40,6 @@ class DecisionLog(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def scalars(log_dir: Path, n_files: int = 1) -> dict[str, list[tuple[int, float]]]:
-    files = list(Path(log_dir).glob("events.out.tfevents.*"))
-    assert len(files) == n_files, f"expected {n_files} event file(s) in {log_dir}, found {files}"
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny policies; 2 threads spin badly on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sb3_check_env_passes():
     check_env(gymnasium.make(ENV_ID).unwrapped)
 
@@ -74,16 +55,28 @@ def check_windows(logged, log, decisions_per_dump):
         window = slice(step - decisions_per_dump, step)
         assert logged["trm/pnl"][k][1] == pytest.approx(rewards[window].mean(), abs=1e-6)
         assert logged["trm/cumulative_pnl"][k][1] == pytest.approx(rewards[:step].sum(), abs=1e-5)
-        assert logged["trm/accuracy"][k][1] == pytest.approx((actions[window] == labels[window]).mean(), abs=1e-6)
+        assert logged["trm/accuracy"][k][1] == pytest.approx(
+            (actions[window] == labels[window]).mean(), abs=1e-6
+        )
         usage = [logged[tag][k][1] for tag in USAGE_TAGS]
-        assert usage == pytest.approx(np.bincount(actions[window], minlength=8) / decisions_per_dump, abs=1e-6)
+        assert usage == pytest.approx(
+            np.bincount(actions[window], minlength=8) / decisions_per_dump, abs=1e-6
+        )
 
 
 def test_ppo_logs_pnl_accuracy_usage_into_its_tensorboard_run(tmp_path):
     log: list = []
     env = DecisionLog(gymnasium.make(ENV_ID, **SMALL_ENV), log)
-    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, tensorboard_log=str(tmp_path),
-                policy_kwargs={"net_arch": [16]})
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        seed=0,
+        tensorboard_log=str(tmp_path),
+        policy_kwargs={"net_arch": [16]},
+    )
     model.learn(total_timesteps=256, callback=TRMSB3Callback(), tb_log_name="ppo")
     logged = scalars(tmp_path / "ppo_1")
     assert "rollout/ep_rew_mean" in logged  # SB3's own curves share the run
@@ -93,10 +86,22 @@ def test_ppo_logs_pnl_accuracy_usage_into_its_tensorboard_run(tmp_path):
 def test_a2c_two_envs_with_sparse_dumps(tmp_path):
     log: list = []  # two sub-envs append in the VecEnv's order, one row each per step
     # render_mode=None: make_vec_env otherwise asks for "rgb_array", which TradeReplayEnv rejects.
-    vec_env = make_vec_env(ENV_ID, n_envs=2, seed=0, env_kwargs={**SMALL_ENV, "render_mode": None},
-                           wrapper_class=DecisionLog, wrapper_kwargs={"log": log})
-    model = A2C("MlpPolicy", vec_env, n_steps=8, seed=0, tensorboard_log=str(tmp_path),
-                policy_kwargs={"net_arch": [16]})
+    vec_env = make_vec_env(
+        ENV_ID,
+        n_envs=2,
+        seed=0,
+        env_kwargs={**SMALL_ENV, "render_mode": None},
+        wrapper_class=DecisionLog,
+        wrapper_kwargs={"log": log},
+    )
+    model = A2C(
+        "MlpPolicy",
+        vec_env,
+        n_steps=8,
+        seed=0,
+        tensorboard_log=str(tmp_path),
+        policy_kwargs={"net_arch": [16]},
+    )
     callback = TRMSB3Callback()
     # Dumps every 4 rollouts of 8 steps x 2 envs = 64 decisions; episodes of 19 steps end mid-rollout,
     # so the labels after an auto-reset come from reset_infos.
@@ -110,8 +115,16 @@ def test_a2c_two_envs_with_sparse_dumps(tmp_path):
 def test_learn_continued_without_reset_keeps_the_labels(tmp_path):
     log: list = []
     env = DecisionLog(gymnasium.make(ENV_ID, **SMALL_ENV), log)
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, tensorboard_log=str(tmp_path),
-                policy_kwargs={"net_arch": [8]})
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=0,
+        tensorboard_log=str(tmp_path),
+        policy_kwargs={"net_arch": [8]},
+    )
     callback = TRMSB3Callback()
     model.learn(total_timesteps=64, callback=callback, tb_log_name="ppo")
     model.learn(total_timesteps=64, callback=callback, tb_log_name="ppo", reset_num_timesteps=False)

@@ -72,11 +72,19 @@ def test_deep_supervision_is_the_mean_of_trmloss_over_steps(small_replay):
     # Halt head starts at bias -5: nobody halts early, the rule forces the stop at max_steps.
     assert metrics["halt/rate"] == 0.0
     assert metrics["halt/mean_steps"] == 3.0
-    assert {"loss/halt", "loss/task", "loss/profit_weighted_task", "halt/target_rate", "train/accuracy"} <= set(metrics)
+    assert {
+        "loss/halt",
+        "loss/task",
+        "loss/profit_weighted_task",
+        "halt/target_rate",
+        "train/accuracy",
+    } <= set(metrics)
 
 
 def test_deep_supervision_halt_statistics_follow_the_halt_rule(small_replay):
-    config = resolve_model_config({"d_model": 16, "n_layers": 1, "n_heads": 2, "halt_bias_init": 5.0}, small_replay)
+    config = resolve_model_config(
+        {"d_model": 16, "n_layers": 1, "n_heads": 2, "halt_bias_init": 5.0}, small_replay
+    )
     model = RecurrentTRM(config)
     obs, labels, strategy_pnl = _batch(small_replay)
     _, metrics, _ = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl, n_steps=2)

@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tb_events import event_files, read_events
 from torch.utils.tensorboard import SummaryWriter
-
 from trm_act.callbacks import (
     Callback,
     CallbackList,
@@ -22,36 +21,40 @@ from trm_act.callbacks import (
 )
 
 
-def read_events(log_dir) -> EventAccumulator:
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def event_files(log_dir) -> list:
-    return sorted(p for p in log_dir.rglob("events.out.tfevents.*"))
-
-
 def test_importing_callbacks_imports_no_framework():
     code = (
         "import sys, trm_act.callbacks; "
         "print(sorted(m for m in ('lightning', 'pytorch_lightning', 'stable_baselines3', 'transformers') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
 def test_tensorboard_callback_writes_scalars_histograms_hparams_in_one_file(tmp_path):
     callback = TensorBoardCallback(tmp_path)
-    callback.on_train_start(RunInfo(log_dir=tmp_path, total_steps=3, hparams={"train.lr": 1e-3, "env.data": "synthetic", "x": None}))
+    callback.on_train_start(
+        RunInfo(
+            log_dir=tmp_path, total_steps=3, hparams={"train.lr": 1e-3, "env.data": "synthetic", "x": None}
+        )
+    )
     for step in (1, 2, 3):
-        callback.on_step_end(step, Logs(scalars={"loss/total": 1.0 / step}, histograms={"halt/steps": np.arange(1, step + 2)}))
-    callback.on_eval_end(3, Logs(scalars={"eval/pnl": 0.25}, curves={"equity/model": np.array([0.0, 0.1, 0.3])}))
+        callback.on_step_end(
+            step, Logs(scalars={"loss/total": 1.0 / step}, histograms={"halt/steps": np.arange(1, step + 2)})
+        )
+    callback.on_eval_end(
+        3, Logs(scalars={"eval/pnl": 0.25}, curves={"equity/model": np.array([0.0, 0.1, 0.3])})
+    )
     callback.on_train_end({"status": "completed"})
 
     assert len(event_files(tmp_path)) == 1  # hparams and layout did not make a sub-run
     events = read_events(tmp_path)
-    assert [(e.step, e.value) for e in events.Scalars("loss/total")] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert [(e.step, e.value) for e in events.Scalars("loss/total")] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, pytest.approx(1 / 3)),
+    ]
     assert [e.value for e in events.Scalars("equity/model")] == pytest.approx([0.0, 0.1, 0.3])
     assert events.Scalars("eval/pnl")[0].value == 0.25
     assert [h.step for h in events.Histograms("halt/steps")] == [1, 2, 3]

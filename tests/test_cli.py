@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+from tb_events import read_events
 from trm_act.envs import SyntheticMarketConfig, generate_synthetic_market
 
 REQUIRED_SCALARS = {
@@ -51,12 +50,6 @@ def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
         timeout=timeout,
         env=env,
     )
-
-
-def read_events(run_dir: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
-    accumulator.Reload()
-    return accumulator
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +162,18 @@ def write_csv(path: Path, n_bars: int = 1500) -> Path:
 
 def test_cli_trains_on_a_csv(tmp_path):
     csv = write_csv(tmp_path / "prices.csv")
-    result = run_cli(*TINY, "--steps", "6", "--data", str(csv), "--logdir", str(tmp_path), "--run-name", "csv", cwd=tmp_path)
+    result = run_cli(
+        *TINY,
+        "--steps",
+        "6",
+        "--data",
+        str(csv),
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "csv",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "csv" / "metrics.json").read_text())
     assert "regime_oracle" not in metrics["baselines"]  # a CSV has no true regimes
@@ -203,7 +207,9 @@ def test_broken_csv_names_file_column_and_row(tmp_path):
     row[close] = "nan"
     lines[101] = ",".join(row)
     csv.write_text("\n".join(lines) + "\n")
-    result = run_cli(*TINY, "--steps", "2", "--data", str(csv), "--logdir", str(tmp_path), cwd=tmp_path, timeout=120)
+    result = run_cli(
+        *TINY, "--steps", "2", "--data", str(csv), "--logdir", str(tmp_path), cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "broken.csv" in result.stderr and "close" in result.stderr.lower() and "100" in result.stderr
 
@@ -211,7 +217,18 @@ def test_broken_csv_names_file_column_and_row(tmp_path):
 def test_config_file_sets_fields_and_flags_override_it(tmp_path):
     config = tmp_path / "exp.toml"
     config.write_text('[train]\nsteps = 4\nlr = 0.002\n\n[model]\nmixer = "mlp"\n')
-    result = run_cli(*TINY, "--config", str(config), "--lr", "0.003", "--logdir", str(tmp_path), "--run-name", "cfg", cwd=tmp_path)
+    result = run_cli(
+        *TINY,
+        "--config",
+        str(config),
+        "--lr",
+        "0.003",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "cfg",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "cfg" / "config.json").read_text())
     assert saved["train"]["steps"] == 4 and saved["model"]["mixer"] == "mlp" and saved["train"]["lr"] == 0.003

@@ -51,6 +51,7 @@ def run_episode(env, actions, seed=None):
 
 # --- Gymnasium contract -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("source", ["synthetic", "csv"])
 @pytest.mark.parametrize("episode_length", [None, 16])
 def test_check_env_passes_without_warnings(tmp_path, source, episode_length):
@@ -124,6 +125,7 @@ def test_full_split_episode_visits_every_decision_once(split):
 
 # --- rewards ------------------------------------------------------------------------------------
 
+
 def test_reward_is_previous_info_strategy_pnl_for_every_action():
     env = TradeReplayEnv(**SMALL)
     _, info = env.reset(seed=0)
@@ -162,6 +164,7 @@ def test_constant_action_rewards_sum_to_independent_pnl(tmp_path, source, action
 
 # --- no look-ahead ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("t_index", [0, 17, 150, 367])
 def test_observation_does_not_change_when_future_bars_change(t_index):
     """Replace every bar after t with other plausible bars: the observation at t stays bit-identical."""
@@ -184,6 +187,7 @@ def test_observation_does_not_change_when_future_bars_change(t_index):
 
 
 # --- determinism, RNG, memory -------------------------------------------------------------------
+
 
 def test_seeded_determinism():
     a, b = TradeReplayEnv(episode_length=20, **SMALL), TradeReplayEnv(episode_length=20, **SMALL)
@@ -237,7 +241,12 @@ def test_observations_never_share_memory():
     vobs, vinfo = vec.reset(seed=0)
     vobs2 = vec.step(np.array([1, 2, 3]))[0]
     assert not np.shares_memory(vobs, vobs2)
-    assert not any(np.shares_memory(x, y) for x in (vobs, vobs2, vinfo["strategy_pnl"]) for y in internals if y is not None)
+    assert not any(
+        np.shares_memory(x, y)
+        for x in (vobs, vobs2, vinfo["strategy_pnl"])
+        for y in internals
+        if y is not None
+    )
 
 
 def test_replay_is_cached_and_read_only():
@@ -249,6 +258,7 @@ def test_replay_is_cached_and_read_only():
 
 
 # --- vector env ---------------------------------------------------------------------------------
+
 
 def assert_same_transition(vec_out, single_outs, i):
     obs, rewards, terminated, truncated, info = vec_out
@@ -268,8 +278,11 @@ def test_vector_env_matches_single_envs(episode_length, split, steps):
     obs, info = vec.reset(seed=seed)
     for i, env in enumerate(singles):
         s_obs, s_info = env.reset(seed=seed + i)
-        assert_same_transition((obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info),
-                               (s_obs, 0.0, False, False, s_info), i)
+        assert_same_transition(
+            (obs, np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), info),
+            (s_obs, 0.0, False, False, s_info),
+            i,
+        )
     rng = np.random.default_rng(0)
     ends = 0
     for _ in range(steps):
@@ -378,6 +391,7 @@ def test_vector_env_validation():
 
 # --- registration and configuration -------------------------------------------------------------
 
+
 def test_registration_make_and_make_vec():
     assert ENV_ID in gym.registry
     spec = gym.spec(ENV_ID)
@@ -461,7 +475,9 @@ def test_options_are_used():
 
 
 def test_split_too_small_for_episode():
-    with pytest.raises(ValueError, match=r"split='test' .* has \d+ decision point\(s\) but an episode needs 500"):
+    with pytest.raises(
+        ValueError, match=r"split='test' .* has \d+ decision point\(s\) but an episode needs 500"
+    ):
         TradeReplayEnv(split="test", episode_length=500, **SMALL)
 
 

@@ -120,7 +120,9 @@ def test_zero_pnl_gives_weight_one_and_plain_cross_entropy():
     logits, _, labels, _ = make_batch()
     zero = torch.zeros(len(labels))
     assert profit_weight(zero).eq(1.0).all()
-    torch.testing.assert_close(compute_profit_weighted_loss(logits, labels, zero), F.cross_entropy(logits, labels))
+    torch.testing.assert_close(
+        compute_profit_weighted_loss(logits, labels, zero), F.cross_entropy(logits, labels)
+    )
 
 
 def test_pnl_scale_changes_weights():
@@ -135,7 +137,9 @@ def test_profit_weighted_loss_matches_formula(reduction):
     logits, _, labels, pnl = make_batch(batch=32)
     per_sample = F.cross_entropy(logits, labels, reduction="none") * (1 - torch.tanh(pnl / 0.05))
     expected = {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
-    torch.testing.assert_close(compute_profit_weighted_loss(logits, labels, pnl, reduction=reduction), expected)
+    torch.testing.assert_close(
+        compute_profit_weighted_loss(logits, labels, pnl, reduction=reduction), expected
+    )
 
 
 def test_profit_and_class_weights_combine_as_weighted_mean():
@@ -159,7 +163,13 @@ def test_losing_trades_weigh_more_than_winning_ones():
 
 def test_trmloss_defaults_and_repr():
     loss = TRMLoss()
-    assert (loss.lambda_halt, loss.lambda_profit, loss.confidence_threshold, loss.pnl_scale, loss.num_classes) == (
+    assert (
+        loss.lambda_halt,
+        loss.lambda_profit,
+        loss.confidence_threshold,
+        loss.pnl_scale,
+        loss.num_classes,
+    ) == (
         0.01,
         1.0,
         0.7,
@@ -167,7 +177,13 @@ def test_trmloss_defaults_and_repr():
         8,
     )
     text = repr(loss)
-    for part in ("lambda_halt=0.01", "lambda_profit=1.0", "confidence_threshold=0.7", "pnl_scale=0.05", "num_classes=8"):
+    for part in (
+        "lambda_halt=0.01",
+        "lambda_profit=1.0",
+        "confidence_threshold=0.7",
+        "pnl_scale=0.05",
+        "num_classes=8",
+    ):
         assert part in text
 
 
@@ -175,12 +191,23 @@ def test_trmloss_total_and_components():
     logits, halt, labels, pnl = make_batch(batch=32)
     loss_fn = TRMLoss(lambda_halt=0.3, lambda_profit=0.7)
     parts = loss_fn(logits, halt, labels, pnl, return_components=True)
-    assert set(parts) >= {"total_loss", "halt_loss", "task_loss", "profit_weighted_task_loss", "lambda_halt", "lambda_profit"}
+    assert set(parts) >= {
+        "total_loss",
+        "halt_loss",
+        "task_loss",
+        "profit_weighted_task_loss",
+        "lambda_halt",
+        "lambda_profit",
+    }
     assert parts["lambda_halt"] == 0.3 and parts["lambda_profit"] == 0.7
     torch.testing.assert_close(parts["halt_loss"], compute_halt_loss(logits, halt, labels))
     torch.testing.assert_close(parts["task_loss"], compute_task_loss(logits, labels))
-    torch.testing.assert_close(parts["profit_weighted_task_loss"], compute_profit_weighted_loss(logits, labels, pnl))
-    torch.testing.assert_close(parts["total_loss"], 0.3 * parts["halt_loss"] + 0.7 * parts["profit_weighted_task_loss"])
+    torch.testing.assert_close(
+        parts["profit_weighted_task_loss"], compute_profit_weighted_loss(logits, labels, pnl)
+    )
+    torch.testing.assert_close(
+        parts["total_loss"], 0.3 * parts["halt_loss"] + 0.7 * parts["profit_weighted_task_loss"]
+    )
     torch.testing.assert_close(loss_fn(logits, halt, labels, pnl), parts["total_loss"])
 
 
@@ -195,9 +222,9 @@ def test_task_loss_is_reported_not_added():
 def test_lambdas_scale_their_terms(lambda_halt, lambda_profit):
     logits, halt, labels, pnl = make_batch()
     total = TRMLoss(lambda_halt=lambda_halt, lambda_profit=lambda_profit)(logits, halt, labels, pnl)
-    expected = lambda_halt * compute_halt_loss(logits, halt, labels) + lambda_profit * compute_profit_weighted_loss(
-        logits, labels, pnl
-    )
+    expected = lambda_halt * compute_halt_loss(
+        logits, halt, labels
+    ) + lambda_profit * compute_profit_weighted_loss(logits, labels, pnl)
     torch.testing.assert_close(total, expected)
 
 
@@ -207,7 +234,8 @@ def test_trmloss_class_weights_reach_both_cross_entropies():
     parts = TRMLoss(class_weights=cw)(logits, halt, labels, pnl, return_components=True)
     torch.testing.assert_close(parts["task_loss"], F.cross_entropy(logits, labels, weight=cw))
     torch.testing.assert_close(
-        parts["profit_weighted_task_loss"], compute_profit_weighted_loss(logits, labels, pnl, class_weights=cw)
+        parts["profit_weighted_task_loss"],
+        compute_profit_weighted_loss(logits, labels, pnl, class_weights=cw),
     )
     assert "class_weights" in TRMLoss(class_weights=cw).state_dict()
 
@@ -260,7 +288,9 @@ def test_reward_term_is_off_by_default_and_exact_when_on():
     strategy_pnl = torch.randn(16, C) * 0.03
     base = TRMLoss()(logits, halt, labels, pnl)
     torch.testing.assert_close(TRMLoss()(logits, halt, labels, pnl, strategy_pnl=strategy_pnl), base)
-    parts = TRMLoss(lambda_reward=2.0)(logits, halt, labels, pnl, return_components=True, strategy_pnl=strategy_pnl)
+    parts = TRMLoss(lambda_reward=2.0)(
+        logits, halt, labels, pnl, return_components=True, strategy_pnl=strategy_pnl
+    )
     expected_reward = -(logits.softmax(-1) * strategy_pnl).sum(-1).mean() / 0.05
     torch.testing.assert_close(parts["reward_loss"], expected_reward)
     torch.testing.assert_close(parts["total_loss"], base + 2.0 * expected_reward)
@@ -415,9 +445,10 @@ def test_no_gradient_through_halt_target_or_profit_weight(seed, batch):
     weight = 1 - torch.tanh(pnl.detach() / 0.05)
     logits_b = logits.clone().requires_grad_(True)
     halt_b = halt.clone().requires_grad_(True)
-    manual = F.binary_cross_entropy_with_logits(halt_b, target) + (
-        weight * F.cross_entropy(logits_b, labels, reduction="none")
-    ).mean()
+    manual = (
+        F.binary_cross_entropy_with_logits(halt_b, target)
+        + (weight * F.cross_entropy(logits_b, labels, reduction="none")).mean()
+    )
     manual.backward()
     torch.testing.assert_close(logits_a.grad, logits_b.grad)
     torch.testing.assert_close(halt_a.grad, halt_b.grad)

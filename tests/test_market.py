@@ -36,6 +36,7 @@ def write_csv(path: Path, frame: pd.DataFrame) -> Path:
 
 # --- loading -----------------------------------------------------------------------------------
 
+
 def test_csv_round_trip_matches_source(tmp_path):
     frame = yahoo_frame()
     ohlcv = load_ohlcv(write_csv(tmp_path / "prices.csv", frame))
@@ -88,7 +89,9 @@ def test_adj_close_adjusts_prices():
 
 def test_bars_per_year_is_inferred_from_timestamps():
     assert bars_per_year(pd.bdate_range("2001-01-01", periods=2000)) == pytest.approx(260.9, abs=0.5)
-    assert bars_per_year(pd.date_range("2001-01-01", periods=5000, freq="h")) == pytest.approx(8765.8, rel=1e-3)
+    assert bars_per_year(pd.date_range("2001-01-01", periods=5000, freq="h")) == pytest.approx(
+        8765.8, rel=1e-3
+    )
     frame = yahoo_frame(600).drop(columns="Adj Close")
     frame["Date"] = pd.date_range("2020-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M")
     replay = build_replay(TradeReplayConfig(data=frame))
@@ -97,6 +100,7 @@ def test_bars_per_year_is_inferred_from_timestamps():
 
 
 # --- validation: every error names file, column and row ------------------------------------------
+
 
 def _corrupt(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
@@ -131,8 +135,14 @@ BAD_CSVS = [
     ("zero price", r"prices\.csv: column 'Open' row 5 \(line 7\): price 0\.0 must be > 0"),
     ("negative price", r"prices\.csv: column 'Low' row 8 \(line 10\): price -1\.0 must be > 0"),
     ("non-numeric", r"prices\.csv: column 'High' row 9 \(line 11\): non-numeric value '12\.3\.4'"),
-    ("unsorted dates", r"prices\.csv: column 'Date' row 11 \(line 13\): .* earlier than row 10 .*not sorted; sort"),
-    ("duplicate timestamps", r"prices\.csv: column 'Date' row 12 \(line 14\): duplicate timestamp .*same as row 11"),
+    (
+        "unsorted dates",
+        r"prices\.csv: column 'Date' row 11 \(line 13\): .* earlier than row 10 .*not sorted; sort",
+    ),
+    (
+        "duplicate timestamps",
+        r"prices\.csv: column 'Date' row 12 \(line 14\): duplicate timestamp .*same as row 11",
+    ),
     ("bad timestamp", r"prices\.csv: column 'Date' row 3 \(line 5\): cannot parse timestamp 'not a date'"),
     ("high below close", r"prices\.csv: column 'High' row 7 \(line 9\): high below open or close"),
     ("negative volume", r"prices\.csv: column 'Volume' row 4 \(line 6\): volume -5\.0 must be >= 0"),
@@ -176,11 +186,14 @@ def test_unreadable_inputs(tmp_path):
 
 # --- synthetic market ----------------------------------------------------------------------------
 
+
 def test_synthetic_market_is_seeded_and_valid():
     config = SyntheticMarketConfig(n_bars=3000, seed=7)
     a, b = generate_synthetic_market(config), generate_synthetic_market(config)
     pd.testing.assert_frame_equal(a, b)
-    assert not np.allclose(a["close"], generate_synthetic_market(SyntheticMarketConfig(n_bars=3000, seed=8))["close"])
+    assert not np.allclose(
+        a["close"], generate_synthetic_market(SyntheticMarketConfig(n_bars=3000, seed=8))["close"]
+    )
     assert (a["high"] >= a[["open", "close"]].max(axis=1)).all()
     assert (a["low"] <= a[["open", "close"]].min(axis=1)).all()
     assert (a[["open", "high", "low", "close"]] > 0).all().all()

@@ -97,7 +97,9 @@ def test_decision_points_and_splits(replay):
 
 def test_default_market_strategies_differ_and_labels_spread(replay):
     pnl = replay.strategy_pnl
-    equal = max(np.mean(np.abs(pnl[:, i] - pnl[:, j]) <= 1e-12) for i, j in itertools.combinations(range(8), 2))
+    equal = max(
+        np.mean(np.abs(pnl[:, i] - pnl[:, j]) <= 1e-12) for i, j in itertools.combinations(range(8), 2)
+    )
     assert equal <= 0.10
     shares = np.bincount(replay.labels, minlength=8) / replay.n_decisions
     assert shares.max() <= 0.50
@@ -108,8 +110,13 @@ def test_regimes_favour_different_strategies(replay):
     best = np.argmax(means, axis=1)
     assert len(set(best.tolist())) >= 5
     for k, name in enumerate(replay.regime_names):
-        favoured = {"bull": "long", "bear": "short", "range": "mean_reversion", "swing": "momentum",
-                    "quiet": "vol_target"}.get(name)
+        favoured = {
+            "bull": "long",
+            "bear": "short",
+            "range": "mean_reversion",
+            "swing": "momentum",
+            "quiet": "vol_target",
+        }.get(name)
         if favoured is not None:
             assert STRATEGIES[best[k]] == favoured, name
     chop = replay.regime_names.index("chop")

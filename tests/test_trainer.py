@@ -9,20 +9,29 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from trm_act.callbacks import Callback
+from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
+
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
-from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
 from trm_act.evaluation import trading_metrics
 from trm_act.model import TRMConfig
 from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
 
 
 def tiny_config(**train) -> ExperimentConfig:
-    defaults = {"steps": 12, "batch_size": 8, "log_every": 4, "checkpoint_every": 4, "warmup_steps": 2, "progress": False}
+    defaults = {
+        "steps": 12,
+        "batch_size": 8,
+        "log_every": 4,
+        "checkpoint_every": 4,
+        "warmup_steps": 2,
+        "progress": False,
+    }
     return ExperimentConfig(
-        env=TradeReplayConfig(window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=1500)),
+        env=TradeReplayConfig(
+            window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=1500)
+        ),
         model=TRMConfig(d_model=16, n_heads=2, max_steps=3, n_latent=1, n_cycles=2),
         loss=LossConfig(lambda_reward=0.5),
         train=TrainConfig(**(defaults | train)),
@@ -64,7 +73,14 @@ def test_train_logs_required_tags_and_writes_metrics(tmp_path):
 
     assert [step for step, _ in collect.steps] == list(range(1, 13))
     first = collect.steps[0][1]
-    for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward", "halt/rate"):
+    for tag in (
+        "loss/total",
+        "loss/halt",
+        "loss/task",
+        "loss/profit_weighted_task",
+        "loss/reward",
+        "halt/rate",
+    ):
         assert math.isfinite(first[tag])
     logged = collect.steps[-1][1]  # a log step: window statistics included
     for tag in ("train/pnl", "train/accuracy", "halt/mean_steps", "halt/hazard/step_3"):
@@ -136,11 +152,16 @@ def test_ema_weights_are_used_and_saved(tmp_path):
     trainer.fit()
     state = load_checkpoint(tmp_path)
     assert state["ema"] is not None
-    differs = any(not torch.equal(a, b) for a, b in zip(trainer.ema.parameters(), trainer.model.parameters(), strict=True))
+    differs = any(
+        not torch.equal(a, b)
+        for a, b in zip(trainer.ema.parameters(), trainer.model.parameters(), strict=True)
+    )
     assert differs
 
 
-@pytest.mark.parametrize("poison_step", [3, 4])  # 3: caught in the next forward; 4: caught before its checkpoint
+@pytest.mark.parametrize(
+    "poison_step", [3, 4]
+)  # 3: caught in the next forward; 4: caught before its checkpoint
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, poison_step):
     class Poison(Callback):
         def on_step_end(self, step, logs):
@@ -196,7 +217,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_trading_metrics_numbers():
     pnl = np.array([0.1, -0.2, 0.0, 0.1])
-    metrics = trading_metrics(pnl, actions=np.array([1, 2, 0, 1]), labels=np.array([1, 1, 0, 3]), periods_per_year=4)
+    metrics = trading_metrics(
+        pnl, actions=np.array([1, 2, 0, 1]), labels=np.array([1, 1, 0, 3]), periods_per_year=4
+    )
     assert metrics["pnl"] == pytest.approx(0.0)
     assert metrics["accuracy"] == 0.5
     assert metrics["hit_rate"] == pytest.approx(2 / 3)  # the flat decision is not a trade

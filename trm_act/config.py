@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import textwrap
 import types
@@ -51,9 +52,13 @@ class LossConfig:
             if not value >= 0:
                 raise ValueError(f"loss.{name} must be >= 0; got {value!r}.")
         if not 0.0 <= self.confidence_threshold <= 1.0:
-            raise ValueError(f"loss.confidence_threshold must lie in [0, 1]; got {self.confidence_threshold!r}.")
+            raise ValueError(
+                f"loss.confidence_threshold must lie in [0, 1]; got {self.confidence_threshold!r}."
+            )
         if not self.pnl_scale > 0:
-            raise ValueError(f"loss.pnl_scale must be > 0 (e.g. 0.05 = 5% of capital); got {self.pnl_scale!r}.")
+            raise ValueError(
+                f"loss.pnl_scale must be > 0 (e.g. 0.05 = 5% of capital); got {self.pnl_scale!r}."
+            )
 
 
 @dataclass
@@ -145,12 +150,24 @@ class ExperimentConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
         unknown = set(data) - set(SECTIONS)
         if unknown:
-            raise ValueError(f"{source}: unknown section(s) {sorted(unknown)}; valid sections: {list(SECTIONS)}.")
+            raise ValueError(
+                f"{source}: unknown section(s) {sorted(unknown)}; valid sections: {list(SECTIONS)}."
+            )
         data = merge(cls().to_dict(), data)  # unspecified keys keep the experiment defaults
-        return cls(**{name: _section_from_dict(SECTIONS[name], data[name], f"{source}: [{name}]") for name in SECTIONS})
+        return cls(
+            **{
+                name: _section_from_dict(SECTIONS[name], data[name], f"{source}: [{name}]")
+                for name in SECTIONS
+            }
+        )
 
 
-SECTIONS: dict[str, type] = {"env": TradeReplayConfig, "model": TRMConfig, "loss": LossConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "env": TradeReplayConfig,
+    "model": TRMConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
 NESTED: dict[str, type] = {"synthetic": SyntheticMarketConfig}
 
 
@@ -212,7 +229,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; values in ``override`` win."""
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -228,7 +247,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):  # no source (e.g. frozen app): help falls back to the name
             continue
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, following in zip(body, body[1:], strict=False):
+        for node, following in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

@@ -19,7 +19,9 @@ from trm_act.act import act_predict
 from trm_act.envs import STRATEGIES, ReplayData
 
 
-def trading_metrics(pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, periods_per_year: float) -> dict[str, float]:
+def trading_metrics(
+    pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, periods_per_year: float
+) -> dict[str, float]:
     """Summary of a sequence of non-overlapping trades.
 
     pnl: (N,) realized log-PnL per decision; actions, labels: (N,) strategy indices.
@@ -42,7 +44,9 @@ def trading_metrics(pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, pe
     }
 
 
-def baseline_actions(replay: ReplayData, test_idx: np.ndarray, train_idx: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def baseline_actions(
+    replay: ReplayData, test_idx: np.ndarray, train_idx: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
     """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only."""
     n = len(test_idx)
     train_totals = replay.strategy_pnl[train_idx].sum(axis=0)  # (8,)
@@ -143,7 +147,8 @@ def evaluate(
         "max_steps": max_steps,
         "steps_histogram": np.bincount(adaptive_steps, minlength=max_steps + 1)[1:].tolist(),
         "wall_time_s": adaptive_s,
-        "fixed_max_steps": score(fixed_actions) | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s},
+        "fixed_max_steps": score(fixed_actions)
+        | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s},
         "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
@@ -184,7 +189,9 @@ def format_summary(metrics: dict[str, Any]) -> str:
         ("hindsight oracle", baselines["oracle"]),
     ]
     width = max(len(name) for name, _ in rows)
-    header = f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'accuracy':>8}  {'max_dd':>7}  {'hit_rate':>8}"
+    header = (
+        f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'accuracy':>8}  {'max_dd':>7}  {'hit_rate':>8}"
+    )
     lines = [
         f"held-out test split: {split['decisions']} decisions (bars {split['first_bar']}..{split['last_bar']})",
         header,
@@ -202,5 +209,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
         f"({model['time_ratio_adaptive_vs_fixed']:.2f}x)"
     )
     if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
-        lines.append(f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL")
+        lines.append(
+            f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL"
+        )
     return "\n".join(lines)

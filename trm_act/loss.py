@@ -29,7 +29,9 @@ REDUCTIONS = ("none", "mean", "sum")
 
 def _check_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}. Wrap it with torch.as_tensor().")
+        raise ValueError(
+            f"{name} must be a torch.Tensor; got {type(value).__name__}. Wrap it with torch.as_tensor()."
+        )
     return value
 
 
@@ -56,7 +58,9 @@ def _check_logits(task_logits: Tensor, num_classes: int | None = None) -> tuple[
     if not task_logits.is_floating_point():
         raise ValueError(f"task_logits must be a floating-point tensor; got dtype {task_logits.dtype}.")
     if not torch.isfinite(task_logits).all():
-        raise ValueError("task_logits contains NaN or inf; check the model for divergence (lower the learning rate).")
+        raise ValueError(
+            "task_logits contains NaN or inf; check the model for divergence (lower the learning rate)."
+        )
     return batch, width
 
 
@@ -84,9 +88,13 @@ def _check_pnl(pnl: Tensor, batch: int, name: str = "pnl") -> None:
             f"{name} must have shape (B,) = ({batch},), the realized PnL of each sample; got shape {tuple(pnl.shape)}."
         )
     if not pnl.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor (fraction of capital); got dtype {pnl.dtype}.")
+        raise ValueError(
+            f"{name} must be a floating-point tensor (fraction of capital); got dtype {pnl.dtype}."
+        )
     if not torch.isfinite(pnl).all():
-        raise ValueError(f"{name} contains NaN or inf; realized PnL must be finite (check the data for bad prices).")
+        raise ValueError(
+            f"{name} contains NaN or inf; realized PnL must be finite (check the data for bad prices)."
+        )
 
 
 def _check_class_weights(class_weights: Tensor | None, num_classes: int) -> Tensor | None:
@@ -298,7 +306,11 @@ class TRMLoss(nn.Module):
         lambda_reward: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in (("lambda_halt", lambda_halt), ("lambda_profit", lambda_profit), ("lambda_reward", lambda_reward)):
+        for name, value in (
+            ("lambda_halt", lambda_halt),
+            ("lambda_profit", lambda_profit),
+            ("lambda_reward", lambda_reward),
+        ):
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -306,7 +318,9 @@ class TRMLoss(nn.Module):
         _check_threshold(confidence_threshold)
         _check_pnl_scale(pnl_scale)
         if class_weights is not None:
-            class_weights = _check_class_weights(torch.as_tensor(class_weights, dtype=torch.float32), num_classes)
+            class_weights = _check_class_weights(
+                torch.as_tensor(class_weights, dtype=torch.float32), num_classes
+            )
         self.lambda_halt = float(lambda_halt)
         self.lambda_profit = float(lambda_profit)
         self.lambda_reward = float(lambda_reward)
@@ -338,7 +352,9 @@ class TRMLoss(nn.Module):
                 "pass info['strategy_pnl'] as a (B, num_classes) tensor or set lambda_reward=0."
             )
         halt_loss = compute_halt_loss(task_logits, halt_logits, labels, self.confidence_threshold)
-        profit_loss = compute_profit_weighted_loss(task_logits, labels, pnl, self.pnl_scale, self.class_weights)
+        profit_loss = compute_profit_weighted_loss(
+            task_logits, labels, pnl, self.pnl_scale, self.class_weights
+        )
         total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
         reward_loss = None
         if strategy_pnl is not None:

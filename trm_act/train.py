@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trm_act.callbacks import ProgressCallback, TensorBoardCallback
-from trm_act.config import NESTED, SECTIONS, ExperimentConfig, field_docs, load_config_file, merge, unwrap_optional
+from trm_act.config import (
+    NESTED,
+    SECTIONS,
+    ExperimentConfig,
+    field_docs,
+    load_config_file,
+    merge,
+    unwrap_optional,
+)
 
 ENVIRONMENTS = {"trade-replay": "trm_act/TradeReplay-v0"}
 
@@ -54,11 +62,22 @@ def _optional(kind: type):
     return parse
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, flag_prefix: str, skip: set[str]) -> None:
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, dest_prefix: str, flag_prefix: str, skip: set[str]
+) -> None:
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"[{dest_prefix}] {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}")
-    defaults = cls() if all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls)) else None
+    group = parser.add_argument_group(
+        f"[{dest_prefix}] {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}"
+    )
+    defaults = (
+        cls()
+        if all(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in dataclasses.fields(cls)
+        )
+        else None
+    )
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -72,13 +91,28 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, dest_prefix
         kind, optional = spec
         name = RENAMES.get((dest_prefix, f.name), f"{flag_prefix}{f.name}").replace("_", "-")
         default = getattr(defaults, f.name, None) if defaults is not None else None
-        help_text = f"{docs.get(f.name, f.name)} (default: {default})".replace("%", "%%")  # argparse %-formats help
+        help_text = f"{docs.get(f.name, f.name)} (default: {default})".replace(
+            "%", "%%"
+        )  # argparse %-formats help
         dest = f"{dest_prefix}.{f.name}"
         if kind is bool:
-            group.add_argument(f"--{name}", dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                f"--{name}",
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
             parse = _optional(kind) if optional else kind
-            group.add_argument(f"--{name}", dest=dest, type=parse, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=help_text)
+            group.add_argument(
+                f"--{name}",
+                dest=dest,
+                type=parse,
+                default=argparse.SUPPRESS,
+                metavar=kind.__name__.upper(),
+                help=help_text,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--env", choices=sorted(ENVIRONMENTS), default="trade-replay", help="environment to train on")
-    run.add_argument("--config", type=str, default=None, help="TOML or JSON file with [env]/[model]/[loss]/[train] sections")
+    run.add_argument(
+        "--env", choices=sorted(ENVIRONMENTS), default="trade-replay", help="environment to train on"
+    )
+    run.add_argument(
+        "--config",
+        type=str,
+        default=None,
+        help="TOML or JSON file with [env]/[model]/[loss]/[train] sections",
+    )
     run.add_argument("--logdir", type=str, default="runs", help="parent directory of run directories")
     run.add_argument("--run-name", type=str, default=None, help="run directory name (default: a timestamp)")
-    run.add_argument("--resume", type=str, default=None, help="run directory or checkpoint.pt to continue exactly")
+    run.add_argument(
+        "--resume", type=str, default=None, help="run directory or checkpoint.pt to continue exactly"
+    )
     for section, cls in SECTIONS.items():
         _add_dataclass_flags(parser, cls, section, "", DERIVED.get(section, set()))
     return parser
@@ -124,7 +167,9 @@ def _new_run_dir(logdir: str, run_name: str | None) -> Path:
     name = run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(logdir) / name
     if (run_dir / "checkpoint.pt").exists():
-        raise ValueError(f"--run-name {name}: {run_dir} already holds a run; continue it with --resume {run_dir} or pick another name.")
+        raise ValueError(
+            f"--run-name {name}: {run_dir} already holds a run; continue it with --resume {run_dir} or pick another name."
+        )
     return run_dir
 
 
@@ -137,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             if _overrides(args) or args.config:
-                raise ValueError("--resume continues the saved run with its saved config; drop the other config flags.")
+                raise ValueError(
+                    "--resume continues the saved run with its saved config; drop the other config flags."
+                )
             run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
             config = None
         else:
@@ -149,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer.from_checkpoint(args.resume, callbacks)
         else:
             trainer = Trainer(config, run_dir, callbacks)
-        print(f"run directory: {run_dir}  (tensorboard --logdir {Path(args.logdir if not args.resume else run_dir.parent)})", file=sys.stderr)
+        print(
+            f"run directory: {run_dir}  (tensorboard --logdir {Path(args.logdir if not args.resume else run_dir.parent)})",
+            file=sys.stderr,
+        )
         report = trainer.fit()
     except ValueError as exc:
         if os.environ.get("TRM_ACT_TRACEBACK"):
@@ -157,13 +207,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as exc:
-        print(f"error: training diverged ({exc}); the last good checkpoint is kept in {run_dir}. Try a lower --lr.", file=sys.stderr)
+        print(
+            f"error: training diverged ({exc}); the last good checkpoint is kept in {run_dir}. Try a lower --lr.",
+            file=sys.stderr,
+        )
         return EXIT_DIVERGED
     except KeyboardInterrupt:
         print(f"interrupted; logs flushed in {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if report is None:
-        print(f"stopped at step {trainer.step}; checkpoint saved. Continue with: python -m trm_act.train --resume {run_dir}", file=sys.stderr)
+        print(
+            f"stopped at step {trainer.step}; checkpoint saved. Continue with: python -m trm_act.train --resume {run_dir}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     print(trainer.summary())
     print(f"\nmetrics: {run_dir / 'metrics.json'}   checkpoint: {run_dir / 'checkpoint.pt'}")

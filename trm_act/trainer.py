@@ -147,7 +147,10 @@ class Trainer:
         self.eval_replay = build_replay(dataclasses.replace(config.env, split="test"))
 
         self.model_config = dataclasses.replace(
-            config.model, window=config.env.window, n_features=self.env.replay.n_features, num_classes=len(STRATEGIES)
+            config.model,
+            window=config.env.window,
+            n_features=self.env.replay.n_features,
+            num_classes=len(STRATEGIES),
         )
         self.model = RecurrentTRM(self.model_config).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if train.ema_decay > 0 else None
@@ -168,9 +171,13 @@ class Trainer:
         ).to(self.device)
 
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, train.lr, train.halt_lr_scale), weight_decay=train.weight_decay, betas=(0.9, 0.95)
+            _param_groups(self.model, train.lr, train.halt_lr_scale),
+            weight_decay=train.weight_decay,
+            betas=(0.9, 0.95),
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(train.warmup_steps, train.steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(train.warmup_steps, train.steps)
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
 
         self.step = 0
@@ -213,7 +220,12 @@ class Trainer:
         actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
         chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
         parts = self.loss_fn(
-            out.task_logits, out.halt_logits, labels, chosen_pnl, return_components=True, strategy_pnl=strategy_pnl
+            out.task_logits,
+            out.halt_logits,
+            labels,
+            chosen_pnl,
+            return_components=True,
+            strategy_pnl=strategy_pnl,
         )
         loss = parts["total_loss"]
         if not torch.isfinite(loss):
@@ -222,7 +234,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = (
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip) if train.grad_clip > 0 else None
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            if train.grad_clip > 0
+            else None
         )
         self.optimizer.step()
         self.scheduler.step()
@@ -246,8 +260,12 @@ class Trainer:
         logs = Logs(scalars=scalars)
         if self.step % train.log_every == 0 or self.step == train.steps:
             logs.scalars |= self.window.scalars(train.batch_size)
-            logs.histograms["halt/steps"] = np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([])
-            logs.histograms["loss/profit_weight"] = profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy()
+            logs.histograms["halt/steps"] = (
+                np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([])
+            )
+            logs.histograms["loss/profit_weight"] = (
+                profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy()
+            )
             self.window.reset()
         return logs
 
@@ -283,7 +301,9 @@ class Trainer:
         status = "completed"
         interrupt = _GracefulInterrupt()
         self.callbacks.on_train_start(
-            RunInfo(log_dir=self.run_dir, total_steps=train.steps, start_step=self.step, hparams=self.hparams())
+            RunInfo(
+                log_dir=self.run_dir, total_steps=train.steps, start_step=self.step, hparams=self.hparams()
+            )
         )
         try:
             with interrupt.installed():
@@ -356,12 +376,18 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             "env": self.env.state_dict(),
             "act": {
-                "carry": {f.name: getattr(self.state.carry, f.name) for f in dataclasses.fields(self.state.carry)},
+                "carry": {
+                    f.name: getattr(self.state.carry, f.name) for f in dataclasses.fields(self.state.carry)
+                },
                 "steps": self.state.steps,
                 "min_steps": self.state.min_steps,
             },
             "obs": torch.from_numpy(self.obs.copy()),
-            "info": {key: torch.from_numpy(np.asarray(value)) for key, value in self.info.items() if _array_like(value)},
+            "info": {
+                key: torch.from_numpy(np.asarray(value))
+                for key, value in self.info.items()
+                if _array_like(value)
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -376,7 +402,9 @@ class Trainer:
         self.env.load_state_dict(state["env"])
         act = state["act"]
         carry = TRMCarry(**{k: v.to(self.device) for k, v in act["carry"].items()})
-        self.state = ACTState(carry=carry, steps=act["steps"].to(self.device), min_steps=act["min_steps"].to(self.device))
+        self.state = ACTState(
+            carry=carry, steps=act["steps"].to(self.device), min_steps=act["min_steps"].to(self.device)
+        )
         self.obs = state["obs"].numpy()
         self.info = {key: value.numpy() for key, value in state["info"].items()}
 

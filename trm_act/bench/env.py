@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the best is kept")
     parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")
-    parser.add_argument("--peer-envs", type=int, default=16, help="sub-envs of the gym-anytrading SyncVectorEnv")
+    parser.add_argument(
+        "--peer-envs", type=int, default=16, help="sub-envs of the gym-anytrading SyncVectorEnv"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -101,16 +103,23 @@ def main(argv: list[str] | None = None) -> int:
 
     single_ratio = best["ours_single"] / best["peer_single"]
     vector_ratio = best["ours_vector"] / best["peer_vector"]
-    print(f"trade-replay env benchmark (window={window}, {platform.processor() or platform.machine()}, "
-          f"best of {args.rounds} rounds of >= {args.seconds:g} s)\n")
+    print(
+        f"trade-replay env benchmark (window={window}, {platform.processor() or platform.machine()}, "
+        f"best of {args.rounds} rounds of >= {args.seconds:g} s)\n"
+    )
     print("| environment | mode | throughput |")
     print("|---|---|---:|")
     print(f"| gym-anytrading stocks-v0 | single env (unwrapped) | {best['peer_single']:,.0f} steps/s |")
     print(f"| TradeReplayEnv | single env (unwrapped) | {best['ours_single']:,.0f} steps/s |")
-    print(f"| gym-anytrading stocks-v0 | SyncVectorEnv x{args.peer_envs} | {best['peer_vector']:,.0f} transitions/s |")
+    print(
+        f"| gym-anytrading stocks-v0 | SyncVectorEnv x{args.peer_envs} | {best['peer_vector']:,.0f} transitions/s |"
+    )
     print(f"| TradeReplayVectorEnv | native x{args.num_envs} | {best['ours_vector']:,.0f} transitions/s |")
     print()
-    for label, ratio, target in (("single env", single_ratio, SINGLE_TARGET), ("vector env", vector_ratio, VECTOR_TARGET)):
+    for label, ratio, target in (
+        ("single env", single_ratio, SINGLE_TARGET),
+        ("vector env", vector_ratio, VECTOR_TARGET),
+    ):
         verdict = "meets" if ratio >= target else "MISSES"
         print(f"{label} ratio: {ratio:.2f}x gym-anytrading ({verdict} the target of {target:g}x)")
     return 0
