@@ -245,3 +245,26 @@ def test_config_round_trips_through_a_dict():
         ExperimentConfig.from_dict({"train": {"stepz": 3}})
     with pytest.raises(ValueError, match="unknown section"):
         ExperimentConfig.from_dict({"trian": {}})
+
+
+def test_device_resolution():
+    from trm_act.trainer import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="train.device must be"):
+        TrainConfig(device="tpu")
+
+
+def test_same_seed_same_weights_different_seed_different_weights(tmp_path):
+    a = Trainer(tiny_config(steps=4), tmp_path / "a")
+    b = Trainer(tiny_config(steps=4), tmp_path / "b")
+    c = Trainer(tiny_config(steps=4, seed=1), tmp_path / "c")
+    for trainer in (a, b, c):
+        for _ in range(4):
+            trainer.train_step()
+    assert all(torch.equal(x, y) for x, y in zip(weights(a).values(), weights(b).values(), strict=True))
+    assert any(not torch.equal(x, y) for x, y in zip(weights(a).values(), weights(c).values(), strict=True))
