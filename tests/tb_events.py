@@ -6,6 +6,17 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# The contract's tags (DESIGN.md), spelled out here rather than imported so a tag dropped from the code fails.
+TRM_TAGS = (
+    "loss/total",
+    "loss/halt",
+    "loss/task",
+    "loss/profit_weighted_task",
+    "halt/rate",
+    "halt/mean_steps",
+)
+REQUIRED_SCALARS = {*TRM_TAGS, "train/accuracy", "train/pnl", "eval/accuracy", "eval/mean_steps", "eval/pnl"}
+
 
 def event_files(root: str | Path) -> list[Path]:
     """Every event file below ``root``, sorted."""

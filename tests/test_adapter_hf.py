@@ -22,20 +22,12 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import torch  # noqa: E402
-from tb_events import event_files, scalars  # noqa: E402
+from tb_events import TRM_TAGS, event_files, scalars  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 from transformers.integrations import TensorBoardCallback  # noqa: E402
 from trm_act.callbacks.hf import TRMHFCallback, TRMHFModel, replay_dataset  # noqa: E402
 from trm_act.envs import TradeReplayConfig  # noqa: E402
 
-TRM_TAGS = (
-    "loss/total",
-    "loss/halt",
-    "loss/task",
-    "loss/profit_weighted_task",
-    "halt/rate",
-    "halt/mean_steps",
-)
 SMALL_REPLAY = TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 4})
 SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2}
 

@@ -11,18 +11,10 @@ pytest.importorskip("lightning")
 import lightning
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from tb_events import scalars
+from tb_events import TRM_TAGS, scalars
 from trm_act.callbacks.lightning import TRMLightningCallback, TRMLightningModule, trm_metrics
 from trm_act.envs import TradeReplayConfig
 
-TRM_TAGS = (
-    "loss/total",
-    "loss/halt",
-    "loss/task",
-    "loss/profit_weighted_task",
-    "halt/rate",
-    "halt/mean_steps",
-)
 SMALL_REPLAY = TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 1})
 SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2}
 

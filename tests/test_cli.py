@@ -15,22 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tb_events import read_events
+from tb_events import REQUIRED_SCALARS, read_events
 from trm_act.envs import SyntheticMarketConfig, generate_synthetic_market
-
-REQUIRED_SCALARS = {
-    "loss/total",
-    "loss/halt",
-    "loss/task",
-    "loss/profit_weighted_task",
-    "halt/rate",
-    "halt/mean_steps",
-    "train/accuracy",
-    "train/pnl",
-    "eval/accuracy",
-    "eval/mean_steps",
-    "eval/pnl",
-}
 
 # A tiny but complete run: small market, small model, a few dozen optimizer steps.
 TINY = [

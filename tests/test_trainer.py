@@ -255,7 +255,7 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
-    with pytest.raises(ValueError, match="train.device must be"):
+    with pytest.raises(ValueError, match=r"train\.device must be"):
         TrainConfig(device="tpu")
 
 
