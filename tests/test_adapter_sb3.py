@@ -134,6 +134,12 @@ def test_learn_continued_without_reset_keeps_the_labels(tmp_path):
 
 
 def test_rejects_strategy_names_of_the_wrong_length(tmp_path):
-    model = A2C("MlpPolicy", gymnasium.make(ENV_ID, **SMALL_ENV), n_steps=4, policy_kwargs={"net_arch": [8]})
+    model = A2C(
+        "MlpPolicy",
+        gymnasium.make(ENV_ID, **SMALL_ENV),
+        n_steps=4,
+        policy_kwargs={"net_arch": [8]},
+        tensorboard_log=str(tmp_path),  # else SB3 logs to a folder in the system temp dir
+    )
     with pytest.raises(ValueError, match="one name per action"):
         model.learn(total_timesteps=8, callback=TRMSB3Callback(strategy_names=["a", "b"]))
