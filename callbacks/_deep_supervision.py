@@ -131,21 +131,13 @@ class ReplayDataset(Dataset):
         }
 
 
-def build_replay(replay_config: Any = None) -> Any:
-    """The replay data for ``replay_config`` (default: ``TradeReplayConfig()``, the synthetic market)."""
-    from ..envs import TradeReplayConfig
-    from ..envs import build_replay as _build
-
-    return _build(TradeReplayConfig() if replay_config is None else replay_config)
-
-
 def resolve_model_config(model_config: TRMConfig | Mapping[str, Any] | None, replay: Any) -> TRMConfig:
     """``TRMConfig`` sized to the replay's observations.
 
     None: TRMConfig's defaults with ``max_steps=DEFAULT_MAX_STEPS``; a mapping: those defaults updated by
     its fields (``window`` / ``n_features`` default to the replay's); a TRMConfig: checked against the replay.
     """
-    window, n_features = (int(n) for n in replay.observations(replay.split_indices("train")[:1]).shape[1:])
+    window, n_features = replay.window, replay.n_features
     if model_config is None or isinstance(model_config, Mapping):
         fields = {
             "window": window,

@@ -37,9 +37,10 @@ except ImportError as exc:  # pragma: no cover - exercised by tests with the imp
 import torch
 from torch import nn
 
+from ..envs import build_replay  # None: the embedded synthetic market
 from ..loss import TRMLoss
 from ..model import RecurrentTRM, TRMConfig
-from ._deep_supervision import ReplayDataset, build_replay, deep_supervision, resolve_model_config
+from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
 from .logger import MetricsLogger
 
 __all__ = ["TRMHFCallback", "TRMHFModel", "replay_dataset"]

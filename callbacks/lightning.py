@@ -30,9 +30,11 @@ except ImportError as exc:  # pragma: no cover - exercised by tests with the imp
 import torch
 from torch.utils.data import DataLoader
 
+from ..act import act_predict
+from ..envs import build_replay  # None: the embedded synthetic market
 from ..loss import TRMLoss
 from ..model import RecurrentTRM, TRMConfig
-from ._deep_supervision import ReplayDataset, build_replay, deep_supervision, resolve_model_config
+from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
 from .logger import COMPONENT_TAGS, MetricsLogger
 
 __all__ = ["TRMLightningCallback", "TRMLightningModule", "trm_metrics"]
@@ -212,12 +214,8 @@ class TRMLightningModule(pl.LightningModule):
         )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Strategy logits (B, C) after all ``max_steps`` reasoning steps (what TRM does at evaluation)."""
-        carry = self.model.init_carry(obs.shape[0], device=obs.device)
-        for _ in range(self.model.config.max_steps):
-            out = self.model(obs, carry)
-            carry = out.carry
-        return out.task_logits
+        """Strategy logits (B, C) after all ``max_steps`` reasoning steps (what TRM does at evaluation); no grad."""
+        return act_predict(self.model, obs, adaptive=False).task_logits
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss, metrics, _ = deep_supervision(

@@ -223,6 +223,10 @@ class ReplayData:
                 out[k] = self.strategy_pnl[rows].mean(axis=0)
         return out
 
+    def best_fixed_action(self, split: str = "train") -> int:
+        """The single strategy with the best mean PnL over the split's decisions (ties to the lowest index)."""
+        return int(np.argmax(self.strategy_pnl[self.split_indices(split)].mean(axis=0)))
+
     def regime_oracle_actions(self, fit_split: str = "train") -> np.ndarray:
         """(D,) the regime oracle's action at every decision: in each true regime, the strategy with the
         best mean PnL on `fit_split` (the realistic upper bound for a regime-aware policy).
@@ -230,8 +234,7 @@ class ReplayData:
         A regime absent from fit_split gets the best fixed strategy of fit_split.
         """
         means = self.regime_mean_pnl(fit_split)  # (K, S)
-        fit = self.split_indices(fit_split)
-        best_fixed = int(np.argmax(self.strategy_pnl[fit].mean(axis=0)))
+        best_fixed = self.best_fixed_action(fit_split)
         table = np.where(
             np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1)
         )

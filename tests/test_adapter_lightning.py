@@ -108,3 +108,18 @@ def test_trm_metrics_maps_components_and_keeps_tags():
     }
     assert trm_metrics(out) == {"loss/total": 2.0, "halt/rate": 0.25}
     assert trm_metrics(torch.tensor(1.0)) == {}
+
+
+def test_forward_returns_the_logits_after_max_steps_reasoning_steps():
+    module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY)
+    module.train()
+    obs = torch.randn(5, 8, module.model.config.n_features)
+    logits = module(obs)
+    assert logits.shape == (5, 8) and module.training  # train/eval mode is restored
+    module.model.eval()
+    with torch.no_grad():
+        carry = module.model.init_carry(5)
+        for _ in range(module.model.config.max_steps):  # an independent rollout of every step
+            out = module.model(obs, carry)
+            carry = out.carry
+    torch.testing.assert_close(logits, out.task_logits)

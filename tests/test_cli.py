@@ -229,3 +229,16 @@ def test_help_documents_every_flag():
                  "--confidence-threshold", "--class-weights", "--mixer", "--ema-decay", "--bf16"):  # fmt: skip
         assert flag in text
     assert "Weight of the halt loss" in text  # field docstrings reach --help
+
+
+def test_help_shows_the_defaults_a_run_uses():
+    """The experiment's defaults (e.g. a 16-bar window), not each config class's own (32)."""
+    from trm_act.config import ExperimentConfig
+    from trm_act.train import build_parser
+
+    defaults = ExperimentConfig()
+    actions = {action.dest: action.help for action in build_parser()._actions}
+    assert actions["env.window"].endswith(f"(default: {defaults.env.window})") and defaults.env.window == 16
+    assert actions["env.episode_length"].endswith(f"(default: {defaults.env.episode_length})")
+    assert actions["model.max_steps"].endswith(f"(default: {defaults.model.max_steps})")
+    assert actions["loss.lambda_reward"].endswith(f"(default: {defaults.loss.lambda_reward})")

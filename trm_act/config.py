@@ -130,7 +130,7 @@ def _default_env() -> TradeReplayConfig:
 
 
 def _default_model() -> TRMConfig:
-    # Sized so the default run trains in ~2 minutes on 2 CPU cores (measured; see README).
+    # Sized so the default run finishes in about 70 s on 2 CPU cores (measured; see README).
     return TRMConfig(window=16, d_model=32, mixer="attention", n_heads=4, n_latent=1, max_steps=4)
 
 

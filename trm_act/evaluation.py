@@ -44,15 +44,12 @@ def trading_metrics(
     }
 
 
-def baseline_actions(
-    replay: ReplayData, test_idx: np.ndarray, train_idx: np.ndarray, seed: int
-) -> dict[str, np.ndarray]:
+def baseline_actions(replay: ReplayData, test_idx: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only."""
     n = len(test_idx)
-    train_totals = replay.strategy_pnl[train_idx].sum(axis=0)  # (8,)
     actions = {
         "random": np.random.default_rng(seed).integers(0, len(STRATEGIES), size=n),
-        "best_fixed": np.full(n, int(train_totals.argmax())),
+        "best_fixed": np.full(n, replay.best_fixed_action("train")),
         "oracle": replay.labels[test_idx],
     }
     if replay.regimes is not None:
@@ -127,7 +124,6 @@ def evaluate(
 ) -> EvalReport:
     """Score the model (adaptive and fixed max steps) and every baseline on the test split."""
     test_idx = replay.split_indices("test")
-    train_idx = replay.split_indices("train")
     observations = replay.observations(test_idx)  # (N, W, F)
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
@@ -152,7 +148,7 @@ def evaluate(
         "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
-    baselines_actions = baseline_actions(replay, test_idx, train_idx, seed)
+    baselines_actions = baseline_actions(replay, test_idx, seed)
     baselines: dict[str, Any] = {name: score(actions) for name, actions in baselines_actions.items()}
     baselines["best_fixed"]["strategy"] = STRATEGIES[int(baselines_actions["best_fixed"][0])]
     baselines["fixed"] = {name: score(np.full(len(rows), index)) for index, name in enumerate(STRATEGIES)}

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trm_act.callbacks import ProgressCallback, TensorBoardCallback
+from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.config import (
     NESTED,
     SECTIONS,
@@ -63,26 +63,20 @@ def _optional(kind: type):
 
 
 def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, dest_prefix: str, flag_prefix: str, skip: set[str]
+    parser: argparse.ArgumentParser, defaults: Any, dest_prefix: str, flag_prefix: str, skip: set[str]
 ) -> None:
+    """One flag per simple field of the dataclass instance ``defaults``, whose values --help shows."""
+    cls = type(defaults)
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(
         f"[{dest_prefix}] {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}"
     )
-    defaults = (
-        cls()
-        if all(
-            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            for f in dataclasses.fields(cls)
-        )
-        else None
-    )
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         if f.name in NESTED and dest_prefix == "env":
-            _add_dataclass_flags(parser, NESTED[f.name], f"env.{f.name}", f"{f.name}-", set())
+            _add_dataclass_flags(parser, getattr(defaults, f.name), f"env.{f.name}", f"{f.name}-", set())
             continue
         # The config's data field may hold a DataFrame in Python; on the command line it is a path or "synthetic".
         spec = (str, False) if (dest_prefix, f.name) in RENAMES else _flag_type(hints[f.name])
@@ -90,10 +84,8 @@ def _add_dataclass_flags(
             continue
         kind, optional = spec
         name = RENAMES.get((dest_prefix, f.name), f"{flag_prefix}{f.name}").replace("_", "-")
-        default = getattr(defaults, f.name, None) if defaults is not None else None
-        help_text = f"{docs.get(f.name, f.name)} (default: {default})".replace(
-            "%", "%%"
-        )  # argparse %-formats help
+        help_text = f"{docs.get(f.name, f.name)} (default: {getattr(defaults, f.name)})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         dest = f"{dest_prefix}.{f.name}"
         if kind is bool:
             group.add_argument(
@@ -137,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", type=str, default=None, help="run directory or checkpoint.pt to continue exactly"
     )
-    for section, cls in SECTIONS.items():
-        _add_dataclass_flags(parser, cls, section, "", DERIVED.get(section, set()))
+    experiment = ExperimentConfig()  # --help shows the defaults a run really uses, not each class's own
+    for section in SECTIONS:
+        _add_dataclass_flags(parser, getattr(experiment, section), section, "", DERIVED.get(section, set()))
     return parser
 
 
@@ -185,21 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(
                     "--resume continues the saved run with its saved config; drop the other config flags."
                 )
-            run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-            config = None
+            trainer = Trainer.from_checkpoint(args.resume)
         else:
-            config = resolve_config(args)
-            run_dir = _new_run_dir(args.logdir, args.run_name)
-        progress = ProgressCallback(disable=not (config or ExperimentConfig()).train.progress)
-        callbacks = [TensorBoardCallback(run_dir), progress]
-        if args.resume:
-            trainer = Trainer.from_checkpoint(args.resume, callbacks)
-        else:
-            trainer = Trainer(config, run_dir, callbacks)
-        print(
-            f"run directory: {run_dir}  (tensorboard --logdir {Path(args.logdir if not args.resume else run_dir.parent)})",
-            file=sys.stderr,
+            trainer = Trainer(resolve_config(args), _new_run_dir(args.logdir, args.run_name))
+        run_dir = trainer.run_dir
+        trainer.callbacks = CallbackList(
+            [TensorBoardCallback(run_dir), ProgressCallback(disable=not trainer.config.train.progress)]
         )
+        print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
         report = trainer.fit()
     except ValueError as exc:
         if os.environ.get("TRM_ACT_TRACEBACK"):

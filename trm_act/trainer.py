@@ -313,7 +313,9 @@ class Trainer:
                     if interrupt.requested or not keep_going:
                         status = "interrupted" if interrupt.requested else "stopped"
                         break
-                    if self.step % train.checkpoint_every == 0:
+                    if (
+                        self.step % train.checkpoint_every == 0 and self.step < train.steps
+                    ):  # the end saves below
                         self.save()
                     if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
                         self.evaluate()
