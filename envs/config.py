@@ -51,6 +51,10 @@ class TradeReplayConfig:
     """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
     horizon: int = 8
     """Bars each trade lasts: a decision at bar t trades over bars t+1..t+horizon."""
+    label_horizon: int | None = None
+    """Bars over which the hindsight label is scored (info["label"], info["label_pnl"]); None = horizon.
+    A longer label horizon names the strategy that suits the prevailing market state rather than the luckiest
+    one over the next few bars. Rewards are always the realized PnL over `horizon`."""
     stride: int | None = None
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
     cost: float = 0.0005
@@ -82,6 +86,10 @@ class TradeReplayConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected an int >= 1 (bars)")
+        if self.label_horizon is not None and (not _is_int(self.label_horizon) or self.label_horizon < 1):
+            raise ValueError(
+                f"label_horizon={self.label_horizon!r}: expected an int >= 1 (bars) or None (= horizon)"
+            )
         if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
             raise ValueError(f"stride={self.stride!r}: expected an int >= 1 (bars) or None (= horizon)")
         if (
@@ -111,6 +119,11 @@ class TradeReplayConfig:
         self.synthetic = _synthetic_from(self.synthetic)
         self.cost = float(self.cost)
         self.test_fraction = float(self.test_fraction)
+
+    @property
+    def effective_label_horizon(self) -> int:
+        """The label horizon actually used: `label_horizon`, or `horizon` when it is None."""
+        return int(self.horizon if self.label_horizon is None else self.label_horizon)
 
     @property
     def effective_stride(self) -> int:

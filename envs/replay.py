@@ -117,8 +117,11 @@ class ReplayData:
     """(D,) int64 bar index t of each decision point."""
     strategy_pnl: np.ndarray
     """(D, 8) float64 realized PnL of each strategy's trade over bars t+1..t+horizon, net of costs."""
+    label_pnl: np.ndarray
+    """(D, 8) float64 each strategy's PnL over bars t+1..t+label_horizon (cut at the last bar); the same
+    array as strategy_pnl when label_horizon == horizon. Supervision only, like the labels."""
     labels: np.ndarray
-    """(D,) int64 best strategy in hindsight (argmax of strategy_pnl, ties to the lowest index)."""
+    """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index)."""
     regimes: np.ndarray | None
     """(D,) int64 true regime at each decision bar (synthetic data only)."""
     bar_regimes: np.ndarray | None
@@ -129,6 +132,8 @@ class ReplayData:
     """Bars per observation."""
     horizon: int
     """Bars per trade."""
+    label_horizon: int
+    """Bars over which labels are scored."""
     stride: int
     """Bars between consecutive decision points."""
     cost: float
@@ -169,7 +174,9 @@ class ReplayData:
     def _split_ranges(self) -> dict[str, tuple[int, int]]:
         # Decision bars increase with the index, so each split is a contiguous range [start, stop).
         bars = self.decision_bars
-        train_stop = int(np.searchsorted(bars + self.horizon, self.boundary_bar, side="left"))
+        # A train decision's trade and its label both end before the boundary bar.
+        reach = max(self.horizon, self.label_horizon)
+        train_stop = int(np.searchsorted(bars + reach, self.boundary_bar, side="left"))
         test_start = int(np.searchsorted(bars, self.boundary_bar, side="left"))
         return {
             "train": (0, train_stop),
@@ -184,7 +191,7 @@ class ReplayData:
         return self._split_ranges[split]
 
     def split_indices(self, split: str) -> np.ndarray:
-        """Decision indices of "train" (t + horizon < boundary_bar), "test" (t >= boundary_bar) or "all".
+        """Decision indices of "train" (t + max(horizon, label_horizon) < boundary_bar), "test" (t >= boundary_bar) or "all".
 
         No train label uses a test bar: a train trade ends before the boundary bar.
         """
@@ -242,8 +249,27 @@ class ReplayData:
         return table.astype(np.int64)[self.regimes]
 
 
+def _label_pnl(market: _Market, decision_bars: np.ndarray, label_horizon: int, cost: float) -> np.ndarray:
+    """(D, S) strategy PnL over label_horizon bars; trades that would run past the last bar are cut there."""
+    last_bar = market.close.shape[0] - 1
+    fits = decision_bars + label_horizon <= last_bar  # (D,) a prefix: decision bars increase
+    n_full = int(fits.sum())
+    pnl = np.empty((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
+    pnl[:n_full] = trade_pnl(market.positions, market.close, decision_bars[:n_full], label_horizon, cost)
+    for i in range(n_full, decision_bars.shape[0]):  # at most label_horizon / stride tail decisions
+        t = decision_bars[i : i + 1]
+        pnl[i] = trade_pnl(market.positions, market.close, t, int(last_bar - t[0]), cost)[0]
+    return pnl
+
+
 def _build(
-    market: _Market, window: int, horizon: int, stride: int, cost: float, test_fraction: float
+    market: _Market,
+    window: int,
+    horizon: int,
+    stride: int,
+    cost: float,
+    test_fraction: float,
+    label_horizon: int | None = None,
 ) -> ReplayData:
     n_bars = market.close.shape[0]
     need = window + horizon + 1
@@ -254,6 +280,10 @@ def _build(
         )
     decision_bars = np.arange(window, n_bars - horizon, stride, dtype=np.int64)  # (D,)
     pnl = trade_pnl(market.positions, market.close, decision_bars, horizon, cost)  # (D, S)
+    label_horizon = horizon if label_horizon is None else label_horizon
+    label_pnl = (
+        pnl if label_horizon == horizon else _readonly(_label_pnl(market, decision_bars, label_horizon, cost))
+    )
     regimes = None if market.bar_regimes is None else market.bar_regimes[decision_bars]  # (D,)
     return ReplayData(
         source=market.source,
@@ -263,12 +293,14 @@ def _build(
         positions=market.positions,
         decision_bars=_readonly(decision_bars),
         strategy_pnl=_readonly(pnl),
-        labels=_readonly(np.argmax(pnl, axis=1).astype(np.int64)),  # argmax breaks ties to the lowest index
+        label_pnl=label_pnl,
+        labels=_readonly(np.argmax(label_pnl, axis=1).astype(np.int64)),  # ties go to the lowest index
         regimes=None if regimes is None else _readonly(regimes),
         bar_regimes=market.bar_regimes,
         regime_names=market.regime_names,
         window=window,
         horizon=horizon,
+        label_horizon=label_horizon,
         stride=stride,
         cost=cost,
         test_fraction=test_fraction,
@@ -287,7 +319,14 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
     """
     config = TradeReplayConfig() if config is None else config
     market = _market(config)
-    args = (config.window, config.horizon, config.effective_stride, config.cost, config.test_fraction)
+    args = (
+        config.window,
+        config.horizon,
+        config.effective_stride,
+        config.cost,
+        config.test_fraction,
+        config.effective_label_horizon,
+    )
     if isinstance(config.data, pd.DataFrame):
         return _build(market, *args)
     return _build_cached(market, *args)

@@ -110,7 +110,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     ``label`` (int, best strategy in hindsight, ties to the lowest index), ``strategy_pnl``
     (float64[8], each strategy's PnL over the coming horizon; supervision, never model input), ``t``
     (bar index), ``decision`` (decision index into ``env.replay``), and ``regime`` (int, the true
-    regime; synthetic data only).
+    regime; synthetic data only). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
+    ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars), which info then also holds.
 
     ## Starting State
 
@@ -148,6 +149,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
         window: int = _DEFAULTS["window"].default,
         horizon: int = _DEFAULTS["horizon"].default,
+        label_horizon: int | None = _DEFAULTS["label_horizon"].default,
         stride: int | None = _DEFAULTS["stride"].default,
         cost: float = _DEFAULTS["cost"].default,
         split: str = _DEFAULTS["split"].default,
@@ -162,6 +164,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
             data=data,
             window=window,
             horizon=horizon,
+            label_horizon=label_horizon,
             stride=stride,
             cost=cost,
             split=split,
@@ -188,6 +191,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self._labels: list[int] = replay.labels.tolist()
         self._bars: list[int] = replay.decision_bars.tolist()
         self._regimes: list[int] | None = None if replay.regimes is None else replay.regimes.tolist()
+        # Only a separate label horizon adds info["label_pnl"]; otherwise it would repeat strategy_pnl.
+        self._label_pnl_rows = None if replay.label_pnl is replay.strategy_pnl else list(replay.label_pnl)
         windows = replay.windows
         self._windows = None if windows is None else list(windows)  # (W, F) read-only views, copied per step
         self._actions = {a: a for a in range(N_STRATEGIES)}
@@ -208,6 +213,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
             "t": self._bars[d],
             "decision": d,
         }
+        if self._label_pnl_rows is not None:
+            info["label_pnl"] = self._label_pnl_rows[d].copy()
         if self._regimes is not None:
             info["regime"] = self._regimes[d]
         return info

@@ -60,6 +60,7 @@ class TradeReplayVectorEnv(VectorEnv):
         data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
         window: int = _DEFAULTS["window"].default,
         horizon: int = _DEFAULTS["horizon"].default,
+        label_horizon: int | None = _DEFAULTS["label_horizon"].default,
         stride: int | None = _DEFAULTS["stride"].default,
         cost: float = _DEFAULTS["cost"].default,
         split: str = _DEFAULTS["split"].default,
@@ -78,6 +79,7 @@ class TradeReplayVectorEnv(VectorEnv):
             data=data,
             window=window,
             horizon=horizon,
+            label_horizon=label_horizon,
             stride=stride,
             cost=cost,
             split=split,
@@ -103,6 +105,7 @@ class TradeReplayVectorEnv(VectorEnv):
         self._labels = replay.labels  # (D,)
         self._bars = replay.decision_bars  # (D,)
         self._regimes = replay.regimes  # (D,) or None
+        self._label_pnl = None if replay.label_pnl is replay.strategy_pnl else replay.label_pnl  # (D, S)
         self._windows = replay.windows  # (D, W, F) or None
         self._rngs: list[np.random.Generator] | None = None
         self._decision: np.ndarray | None = None  # (N,) current decision index of each sub-env
@@ -121,6 +124,8 @@ class TradeReplayVectorEnv(VectorEnv):
             "t": self._bars[decisions],  # (N,)
             "decision": decisions.copy(),  # (N,)
         }
+        if self._label_pnl is not None:
+            values["label_pnl"] = self._label_pnl[decisions]  # (N, S)
         if self._regimes is not None:
             values["regime"] = self._regimes[decisions]  # (N,)
         return values

@@ -121,9 +121,13 @@ def evaluate(
     batch_size: int = 2048,
     bf16: bool = False,
     seed: int = 0,
+    split: str = "test",
 ) -> EvalReport:
-    """Score the model (adaptive and fixed max steps) and every baseline on the test split."""
-    test_idx = replay.split_indices("test")
+    """Score the model (adaptive and fixed max steps) and every baseline on ``split`` (default: held out).
+
+    ``split="all"`` scores a whole market the model never saw (e.g. a synthetic market of another seed).
+    """
+    test_idx = replay.split_indices(split)
     observations = replay.observations(test_idx)  # (N, W, F)
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
@@ -148,6 +152,8 @@ def evaluate(
         "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
+    if replay.bar_regimes is not None:
+        model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)
     baselines: dict[str, Any] = {name: score(actions) for name, actions in baselines_actions.items()}
     baselines["best_fixed"]["strategy"] = STRATEGIES[int(baselines_actions["best_fixed"][0])]
@@ -168,6 +174,36 @@ def evaluate(
         if name in baselines_actions:
             equity[f"equity/{name}"] = np.cumsum(pnl_matrix[rows, baselines_actions[name]])
     return EvalReport(metrics=metrics, equity=equity, steps=adaptive_steps)
+
+
+RECENT_CHANGE_BARS = 16  # "just after a regime change": the change happened at most this many bars ago
+SETTLED_BARS = 48  # "deep inside a regime": the regime has held for at least this many bars
+
+
+def bars_since_regime_change(bar_regimes: np.ndarray, bars: np.ndarray) -> np.ndarray:
+    """(N,) bars since the true regime last changed, at each of ``bars`` (the first run counts from bar 0)."""
+    changed = np.flatnonzero(np.diff(bar_regimes) != 0) + 1  # (K,) first bar of each new regime
+    starts = np.concatenate(([0], changed))  # (K+1,)
+    return bars - starts[np.searchsorted(starts, bars, side="right") - 1]  # (N,)
+
+
+def steps_by_regime_age(replay: ReplayData, indices: np.ndarray, steps: np.ndarray) -> dict[str, Any]:
+    """Mean reasoning steps just after a true regime change vs deep inside a regime (synthetic data).
+
+    A model whose halting tracks difficulty thinks longer while the new regime is still ambiguous.
+    """
+    age = bars_since_regime_change(replay.bar_regimes, replay.decision_bars[indices])  # (N,)
+    recent, settled = age < RECENT_CHANGE_BARS, age >= SETTLED_BARS
+    if not (recent.any() and settled.any()):  # None, not NaN: metrics.json stays valid JSON
+        return {"recent_change": None, "settled": None, "ratio": None}
+    recent_steps, settled_steps = float(steps[recent].mean()), float(steps[settled].mean())
+    return {
+        "recent_change": recent_steps,
+        "settled": settled_steps,
+        "ratio": recent_steps / settled_steps,
+        "recent_decisions": int(recent.sum()),
+        "settled_decisions": int(settled.sum()),
+    }
 
 
 def format_summary(metrics: dict[str, Any]) -> str:

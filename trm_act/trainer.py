@@ -132,9 +132,16 @@ class Trainer:
         config: the resolved experiment config.
         run_dir: where checkpoints, ``config.json`` and ``metrics.json`` go.
         callbacks: hooks that receive every step's and evaluation's metrics.
+        model: a model to train instead of ``RecurrentTRM(config.model)`` (same step interface).
     """
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, callbacks: Iterable[Callback] = ()):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path,
+        callbacks: Iterable[Callback] = (),
+        model: torch.nn.Module | None = None,
+    ):
         self.config = config
         self.run_dir = Path(run_dir)
         self.callbacks = CallbackList(callbacks)
@@ -152,7 +159,8 @@ class Trainer:
             n_features=self.env.replay.n_features,
             num_classes=len(STRATEGIES),
         )
-        self.model = RecurrentTRM(self.model_config).to(self.device)
+        # `model`: any module with RecurrentTRM's step interface (the learning benchmark's MLP control).
+        self.model = (RecurrentTRM(self.model_config) if model is None else model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if train.ema_decay > 0 else None
 
         loss = config.loss

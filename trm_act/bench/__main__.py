@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "env": ("trm_act.bench.env", "TradeReplayEnv / TradeReplayVectorEnv throughput vs gym-anytrading"),
     "act": ("trm_act.bench.act", "adaptive vs fixed-step ACT inference time"),
+    "learn": ("trm_act.bench.learn", "what each training recipe learns, over seeds and unseen markets"),
 }
 
 

@@ -1,0 +1,273 @@
+"""``python -m trm_act.bench learn``: what each training recipe learns, over seeds and unseen markets.
+
+Every recipe trains on the default synthetic market's train split with several seeds. Each trained model
+is then scored on that market's held-out split and on ``--markets`` further synthetic markets drawn from
+the same regime spec with other market seeds (whole series; training never saw any bar of them). The
+headline figure is the share of the regime oracle's PnL a model captures (the regime oracle plays, in
+each true regime, the strategy that was best there on the train split: a realistic ceiling for a
+policy that can only infer the regime). Recipes are compared on the same seeds and markets.
+
+Recipes (``--recipes``):
+- ``default``: the CLI default (``ExperimentConfig()``);
+- ``seed_loss``: the same, trained with ``TRMLoss()``'s own defaults (the seed's loss);
+- ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
+- ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget.
+
+Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
+``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trm_act.config import ExperimentConfig, LossConfig
+from trm_act.envs import build_replay
+from trm_act.evaluation import evaluate
+from trm_act.model import StepOutput, TRMCarry, TRMConfig
+from trm_act.trainer import Trainer
+
+FRESH_MARKET_SEED = 1000  # fresh market k uses synthetic seed FRESH_MARKET_SEED + k
+
+
+class MLPControl(nn.Module):
+    """Recursion-free control: an MLP over the flattened observation window, with task and halt heads.
+
+    It has RecurrentTRM's step interface, so the same trainer, loss and evaluation run it; its carry is
+    a dummy and it always answers after one step (``config.max_steps == 1``).
+    """
+
+    def __init__(self, config: TRMConfig, hidden: int = 128) -> None:
+        super().__init__()
+        self.config = dataclasses.replace(config, max_steps=1)
+        self.body = nn.Sequential(
+            nn.Linear(config.window * config.n_features, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+        )
+        self.task_head = nn.Linear(hidden, config.num_classes)
+        self.halt_head = nn.Linear(hidden, 1)
+        self.register_buffer("y_init", torch.zeros(1))  # where the trainer looks up the model's device
+
+    def init_carry(self, batch_size: int, device: torch.device | str | None = None) -> TRMCarry:
+        empty = torch.zeros(batch_size, 1, 1, device=device)  # (B, 1, 1): nothing is carried
+        return TRMCarry(empty, empty)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.flatten(1).float()  # (B, W * F)
+
+    def step(self, x: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        h = self.body(x)  # (B, hidden)
+        return StepOutput(self.task_head(h).float(), self.halt_head(h).float().squeeze(-1), carry)
+
+    def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        return self.step(self.encode(obs), carry)
+
+
+def _default(config: ExperimentConfig) -> ExperimentConfig:
+    return config
+
+
+def _seed_loss(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, loss=LossConfig(**_seed_loss_fields()))
+
+
+def _seed_loss_fields() -> dict[str, Any]:
+    # TRMLoss()'s own defaults: the seed's loss, with no expected-PnL term.
+    return {"lambda_halt": 0.01, "lambda_profit": 1.0, "lambda_reward": 0.0, "confidence_threshold": 0.7}
+
+
+def _one_step(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, max_steps=1))
+
+
+# name -> (config edit, model factory or None for RecurrentTRM)
+RECIPES: dict[
+    str, tuple[Callable[[ExperimentConfig], ExperimentConfig], Callable[[TRMConfig], nn.Module] | None]
+] = {
+    "default": (_default, None),
+    "seed_loss": (_seed_loss, None),
+    "one_step": (_one_step, None),
+    "mlp": (_one_step, MLPControl),
+}
+
+
+def fresh_market_replays(config: ExperimentConfig, n_markets: int) -> list[Any]:
+    """Replays of synthetic markets with other seeds, same regimes and env options as training."""
+    replays = []
+    for k in range(n_markets):
+        synthetic = dataclasses.replace(config.env.synthetic, seed=FRESH_MARKET_SEED + k)
+        replays.append(build_replay(dataclasses.replace(config.env, synthetic=synthetic)))
+    return replays
+
+
+def _capture(metrics: dict[str, Any]) -> float:
+    return metrics["model"]["pnl"] / metrics["baselines"]["regime_oracle"]["pnl"]
+
+
+def run_one(
+    recipe: str, config: ExperimentConfig, seed: int, n_markets: int, workdir: Path
+) -> dict[str, Any]:
+    """Train one recipe with one seed, score it on the held-out split and the fresh markets."""
+    edit, model_factory = RECIPES[recipe]
+    config = edit(config)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, seed=seed, progress=False, eval_every=0)
+    )
+    started = time.perf_counter()
+    trainer = Trainer(config, workdir / f"{recipe}-{seed}")
+    if model_factory is not None:
+        trainer = Trainer(config, workdir / f"{recipe}-{seed}", model=model_factory(trainer.model_config))
+    trainer.fit()
+    train_s = time.perf_counter() - started
+    model = trainer.ema if trainer.ema is not None else trainer.model
+    max_steps = trainer.model.config.max_steps
+    scored = [("held-out", trainer.last_report.metrics)]
+    for k, replay in enumerate(fresh_market_replays(config, n_markets)):
+        report = evaluate(model, replay, max_steps=max_steps, device=trainer.device, seed=seed, split="all")
+        scored.append((f"market {FRESH_MARKET_SEED + k}", report.metrics))
+    rows = []
+    for name, metrics in scored:
+        model_metrics, baselines = metrics["model"], metrics["baselines"]
+        rows.append(
+            {
+                "market": name,
+                "capture": _capture(metrics),
+                "pnl": model_metrics["pnl"],
+                "fixed_max_pnl": model_metrics["fixed_max_steps"]["pnl"],
+                "best_fixed_pnl": baselines["best_fixed"]["pnl"],
+                "random_pnl": baselines["random"]["pnl"],
+                "regime_oracle_pnl": baselines["regime_oracle"]["pnl"],
+                "mean_steps": model_metrics["mean_steps"],
+                "steps_histogram": model_metrics["steps_histogram"],
+                "steps_by_regime_age": model_metrics.get("steps_by_regime_age"),
+            }
+        )
+    return {"recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "markets": rows}
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    se = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
+    return float(array.mean()), se
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per recipe: capture mean ± standard error over seeds (each seed averaged over its markets), and more."""
+    out = []
+    for recipe in dict.fromkeys(run["recipe"] for run in runs):
+        mine = [run for run in runs if run["recipe"] == recipe]
+        per_seed = [float(np.mean([m["capture"] for m in run["markets"]])) for run in mine]
+        rows = [m for run in mine for m in run["markets"]]
+        ratios = [m["steps_by_regime_age"]["ratio"] for m in rows if m["steps_by_regime_age"]]
+        histogram = np.sum([m["steps_histogram"] for m in rows], axis=0)
+        mean, se = _mean_se(per_seed)
+        out.append(
+            {
+                "recipe": recipe,
+                "capture_mean": mean,
+                "capture_se": se,
+                "capture_worst_seed": min(per_seed),
+                "capture_per_seed": per_seed,
+                "pnl": float(np.mean([m["pnl"] for m in rows])),
+                "fixed_max_pnl": float(np.mean([m["fixed_max_pnl"] for m in rows])),
+                "best_fixed_pnl": float(np.mean([m["best_fixed_pnl"] for m in rows])),
+                "random_pnl": float(np.mean([m["random_pnl"] for m in rows])),
+                "regime_oracle_pnl": float(np.mean([m["regime_oracle_pnl"] for m in rows])),
+                "beats_best_fixed": f"{sum(m['pnl'] > m['best_fixed_pnl'] for m in rows)}/{len(rows)}",
+                "mean_steps": float(np.mean([m["mean_steps"] for m in rows])),
+                "max_steps": mine[0]["max_steps"],
+                "steps_histogram": (histogram / histogram.sum()).round(3).tolist(),
+                "recent_vs_settled_steps": float(np.mean(ratios)) if ratios else None,
+                "train_s": float(np.mean([run["train_s"] for run in mine])),
+            }
+        )
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], n_seeds: int, n_markets: int) -> str:
+    header = (
+        "| recipe | capture (mean ± se) | worst seed | PnL / market | fixed-max PnL | best fixed | random "
+        "| beats best fixed | mean steps | steps histogram | steps after change / settled | train s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|"
+    )
+    lines = [
+        f"{n_seeds} seeds x (held-out split + {n_markets} fresh markets); PnL columns are means per market.",
+        "",
+        header,
+    ]
+    for row in summary:
+        ratio = row["recent_vs_settled_steps"]
+        lines.append(
+            f"| {row['recipe']} | {row['capture_mean']:.0%} ± {row['capture_se']:.0%} | "
+            f"{row['capture_worst_seed']:.0%} | {row['pnl']:+.2f} | {row['fixed_max_pnl']:+.2f} | "
+            f"{row['best_fixed_pnl']:+.2f} | {row['random_pnl']:+.2f} | {row['beats_best_fixed']} | "
+            f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}x'} | {row['train_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m trm_act.bench learn", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {list(RECIPES)}")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (0, 1, ...)")
+    parser.add_argument("--markets", type=int, default=3, help="fresh synthetic markets to score on")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the CLI default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", default="runs/bench-learn", help="directory for learn.json and learn.md")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
+    args = parser.parse_args(argv)
+    args.recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    unknown = [name for name in args.recipes if name not in RECIPES]
+    if unknown:
+        parser.error(f"--recipes: unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
+    if args.seeds < 1 or args.markets < 0 or args.threads < 1:
+        parser.error("--seeds and --threads must be >= 1 and --markets >= 0")
+    if args.quick:
+        args.seeds, args.markets, args.steps = 1, 1, 30
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = ExperimentConfig()
+    if args.steps is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=args.steps))
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="trm-bench-learn-") as workdir:
+        for recipe in args.recipes:
+            for seed in range(args.seeds):
+                run = run_one(recipe, config, seed, args.markets, Path(workdir))
+                captures = ", ".join(f"{m['capture']:.0%}" for m in run["markets"])
+                print(f"{recipe} seed {seed}: capture {captures} ({run['train_s']:.0f} s)", file=sys.stderr)
+                runs.append(run)
+    summary = summarize(runs)
+    table = markdown(summary, args.seeds, args.markets)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learn.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+    (out / "learn.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
