@@ -1,0 +1,100 @@
+"""Learning instruments: hindsight labels over a longer horizon, halting by regime age, the learning benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trm_act.envs import TradeReplayConfig, TradeReplayEnv, TradeReplayVectorEnv, build_replay
+from trm_act.envs.strategies import trade_pnl
+from trm_act.evaluation import bars_since_regime_change, steps_by_regime_age
+
+SMALL = {"n_bars": 3000, "seed": 3}
+
+
+def _replay(**options):
+    return build_replay(TradeReplayConfig(window=16, synthetic=SMALL, **options))
+
+
+def test_label_horizon_scores_labels_over_it_and_leaves_rewards_alone():
+    short, long = _replay(), _replay(label_horizon=32)
+    np.testing.assert_array_equal(long.strategy_pnl, short.strategy_pnl)  # rewards: still over `horizon`
+    assert short.label_pnl is short.strategy_pnl
+    bars = long.decision_bars
+    full = bars + 32 <= long.n_bars - 1
+    expected = trade_pnl(long.positions, long.close, bars[full], 32, long.cost)
+    np.testing.assert_allclose(long.label_pnl[full], expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(long.labels, np.argmax(long.label_pnl, axis=1))
+    # The last decisions' labels are cut at the last bar, not dropped: the test split keeps every decision.
+    assert long.n_decisions == short.n_decisions and (~full).sum() > 0
+    tail = int(np.flatnonzero(~full)[0])
+    cut = trade_pnl(
+        long.positions, long.close, bars[tail : tail + 1], long.n_bars - 1 - int(bars[tail]), long.cost
+    )
+    np.testing.assert_allclose(long.label_pnl[tail], cut[0], rtol=0, atol=1e-12)
+    # Longer labels agree more often with the regime's best strategy (they are less noisy).
+    oracle = long.regime_oracle_actions("train")
+    assert (long.labels == oracle).mean() > (short.labels == oracle).mean()
+
+
+def test_label_horizon_keeps_every_train_label_before_the_test_split():
+    replay = _replay(label_horizon=40)
+    train = replay.split_indices("train")
+    assert (replay.decision_bars[train] + 40 < replay.boundary_bar).all()
+    assert replay.decision_bars[train[-1] + 1] + 40 >= replay.boundary_bar  # and no more are dropped
+
+
+def test_label_pnl_in_info_only_with_a_label_horizon():
+    env = TradeReplayEnv(window=16, synthetic=SMALL, label_horizon=24)
+    obs, info = env.reset(seed=0)
+    d = info["decision"]
+    np.testing.assert_array_equal(info["label_pnl"], env.replay.label_pnl[d])
+    assert info["label"] == int(np.argmax(info["label_pnl"]))
+    _, reward, *_ = env.step(2)
+    assert reward == env.replay.strategy_pnl[d, 2]  # the reward is the trade's realized PnL
+    assert "label_pnl" not in TradeReplayEnv(window=16, synthetic=SMALL).reset(seed=0)[1]
+    vector = TradeReplayVectorEnv(3, window=16, synthetic=SMALL, label_horizon=24)
+    _, infos = vector.reset(seed=0)
+    np.testing.assert_array_equal(infos["label_pnl"], vector.replay.label_pnl[infos["decision"]])
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "32"])
+def test_label_horizon_is_validated(bad):
+    with pytest.raises(ValueError, match="label_horizon"):
+        TradeReplayConfig(label_horizon=bad)
+
+
+def test_bars_since_regime_change():
+    regimes = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
+    np.testing.assert_array_equal(
+        bars_since_regime_change(regimes, np.arange(10)), [0, 1, 2, 0, 1, 0, 1, 2, 3, 0]
+    )
+
+
+def test_steps_by_regime_age_compares_recent_changes_with_settled_regimes():
+    replay = _replay(stride=1)
+    idx = replay.split_indices("all")
+    age = bars_since_regime_change(replay.bar_regimes, replay.decision_bars[idx])
+    steps = np.where(age < 16, 3, 1)  # a model that thinks 3 steps just after a change, 1 otherwise
+    out = steps_by_regime_age(replay, idx, steps)
+    assert out["recent_change"] == 3.0 and out["settled"] == 1.0 and out["ratio"] == 3.0
+    assert out["recent_decisions"] == int((age < 16).sum()) and out["settled_decisions"] == int(
+        (age >= 48).sum()
+    )
+
+
+def test_learn_benchmark_quick_writes_its_table(tmp_path: Path, capsys):
+    from trm_act.bench.learn import main
+
+    assert main(["--quick", "--recipes", "default,mlp", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "learn.md").read_text()
+    assert "| default |" in table and "| mlp |" in table
+    data = json.loads((tmp_path / "learn.json").read_text())
+    rows = {row["recipe"]: row for row in data["summary"]}
+    assert rows["mlp"]["max_steps"] == 1 and rows["mlp"]["mean_steps"] == 1.0
+    for run in data["runs"]:
+        assert [m["market"] for m in run["markets"]] == ["held-out", "market 1000"]
+        for m in run["markets"]:
+            assert m["capture"] == pytest.approx(m["pnl"] / m["regime_oracle_pnl"])
