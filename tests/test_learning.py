@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from trm_act.envs import TradeReplayConfig, TradeReplayEnv, TradeReplayVectorEnv, build_replay
 from trm_act.envs.strategies import trade_pnl
+
 from trm_act.evaluation import bars_since_regime_change, steps_by_regime_age
 
 SMALL = {"n_bars": 3000, "seed": 3}
@@ -48,7 +49,7 @@ def test_label_horizon_keeps_every_train_label_before_the_test_split():
 
 def test_label_pnl_in_info_only_with_a_label_horizon():
     env = TradeReplayEnv(window=16, synthetic=SMALL, label_horizon=24)
-    obs, info = env.reset(seed=0)
+    _, info = env.reset(seed=0)
     d = info["decision"]
     np.testing.assert_array_equal(info["label_pnl"], env.replay.label_pnl[d])
     assert info["label"] == int(np.argmax(info["label_pnl"]))
