@@ -210,7 +210,10 @@ class Trainer:
         train, max_steps = self.config.train, self.model_config.max_steps
         obs = torch.from_numpy(self.obs).to(self.device)  # (B, W, F)
         labels = torch.from_numpy(self.info["label"]).to(self.device)  # (B,)
-        strategy_pnl = torch.from_numpy(self.info["strategy_pnl"]).to(self.device, torch.float32)  # (B, 8)
+        # Supervision speaks about the labels' horizon: with env.label_horizon set, the profit weight and the
+        # expected-PnL term use info["label_pnl"], like the labels; rewards stay the trades' realized PnL.
+        supervision = self.info.get("label_pnl", self.info["strategy_pnl"])
+        strategy_pnl = torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
         steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
 
         self.model.train()
