@@ -74,6 +74,9 @@ def owned(run_dir: str | os.PathLike, *, new_run: bool) -> Iterator[Path]:
     writer are removed once the lock is held. Re-entrant within one process.
     """
     run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank zero writes the run directory
+        yield run_dir
+        return
     key = run_dir.resolve()
     if key in _held:
         _held[key][1] += 1
