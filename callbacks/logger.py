@@ -8,8 +8,11 @@ closes only a writer it opened itself. It imports no training framework.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,31 @@ def _as_array(value: Any) -> np.ndarray | None:
     return None
 
 
+def _tolerant(method: Callable[..., None]) -> Callable[..., None]:
+    """Make a write method survive I/O errors: the first one warns and turns logging off.
+
+    TensorBoard is a view of the run; a full disk or a lost mount there must not end training
+    (checkpoints and metrics.json report their own write errors).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: MetricsLogger, *args: Any, **kwargs: Any) -> None:
+        if self.failed:
+            return
+        try:
+            method(self, *args, **kwargs)
+        except OSError as exc:
+            self.failed = True
+            warnings.warn(
+                f"TensorBoard logging to {self.log_dir or 'its writer'} failed ({exc}); "
+                "training continues without it.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    return wrapper
+
+
 def _hparam_value(value: Any) -> float | int | str | bool:
     if isinstance(value, (bool, int, float, str)):
         return value
@@ -106,6 +134,8 @@ class MetricsLogger:
         self._owns_writer = writer is None
         self.purge_step: int | None = None
         """When resuming at step k, TensorBoard drops points at steps >= k logged by the interrupted process."""
+        self.failed = False
+        """Set by the first write error (warned once); later writes are skipped."""
 
     @property
     def writer(self) -> Any:
@@ -115,6 +145,7 @@ class MetricsLogger:
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.purge_step)
         return self._writer
 
+    @_tolerant
     def update(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Numbers -> ``add_scalar``; arrays / tensors with a dimension -> ``add_histogram``; None is skipped."""
         if not self.enabled:
@@ -128,6 +159,7 @@ class MetricsLogger:
             elif array.size:
                 self.writer.add_histogram(tag, array, step)
 
+    @_tolerant
     def log_curve(self, tag: str, values: Any) -> None:
         """A curve over its own index (e.g. an equity curve over decision points)."""
         if not self.enabled:
@@ -135,6 +167,7 @@ class MetricsLogger:
         for index, value in enumerate(np.asarray(values, dtype=np.float64)):
             self.writer.add_scalar(tag, float(value), index)
 
+    @_tolerant
     def log_hparams(self, hparams: Mapping[str, Any], metric_tags: tuple[str, ...] = HPARAM_METRICS) -> None:
         """Hyperparameters into this run (not a sub-run, as ``SummaryWriter.add_hparams`` would make)."""
         if not self.enabled:
@@ -147,18 +180,30 @@ class MetricsLogger:
         for summary in (experiment, session_start, session_end):
             file_writer.add_summary(summary)
 
+    @_tolerant
     def log_layout(self, layout: Mapping[str, Any] = LAYOUT) -> None:
         if self.enabled:
             self.writer.add_custom_scalars(dict(layout))
 
+    @_tolerant
     def flush(self) -> None:
         if self.enabled and self._writer is not None:
             self._writer.flush()
 
     def close(self) -> None:
-        """Flush; close the writer only if this logger opened it."""
+        """Flush; close the writer only if this logger opened it (quietly when writing already failed)."""
         if self._writer is None:
             return
+        if self.failed:
+            if self._owns_writer:
+                with contextlib.suppress(OSError):  # already warned; just release the file
+                    self._writer.close()
+                self._writer = None
+            return
+        self._close()
+
+    @_tolerant
+    def _close(self) -> None:
         self._writer.flush()
         if self._owns_writer:
             self._writer.close()

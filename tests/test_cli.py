@@ -14,9 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from tb_events import REQUIRED_SCALARS, read_events
 from trm_act.envs import SyntheticMarketConfig, generate_synthetic_market
+
+from trm_act.checkpoint import load_checkpoint
 
 # A tiny but complete run: small market, small model, a few dozen optimizer steps.
 TINY = [
@@ -60,7 +61,8 @@ def test_cli_run_writes_events_checkpoint_config_and_metrics(tiny_run):
     assert events.Scalars("eval/pnl")[-1].value == pytest.approx(metrics["model"]["pnl"], rel=1e-5)
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["train"]["steps"] == 20 and config["model"]["max_steps"] == 3
-    checkpoint = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert config.pop("history") == []  # no resume changes
+    checkpoint = load_checkpoint(tiny_run)
     assert checkpoint["step"] == 20 and checkpoint["config"] == config
 
 
@@ -124,7 +126,7 @@ def test_sigint_leaves_a_loadable_checkpoint_and_readable_events(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
 
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint = load_checkpoint(run_dir)
     assert 0 < checkpoint["step"] < 100000
     steps = [e.step for e in read_events(run_dir).Scalars("loss/total")]
     assert steps and steps[-1] == checkpoint["step"]  # every step up to the interrupt was flushed
@@ -134,7 +136,7 @@ def test_resume_from_the_cli_continues_to_the_configured_steps(tmp_path):
     first = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     again = run_cli("--resume", str(tmp_path / "r"), "--max-steps", "4", cwd=tmp_path)
-    assert again.returncode == 2 and "--resume continues the saved run" in again.stderr
+    assert again.returncode == 2 and "model.max_steps cannot change when resuming" in again.stderr
     taken = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
     assert taken.returncode == 2 and "already holds a run" in taken.stderr
 

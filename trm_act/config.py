@@ -148,6 +148,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        # A run's config.json also lists its resume changes under "history": a record, not a setting.
+        data = {key: value for key, value in data.items() if key != "history"}
         unknown = set(data) - set(SECTIONS)
         if unknown:
             raise ValueError(

@@ -8,15 +8,20 @@ and flags given on the command line override it. User mistakes exit non-zero wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+from trm_act import interrupts
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
+from trm_act.checkpoint import existing_checkpoint
 from trm_act.config import (
     NESTED,
     SECTIONS,
@@ -26,6 +31,7 @@ from trm_act.config import (
     merge,
     unwrap_optional,
 )
+from trm_act.rundir import check_new_run_dir, owned
 
 ENVIRONMENTS = {"trade-replay": "trm_act/TradeReplay-v0"}
 
@@ -34,7 +40,10 @@ DERIVED = {"env": {"split"}, "model": {"window", "n_features", "num_classes"}}
 # Short flag names the design promises, for fields whose section-free name would be ambiguous.
 RENAMES = {("env", "data"): "data"}
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+# Exit statuses: 2 user mistake, refused run directory or corrupt checkpoint; 1 divergence or a
+# failed write (disk full, permission); 128 + signal number when stopped by a signal (130 Ctrl-C,
+# 143 SIGTERM, 129 SIGHUP), also 130 when a callback stops the run early.
+EXIT_USAGE, EXIT_DIVERGED, EXIT_IO, EXIT_INTERRUPTED = 2, 1, 1, 130
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -157,56 +166,100 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def _new_run_dir(logdir: str, run_name: str | None) -> Path:
-    name = run_name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(logdir) / name
-    if (run_dir / "checkpoint.pt").exists():
-        raise ValueError(
-            f"--run-name {name}: {run_dir} already holds a run; continue it with --resume {run_dir} or pick another name."
-        )
+    run_dir = Path(logdir) / (run_name or time.strftime("%Y%m%d-%H%M%S"))
+    check_new_run_dir(run_dir)  # early, for a quick answer; Trainer.fit checks again under the lock
     return run_dir
 
 
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, line: Any = None) -> str:
+    return f"warning: {message}\n"
+
+
+def _last_checkpoint(trainer: Any, run_dir: Path | None) -> str:
+    """What is true about the run's last good checkpoint, for error messages."""
+    if trainer is None or trainer.checkpoint_step is None:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is step {trainer.checkpoint_step} in {run_dir}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    from trm_act.trainer import NonFiniteLossError, Trainer
+    """Run the CLI; returns the exit status (documented in the README under "Faults and resuming")."""
+    from trm_act.trainer import NonFiniteLossError, RunWriteError, Trainer
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # library warnings as one "warning: ..." line
     run_dir: Path | None = None
+    trainer = None
+    fitting = False  # whether training has begun (a signal before that interrupts start-up)
     try:
-        if args.resume:
-            if _overrides(args) or args.config:
-                raise ValueError(
-                    "--resume continues the saved run with its saved config; drop the other config flags."
-                )
-            trainer = Trainer.from_checkpoint(args.resume)
-        else:
-            trainer = Trainer(resolve_config(args), _new_run_dir(args.logdir, args.run_name))
-        run_dir = trainer.run_dir
-        trainer.callbacks = CallbackList(
-            [TensorBoardCallback(run_dir), ProgressCallback(disable=not trainer.config.train.progress)]
-        )
-        print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
-        report = trainer.fit()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(interrupts.immediate())  # a signal before training stops at once
+            if args.resume:
+                if args.config:
+                    raise ValueError(
+                        "--resume continues the saved run with its saved config; drop --config "
+                        "(flags such as --lr or --steps may change the optimisation)."
+                    )
+                run_dir = existing_checkpoint(args.resume).parent
+                stack.enter_context(owned(run_dir, new_run=False))
+                trainer = Trainer.from_checkpoint(args.resume, overrides=_overrides(args))
+                if trainer.finished:
+                    print(
+                        f"run {run_dir} is finished (step {trainer.step} of {trainer.config.train.steps}); "
+                        f"to train further pass a larger --steps: python -m trm_act.train --resume {run_dir} "
+                        f"--steps {2 * trainer.step}",
+                        file=sys.stderr,
+                    )
+                    return 0
+            else:
+                trainer = Trainer(resolve_config(args), _new_run_dir(args.logdir, args.run_name))
+            run_dir = trainer.run_dir
+            trainer.callbacks = CallbackList(
+                [TensorBoardCallback(run_dir), ProgressCallback(disable=not trainer.config.train.progress)]
+            )
+            print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+            fitting = True
+            report = trainer.fit()
     except ValueError as exc:
         if os.environ.get("TRM_ACT_TRACEBACK"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as exc:
+        advice = (
+            f"continue from it with a lower learning rate: python -m trm_act.train --resume {run_dir} "
+            f"--lr {trainer.config.train.lr / 10:g}"
+            if trainer.checkpoint_step is not None
+            else "start again with a lower --lr"
+        )
         print(
-            f"error: training diverged ({exc}); the last good checkpoint is kept in {run_dir}. Try a lower --lr.",
+            f"error: training diverged ({exc}); {_last_checkpoint(trainer, run_dir)}; {advice}.",
             file=sys.stderr,
         )
         return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        print(f"interrupted; logs flushed in {run_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (RunWriteError, OSError) as exc:
+        print(f"error: {exc}; {_last_checkpoint(trainer, run_dir)}.", file=sys.stderr)
+        return EXIT_IO
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = interrupts.signal_name(signum)
+        if not fitting:
+            print(f"interrupted by {name} during start-up; no training step was run.", file=sys.stderr)
+        else:
+            print(
+                f"interrupted at once by {name} at step {trainer.step}; {_last_checkpoint(trainer, run_dir)}.",
+                file=sys.stderr,
+            )
+        return interrupts.exit_code(signum)
     if report is None:
-        print(
-            f"stopped at step {trainer.step}; checkpoint saved. Continue with: python -m trm_act.train --resume {run_dir}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        resume = f"Continue with: python -m trm_act.train --resume {run_dir}"
+        if trainer.stop_signal is None:
+            print(f"stopped at step {trainer.step}; checkpoint saved. {resume}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        name = interrupts.signal_name(trainer.stop_signal)
+        print(f"stopped by {name} at step {trainer.step}; checkpoint saved. {resume}", file=sys.stderr)
+        return interrupts.exit_code(trainer.stop_signal)
     print(trainer.summary())
     print(f"\nmetrics: {run_dir / 'metrics.json'}   checkpoint: {run_dir / 'checkpoint.pt'}")
     return 0

@@ -14,26 +14,45 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trm_act import rundir
 from trm_act.act import ACTState, act_step
 from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo, component_scalars
-from trm_act.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from trm_act.checkpoint import (
+    LATEST,
+    CheckpointError,
+    checkpoint_path,
+    corrupt,
+    load_checkpoint,
+    save_checkpoint,
+)
 from trm_act.config import ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
 from trm_act.evaluation import EvalReport, evaluate, format_summary
+from trm_act.files import write_json
+from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM, TRMCarry
+from trm_act.resume import apply_overrides, config_record, verify_config_json
+
+# A checkpoint is kept only while every weight satisfies |w| <= MAX_ABS_WEIGHT. Healthy runs of this
+# model stay below ~10 (LayerNorm-scaled activations, weight decay); weights that have run off past
+# 1e4 mean divergence that a resumed run would inherit, even while the loss is still finite.
+MAX_ABS_WEIGHT = 1e4
+
+# Keys every checkpoint payload holds (a file missing one is refused as corrupt, not half-loaded).
+CHECKPOINT_KEYS = (
+    "config", "model_config", "history", "step", "model", "ema", "optimizer", "scheduler",
+    "rng", "env", "act", "obs", "info", "window",
+)  # fmt: skip
 
 
 def _param_groups(model: RecurrentTRM, lr: float, halt_lr_scale: float) -> list[dict[str, Any]]:
@@ -44,7 +63,15 @@ def _param_groups(model: RecurrentTRM, lr: float, halt_lr_scale: float) -> list[
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf; the last good checkpoint is kept."""
+    """Training diverged (NaN/inf, or weights beyond MAX_ABS_WEIGHT); the last good checkpoint is kept."""
+
+
+class RunWriteError(RuntimeError):
+    """Writing a run file failed (disk full, permission); ``Trainer.checkpoint_step`` is the last good one."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path, self.error = path, error
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,30 +95,6 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
-class _GracefulInterrupt:
-    """First Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_GracefulInterrupt]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
 class _WindowStats:
     """Statistics aggregated between two log steps (committed trades, halting, throughput)."""
 
@@ -107,6 +110,29 @@ class _WindowStats:
         self.halted = np.zeros(self.max_steps + 1, dtype=np.int64)  # ... and halted there
         self.iterations = 0
         self.started = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window so far (not its wall-clock start), so a resumed run logs what an unbroken one would."""
+
+        def joined(parts: list[np.ndarray], dtype: Any) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
+
+        return {
+            "rewards": joined(self.rewards, np.float32),
+            "correct": joined(self.correct, np.bool_),
+            "halt_steps": joined(self.halt_steps, np.int64),
+            "reached": torch.from_numpy(self.reached.copy()),
+            "halted": torch.from_numpy(self.halted.copy()),
+            "iterations": self.iterations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        for name in ("rewards", "correct", "halt_steps"):
+            values = state[name].numpy()
+            setattr(self, name, [values] if values.size else [])
+        self.reached, self.halted = state["reached"].numpy().copy(), state["halted"].numpy().copy()
+        self.iterations = int(state["iterations"])
 
     def scalars(self, batch_size: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -199,6 +225,9 @@ class Trainer:
         )
         self.window = _WindowStats(self.model_config.max_steps)
         self.last_report: EvalReport | None = None
+        self.checkpoint_step: int | None = None  # step of the last checkpoint written or loaded
+        self.history: list[dict[str, Any]] = []  # config changes made on resume
+        self.stop_signal: int | None = None  # the signal that stopped the last fit, if any
 
     # ------------------------------------------------------------------ one iteration
 
@@ -303,44 +332,54 @@ class Trainer:
     def fit(self) -> EvalReport | None:
         """Train to ``config.train.steps``, then evaluate on the held-out split.
 
-        Returns the final report, or None when stopped early (Ctrl-C or a callback); a checkpoint is
-        written either way. Raises NonFiniteLossError (keeping the last good checkpoint) on divergence.
+        Owns the run directory while it runs (``trm_act.rundir.owned``). Returns the final report, or
+        None when stopped early (a stop signal, see ``stop_signal``, or a callback); a checkpoint is
+        written either way. Raises NonFiniteLossError on divergence and RunWriteError when a run file
+        cannot be written; both keep the last good checkpoint (``checkpoint_step``).
         """
         train = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         status = "completed"
-        interrupt = _GracefulInterrupt()
-        self.callbacks.on_train_start(
-            RunInfo(
-                log_dir=self.run_dir, total_steps=train.steps, start_step=self.step, hparams=self.hparams()
-            )
-        )
-        try:
-            with interrupt.installed():
-                while self.step < train.steps:
-                    logs = self.train_step()
-                    keep_going = self.callbacks.on_step_end(self.step, logs)
-                    if interrupt.requested or not keep_going:
-                        status = "interrupted" if interrupt.requested else "stopped"
-                        break
-                    if (
-                        self.step % train.checkpoint_every == 0 and self.step < train.steps
-                    ):  # the end saves below
-                        self.save()
-                    if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
-                        self.evaluate()
-            self.save()
-            if status == "completed":
-                self.last_report = self.evaluate(final=True)
-        except BaseException as exc:
-            status = "diverged" if isinstance(exc, NonFiniteLossError) else "failed"
-            if isinstance(exc, KeyboardInterrupt):
-                status = "interrupted"
-            self.callbacks.on_exception(exc)
-            raise
-        finally:
-            self.callbacks.on_train_end({"status": status, "step": self.step, "run_dir": str(self.run_dir)})
+        interrupt = GracefulInterrupt()
+        self.stop_signal = None
+        with rundir.owned(self.run_dir, new_run=self.checkpoint_step is None):
+            try:
+                with interrupt.installed():
+                    if self.checkpoint_step is None:  # a resumed run's config.json mirrors its checkpoint
+                        self._write_json("config.json", config_record(self.config, self.history))
+                    self.callbacks.on_train_start(
+                        RunInfo(
+                            log_dir=self.run_dir,
+                            total_steps=train.steps,
+                            start_step=self.step,
+                            hparams=self.hparams(),
+                        )
+                    )
+                    while self.step < train.steps and not interrupt.requested:
+                        logs = self.train_step()
+                        keep_going = self.callbacks.on_step_end(self.step, logs)
+                        if interrupt.requested or not keep_going:
+                            break
+                        if self.step % train.checkpoint_every == 0 and self.step < train.steps:
+                            self.save()  # the end saves below
+                        if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
+                            self.evaluate()
+                    if interrupt.requested:
+                        status, self.stop_signal = "interrupted", interrupt.signum
+                    elif self.step < train.steps:
+                        status = "stopped"
+                    self.save()
+                if status == "completed":
+                    self.last_report = self.evaluate(final=True)
+            except BaseException as exc:
+                status = "diverged" if isinstance(exc, NonFiniteLossError) else "failed"
+                if isinstance(exc, KeyboardInterrupt):
+                    status = "interrupted"
+                self.callbacks.on_exception(exc)
+                raise
+            finally:
+                self.callbacks.on_train_end(
+                    {"status": status, "step": self.step, "run_dir": str(self.run_dir)}
+                )
         return self.last_report if status == "completed" else None
 
     def evaluate(self, final: bool = False) -> EvalReport:
@@ -358,9 +397,16 @@ class Trainer:
         logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
         if final:
             logs.curves = report.equity
-            (self.run_dir / "metrics.json").write_text(json.dumps(report.metrics, indent=2))
+            self._write_json("metrics.json", report.metrics)
         self.callbacks.on_eval_end(self.step, logs)
         return report
+
+    def _write_json(self, name: str, data: Any) -> None:
+        path = self.run_dir / name
+        try:
+            write_json(path, data)
+        except OSError as exc:
+            raise RunWriteError(path, exc) from None
 
     def summary(self) -> str:
         return format_summary(self.last_report.metrics) if self.last_report else "no evaluation yet"
@@ -381,6 +427,8 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, RNGs, env cursors, ACT carry."""
         return {
             "config": self.config.to_dict(),
+            "model_config": dataclasses.asdict(self.model_config),
+            "history": copy.deepcopy(self.history),
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
@@ -401,6 +449,7 @@ class Trainer:
                 for key, value in self.info.items()
                 if _array_like(value)
             },
+            "window": self.window.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -410,6 +459,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_optimizer_config()
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         self.env.load_state_dict(state["env"])
@@ -420,22 +470,96 @@ class Trainer:
         )
         self.obs = state["obs"].numpy()
         self.info = {key: value.numpy() for key, value in state["info"].items()}
+        self.window.load_state_dict(state["window"])
+        self.history = list(state["history"])
+        self.checkpoint_step = self.step
+
+    def _apply_optimizer_config(self) -> None:
+        """Make the loaded optimizer and schedule follow ``config.train`` (it may differ after --resume --lr)."""
+        train = self.config.train
+        base = [group["lr"] for group in _param_groups(self.model, train.lr, train.halt_lr_scale)]
+        self.scheduler.base_lrs = base
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, lr in zip(self.optimizer.param_groups, base, strict=True):
+            group["initial_lr"], group["lr"] = lr, lr * factor
+            group["weight_decay"] = train.weight_decay
 
     def save(self) -> Path:
-        """Atomically write the checkpoint; never overwrite a good one with non-finite weights."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        """Atomically write the checkpoint, then ``config.json``; never keep diverged weights.
+
+        Raises NonFiniteLossError when a weight is non-finite or beyond MAX_ABS_WEIGHT (the previous
+        checkpoint stays), RunWriteError when the disk refuses the write.
+        """
+        largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
+        if not math.isfinite(largest):
             raise NonFiniteLossError(f"non-finite weights at step {self.step}; not saved")
-        return save_checkpoint(self.run_dir / LATEST, self.state_dict())
+        if largest > MAX_ABS_WEIGHT:
+            raise NonFiniteLossError(
+                f"weights reached |w| = {largest:.3g} > {MAX_ABS_WEIGHT:g} at step {self.step}; not saved"
+            )
+        path = self.run_dir / LATEST
+        try:
+            save_checkpoint(path, self.state_dict())
+        except OSError as exc:
+            raise RunWriteError(path, exc) from None
+        self.checkpoint_step = self.step
+        self._write_json("config.json", config_record(self.config, self.history))
+        return path
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, callbacks: Iterable[Callback] = ()) -> Trainer:
-        """Rebuild a trainer from a run directory or checkpoint file, ready to continue ``fit``."""
-        state = load_checkpoint(path)
-        config = ExperimentConfig.from_dict(state["config"], source=f"checkpoint {path}")
-        run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        callbacks: Iterable[Callback] = (),
+        overrides: dict[str, Any] | None = None,
+    ) -> Trainer:
+        """Rebuild a trainer from a run directory or checkpoint file, ready to continue ``fit``.
+
+        Verifies the checkpoint (content hash, keys, model shapes) and the ``config.json`` beside it;
+        any problem raises CheckpointError (a ValueError) with one line. ``overrides``
+        (``{"train": {"lr": ...}}``, see ``trm_act.resume.RESUMABLE``) change the optimisation and are
+        recorded in the run's config history.
+        """
+        file = checkpoint_path(path)
+        state = load_checkpoint(file)
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise corrupt(file, f"missing {', '.join(missing)} (not written by this version of trm_act)")
+        if not isinstance(state["config"], dict) or not isinstance(state["history"], list):
+            raise corrupt(file, "its config or history is not a table")
+        try:
+            config = ExperimentConfig.from_dict(state["config"], source=f"checkpoint {file}")
+        except (ValueError, TypeError) as exc:
+            raise corrupt(file, f"its config is invalid: {exc}") from None
+        run_dir = file.parent
+        verify_config_json(run_dir / "config.json", config.to_dict(), state["history"], file)
+        step = int(state["step"])
+        config, changes = apply_overrides(config, overrides or {}, step)
         trainer = cls(config, run_dir, callbacks)
-        trainer.load_state_dict(state)
+
+        saved_model = state["model_config"]
+        built = dataclasses.asdict(trainer.model_config)
+        different = sorted(k for k in built.keys() | saved_model.keys() if built.get(k) != saved_model.get(k))
+        if different:
+            name = different[0]
+            raise CheckpointError(
+                f"checkpoint {file} was trained with model.{name}={saved_model.get(name)!r} but this run "
+                f"builds {built.get(name)!r} (from --data or the config); resume with the data it was trained on."
+            )
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise corrupt(
+                file, f"its state does not fit this trainer ({type(exc).__name__}: {exc})"
+            ) from None
+        if changes:
+            trainer.history.append({"step": step, "changes": changes})
         return trainer
+
+    @property
+    def finished(self) -> bool:
+        """True when the run has reached ``config.train.steps``."""
+        return self.step >= self.config.train.steps
 
 
 def _array_like(value: Any) -> bool:
