@@ -13,14 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..act import halt_rule
-from ..loss import TRMLoss
-from ..model import RecurrentTRM, TRMConfig
-from .logger import component_scalars
+from trm_act.act import halt_rule
+from trm_act.loss import TRMLoss
+from trm_act.model import RecurrentTRM, TRMConfig
 
-# Defaults of the adapters' ready-made models: TRMConfig's defaults with few reasoning steps, so that
-# a CPU demo runs in seconds. window / n_features always come from the replay data.
-DEFAULT_MAX_STEPS = 4
+from .logger import component_scalars
 
 
 class Supervised(NamedTuple):
@@ -55,8 +52,9 @@ def deep_supervision(
         ``Supervised(loss, metrics, task_logits)``: the scalar loss with gradient, the last step's
         detached logits, and detached floats keyed by tag:
         ``loss/total`` (equal to ``loss``), ``loss/halt``, ``loss/task``, ``loss/profit_weighted_task``,
-        ``loss/reward``, ``halt/target_rate`` (means over steps); ``halt/rate``: fraction of
-        (sample, step) pairs whose halt logit is > 0; ``halt/mean_steps``: mean over samples of the
+        ``loss/reward``, ``halt/target_rate`` (means over steps); ``halt/rate``: committed halts per
+        reasoning step executed, B / sum of the first-halting steps (as the trainer's);
+        ``halt/logit_positive_rate``: share of (sample, step) pairs whose halt logit is > 0; ``halt/mean_steps``: mean over samples of the
         step at which the halting rule (:func:`trm_act.act.halt_rule`) first fires (``n_steps`` if
         never); ``train/accuracy`` and ``train/pnl``: accuracy against the label and mean realized
         PnL of the answer at that halting step.
@@ -96,7 +94,8 @@ def deep_supervision(
     loss = total / n_steps
     metrics = {tag: value / n_steps for tag, value in sums.items()}
     metrics["loss/total"] = float(loss.detach())
-    metrics["halt/rate"] = halt_fired / n_steps
+    metrics["halt/rate"] = batch / float(halt_step.sum())
+    metrics["halt/logit_positive_rate"] = halt_fired / n_steps
     metrics["halt/mean_steps"] = float(halt_step.float().mean())
     metrics["train/accuracy"] = float((answer == labels).float().mean())
     metrics["train/pnl"] = float(strategy_pnl[rows, answer].mean())
@@ -134,17 +133,12 @@ class ReplayDataset(Dataset):
 def resolve_model_config(model_config: TRMConfig | Mapping[str, Any] | None, replay: Any) -> TRMConfig:
     """``TRMConfig`` sized to the replay's observations.
 
-    None: TRMConfig's defaults with ``max_steps=DEFAULT_MAX_STEPS``; a mapping: those defaults updated by
+    None: TRMConfig's defaults; a mapping: those defaults updated by
     its fields (``window`` / ``n_features`` default to the replay's); a TRMConfig: checked against the replay.
     """
     window, n_features = replay.window, replay.n_features
     if model_config is None or isinstance(model_config, Mapping):
-        fields = {
-            "window": window,
-            "n_features": n_features,
-            "max_steps": DEFAULT_MAX_STEPS,
-            **(model_config or {}),
-        }
+        fields = {"window": window, "n_features": n_features, **(model_config or {})}
         model_config = TRMConfig(**fields)
     if not isinstance(model_config, TRMConfig):
         raise ValueError(

@@ -36,10 +36,11 @@ except ImportError as exc:  # pragma: no cover - exercised by tests with the imp
 
 import torch
 from torch import nn
+from trm_act.envs import build_replay  # None: the embedded synthetic market
 
-from ..envs import build_replay  # None: the embedded synthetic market
-from ..loss import TRMLoss
-from ..model import RecurrentTRM, TRMConfig
+from trm_act.loss import LossConfig, TRMLoss
+from trm_act.model import RecurrentTRM, TRMConfig
+
 from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
 from .logger import MetricsLogger
 
@@ -66,10 +67,9 @@ class TRMHFModel(nn.Module):
     ``halt/mean_steps``, ``train/accuracy``, ``train/pnl``) for :meth:`pop_trm_metrics`.
 
     Args:
-        config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay with
-            ``max_steps=4``. Must match the replay's (window, n_features).
+        config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay. Must match the replay's (window, n_features).
         replay_config: the ``TradeReplayConfig`` the data comes from (used to size the default config).
-        lambda_halt, lambda_profit, lambda_reward, confidence_threshold, pnl_scale: TRMLoss's.
+        loss_config: ``trm_act.loss.LossConfig``; default: TRMLoss's (the seed's) hyperparameters.
     """
 
     def __init__(
@@ -77,11 +77,7 @@ class TRMHFModel(nn.Module):
         config: TRMConfig | Mapping[str, Any] | None = None,
         replay_config: Any = None,
         *,
-        lambda_halt: float = 0.01,
-        lambda_profit: float = 1.0,
-        lambda_reward: float = 0.0,
-        confidence_threshold: float = 0.7,
-        pnl_scale: float = 0.05,
+        loss_config: LossConfig | None = None,
     ):
         super().__init__()
         if isinstance(config, TRMConfig) and replay_config is None:
@@ -89,13 +85,8 @@ class TRMHFModel(nn.Module):
         else:
             resolved = resolve_model_config(config, build_replay(replay_config))
         self.trm = RecurrentTRM(resolved)
-        self.loss_fn = TRMLoss(
-            lambda_halt=lambda_halt,
-            lambda_profit=lambda_profit,
-            lambda_reward=lambda_reward,
-            confidence_threshold=confidence_threshold,
-            pnl_scale=pnl_scale,
-            num_classes=resolved.num_classes,
+        self.loss_fn = TRMLoss.from_config(
+            LossConfig() if loss_config is None else loss_config, num_classes=resolved.num_classes
         )
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -138,9 +129,8 @@ class TRMHFCallback(TrainerCallback):
     (HF's TensorBoardCallback may run first), and ``on_log`` fires only every ``logging_steps``.
 
     Writer (one event file per run): the ``tb_writer`` of the trainer's HF ``TensorBoardCallback``
-    (``report_to=["tensorboard"]``). HF opens that writer lazily in its ``on_train_begin``; if it does
-    not exist yet when this callback needs it, this callback opens it in HF's logging directory and
-    hands it to HF's callback, which then writes through it too; HF's callback closes it at the end.
+    (``report_to=["tensorboard"]``), used from the first ``on_step_end`` on: HF opens it in its
+    ``on_train_begin``, which has run by then whatever the callbacks' order; HF closes it at the end.
     Without an HF TensorBoardCallback, the callback opens a writer of its own in ``log_dir`` (required
     then) and closes it at the end of training.
 
@@ -185,23 +175,15 @@ class TRMHFCallback(TrainerCallback):
             if self.logger is None:
                 self.logger = MetricsLogger(self.log_dir, enabled=True)  # opens its writer lazily
             return self.logger
-        if hf_callback.tb_writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            from transformers.integrations.integration_utils import default_logdir
-
-            # HF's own directory (TENSORBOARD_LOGGING_DIR, else <output_dir>/runs/<time>_<host>). HF's callback
-            # finds a writer already set and writes through it, so the run keeps one event file.
-            if hf_callback.logging_dir is None:
-                hf_callback.logging_dir = os.path.join(args.output_dir, default_logdir())
-            hf_callback.tb_writer = SummaryWriter(log_dir=hf_callback.logging_dir)
+        if hf_callback.tb_writer is None:  # HF opens it in its on_train_begin, before any step ends
+            raise ValueError(
+                "TRMHFCallback: the Hugging Face TensorBoardCallback has no writer; is tensorboard installed? "
+                "Or pass TRMHFCallback(log_dir=...) for a writer of its own."
+            )
         if self.logger is None or self._shared_writer is not hf_callback.tb_writer:
             self._shared_writer = hf_callback.tb_writer
             self.logger = MetricsLogger(writer=hf_callback.tb_writer, enabled=True)
         return self.logger
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            self._resolve_logger(args)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         model = _unwrap(model)

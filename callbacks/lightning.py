@@ -15,6 +15,7 @@ Needs the ``lightning`` package: ``pip install "trm-act[lightning]"``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -29,11 +30,12 @@ except ImportError as exc:  # pragma: no cover - exercised by tests with the imp
 
 import torch
 from torch.utils.data import DataLoader
+from trm_act.envs import build_replay  # None: the embedded synthetic market
 
-from ..act import act_predict
-from ..envs import build_replay  # None: the embedded synthetic market
-from ..loss import TRMLoss
-from ..model import RecurrentTRM, TRMConfig
+from trm_act.act import act_predict
+from trm_act.loss import LossConfig, TRMLoss
+from trm_act.model import RecurrentTRM, TRMConfig
+
 from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
 from .logger import COMPONENT_TAGS, MetricsLogger
 
@@ -158,9 +160,9 @@ class TRMLightningModule(pl.LightningModule):
 
     Args:
         model_config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay,
-            with ``max_steps=4`` reasoning steps per batch.
+            with its ``max_steps``.
         replay_config: ``trm_act.envs.TradeReplayConfig``; default: the embedded synthetic market.
-        lambda_halt, lambda_profit, lambda_reward, confidence_threshold, pnl_scale: TRMLoss's.
+        loss_config: ``trm_act.loss.LossConfig``; default: TRMLoss's (the seed's) hyperparameters.
         lr, weight_decay: AdamW's.
         batch_size: decision points per batch.
     """
@@ -170,11 +172,7 @@ class TRMLightningModule(pl.LightningModule):
         model_config: TRMConfig | Mapping[str, Any] | None = None,
         replay_config: Any = None,
         *,
-        lambda_halt: float = 0.01,
-        lambda_profit: float = 1.0,
-        lambda_reward: float = 0.0,
-        confidence_threshold: float = 0.7,
-        pnl_scale: float = 0.05,
+        loss_config: LossConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         batch_size: int = 64,
@@ -187,14 +185,8 @@ class TRMLightningModule(pl.LightningModule):
         self.replay = build_replay(replay_config)
         config = resolve_model_config(model_config, self.replay)
         self.model = RecurrentTRM(config)
-        self.loss_fn = TRMLoss(
-            lambda_halt=lambda_halt,
-            lambda_profit=lambda_profit,
-            lambda_reward=lambda_reward,
-            confidence_threshold=confidence_threshold,
-            pnl_scale=pnl_scale,
-            num_classes=config.num_classes,
-        )
+        loss_config = LossConfig() if loss_config is None else loss_config
+        self.loss_fn = TRMLoss.from_config(loss_config, num_classes=config.num_classes)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.batch_size = batch_size
@@ -202,11 +194,7 @@ class TRMLightningModule(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "model_config": config.to_dict(),
-                "lambda_halt": lambda_halt,
-                "lambda_profit": lambda_profit,
-                "lambda_reward": lambda_reward,
-                "confidence_threshold": confidence_threshold,
-                "pnl_scale": pnl_scale,
+                "loss_config": dataclasses.asdict(loss_config),
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "batch_size": batch_size,

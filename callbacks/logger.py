@@ -41,7 +41,7 @@ LAYOUT = {
         ],
     },
     "TRM halting": {
-        "rate and target": ["Multiline", ["halt/rate", "halt/target_rate"]],
+        "rates and target": ["Multiline", ["halt/rate", "halt/logit_positive_rate", "halt/target_rate"]],
         "mean steps (train vs eval)": ["Multiline", ["halt/mean_steps", "eval/mean_steps"]],
         "hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]],
     },

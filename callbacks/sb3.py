@@ -98,7 +98,7 @@ class TRMSB3Callback(BaseCallback):
             )
         n_actions = int(space.n)
         if self.strategy_names is None:
-            from ..envs import STRATEGIES
+            from trm_act.envs import STRATEGIES
 
             names = (
                 STRATEGIES

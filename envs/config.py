@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+import tyro
 
 from .synthetic import RegimeSpec, SyntheticMarketConfig
 
@@ -45,7 +46,10 @@ def _synthetic_from(value: Any) -> SyntheticMarketConfig:
 class TradeReplayConfig:
     """Options of TradeReplayEnv / TradeReplayVectorEnv / build_replay. Validated on construction."""
 
-    data: str | Path | pd.DataFrame = "synthetic"
+    # On the command line data is a path or "synthetic" (a DataFrame is for Python callers).
+    data: Annotated[
+        str | Path | pd.DataFrame, tyro.conf.arg(name="data", prefix_name=False, constructor=str)
+    ] = "synthetic"
     """"synthetic" (the embedded regime market), a path to an OHLCV CSV, or an OHLCV DataFrame."""
     window: int = 32
     """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
@@ -59,7 +63,8 @@ class TradeReplayConfig:
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
     cost: float = 0.0005
     """Transaction cost, as a fraction of capital per unit of position change (0.0005 = 5 bp)."""
-    split: str = "train"
+    # The trainer picks the split (train for training, test for evaluation): not a CLI flag.
+    split: Annotated[Literal["train", "test", "all"], tyro.conf.Suppress] = "train"
     """Which decisions the episodes visit: "train", "test" (the last test_fraction of bars) or "all"."""
     test_fraction: float = 0.2
     """Fraction of bars, at the end of the series, held out as the test split."""

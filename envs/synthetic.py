@@ -10,9 +10,11 @@ drift, autocorrelation sign, volume), so the regime can be learned from the past
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+import tyro
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class SyntheticMarketConfig:
     """Number of OHLCV bars to generate."""
     seed: int = 0
     """Seed of the market itself (independent of the environment's reset seed)."""
-    regimes: tuple[RegimeSpec, ...] = field(default=DEFAULT_REGIMES)
+    # A tuple of RegimeSpec is set from Python or a config file, not from flags.
+    regimes: Annotated[tuple[RegimeSpec, ...], tyro.conf.Suppress] = field(default=DEFAULT_REGIMES)
     """The regimes; the Markov chain leaves regime k with probability 1/mean_duration, to any other uniformly."""
     start_price: float = 100.0
     """Close of the bar before the first bar."""

@@ -148,6 +148,10 @@ class TradeReplayVectorEnv(VectorEnv):
                 self._start, self._stop, self.config.episode_length, rng
             )
 
+    def split_labels(self) -> np.ndarray:
+        """Hindsight labels (D_split,) of this env's split (e.g. for class weights); read-only."""
+        return self._labels[self._start : self._stop]
+
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Cursors and RNG states of every sub-env, as plain Python values (safe for torch.load(weights_only=True)).

@@ -75,7 +75,7 @@ def test_components_share_hf_tensorboard_run(tmp_path, dataset, accumulate):
 
 
 def test_callback_before_hf_tensorboard_callback_keeps_one_event_file(tmp_path, dataset):
-    # Our on_train_begin runs before HF's, whose writer does not exist yet: we open it and hand it over.
+    # Our callback comes before HF's: it writes through HF's writer, which exists once a step ends.
     trainer = Trainer(
         model=TRMHFModel(SMALL_MODEL, SMALL_REPLAY),
         args=arguments(tmp_path, report_to="none"),

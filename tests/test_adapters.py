@@ -70,7 +70,8 @@ def test_deep_supervision_is_the_mean_of_trmloss_over_steps(small_replay):
     assert metrics["loss/total"] == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(logits, out.task_logits)
     # Halt head starts at bias -5: nobody halts early, the rule forces the stop at max_steps.
-    assert metrics["halt/rate"] == 0.0
+    assert metrics["halt/logit_positive_rate"] == 0.0
+    assert metrics["halt/rate"] == pytest.approx(1 / 3)  # one committed halt per 3 reasoning steps
     assert metrics["halt/mean_steps"] == 3.0
     assert {
         "loss/halt",
@@ -89,7 +90,7 @@ def test_deep_supervision_halt_statistics_follow_the_halt_rule(small_replay):
     obs, labels, strategy_pnl = _batch(small_replay)
     _, metrics, _ = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl, n_steps=2)
     # Halt head starts at +5 with zero weights: every sample wants to halt at every step -> halts at step 1.
-    assert metrics["halt/rate"] == 1.0
+    assert metrics["halt/rate"] == 1.0 and metrics["halt/logit_positive_rate"] == 1.0
     assert metrics["halt/mean_steps"] == 1.0
 
 

@@ -36,7 +36,7 @@ from trm_act.train import main
 from trm_act.trainer import MAX_ABS_WEIGHT, NonFiniteLossError, Trainer
 
 TINY = [
-    "--synthetic-n-bars", "3000", "--window", "16", "--horizon", "4", "--episode-length", "8",
+    "--env.synthetic.n-bars", "3000", "--env.window", "16", "--env.horizon", "4", "--env.episode-length", "8",
     "--d-model", "16", "--n-heads", "2", "--max-steps", "3", "--n-latent", "1",
     "--batch-size", "8", "--warmup-steps", "2", "--log-every", "2", "--no-progress",
 ]  # fmt: skip
@@ -150,14 +150,14 @@ def test_sighup_in_training_stops_after_the_step_with_a_checkpoint(tmp_path):
 def test_ctrl_c_during_start_up_prints_one_honest_line(tmp_path, cli, monkeypatch):
     import trm_act.train as train_module
 
-    resolve = train_module.resolve_config
+    parse = train_module.parse_args
 
-    def interrupted(args):
+    def interrupted(argv):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1.0)
-        return resolve(args)
+        return parse(argv)
 
-    monkeypatch.setattr(train_module, "resolve_config", interrupted)
+    monkeypatch.setattr(train_module, "parse_args", interrupted)
     status, lines = cli(*TINY, "--steps", "4", "--logdir", str(tmp_path), "--run-name", "early")
     assert status == 130
     assert errors(lines) == ["interrupted by SIGINT during start-up; no training step was run."]

@@ -452,3 +452,35 @@ def test_no_gradient_through_halt_target_or_profit_weight(seed, batch):
     manual.backward()
     torch.testing.assert_close(logits_a.grad, logits_b.grad)
     torch.testing.assert_close(halt_a.grad, halt_b.grad)
+
+
+def test_from_config_uses_the_configs_hyperparameters_and_defaults_match_the_seed():
+    from trm_act.loss import LossConfig
+
+    assert TRMLoss().extra_repr() == TRMLoss.from_config(LossConfig()).extra_repr()
+    loss_fn = TRMLoss.from_config(
+        LossConfig(lambda_halt=0.3, lambda_reward=2.0, pnl_scale=0.1), num_classes=4
+    )
+    assert (loss_fn.lambda_halt, loss_fn.lambda_profit, loss_fn.lambda_reward) == (0.3, 1.0, 2.0)
+    assert (loss_fn.pnl_scale, loss_fn.num_classes, loss_fn.validate) == (0.1, 4, True)
+    with pytest.raises(ValueError, match="lambda_reward must be a finite float >= 0; got -1"):
+        LossConfig(lambda_reward=-1)
+
+
+def test_validate_false_skips_input_checks_but_computes_the_same_loss():
+    logits, halt, labels, pnl = (
+        torch.randn(4, 8),
+        torch.randn(4),
+        torch.tensor([0, 3, 7, 1]),
+        torch.randn(4) * 0.05,
+    )
+    checked, unchecked = TRMLoss(lambda_halt=0.4), TRMLoss(lambda_halt=0.4, validate=False)
+    torch.testing.assert_close(checked(logits, halt, labels, pnl), unchecked(logits, halt, labels, pnl))
+    bad = torch.tensor([0, 3, 7, 8])  # label 8 is out of range
+    with pytest.raises(ValueError, match="labels must lie in"):
+        checked(logits, halt, bad, pnl)
+    nan_pnl = pnl.clone()
+    nan_pnl[0] = float("nan")
+    assert torch.isnan(
+        unchecked(logits, halt, labels, nan_pnl)
+    )  # no check: the trainer detects it at log steps

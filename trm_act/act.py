@@ -126,6 +126,21 @@ class ACTState:
     def batch_size(self) -> int:
         return self.steps.shape[0]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The carry, steps and minimum steps as tensors (for a checkpoint)."""
+        return {"y": self.carry.y, "z": self.carry.z, "steps": self.steps, "min_steps": self.min_steps}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], device: torch.device | str | None = None
+    ) -> ACTState:
+        """Inverse of :meth:`state_dict`, on ``device``."""
+        return cls(
+            carry=TRMCarry(state["y"].to(device), state["z"].to(device)),
+            steps=state["steps"].to(device),
+            min_steps=state["min_steps"].to(device),
+        )
+
 
 def act_step(
     model: RecurrentTRM,

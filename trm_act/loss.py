@@ -17,6 +17,8 @@ under bf16 autocast and on any device. This module imports only torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -173,8 +175,12 @@ def compute_task_loss(
     batch, width = _check_logits(task_logits)
     labels = _check_labels(labels, batch, width)
     class_weights = _check_class_weights(class_weights, width)
+    return _task_loss(task_logits, labels, class_weights, reduction)
+
+
+def _task_loss(task_logits: Tensor, labels: Tensor, class_weights: Tensor | None, reduction: str) -> Tensor:
     weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
-    return F.cross_entropy(task_logits.float(), labels, weight=weight, reduction=reduction)
+    return F.cross_entropy(task_logits.float(), labels.long(), weight=weight, reduction=reduction)
 
 
 def compute_halt_loss(
@@ -192,12 +198,19 @@ def compute_halt_loss(
     _check_threshold(confidence_threshold)
     batch, width = _check_logits(task_logits)
     labels = _check_labels(labels, batch, width)
-    halt_logits = _flat_halt_logits(halt_logits, batch)
+    _check_halt_logits(halt_logits, batch)
+    return _halt_loss(task_logits, halt_logits, labels, confidence_threshold, reduction)
+
+
+def _halt_loss(
+    task_logits: Tensor, halt_logits: Tensor, labels: Tensor, confidence_threshold: float, reduction: str
+) -> Tensor:
     target = halt_target(task_logits, labels, confidence_threshold)  # (B,)
-    return F.binary_cross_entropy_with_logits(halt_logits.float(), target, reduction=reduction)
+    flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
+    return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
 
 
-def _flat_halt_logits(halt_logits: Tensor, batch: int) -> Tensor:
+def _check_halt_logits(halt_logits: Tensor, batch: int) -> None:
     _check_tensor("halt_logits", halt_logits)
     if halt_logits.shape not in ((batch,), (batch, 1)):
         raise ValueError(
@@ -207,7 +220,6 @@ def _flat_halt_logits(halt_logits: Tensor, batch: int) -> Tensor:
         raise ValueError(f"halt_logits must be a floating-point tensor; got dtype {halt_logits.dtype}.")
     if not torch.isfinite(halt_logits).all():
         raise ValueError("halt_logits contains NaN or inf; check the model for divergence.")
-    return halt_logits.reshape(batch)
 
 
 def compute_profit_weighted_loss(
@@ -230,7 +242,17 @@ def compute_profit_weighted_loss(
     labels = _check_labels(labels, batch, width)
     _check_pnl(pnl, batch)
     class_weights = _check_class_weights(class_weights, width)
+    return _profit_weighted_loss(task_logits, labels, pnl, pnl_scale, class_weights, reduction)
 
+
+def _profit_weighted_loss(
+    task_logits: Tensor,
+    labels: Tensor,
+    pnl: Tensor,
+    pnl_scale: float,
+    class_weights: Tensor | None,
+    reduction: str,
+) -> Tensor:
     weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
     ce = F.cross_entropy(task_logits.float(), labels, weight=weight, reduction="none")  # (B,), already x w[y]
     weighted = profit_weight(pnl, pnl_scale) * ce  # (B,)
@@ -246,6 +268,11 @@ def compute_reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: fl
     """
     _check_pnl_scale(pnl_scale)
     batch, width = _check_logits(task_logits)
+    _check_strategy_pnl(strategy_pnl, batch, width)
+    return _reward_loss(task_logits, strategy_pnl, pnl_scale)
+
+
+def _check_strategy_pnl(strategy_pnl: Tensor, batch: int, width: int) -> None:
     _check_tensor("strategy_pnl", strategy_pnl)
     if strategy_pnl.shape != (batch, width):
         raise ValueError(
@@ -254,6 +281,9 @@ def compute_reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: fl
         )
     if not strategy_pnl.is_floating_point() or not torch.isfinite(strategy_pnl).all():
         raise ValueError("strategy_pnl must be a finite floating-point tensor (fraction of capital).")
+
+
+def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) -> Tensor:
     probs = torch.softmax(task_logits.float(), dim=-1)  # (B, C)
     expected = (probs * strategy_pnl.detach().float()).sum(dim=-1)  # (B,)
     return -(expected / pnl_scale).mean()
@@ -282,53 +312,104 @@ def class_weights_from_labels(labels: Tensor, num_classes: int = 8) -> Tensor:
 # ----------------------------------------------------------------------------- module
 
 
+@dataclass
+class LossConfig:
+    """TRMLoss hyperparameters; the defaults are the seed's loss (see TRMLoss)."""
+
+    lambda_halt: float = 0.01
+    """Weight of the halt loss (BCE toward 'confident and correct')."""
+    lambda_profit: float = 1.0
+    """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
+    lambda_reward: float = 0.0
+    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; see README for the comparison)."""
+    confidence_threshold: float = 0.7
+    """Halt target is 1 when max softmax probability exceeds this and the answer is correct."""
+    pnl_scale: float = 0.05
+    """PnL (fraction of capital) that sets the profit-weight and reward scale."""
+    class_weights: bool = False
+    """Weight the cross-entropy by inverse label frequency on the train split."""
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_halt", "lambda_profit", "lambda_reward"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
+        _check_threshold(self.confidence_threshold)
+        _check_pnl_scale(self.pnl_scale)
+
+
 class TRMLoss(nn.Module):
     """Loss for one reasoning step of a TRM: ``lambda_halt * halt + lambda_profit * profit_weighted_task``.
 
     Args:
         lambda_halt: weight of the halt loss.
         lambda_profit: weight of the profit-weighted task loss.
-        class_weights: optional (num_classes,) weights, e.g. from :func:`class_weights_from_labels`.
+        class_weights: optional (num_classes,) weights, e.g. from ``class_weights_from_labels``.
         confidence_threshold: halt target is 1 when max softmax prob > this and the answer is correct.
         pnl_scale: PnL (fraction of capital) that sets the profit-weight scale, ``1 - tanh(pnl / pnl_scale)``.
         num_classes: number of strategies (logit width).
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
+        validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
+            of a value costs a device-to-host sync; a training loop that builds its inputs itself turns it off.
+
+    Defaults come from ``LossConfig``; ``TRMLoss.from_config(config)`` builds one from it.
     """
 
     def __init__(
         self,
-        lambda_halt: float = 0.01,
-        lambda_profit: float = 1.0,
+        lambda_halt: float = LossConfig.lambda_halt,
+        lambda_profit: float = LossConfig.lambda_profit,
         class_weights: Tensor | None = None,
-        confidence_threshold: float = 0.7,
-        pnl_scale: float = 0.05,
+        confidence_threshold: float = LossConfig.confidence_threshold,
+        pnl_scale: float = LossConfig.pnl_scale,
         num_classes: int = 8,
-        lambda_reward: float = 0.0,
+        lambda_reward: float = LossConfig.lambda_reward,
+        validate: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("lambda_halt", lambda_halt),
-            ("lambda_profit", lambda_profit),
-            ("lambda_reward", lambda_reward),
-        ):
-            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
+        config = LossConfig(  # validates the ranges
+            lambda_halt=lambda_halt,
+            lambda_profit=lambda_profit,
+            lambda_reward=lambda_reward,
+            confidence_threshold=confidence_threshold,
+            pnl_scale=pnl_scale,
+        )
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
-        _check_threshold(confidence_threshold)
-        _check_pnl_scale(pnl_scale)
         if class_weights is not None:
             class_weights = _check_class_weights(
                 torch.as_tensor(class_weights, dtype=torch.float32), num_classes
             )
-        self.lambda_halt = float(lambda_halt)
-        self.lambda_profit = float(lambda_profit)
-        self.lambda_reward = float(lambda_reward)
-        self.confidence_threshold = float(confidence_threshold)
-        self.pnl_scale = float(pnl_scale)
+        self.lambda_halt = float(config.lambda_halt)
+        self.lambda_profit = float(config.lambda_profit)
+        self.lambda_reward = float(config.lambda_reward)
+        self.confidence_threshold = float(config.confidence_threshold)
+        self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
+        self.validate = bool(validate)
         # A buffer follows .to(device) and lands in state_dict with the model it supervises.
         self.register_buffer("class_weights", class_weights, persistent=True)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: LossConfig,
+        class_weights: Tensor | None = None,
+        num_classes: int = 8,
+        validate: bool = True,
+    ) -> TRMLoss:
+        """A TRMLoss with ``config``'s hyperparameters (``config.class_weights`` is for the caller that
+        has the labels: pass the weights themselves as ``class_weights``)."""
+        return cls(
+            lambda_halt=config.lambda_halt,
+            lambda_profit=config.lambda_profit,
+            lambda_reward=config.lambda_reward,
+            confidence_threshold=config.confidence_threshold,
+            pnl_scale=config.pnl_scale,
+            class_weights=class_weights,
+            num_classes=num_classes,
+            validate=validate,
+        )
 
     def forward(
         self,
@@ -344,28 +425,33 @@ class TRMLoss(nn.Module):
         Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
         of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional).
         """
-        batch, _ = _check_logits(task_logits, self.num_classes)
-        labels = _check_labels(labels, batch, self.num_classes)
         if self.lambda_reward > 0 and strategy_pnl is None:
             raise ValueError(
                 f"strategy_pnl is required when lambda_reward > 0 (got lambda_reward={self.lambda_reward}); "
                 "pass info['strategy_pnl'] as a (B, num_classes) tensor or set lambda_reward=0."
             )
-        halt_loss = compute_halt_loss(task_logits, halt_logits, labels, self.confidence_threshold)
-        profit_loss = compute_profit_weighted_loss(
-            task_logits, labels, pnl, self.pnl_scale, self.class_weights
+        if self.validate:
+            batch, _ = _check_logits(task_logits, self.num_classes)
+            labels = _check_labels(labels, batch, self.num_classes)
+            _check_halt_logits(halt_logits, batch)
+            _check_pnl(pnl, batch)
+            if strategy_pnl is not None:
+                _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
+        halt_loss = _halt_loss(task_logits, halt_logits, labels, self.confidence_threshold, "mean")
+        profit_loss = _profit_weighted_loss(
+            task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
         total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
         reward_loss = None
         if strategy_pnl is not None:
-            reward_loss = compute_reward_loss(task_logits, strategy_pnl, self.pnl_scale)
+            reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale)
             if self.lambda_reward > 0:
                 total = total + self.lambda_reward * reward_loss
         if not return_components:
             return total
 
         with torch.no_grad():
-            task_loss = compute_task_loss(task_logits, labels, self.class_weights)
+            task_loss = _task_loss(task_logits, labels, self.class_weights, "mean")
             target_rate = halt_target(task_logits, labels, self.confidence_threshold).mean()
         components: dict[str, Tensor | float] = {
             "total_loss": total,

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import nn
 
 __all__ = ["MIXERS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
@@ -114,19 +115,20 @@ class Block(nn.Module):
 
 @dataclass
 class TRMConfig:
-    """Hyperparameters of :class:`RecurrentTRM`. Defaults train ~1-2k steps in ~2 minutes on 2 CPU cores."""
+    """Hyperparameters of RecurrentTRM. Defaults train ~1-2k steps in ~2 minutes on 2 CPU cores."""
 
-    window: int = 32
+    # window, n_features and num_classes follow the data; the CLI derives them from the env (no flags).
+    window: Annotated[int, tyro.conf.Suppress] = 32
     """Bars per observation (the W of obs (B, W, F)); one token per bar."""
-    n_features: int = 8
+    n_features: Annotated[int, tyro.conf.Suppress] = 8
     """Features per bar (the F of obs (B, W, F)); must match the environment's observation."""
-    num_classes: int = 8
+    num_classes: Annotated[int, tyro.conf.Suppress] = 8
     """Width of the task head: one logit per strategy."""
     d_model: int = 32
     """Token width of the encoder, the latent z and the answer y."""
     n_layers: int = 2
-    """Blocks in the single shared network ``net`` (TRM uses 2)."""
-    mixer: str = "mlp"
+    """Blocks in the single shared network net (TRM uses 2)."""
+    mixer: Literal["attention", "mlp"] = "mlp"
     """Token mixer in each block, one of MIXERS: "mlp" (MLP-mixer over the window; cheaper) or "attention"."""
     n_heads: int = 4
     """Attention heads (mixer="attention" only); must divide d_model."""
@@ -140,7 +142,7 @@ class TRMConfig:
     """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient."""
     max_steps: int = 8
     """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
-    pool: str = "mean"
+    pool: Literal["mean", "last"] = "mean"
     """How y is pooled over the window for the heads: "mean" or "last" (the decision bar)."""
     halt_bias_init: float = -5.0
     """Initial bias of the halt head (TRM: -5), so that halting is learned rather than assumed."""

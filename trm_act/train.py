@@ -1,8 +1,9 @@
 """``python -m trm_act.train --env trade-replay [options]``: train, evaluate on held-out data, log to TensorBoard.
 
-Every flag is generated from a config dataclass field and documented by its docstring; a TOML/JSON
-``--config`` file sets the same fields by section (``[env]``, ``[model]``, ``[loss]``, ``[train]``),
-and flags given on the command line override it. User mistakes exit non-zero with one line on stderr.
+tyro builds every flag from the config dataclasses (``trm_act.config``) and their field docstrings; a
+TOML/JSON ``--config`` file sets the same fields by section (``[env]``, ``[model]``, ``[loss]``,
+``[train]``) and flags given on the command line override it. User mistakes exit with code 2 and one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -10,35 +11,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import os
+import re
 import signal
 import sys
 import time
-import typing
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from trm_act import interrupts
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import existing_checkpoint
-from trm_act.config import (
-    NESTED,
-    SECTIONS,
-    ExperimentConfig,
-    field_docs,
-    load_config_file,
-    merge,
-    unwrap_optional,
-)
+from trm_act.config import SECTIONS, ExperimentConfig, load_config_file
 from trm_act.rundir import check_new_run_dir, owned
-
-ENVIRONMENTS = {"trade-replay": "trm_act/TradeReplay-v0"}
-
-# Fields the trainer derives (model input shape from the env) or controls (the split); not flags.
-DERIVED = {"env": {"split"}, "model": {"window", "n_features", "num_classes"}}
-# Short flag names the design promises, for fields whose section-free name would be ambiguous.
-RENAMES = {("env", "data"): "data"}
 
 # Exit statuses: 2 user mistake, refused run directory or corrupt checkpoint; 1 divergence or a
 # failed write (disk full, permission); 128 + signal number when stopped by a signal (130 Ctrl-C,
@@ -46,123 +36,82 @@ RENAMES = {("env", "data"): "data"}
 EXIT_USAGE, EXIT_DIVERGED, EXIT_IO, EXIT_INTERRUPTED = 2, 1, 1, 130
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad option prints one line (not usage + error)."""
+@dataclass
+class Args(ExperimentConfig):
+    """Train a Tiny Recursive Model with adaptive computation time on a trade-replay market, evaluate it
+    on the held-out split, and log to TensorBoard."""
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _flag_type(hint: Any) -> tuple[Any, bool] | None:
-    """(argparse type, optional) for simple field types; None for types only a config file can set."""
-    base, optional = unwrap_optional(hint)
-    if base in (bool, int, float, str):
-        return base, optional
-    if base is Path or (isinstance(base, type) and issubclass(base, os.PathLike)):
-        return str, optional
-    return None
-
-
-def _optional(kind: type):
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
+    environment: Annotated[Literal["trade-replay"], tyro.conf.arg(name="env")] = "trade-replay"
+    """Environment to train on (Gymnasium id trm_act/TradeReplay-v0)."""
+    config: str | None = None
+    """TOML or JSON file with [env] [model] [loss] [train] sections; flags override it."""
+    logdir: str = "runs"
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Run directory name; None = the start time, e.g. 20250101-120000."""
+    resume: str | None = None
+    """Run directory or checkpoint.pt to continue exactly (with its saved config)."""
 
 
-def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, defaults: Any, dest_prefix: str, flag_prefix: str, skip: set[str]
-) -> None:
-    """One flag per simple field of the dataclass instance ``defaults``, whose values --help shows."""
-    cls = type(defaults)
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(
-        f"[{dest_prefix}] {(cls.__doc__ or cls.__name__).strip().splitlines()[0]}"
-    )
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        if f.name in NESTED and dest_prefix == "env":
-            _add_dataclass_flags(parser, getattr(defaults, f.name), f"env.{f.name}", f"{f.name}-", set())
-            continue
-        # The config's data field may hold a DataFrame in Python; on the command line it is a path or "synthetic".
-        spec = (str, False) if (dest_prefix, f.name) in RENAMES else _flag_type(hints[f.name])
-        if spec is None:
-            continue
-        kind, optional = spec
-        name = RENAMES.get((dest_prefix, f.name), f"{flag_prefix}{f.name}").replace("_", "-")
-        help_text = f"{docs.get(f.name, f.name)} (default: {getattr(defaults, f.name)})"
-        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
-        dest = f"{dest_prefix}.{f.name}"
-        if kind is bool:
-            group.add_argument(
-                f"--{name}",
-                dest=dest,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parse = _optional(kind) if optional else kind
-            group.add_argument(
-                f"--{name}",
-                dest=dest,
-                type=parse,
-                default=argparse.SUPPRESS,
-                metavar=kind.__name__.upper(),
-                help=help_text,
-            )
+def parse_args(argv: list[str] | None) -> Args:
+    """Defaults < --config file < flags. Raises ValueError with one line on a user mistake."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --config supplies the defaults tyro parses the flags against, so it is read first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config_path = pre.parse_known_args(argv)[0].config
+    experiment = load_config_file(config_path) if config_path else ExperimentConfig()
+    defaults = Args(**{name: getattr(experiment, name) for name in SECTIONS})
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return tyro.cli(Args, args=argv, default=defaults, prog="python -m trm_act.train")
+    except SystemExit as exc:
+        if exc.code == 0:  # --help
+            sys.stderr.write(stderr.getvalue())
+            raise
+        raise ValueError(_flag_message(_one_line(stderr.getvalue()), argv)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
-        prog="python -m trm_act.train",
-        description="Train a Tiny Recursive Model with adaptive computation time on a trade-replay market, "
-        "evaluate it on the held-out split, and log to TensorBoard.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--env", choices=sorted(ENVIRONMENTS), default="trade-replay", help="environment to train on"
-    )
-    run.add_argument(
-        "--config",
-        type=str,
-        default=None,
-        help="TOML or JSON file with [env]/[model]/[loss]/[train] sections",
-    )
-    run.add_argument("--logdir", type=str, default="runs", help="parent directory of run directories")
-    run.add_argument("--run-name", type=str, default=None, help="run directory name (default: a timestamp)")
-    run.add_argument(
-        "--resume", type=str, default=None, help="run directory or checkpoint.pt to continue exactly"
-    )
-    experiment = ExperimentConfig()  # --help shows the defaults a run really uses, not each class's own
+def _one_line(panel: str) -> str:
+    """tyro's error panel (a box with the message, hints and a --help pointer) as its message only."""
+    lines = panel.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.lstrip().startswith("╭")), 0)
+    message = []
+    for line in lines[start:]:
+        text = line.strip().strip("│").strip()
+        if not text or set(text) <= set("─╰╯") or text.startswith("For full helptext"):
+            break
+        message.append(text)
+    return " ".join(message) or "invalid arguments (see --help)"
+
+
+def _flag_message(message: str, argv: list[str]) -> str:
+    """Prefix the message with the flag the user typed whose field it names (``--max-steps 0``)."""
+    for i in reversed(range(len(argv))):  # the last occurrence of a flag is the one that counts
+        token = argv[i]
+        if token.startswith("--") and not token.startswith("--env.synthetic"):
+            name = token[2:].split("=")[0].split(".")[-1].replace("-", "_")
+            if re.search(rf"\b{re.escape(name)}\b", message):
+                value = token.split("=", 1)[1] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+                return f"{token.split('=')[0]} {value}".strip() + f": {message}"
+    return message
+
+
+def typed_overrides(args: Args, argv: list[str]) -> dict[str, dict[str, Any]]:
+    """The config fields whose flags were typed on the command line, as ``{section: {field: value}}``.
+
+    ``--resume`` applies exactly these to the saved config (defaults must not count as requests).
+    """
+    typed = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+    out: dict[str, dict[str, Any]] = {}
     for section in SECTIONS:
-        _add_dataclass_flags(parser, getattr(experiment, section), section, "", DERIVED.get(section, set()))
-    return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags given on the command line as a nested ``{section: {field: value}}`` dict."""
-    nested: dict[str, Any] = {}
-    for dest, value in vars(args).items():
-        if "." not in dest:
-            continue
-        *path, key = dest.split(".")
-        node = nested
-        for part in path:
-            node = node.setdefault(part, {})
-        node[key] = value
-    return nested
-
-
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    """Defaults < --config file < command-line flags."""
-    data = load_config_file(args.config) if args.config else {}
-    data = merge(data, _overrides(args))
-    return ExperimentConfig.from_dict(data, source=args.config or "command line")
+        values = getattr(args, section)
+        for f in dataclasses.fields(values):
+            flat, nested = f.name, f"{section}.{f.name}"
+            if flat in typed or nested in typed or (section == "env" and f.name == "data" and "data" in typed):
+                out.setdefault(section, {})[f.name] = getattr(values, f.name)
+    return out
 
 
 def _new_run_dir(logdir: str, run_name: str | None) -> Path:
@@ -186,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (documented in the README under "Faults and resuming")."""
     from trm_act.trainer import NonFiniteLossError, RunWriteError, Trainer
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     warnings.formatwarning = _one_line_warning  # library warnings as one "warning: ..." line
     run_dir: Path | None = None
     trainer = None
@@ -195,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(interrupts.immediate())  # a signal before training stops at once
+            args = parse_args(argv)
             if args.resume:
                 if args.config:
                     raise ValueError(
@@ -203,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 run_dir = existing_checkpoint(args.resume).parent
                 stack.enter_context(owned(run_dir, new_run=False))
-                trainer = Trainer.from_checkpoint(args.resume, overrides=_overrides(args))
+                trainer = Trainer.from_checkpoint(args.resume, overrides=typed_overrides(args, argv))
                 if trainer.finished:
                     print(
                         f"run {run_dir} is finished (step {trainer.step} of {trainer.config.train.steps}); "
@@ -213,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     return 0
             else:
-                trainer = Trainer(resolve_config(args), _new_run_dir(args.logdir, args.run_name))
+                config = ExperimentConfig(**{name: getattr(args, name) for name in SECTIONS})
+                trainer = Trainer(config, _new_run_dir(args.logdir, args.run_name))
             run_dir = trainer.run_dir
             trainer.callbacks = CallbackList(
                 [TensorBoardCallback(run_dir), ProgressCallback(disable=not trainer.config.train.progress)]

@@ -40,7 +40,7 @@ from trm_act.evaluation import EvalReport, evaluate, format_summary
 from trm_act.files import write_json
 from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
-from trm_act.model import RecurrentTRM, TRMCarry
+from trm_act.model import RecurrentTRM
 from trm_act.resume import apply_overrides, config_record, verify_config_json
 
 # A checkpoint is kept only while every weight satisfies |w| <= MAX_ABS_WEIGHT. Healthy runs of this
@@ -109,6 +109,7 @@ class _WindowStats:
         self.reached = np.zeros(self.max_steps + 1, dtype=np.int64)  # rows that completed step s
         self.halted = np.zeros(self.max_steps + 1, dtype=np.int64)  # ... and halted there
         self.iterations = 0
+        self.logit_positive: torch.Tensor | float = 0.0  # sum over iterations of the share of halt logits > 0
         self.started = time.perf_counter()
 
     def state_dict(self) -> dict[str, Any]:
@@ -145,6 +146,10 @@ class _WindowStats:
             out["train/accuracy"] = float(np.concatenate(self.correct).mean())
             out["halt/mean_steps"] = float(steps.mean())
             out["perf/decisions_per_s"] = len(rewards) / elapsed
+        if self.iterations:
+            # halt/rate: committed halts per reasoning step executed (every slot runs one step per iteration).
+            out["halt/rate"] = float(self.halted.sum() / self.reached.sum())
+            out["halt/logit_positive_rate"] = float(self.logit_positive) / self.iterations
         for s in range(1, self.max_steps + 1):
             if self.reached[s]:
                 out[f"halt/hazard/step_{s}"] = float(self.halted[s] / self.reached[s])
@@ -177,31 +182,20 @@ class Trainer:
 
         train_env = dataclasses.replace(config.env, split="train", stride=train.train_stride)
         self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
-        self.eval_replay = build_replay(dataclasses.replace(config.env, split="test"))
+        self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
 
-        self.model_config = dataclasses.replace(
-            config.model,
-            window=config.env.window,
-            n_features=self.env.replay.n_features,
-            num_classes=len(STRATEGIES),
-        )
+        self.model_config = config.model  # window / n_features / num_classes derived by ExperimentConfig
         # `model`: any module with RecurrentTRM's step interface (the learning benchmark's MLP control).
         self.model = (RecurrentTRM(self.model_config) if model is None else model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if train.ema_decay > 0 else None
 
-        loss = config.loss
         class_weights = None
-        if loss.class_weights:
-            train_labels = self.env.replay.labels[self.env.replay.split_indices("train")]
-            class_weights = class_weights_from_labels(torch.from_numpy(train_labels), len(STRATEGIES))
-        self.loss_fn = TRMLoss(
-            lambda_halt=loss.lambda_halt,
-            lambda_profit=loss.lambda_profit,
-            lambda_reward=loss.lambda_reward,
-            class_weights=class_weights,
-            confidence_threshold=loss.confidence_threshold,
-            pnl_scale=loss.pnl_scale,
-            num_classes=len(STRATEGIES),
+        if config.loss.class_weights:
+            labels = torch.as_tensor(self.env.split_labels().copy())
+            class_weights = class_weights_from_labels(labels, len(STRATEGIES))
+        # The trainer builds the loss inputs itself, so TRMLoss's per-call checks (host syncs) are off.
+        self.loss_fn = TRMLoss.from_config(
+            config.loss, class_weights, num_classes=len(STRATEGIES), validate=False
         ).to(self.device)
 
         self.optimizer = torch.optim.AdamW(
@@ -228,6 +222,7 @@ class Trainer:
         self.checkpoint_step: int | None = None  # step of the last checkpoint written or loaded
         self.history: list[dict[str, Any]] = []  # config changes made on resume
         self.stop_signal: int | None = None  # the signal that stopped the last fit, if any
+        self._last_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ one iteration
 
@@ -235,7 +230,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16)
 
     def train_step(self) -> Logs:
-        """One reasoning step on every slot, one optimizer step, then commit the halted slots."""
+        """One reasoning step on every slot, one optimizer step, then commit the halted slots.
+
+        No device-to-host sync except the halted mask and actions the envs need, and, every
+        ``log_every`` steps, the scalars that are logged (nanoGPT's rule: .item() only when logging).
+        """
         train, max_steps = self.config.train, self.model_config.max_steps
         obs = torch.from_numpy(self.obs).to(self.device)  # (B, W, F)
         labels = torch.from_numpy(self.info["label"]).to(self.device)  # (B,)
@@ -255,8 +254,6 @@ class Trainer:
                 exploration_prob=self.model_config.halt_exploration_prob,
                 generator=self.generator,
             )
-        if not (torch.isfinite(out.task_logits).all() and torch.isfinite(out.halt_logits).all()):
-            raise NonFiniteLossError(f"non-finite model output at step {self.step + 1}")
         actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
         chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
         parts = self.loss_fn(
@@ -267,12 +264,10 @@ class Trainer:
             return_components=True,
             strategy_pnl=strategy_pnl,
         )
-        loss = parts["total_loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step + 1}")
+        self._last_loss = parts["total_loss"].detach()
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts["total_loss"].backward()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
             if train.grad_clip > 0
@@ -285,40 +280,52 @@ class Trainer:
         self.state = next_state
         self.step += 1
 
+        # The envs step on the CPU, so the halted mask and the actions cross every step: inherent sync.
         halted_np = halted.cpu().numpy()  # (B,) bool
         actions_np = actions.cpu().numpy()
         steps_np = steps_done.cpu().numpy()
-        self._record_halting(halted_np, actions_np, steps_np)
+        self.window.logit_positive += (out.halt_logits.detach() > 0).float().mean()  # stays on device
+        rewards = None
         if halted_np.any():
-            self.obs, _, _, _, self.info = self.env.step_masked(actions_np, halted_np)
+            self._record_halting(halted_np, actions_np, steps_np)
+            self.obs, rewards, _, _, self.info = self.env.step_masked(actions_np, halted_np)
+            self.window.rewards.append(rewards[halted_np])  # the env's reward: realized PnL of the commit
+        self._record_steps(halted_np, steps_np)
 
+        self._last_parts = (parts, grad_norm, chosen_pnl)  # tensors: converted only when logged
+        if self.step % train.log_every == 0 or self.step == train.steps:
+            return self.step_logs(*self._last_parts)
+        return Logs()
+
+    def step_logs(
+        self, parts: dict[str, Any], grad_norm: torch.Tensor | None, chosen_pnl: torch.Tensor
+    ) -> Logs:
+        """Scalars of this step and of the window since the last log step (the one host sync of a log step)."""
+        if not torch.isfinite(parts["total_loss"]):
+            raise NonFiniteLossError(f"non-finite loss ({parts['total_loss'].item()}) at step {self.step}")
+        train = self.config.train
         scalars = component_scalars(parts)
-        scalars["halt/rate"] = float(halted_np.mean())
         scalars["train/lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
-        logs = Logs(scalars=scalars)
-        if self.step % train.log_every == 0 or self.step == train.steps:
-            logs.scalars |= self.window.scalars(train.batch_size)
-            logs.histograms["halt/steps"] = (
-                np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([])
-            )
-            logs.histograms["loss/profit_weight"] = (
-                profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy()
-            )
-            self.window.reset()
-        return logs
+        scalars |= self.window.scalars(train.batch_size)
+        histograms = {
+            "halt/steps": np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([]),
+            "loss/profit_weight": profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy(),
+        }
+        self.window.reset()
+        return Logs(scalars=scalars, histograms=histograms)
 
-    def _record_halting(self, halted: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> None:
+    def _record_steps(self, halted: np.ndarray, steps: np.ndarray) -> None:
         window = self.window
         window.iterations += 1
         window.reached += np.bincount(steps, minlength=window.max_steps + 1)[: window.max_steps + 1]
         window.halted += np.bincount(steps[halted], minlength=window.max_steps + 1)[: window.max_steps + 1]
-        if halted.any():
-            committed = actions[halted]
-            window.rewards.append(self.info["strategy_pnl"][halted, committed])  # = the env's reward
-            window.correct.append(committed == self.info["label"][halted])
-            window.halt_steps.append(steps[halted])
+
+    def _record_halting(self, halted: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> None:
+        """Accuracy and halting step of the slots that commit now (before the env moves them on)."""
+        self.window.correct.append(actions[halted] == self.info["label"][halted])
+        self.window.halt_steps.append(steps[halted])
 
     @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
@@ -356,6 +363,8 @@ class Trainer:
                     )
                     while self.step < train.steps and not interrupt.requested:
                         logs = self.train_step()
+                        if interrupt.requested and not logs.scalars:  # the last step before a stop is logged
+                            logs = self.step_logs(*self._last_parts)
                         keep_going = self.callbacks.on_step_end(self.step, logs)
                         if interrupt.requested or not keep_going:
                             break
@@ -436,13 +445,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             "env": self.env.state_dict(),
-            "act": {
-                "carry": {
-                    f.name: getattr(self.state.carry, f.name) for f in dataclasses.fields(self.state.carry)
-                },
-                "steps": self.state.steps,
-                "min_steps": self.state.min_steps,
-            },
+            "act": self.state.state_dict(),
             "obs": torch.from_numpy(self.obs.copy()),
             "info": {
                 key: torch.from_numpy(np.asarray(value))
@@ -463,11 +466,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         self.env.load_state_dict(state["env"])
-        act = state["act"]
-        carry = TRMCarry(**{k: v.to(self.device) for k, v in act["carry"].items()})
-        self.state = ACTState(
-            carry=carry, steps=act["steps"].to(self.device), min_steps=act["min_steps"].to(self.device)
-        )
+        self.state = ACTState.from_state_dict(state["act"], self.device)
         self.obs = state["obs"].numpy()
         self.info = {key: value.numpy() for key, value in state["info"].items()}
         self.window.load_state_dict(state["window"])
@@ -487,9 +486,11 @@ class Trainer:
     def save(self) -> Path:
         """Atomically write the checkpoint, then ``config.json``; never keep diverged weights.
 
-        Raises NonFiniteLossError when a weight is non-finite or beyond MAX_ABS_WEIGHT (the previous
-        checkpoint stays), RunWriteError when the disk refuses the write.
+        Raises NonFiniteLossError when the last loss or a weight is non-finite, or a weight is beyond
+        MAX_ABS_WEIGHT (the previous checkpoint stays), RunWriteError when the disk refuses the write.
         """
+        if self._last_loss is not None and not torch.isfinite(self._last_loss):
+            raise NonFiniteLossError(f"non-finite loss at step {self.step}; not saved")
         largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
         if not math.isfinite(largest):
             raise NonFiniteLossError(f"non-finite weights at step {self.step}; not saved")

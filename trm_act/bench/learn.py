@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trm_act.config import ExperimentConfig, LossConfig
+from trm_act.config import ExperimentConfig
 from trm_act.envs import build_replay
 from trm_act.evaluation import evaluate
+from trm_act.loss import LossConfig
 from trm_act.model import StepOutput, TRMCarry, TRMConfig
 from trm_act.trainer import Trainer
 
@@ -83,12 +84,7 @@ def _default(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def _seed_loss(config: ExperimentConfig) -> ExperimentConfig:
-    return dataclasses.replace(config, loss=LossConfig(**_seed_loss_fields()))
-
-
-def _seed_loss_fields() -> dict[str, Any]:
-    # TRMLoss()'s own defaults: the seed's loss, with no expected-PnL term.
-    return {"lambda_halt": 0.01, "lambda_profit": 1.0, "lambda_reward": 0.0, "confidence_threshold": 0.7}
+    return dataclasses.replace(config, loss=LossConfig())  # TRMLoss()'s own defaults: the seed's loss
 
 
 def _one_step(config: ExperimentConfig) -> ExperimentConfig:
