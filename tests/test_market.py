@@ -412,3 +412,17 @@ def test_example_csv_is_shipped_and_current():
     shipped = pd.read_csv(path)
     pd.testing.assert_frame_equal(shipped, example_frame().astype({"Date": shipped["Date"].dtype}))
     assert build_replay(TradeReplayConfig(data=str(path))).n_decisions > 300
+
+
+def test_memory_benchmark_csv_is_valid_ohlcv(tmp_path, monkeypatch):
+    from trm_act.bench import memory
+    from trm_act.bench.__main__ import BENCHMARKS
+
+    assert BENCHMARKS["memory"][0] == "trm_act.bench.memory"
+    monkeypatch.setattr(memory, "_CHUNK", 1000)
+    path = tmp_path / "big.csv"
+    assert memory.write_ohlcv_csv(path, 3001) == path.stat().st_size  # three chunks and a one-row tail
+    ohlcv = load_ohlcv(path)
+    assert len(ohlcv) == 3001 and ohlcv.index[1] - ohlcv.index[0] == pd.Timedelta(minutes=1)
+    # Chunks join without a gap: each bar opens at the previous close (to the 6 decimals written).
+    np.testing.assert_allclose(ohlcv["open"].to_numpy()[1:], ohlcv["close"].to_numpy()[:-1], atol=2e-6)
