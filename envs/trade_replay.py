@@ -19,6 +19,7 @@ from .strategies import N_STRATEGIES
 from .synthetic import SyntheticMarketConfig
 
 _DEFAULTS = TradeReplayConfig.__dataclass_fields__
+_INTEGER_TYPES = (int, np.integer)  # bool is an int too: excluded separately
 
 
 def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) -> TradeReplayConfig:
@@ -235,7 +236,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
 
     def _action(self, action: Any) -> int:
         # Integers only, like the vector env: 1.0 == 1 and True == 1 would otherwise pass the dict lookup.
-        if isinstance(action, int | np.integer) and not isinstance(action, bool):
+        if isinstance(action, _INTEGER_TYPES) and not isinstance(action, bool):
             a = self._actions.get(action)
         elif isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
             a = self._actions.get(int(action))
