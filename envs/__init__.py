@@ -8,6 +8,7 @@ which imports this module on demand.
 from gymnasium.envs.registration import register, registry
 
 from .config import SPLITS, TradeReplayConfig
+from .example import example_csv
 from .features import FEATURE_NAMES
 from .market import load_ohlcv
 from .replay import ReplayData, build_replay
@@ -38,6 +39,7 @@ __all__ = [
     "TradeReplayEnv",
     "TradeReplayVectorEnv",
     "build_replay",
+    "example_csv",
     "generate_synthetic_market",
     "load_ohlcv",
 ]

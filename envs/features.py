@@ -80,20 +80,25 @@ def compute_features(
     lagged = np.concatenate(([0.0], r[:-1]))  # (T,)
     autocorr = ewm_mean(r * lagged, 32.0) / (ewm_mean(np.square(r), 32.0) + _TINY)  # (T,)
 
-    feats = np.column_stack(
-        (
-            r / vol_long,
-            np.log(high / low) / vol_long,
-            np.log(close / open_) / vol_long,
-            np.where(bar_range > 0, 2.0 * (close - low) / np.where(bar_range > 0, bar_range, 1.0) - 1.0, 0.0),
-            (np.log(open_) - prev_log_close) / vol_long,
-            (log_volume - vol_mean) / (vol_std + _TINY),
-            np.log(vol_short / vol_long),
-            trailing_sum(r, 16) / (vol_short * 4.0),
-            (log_close - ewm_mean(log_close, 32.0)) / vol_long,
-            autocorr,
-        )
-    )  # (T, F)
+    # Filled one float64 column at a time, clipped before the cast (so nothing overflows float32):
+    # a (T, F) float64 intermediate would double the peak memory of a multi-million-bar build.
+    feats = np.empty((close.shape[0], N_FEATURES), dtype=np.float32)  # (T, F)
+
+    def put(name: str, values: np.ndarray) -> None:
+        feats[:, FEATURE_NAMES.index(name)] = np.clip(values, -FEATURE_CLIP, FEATURE_CLIP)  # (T,)
+
+    put("ret", r / vol_long)
+    put("range", np.log(high / low) / vol_long)
+    put("body", np.log(close / open_) / vol_long)
+    put(
+        "close_loc",
+        np.where(bar_range > 0, 2.0 * (close - low) / np.where(bar_range > 0, bar_range, 1.0) - 1.0, 0.0),
+    )
+    put("gap", (np.log(open_) - prev_log_close) / vol_long)
+    put("volume_z", (log_volume - vol_mean) / (vol_std + _TINY))
+    put("vol_ratio", np.log(vol_short / vol_long))
+    put("momentum", trailing_sum(r, 16) / (vol_short * 4.0))
+    put("trend", (log_close - ewm_mean(log_close, 32.0)) / vol_long)
+    put("autocorr", autocorr)
     feats[0] = 0.0
-    np.clip(feats, -FEATURE_CLIP, FEATURE_CLIP, out=feats)
-    return feats.astype(np.float32)
+    return feats

@@ -1,14 +1,19 @@
 """OHLCV loading and validation: a CSV path or a pandas DataFrame in, a clean frame out.
 
 Column names are matched case-insensitively, ignoring spaces, dots, dashes and underscores, so
-``Date``, ``timestamp``, ``Adj Close``, ``adj_close`` all work. Every problem raises ValueError
-naming the source (file name or "DataFrame"), the column as the user spelled it, the row, and a fix.
-Rows are counted from 0 over the data rows (as ``df.iloc`` counts them); for a CSV the file line is
-given too, assuming a one-line header and no blank lines.
+``Date``, ``timestamp``, ``Adj Close``, ``adj_close`` all work. Every problem raises a one-line
+ValueError (``DataError``) naming the source (file name or "DataFrame"), the column as the user spelled
+it, the row, and a fix; whatever pandas or numpy raise underneath is turned into one too. Rows are
+counted from 0 over the data rows (as ``df.iloc`` counts them); for a CSV the file line is given too,
+assuming a one-line header and no blank lines.
+
+``load_ohlcv`` is ``read_ohlcv_csv`` (CSV files only) followed by ``validate_ohlcv``; a loader of many
+instruments can call the two parts per instrument, with ``rows`` mapping each bar to its source row.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -37,51 +42,116 @@ _SPELLINGS = {
     "close": "Close",
 }
 _DAYS_PER_YEAR = 365.2425
+# Below the smallest normal float64 precision is lost and products underflow to 0 (log returns then break).
+SMALLEST_PRICE = float(np.finfo(np.float64).tiny)
+_MAX_SHOWN = 40  # characters of a bad value quoted in a message
+_SEPARATORS = {  # separator -> (name, extra read_csv arguments to suggest)
+    ";": ("semicolon", " (with decimal=',' for decimal commas)"),
+    "\t": ("tab", ""),
+}
+_FIELDS_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
 
 def _normalise(name: object) -> str:
     return re.sub(r"[^0-9a-z]", "", str(name).lower())
 
 
-class _Reporter:
-    """Formats errors as '<source>: column '<col>' row <i> (line <l>): <problem>; <fix>'."""
+def _shown(value: object) -> str:
+    """repr of a bad value, shortened so that a 400-digit number still gives a readable line."""
+    if isinstance(value, np.generic):
+        value = value.item()  # 1.5, not np.float64(1.5)
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else f"{text[: _MAX_SHOWN - 3]}... ({len(str(value))} characters)"
 
-    def __init__(self, source: str, is_file: bool) -> None:
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class DataError(ValueError):
+    """Bad OHLCV data: one line naming the source, column, row and fix."""
+
+
+class Reporter:
+    """Formats errors as '<source>: column '<col>' row <i> (line <l>): <problem>; <fix>'.
+
+    ``rows`` maps a position in the frame being checked to its row in the source (for one instrument
+    cut from a long file); None means positions are the source's rows.
+    """
+
+    def __init__(self, source: str, is_file: bool, rows: np.ndarray | None = None) -> None:
         self.source = source
         self.is_file = is_file
+        self.rows = rows
 
     def where(self, column: str | None = None, row: int | None = None) -> str:
         parts = [self.source]
         if column is not None:
             parts.append(f"column {column!r}")
         if row is not None:
+            row = int(self.rows[row]) if self.rows is not None else row
             parts.append(f"row {row}" + (f" (line {row + 2})" if self.is_file else ""))
         return ": ".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
-    def error(self, problem: str, fix: str, column: str | None = None, row: int | None = None) -> ValueError:
-        return ValueError(f"{self.where(column, row)}: {problem}; {fix}")
+    def error(self, problem: str, fix: str, column: str | None = None, row: int | None = None) -> DataError:
+        return DataError(f"{self.where(column, row)}: {problem}; {fix}")
 
 
-def _find_columns(frame: pd.DataFrame, report: _Reporter) -> dict[str, str]:
+def _find_columns(frame: pd.DataFrame, report: Reporter) -> dict[str, str]:
     """Map canonical names to the frame's own column names; raise on duplicates."""
     found: dict[str, str] = {}
+    stamp_columns: dict[str, str] = {}  # normalised spelling -> column, for the timestamp aliases
     for column in frame.columns:
         key = _normalise(column)
         for canonical, spellings in _ALIASES.items():
-            if key in spellings:
-                if canonical in found and canonical != "timestamp":
-                    raise report.error(
-                        f"columns {found[canonical]!r} and {column!r} both mean {canonical!r}",
-                        "drop one of them",
-                    )
-                # Separate Date and Time columns (as in MetaTrader exports) are joined below.
+            if key not in spellings:
+                continue
+            if canonical == "timestamp":
+                stamp_columns.setdefault(key, str(column))
                 found.setdefault(canonical, str(column))
-                if canonical == "timestamp" and key == "time" and _normalise(found[canonical]) == "date":
-                    found["time_of_day"] = str(column)
+            elif canonical in found:
+                raise report.error(
+                    f"columns {found[canonical]!r} and {column!r} both mean {canonical!r}",
+                    "drop one of them",
+                )
+            else:
+                found[canonical] = str(column)
+    # Separate Date and Time columns (MetaTrader and many broker exports) are joined, in either order.
+    if "date" in stamp_columns and "time" in stamp_columns:
+        found["timestamp"], found["time_of_day"] = stamp_columns["date"], stamp_columns["time"]
     return found
 
 
-def _parse_timestamps(frame: pd.DataFrame, columns: dict[str, str], report: _Reporter) -> pd.DatetimeIndex:
+def _zone(stamp: object) -> str | None:
+    """'UTC+05:00', 'no time zone', or None when the value is no timestamp at all."""
+    try:
+        offset = pd.Timestamp(stamp).utcoffset()
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if offset is None:
+        return "no time zone"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _mixed_zones(raw: pd.Series, name: str, report: Reporter, exc: ValueError) -> DataError:
+    """The error for timestamps pandas cannot put on one axis: the first row whose zone differs from row 0."""
+    first = _zone(raw.iloc[0])
+    for i in range(1, len(raw)):  # error path only; stops at the first row that differs
+        zone = _zone(raw.iloc[i])
+        if zone is not None and zone != first:
+            return report.error(
+                f"timestamp {_shown(raw.iloc[i])} has {zone} but row 0 ({_shown(raw.iloc[0])}) has {first}: "
+                "mixed time zones",
+                "convert every timestamp to one zone (e.g. UTC) before loading",
+                column=name,
+                row=i,
+            )
+    return report.error(f"cannot parse timestamps ({_one_line(exc)})", "fix that column", column=name)
+
+
+def _parse_timestamps(frame: pd.DataFrame, columns: dict[str, str], report: Reporter) -> pd.DatetimeIndex:
     if "timestamp" not in columns:
         if isinstance(frame.index, pd.DatetimeIndex):
             raw, name = frame.index.to_series(), str(frame.index.name or "index")
@@ -108,14 +178,17 @@ def _parse_timestamps(frame: pd.DataFrame, columns: dict[str, str], report: _Rep
     else:
         with warnings.catch_warnings():  # "could not infer format": we check every row below anyway
             warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(raw, errors="coerce")
-            if parsed.isna().any():  # formats that vary between rows need the (slower) mixed parser
-                parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
+            try:
+                parsed = pd.to_datetime(raw, errors="coerce")
+                if parsed.isna().any():  # formats that vary between rows need the (slower) mixed parser
+                    parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
+            except ValueError as exc:  # pandas refuses timestamps in different zones
+                raise _mixed_zones(raw, name, report, exc) from None
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if bad.size:
         i = int(bad[0])
         raise report.error(
-            f"cannot parse timestamp {raw.iloc[i]!r}", "fix or drop that row", column=name, row=i
+            f"cannot parse timestamp {_shown(raw.iloc[i])}", "fix or drop that row", column=name, row=i
         )
     stamps = pd.DatetimeIndex(parsed)
     values = stamps.asi8  # (T,) int64 in the index's unit; comparisons are exact
@@ -141,13 +214,28 @@ def _parse_timestamps(frame: pd.DataFrame, columns: dict[str, str], report: _Rep
     return stamps
 
 
-def _numeric(frame: pd.DataFrame, column: str, report: _Reporter, *, price: bool) -> np.ndarray:
+def _as_float(value: object) -> float:
+    """float(value), NaN when it is no number, +-inf when it is too large (a 400-digit int overflows float())."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return float(str(value))  # the decimal string rounds to +-inf instead of raising
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _numeric(frame: pd.DataFrame, column: str, report: Reporter, *, price: bool) -> np.ndarray:
     raw = frame[column].reset_index(drop=True)
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)  # (T,)
+    try:
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)  # (T,)
+    except (OverflowError, TypeError, ValueError):  # Python ints beyond float64 (a 400-digit price)
+        values = np.array([_as_float(x) for x in raw], dtype=np.float64)  # (T,)
     non_numeric = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy())
     if non_numeric.size:
         i = int(non_numeric[0])
-        raise report.error(f"non-numeric value {raw.iloc[i]!r}", "fix or drop that row", column=column, row=i)
+        raise report.error(
+            f"non-numeric value {_shown(raw.iloc[i])}", "fix or drop that row", column=column, row=i
+        )
     missing = np.flatnonzero(np.isnan(values))
     kind = "price" if price else "volume"
     if missing.size:
@@ -158,7 +246,12 @@ def _numeric(frame: pd.DataFrame, column: str, report: _Reporter, *, price: bool
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
         i = int(infinite[0])
-        raise report.error(f"infinite {kind} {values[i]}", "fix or drop that row", column=column, row=i)
+        raise report.error(
+            f"{kind} {_shown(raw.iloc[i])} is not a finite float64 (beyond about 1.8e308)",
+            "fix or drop that row",
+            column=column,
+            row=i,
+        )
     invalid = np.flatnonzero(values <= 0) if price else np.flatnonzero(values < 0)
     if invalid.size:
         i = int(invalid[0])
@@ -169,45 +262,61 @@ def _numeric(frame: pd.DataFrame, column: str, report: _Reporter, *, price: bool
             column=column,
             row=i,
         )
+    if price:
+        tiny = np.flatnonzero(values < SMALLEST_PRICE)
+        if tiny.size:
+            i = int(tiny[0])
+            raise report.error(
+                f"price {float(values[i])!r} is below {SMALLEST_PRICE:.4g}, the smallest normal float64",
+                "fix or drop that row, or quote prices in a smaller unit",
+                column=column,
+                row=i,
+            )
     return values
 
 
-def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> pd.DataFrame:
-    """Load and validate OHLCV bars.
-
-    Args:
-        data: a CSV path or a DataFrame. Needs a timestamp (column Date/Time/Datetime/Timestamp, or a
-            DatetimeIndex) and Open, High, Low, Close; Volume and Adj Close are optional, any case.
-        name: how errors refer to the source (default: the path as given, or "DataFrame").
-
-    Returns:
-        A DataFrame indexed by a sorted, unique DatetimeIndex named "timestamp", with float64
-        columns open, high, low, close, volume. With Adj Close present, open/high/low/close are
-        scaled by adj_close / close (split- and dividend-adjusted); without Volume, volume is 0.
-
-    Raises:
-        ValueError: naming the source, column and row of the first problem, and the fix.
-    """
-    if isinstance(data, pd.DataFrame):
-        report = _Reporter(name or "DataFrame", is_file=False)
-        frame = data
-    elif isinstance(data, str | Path):
-        path = Path(data)
-        report = _Reporter(name or str(data), is_file=True)
-        if not path.is_file():
-            raise report.error("file not found", "pass an existing CSV path, a DataFrame or 'synthetic'")
-        try:
-            frame = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+def read_ohlcv_csv(path: str | Path, report: Reporter) -> pd.DataFrame:
+    """Read a comma-separated file with a header into a raw frame; every failure is one line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise report.error(
+            f"cannot read ({exc.strerror or _one_line(exc)})", "check the path and its permissions"
+        ) from None
+    for separator, (word, extra) in _SEPARATORS.items():
+        if separator in header and "," not in header:
             raise report.error(
-                f"cannot read as CSV ({exc})", "pass a comma-separated file with a header"
-            ) from exc
-    else:
-        raise ValueError(
-            f"data={type(data).__name__}: expected a CSV path (str or Path) or a pandas DataFrame; "
-            "pass one of those (or 'synthetic' to TradeReplayConfig)"
-        )
+                f"the header {_shown(header)} is {word}-separated, but columns are split at commas",
+                f"re-save the file with commas, or read it with pandas.read_csv(path, sep={separator!r}){extra} "
+                "and pass the DataFrame as data",
+            )
+    try:
+        return pd.read_csv(path)
+    except pd.errors.ParserError as exc:
+        ragged = _FIELDS_ERROR.search(str(exc))
+        if ragged:
+            expected, line, saw = (int(g) for g in ragged.groups())
+            raise report.error(
+                f"{saw} fields, but the header has {expected} columns",
+                "remove the extra field (often an unquoted comma inside a value) or drop that row",
+                row=line - 2,
+            ) from None
+        raise report.error(
+            f"cannot read as CSV ({_one_line(exc)})", "pass a comma-separated file with a header"
+        ) from None
+    except pd.errors.EmptyDataError as exc:
+        raise report.error(
+            f"cannot read as CSV ({_one_line(exc)})", "pass a comma-separated file with a header"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise report.error(
+            f"cannot read as CSV (not UTF-8 text: {_one_line(exc)})", "save the file as UTF-8 text"
+        ) from None
 
+
+def validate_ohlcv(frame: pd.DataFrame, report: Reporter) -> pd.DataFrame:
+    """Validate a raw OHLCV frame and return the clean one (see ``load_ohlcv``)."""
     columns = _find_columns(frame, report)
     for canonical in PRICE_COLUMNS:
         if canonical not in columns:
@@ -241,13 +350,22 @@ def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> p
             )
 
     if "adj_close" in columns:
-        factor = _numeric(frame, columns["adj_close"], report, price=True) / c  # (T,)
-        o, h, low, c = (
-            o * factor,
-            h * factor,
-            low * factor,
-            c * factor,
-        )  # monotone scaling keeps h >= o, c >= low
+        adj = _numeric(frame, columns["adj_close"], report, price=True)  # (T,)
+        with np.errstate(over="ignore", under="ignore"):  # checked below, row by row
+            factor = adj / c  # (T,)
+            scaled = {"open": o * factor, "high": h * factor, "low": low * factor, "close": c * factor}
+        for canonical, values in scaled.items():  # monotone scaling keeps h >= o, c >= low
+            bad = np.flatnonzero(~(np.isfinite(values) & (values >= SMALLEST_PRICE)))
+            if bad.size:
+                i = int(bad[0])
+                raise report.error(
+                    f"{columns['adj_close']} {float(adj[i])!r} / Close {float(c[i])!r} scales {canonical} "
+                    f"{float(prices[canonical][i])!r} to {float(values[i])!r}, outside float64's normal range",
+                    "fix Adj Close in that row (it is Close times the split/dividend factor)",
+                    column=columns["adj_close"],
+                    row=i,
+                )
+        o, h, low, c = scaled["open"], scaled["high"], scaled["low"], scaled["close"]
 
     out = pd.DataFrame(
         {"open": o, "high": h, "low": low, "close": c, "volume": volume},
@@ -255,6 +373,51 @@ def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> p
     )
     out.attrs["source"] = report.source
     return out
+
+
+# What pandas and numpy may raise on hostile input that the checks above do not foresee.
+_FOREIGN_ERRORS = (ValueError, TypeError, OverflowError, ArithmeticError, OSError)
+
+
+def load_ohlcv(data: str | Path | pd.DataFrame, *, name: str | None = None) -> pd.DataFrame:
+    """Load and validate OHLCV bars.
+
+    Args:
+        data: a CSV path or a DataFrame. Needs a timestamp (column Date/Time/Datetime/Timestamp, or
+            separate Date and Time columns in either order, or a DatetimeIndex) and Open, High, Low,
+            Close; Volume and Adj Close are optional, any case.
+        name: how errors refer to the source (default: the path as given, or "DataFrame").
+
+    Returns:
+        A DataFrame indexed by a sorted, unique DatetimeIndex named "timestamp", with float64
+        columns open, high, low, close, volume. With Adj Close present, open/high/low/close are
+        scaled by adj_close / close (split- and dividend-adjusted); without Volume, volume is 0.
+        Every price is finite and at least ``SMALLEST_PRICE``, after that scaling too.
+
+    Raises:
+        ValueError: one line naming the source, column and row of the first problem, and the fix.
+    """
+    if isinstance(data, pd.DataFrame):
+        report = Reporter(name or "DataFrame", is_file=False)
+    elif isinstance(data, str | Path):
+        report = Reporter(name or str(data), is_file=True)
+        if not Path(data).is_file():
+            raise report.error("file not found", "pass an existing CSV path, a DataFrame or 'synthetic'")
+    else:
+        raise ValueError(
+            f"data={type(data).__name__}: expected a CSV path (str or Path) or a pandas DataFrame; "
+            "pass one of those (or 'synthetic' to TradeReplayConfig)"
+        )
+    try:
+        frame = data if isinstance(data, pd.DataFrame) else read_ohlcv_csv(data, report)
+        return validate_ohlcv(frame, report)
+    except DataError:
+        raise
+    except _FOREIGN_ERRORS as exc:  # never let a multi-line pandas message or a traceback reach the user
+        raise report.error(
+            f"cannot load ({type(exc).__name__}: {_one_line(exc)})",
+            "check that it holds OHLCV bars with a header row",
+        ) from None
 
 
 def bars_per_year(index: pd.DatetimeIndex) -> float:

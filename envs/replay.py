@@ -45,6 +45,25 @@ class _Market:
     bars_per_year: float
 
 
+def _check_finite(
+    values: np.ndarray, what: str, names: tuple[str, ...], source: str, bars: np.ndarray | None = None
+) -> None:
+    """Raise a one-line ValueError at the first non-finite entry of a (rows, len(names)) array.
+
+    Prices are validated on loading, but extreme yet finite ones (1e300 next to 1e-300) can still
+    overflow the arithmetic; NaN/inf must never reach a label, a reward or metrics.json.
+    """
+    bad = ~np.isfinite(values)  # (rows, K)
+    if not bad.any():
+        return
+    i, j = (int(x) for x in np.argwhere(bad)[0])
+    bar = i if bars is None else int(bars[i])
+    raise ValueError(
+        f"{source}: row {bar}: {what} {names[j]!r} is {values[i, j]}; the prices around that row are too "
+        "extreme for float64 arithmetic; fix or drop those bars"
+    )
+
+
 def _market_from_frame(
     ohlcv: pd.DataFrame,
     source: str,
@@ -55,12 +74,16 @@ def _market_from_frame(
     o, h, low, c, v = (
         ohlcv[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume")
     )
+    features = compute_features(o, h, low, c, v)  # (T, F)
+    _check_finite(features, "feature", FEATURE_NAMES, source)
+    positions = strategy_positions(o, h, low, c)  # (T, S)
+    _check_finite(positions, "position of strategy", STRATEGIES, source)
     return _Market(
         source=source,
         timestamps=pd.DatetimeIndex(ohlcv.index),
         close=_readonly(c.copy()),
-        features=_readonly(compute_features(o, h, low, c, v)),
-        positions=_readonly(strategy_positions(o, h, low, c)),
+        features=_readonly(features),
+        positions=_readonly(positions),
         bar_regimes=None if bar_regimes is None else _readonly(bar_regimes.astype(np.int64)),
         regime_names=regime_names,
         bars_per_year=per_year,
@@ -280,10 +303,12 @@ def _build(
         )
     decision_bars = np.arange(window, n_bars - horizon, stride, dtype=np.int64)  # (D,)
     pnl = trade_pnl(market.positions, market.close, decision_bars, horizon, cost)  # (D, S)
+    _check_finite(pnl, "PnL of strategy", STRATEGIES, market.source, decision_bars)
     label_horizon = horizon if label_horizon is None else label_horizon
-    label_pnl = (
-        pnl if label_horizon == horizon else _readonly(_label_pnl(market, decision_bars, label_horizon, cost))
-    )
+    label_pnl = pnl
+    if label_horizon != horizon:
+        label_pnl = _readonly(_label_pnl(market, decision_bars, label_horizon, cost))  # (D, S)
+        _check_finite(label_pnl, "label PnL of strategy", STRATEGIES, market.source, decision_bars)
     regimes = None if market.bar_regimes is None else market.bar_regimes[decision_bars]  # (D,)
     return ReplayData(
         source=market.source,

@@ -80,14 +80,34 @@ def trade_pnl(
     """PnL of a trade decided at each decision bar, for every strategy, (D, S) float64.
 
     ``decision_bars[i] + horizon`` must be a valid bar index. The sum over the horizon is taken
-    per trade (not as a difference of cumulative sums), so it is exact to the last bits.
+    per trade (not as a difference of cumulative sums), so it is exact to the last bits. Memory stays
+    at the (D, S) result plus a few block-sized buffers: the horizon is a loop, never an array axis
+    (a (D, horizon, S) temporary is gigabytes for a few million bars at stride 1).
     """
     r = log_returns(close)  # (T,)
-    offsets = np.arange(horizon)  # (H,)
-    held = positions[decision_bars[:, None] + offsets]  # (D, H, S) position over bar t+k+1
-    returns = r[decision_bars[:, None] + offsets + 1]  # (D, H)
-    gross = np.einsum("dhs,dh->ds", held, returns)  # (D, S)
-    turnover = (
-        np.abs(held[:, 0]) + np.abs(np.diff(held, axis=1)).sum(axis=1) + np.abs(held[:, -1])
-    )  # (D, S): enter from flat, rebalance, exit to flat
+    bars = np.asarray(decision_bars, dtype=np.int64)  # (D,)
+    out = np.empty((bars.shape[0], positions.shape[1]))  # (D, S)
+    for lo in range(0, bars.shape[0], _PNL_BLOCK):
+        block = bars[lo : lo + _PNL_BLOCK]  # (B,)
+        out[lo : lo + block.shape[0]] = _block_pnl(positions, r, block, horizon, cost)
+    return out
+
+
+_PNL_BLOCK = 1 << 15  # decisions per block: keeps the temporaries at a few MB whatever the data size
+
+
+def _block_pnl(
+    positions: np.ndarray, r: np.ndarray, bars: np.ndarray, horizon: int, cost: float
+) -> np.ndarray:
+    """trade_pnl of one block of decision bars, accumulated over k = 0..horizon-1."""
+    prev = positions[bars]  # (B, S) position over bar t+1
+    gross = prev * r[bars + 1][:, None]  # (B, S)
+    turnover = np.abs(prev)  # (B, S) enter from flat
+    step = np.empty_like(gross)  # (B, S) scratch, reused every k
+    for k in range(1, horizon):
+        held = positions[bars + k]  # (B, S) position over bar t+k+1
+        gross += np.multiply(held, r[bars + k + 1][:, None], out=step)
+        turnover += np.abs(np.subtract(held, prev, out=step), out=step)  # rebalance
+        prev = held
+    turnover += np.abs(prev)  # exit to flat
     return gross - cost * turnover

@@ -13,11 +13,13 @@ from gymnasium.error import ResetNeeded
 
 from .config import TradeReplayConfig
 from .features import FEATURE_CLIP
+from .render import episode_frame
 from .replay import ReplayData, build_replay
 from .strategies import N_STRATEGIES
 from .synthetic import SyntheticMarketConfig
 
 _DEFAULTS = TradeReplayConfig.__dataclass_fields__
+_INTEGER_TYPES = (int, np.integer)  # bool is an int too: excluded separately
 
 
 def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) -> TradeReplayConfig:
@@ -53,6 +55,17 @@ def episode_bounds(
     assert rng is not None
     first = start + int(rng.integers(0, stop - start - episode_length + 1))
     return first, first + episode_length - 1
+
+
+def check_render_mode(render_mode: str | None, owner: str) -> str | None:
+    """The render mode after checking that it is None or "rgb_array" (the only one drawn)."""
+    if render_mode is not None and render_mode != "rgb_array":
+        raise ValueError(
+            f"render_mode={render_mode!r}: {owner} renders only 'rgb_array' (an equity and strategy chart as an "
+            "(H, W, 3) uint8 array); pass render_mode='rgb_array' and show the frame yourself, "
+            "e.g. matplotlib.pyplot.imshow(env.render()), or pass None"
+        )
+    return render_mode
 
 
 def check_split(replay: ReplayData, config: TradeReplayConfig) -> tuple[int, int]:
@@ -135,14 +148,17 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, or a DataFrame.
     * ``window``, ``horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``, ``episode_length``,
       ``synthetic``: see ``TradeReplayConfig``. Or pass a whole ``config=TradeReplayConfig(...)``.
-    * ``render_mode``: must be None (nothing to render; plot ``env.replay.close`` instead).
+    * ``render_mode``: None or ``"rgb_array"``: ``render()`` then returns an (H, W, 3) uint8 chart of the
+      episode so far (equity = cumulative reward, and the strategy chosen at each step), drawn with
+      matplotlib when installed (``pip install "trm-act[render]"``), else as a plain numpy raster.
+      ``"human"`` is not supported: show the frame yourself, e.g. ``plt.imshow(env.render())``.
 
     ## Version History
 
     * v0: initial release.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -174,9 +190,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         if synthetic is not None:
             options["synthetic"] = synthetic
         self.config = resolve_config(config, options)
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: TradeReplayEnv does not render; pass None")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, type(self).__name__)
         self.replay = build_replay(self.config)
         self._start, self._stop = check_split(self.replay, self.config)
 
@@ -198,6 +212,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self._actions = {a: a for a in range(N_STRATEGIES)}
         self._decision = -1  # -1: reset() not called yet; -2: the episode has ended
         self._last = -1
+        self._episode: tuple[list[float], list[int]] = ([], [])  # rewards, actions; kept only for render()
 
     # --- internals -----------------------------------------------------------------------------
     def _observation(self, d: int) -> np.ndarray:
@@ -220,13 +235,17 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         return info
 
     def _action(self, action: Any) -> int:
-        try:
+        # Integers only, like the vector env: 1.0 == 1 and True == 1 would otherwise pass the dict lookup.
+        if isinstance(action, _INTEGER_TYPES) and not isinstance(action, bool):
             a = self._actions.get(action)
-        except TypeError:  # unhashable, e.g. a 0-d array
-            a = self._actions.get(int(action)) if np.ndim(action) == 0 else None
+        elif isinstance(action, np.ndarray) and action.ndim == 0 and action.dtype.kind in "iu":
+            a = self._actions.get(int(action))
+        else:
+            a = None
         if a is None:
             raise ValueError(
-                f"action={action!r}: expected an int in [0, {N_STRATEGIES}) (index into STRATEGIES)"
+                f"action={action!r} ({type(action).__name__}): expected an int in [0, {N_STRATEGIES}) "
+                "(index into STRATEGIES)"
             )
         return a
 
@@ -238,6 +257,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         rng = self.np_random if self.config.episode_length is not None else None
         self._decision, self._last = episode_bounds(self._start, self._stop, self.config.episode_length, rng)
         d = self._decision
+        self._episode = ([], [])
         return self._observation(d), self._info(d)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -248,11 +268,20 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
             )
         a = self._action(action)
         reward = self._pnl_list[d][a]  # Python float, exactly strategy_pnl[d, a]
+        if self.render_mode is not None:
+            self._episode[0].append(reward)
+            self._episode[1].append(a)
         d += 1
         truncated = d == self._last
         self._decision = -2 if truncated else d
         return self._observation(d), reward, False, truncated, self._info(d)
 
-    def render(self) -> None:
-        """No rendering: the replay is a table of numbers; plot ``env.replay.close`` for a picture."""
-        return None
+    def render(self) -> np.ndarray | None:
+        """With ``render_mode="rgb_array"``: an (H, W, 3) uint8 chart of the current episode (None otherwise)."""
+        if self.render_mode is None:
+            return None
+        rewards, actions = self._episode
+        title = (
+            f"{self.replay.source} · {self.config.split} · step {len(rewards)} · equity {sum(rewards):+.4f}"
+        )
+        return episode_frame(np.array(rewards), np.array(actions, dtype=np.int64), title)

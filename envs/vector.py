@@ -21,10 +21,11 @@ from gymnasium.vector.utils import batch_space
 
 from .config import TradeReplayConfig
 from .features import FEATURE_CLIP
+from .render import episode_frame
 from .replay import build_replay
 from .strategies import N_STRATEGIES
 from .synthetic import SyntheticMarketConfig
-from .trade_replay import _DEFAULTS, check_split, episode_bounds, resolve_config
+from .trade_replay import _DEFAULTS, check_render_mode, check_split, episode_bounds, resolve_config
 
 # Bit generators a saved state may name (Gymnasium seeds with PCG64).
 _BIT_GENERATORS = {
@@ -50,9 +51,17 @@ class TradeReplayVectorEnv(VectorEnv):
     ``step_masked(actions, mask)`` advances only the sub-envs where mask is True; the others keep
     their decision point and return reward 0.0, no truncation, and their current observation/info.
     ``state_dict()`` / ``load_state_dict()`` save and restore the cursors and RNGs (exact resume).
+
+    With ``render_mode="rgb_array"``, ``render()`` returns a tuple of one chart per sub-env, as
+    ``TradeReplayEnv.render`` draws it (each sub-env's current episode; one that just ended shows
+    its new, empty episode). Recording the episodes then adds a little work to every step.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": ["rgb_array"],
+        "render_fps": 4,
+    }
 
     def __init__(
         self,
@@ -73,8 +82,7 @@ class TradeReplayVectorEnv(VectorEnv):
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: TradeReplayVectorEnv does not render; pass None")
+        self.render_mode = check_render_mode(render_mode, "TradeReplayVectorEnv")
         options = dict(
             data=data,
             window=window,
@@ -110,6 +118,10 @@ class TradeReplayVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator] | None = None
         self._decision: np.ndarray | None = None  # (N,) current decision index of each sub-env
         self._last = np.zeros(self.num_envs, dtype=np.int64)  # (N,) last decision of each episode
+        # Episode record for render(): rewards/actions (N, capacity), grown by doubling; steps (N,) used.
+        self._episode_rewards = np.zeros((self.num_envs, 0))
+        self._episode_actions = np.zeros((self.num_envs, 0), dtype=np.int64)
+        self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
 
     # --- internals -----------------------------------------------------------------------------
     def _observations(self, decisions: np.ndarray) -> np.ndarray:
@@ -151,6 +163,32 @@ class TradeReplayVectorEnv(VectorEnv):
     def split_labels(self) -> np.ndarray:
         """Hindsight labels (D_split,) of this env's split (e.g. for class weights); read-only."""
         return self._labels[self._start : self._stop]
+
+    def _record(self, envs: np.ndarray, rewards: np.ndarray, actions: np.ndarray) -> None:
+        """Append one step to the episode record of each listed sub-env (render_mode only)."""
+        at = self._episode_steps[envs]  # (E,)
+        if at.size and int(at.max()) >= self._episode_rewards.shape[1]:
+            grow = max(16, self._episode_rewards.shape[1])
+            self._episode_rewards = np.pad(self._episode_rewards, ((0, 0), (0, grow)))
+            self._episode_actions = np.pad(self._episode_actions, ((0, 0), (0, grow)))
+        self._episode_rewards[envs, at] = rewards
+        self._episode_actions[envs, at] = actions
+        self._episode_steps[envs] += 1
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """With ``render_mode="rgb_array"``: one (H, W, 3) uint8 chart per sub-env (None otherwise)."""
+        if self.render_mode is None:
+            return None
+        frames = []
+        for i in range(self.num_envs):
+            n = int(self._episode_steps[i])
+            rewards = self._episode_rewards[i, :n]
+            title = (
+                f"{self.replay.source} · {self.config.split} · env {i} · step {n} · "
+                f"equity {rewards.sum():+.4f}"
+            )
+            frames.append(episode_frame(rewards, self._episode_actions[i, :n], title))
+        return tuple(frames)
 
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -219,6 +257,7 @@ class TradeReplayVectorEnv(VectorEnv):
             ]
         self._decision = np.zeros(self.num_envs, dtype=np.int64)
         self._new_episodes(np.arange(self.num_envs))
+        self._episode_steps[:] = 0
         return self._observations(self._decision), self._info(self._decision)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -268,6 +307,9 @@ class TradeReplayVectorEnv(VectorEnv):
         if active is not None:
             truncated &= active
         terminated = np.zeros(self.num_envs, dtype=bool)  # (N,)
+        if self.render_mode is not None:
+            moved = np.arange(self.num_envs) if active is None else np.flatnonzero(active)  # (E,)
+            self._record(moved, rewards[moved], a[moved])
 
         obs = self._observations(decision)  # (N, W, F)
         info = self._info(decision)
@@ -280,6 +322,7 @@ class TradeReplayVectorEnv(VectorEnv):
             info["final_obs"], info["_final_obs"] = final_obs, truncated.copy()
             info["final_info"], info["_final_info"] = self._info(decision, truncated), truncated.copy()
             self._new_episodes(ended)
+            self._episode_steps[ended] = 0
             obs[ended] = self._observations(decision[ended])
             for key, value in self._info_values(decision[ended]).items():
                 info[key][ended] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from trm_act.envs import (
     TradeReplayVectorEnv,
     build_replay,
     generate_synthetic_market,
+    render,
 )
 
 SMALL = {"synthetic": SyntheticMarketConfig(n_bars=3000, seed=2)}  # quick to build, 370 decisions
@@ -99,15 +101,24 @@ def test_step_before_reset_and_after_end_raise():
         env.step(1)
 
 
-@pytest.mark.parametrize("action", [8, -1, 1.5, "long", None])
+@pytest.mark.parametrize(
+    "action",
+    [8, -1, 1.5, 1.0, np.float64(2.0), True, np.bool_(True), np.array(2.0), np.array([2]), "long", None],
+    ids=repr,
+)
 def test_invalid_action_raises(action):
+    # Floats and bools are refused even where they equal a valid index, as the vector env refuses them.
     env = TradeReplayEnv(**SMALL)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="action="):
+    with pytest.raises(ValueError, match=r"action=.*expected an int in \[0, 8\)"):
         env.step(action)
+    vec = TradeReplayVectorEnv(1, **SMALL)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="actions"):
+        vec.step(np.array([action]))
 
 
-@pytest.mark.parametrize("action", [np.int64(2), np.int32(2), np.array(2), 2])
+@pytest.mark.parametrize("action", [np.int64(2), np.int32(2), np.uint8(2), np.array(2), 2])
 def test_numpy_actions_accepted(action):
     env = TradeReplayEnv(**SMALL)
     _, info = env.reset(seed=0)
@@ -422,10 +433,90 @@ def test_make_forms_in_fresh_interpreter(code):
     assert "(32, 10) ['decision', 'label', 'regime', 'strategy_pnl', 't']" in result.stdout
 
 
-def test_render_mode_must_be_none():
-    with pytest.raises(ValueError, match="render_mode='human'"):
-        TradeReplayEnv(render_mode="human", **SMALL)
+@pytest.mark.parametrize("mode", ["human", "rgb_array_list", "ansi"])
+def test_unsupported_render_modes_are_rejected(mode):
+    with pytest.raises(ValueError, match=rf"render_mode='{mode}': TradeReplayEnv renders only 'rgb_array'"):
+        TradeReplayEnv(render_mode=mode, **SMALL)
+    with pytest.raises(
+        ValueError, match=rf"render_mode='{mode}': TradeReplayVectorEnv renders only 'rgb_array'"
+    ):
+        TradeReplayVectorEnv(2, render_mode=mode, **SMALL)
     assert TradeReplayEnv(**SMALL).render() is None
+    assert TradeReplayVectorEnv(2, **SMALL).render() is None
+
+
+@pytest.mark.parametrize("backend", ["auto", "raster"])
+def test_render_rgb_array_draws_the_episode(monkeypatch, backend):
+    if backend == "raster":  # as without matplotlib installed
+        monkeypatch.setattr(render.importlib.util, "find_spec", lambda name: None)
+    env = TradeReplayEnv(render_mode="rgb_array", episode_length=40, **SMALL)
+    assert env.metadata["render_modes"] == ["rgb_array"] and env.metadata["render_fps"] > 0
+    env.reset(seed=0)
+    first = env.render()
+    assert isinstance(first, np.ndarray) and first.dtype == np.uint8
+    assert first.shape == (render.FRAME_HEIGHT, render.FRAME_WIDTH, 3)
+    frames = [first]
+    for a in [1, 2, 3, 7, 5]:
+        env.step(a)
+        frames.append(env.render())
+    for before, after in itertools.pairwise(frames):
+        assert (before != after).any(axis=-1).sum() > 50  # each step redraws a visible part of the chart
+    # Each strategy chosen shows in its own colour; flat (0) was never chosen.
+    colours = {tuple(c) for c in np.unique(frames[-1].reshape(-1, 3), axis=0)}
+    for a in [1, 2, 3, 7, 5]:
+        assert render.STRATEGY_COLORS[a] in colours, STRATEGIES[a]
+    if backend == "raster":
+        assert render.STRATEGY_COLORS[0] not in colours
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.render(), first)  # a new episode starts an empty chart
+
+
+def test_raster_frame_draws_equity_line_and_strategy_blocks():
+    frame = render.episode_frame(np.array([0.1, -0.3, 0.2]), np.array([1, 1, 6]), "t", backend="raster")
+    line = (frame == render._EQUITY_COLOR).all(axis=-1)  # (H, W)
+    rows, cols = np.nonzero(line)
+    assert cols.min() <= 14 and cols.max() >= render.FRAME_WIDTH - 14  # spans the panel, start to end
+    # Equity 0 -> 0.1 -> -0.2 -> 0.0: the curve's lowest pixel is two thirds of the way along.
+    lowest = cols[rows == rows.max()]
+    assert abs(lowest.mean() / render.FRAME_WIDTH - 2 / 3) < 0.03
+    long_block = (frame == render.STRATEGY_COLORS[1]).all(axis=-1)
+    breakout_block = (frame == render.STRATEGY_COLORS[6]).all(axis=-1)
+    assert np.nonzero(long_block)[1].max() < np.nonzero(breakout_block)[1].min()  # steps 1-2, then step 3
+    with pytest.raises(ValueError, match="backend='svg'"):
+        render.episode_frame(np.zeros(1), np.zeros(1), "t", backend="svg")
+
+
+def test_vector_env_render_returns_one_frame_per_sub_env():
+    vec = TradeReplayVectorEnv(3, render_mode="rgb_array", episode_length=4, **SMALL)
+    vec.reset(seed=0)
+    frames = vec.render()
+    assert isinstance(frames, tuple) and len(frames) == 3
+    assert all(
+        f.shape == (render.FRAME_HEIGHT, render.FRAME_WIDTH, 3) and f.dtype == np.uint8 for f in frames
+    )
+    vec.step_masked(np.array([1, 2, 3]), np.array([True, False, True]))
+    after = vec.render()
+    assert (after[0] != frames[0]).any() and (after[2] != frames[2]).any()
+    np.testing.assert_array_equal(after[1], frames[1])  # sub-env 1 did not move
+    # The episode record matches what single envs saw: env 0 chose 1 then 4.
+    vec.step(np.array([4, 4, 4]))
+    np.testing.assert_array_equal(vec._episode_actions[0, :2], [1, 4])
+    np.testing.assert_array_equal(vec._episode_steps, [2, 1, 2])
+    vec.step(np.array([4, 4, 4]))  # envs 0 and 2 reach their 4th decision: a new episode starts
+    np.testing.assert_array_equal(vec._episode_steps, [0, 2, 0])
+
+
+def test_sb3_make_vec_env_works_without_kwargs():
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vec = make_vec_env(ENV_ID, n_envs=2)  # SB3 asks for render_mode="rgb_array"
+    obs = vec.reset()
+    assert obs.shape == (2, 32, 10)
+    vec.step(np.array([1, 2]))
+    frames = vec.get_images()
+    assert len(frames) == 2 and all(f.shape == (render.FRAME_HEIGHT, render.FRAME_WIDTH, 3) for f in frames)
+    vec.close()
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ from trm_act.envs import (
     SyntheticMarketConfig,
     TradeReplayConfig,
     build_replay,
+    example_csv,
     generate_synthetic_market,
     load_ohlcv,
 )
+from trm_act.envs.example import example_frame
 from trm_act.envs.market import bars_per_year
 
 
@@ -244,3 +246,183 @@ def test_regime_spec_validation():
         RegimeSpec("x", drift=0.0, volatility=0.01, ar=(1.2,), mean_duration=10, volume_level=0.0)
     with pytest.raises(ValueError, match="volatility"):
         RegimeSpec("x", drift=0.0, volatility=0.0, ar=(), mean_duration=10, volume_level=0.0)
+
+
+# --- hostile CSVs: the loader's only failure is a one-line ValueError naming file, column and row ----------
+
+
+def _with_value(column: str, row: int, value: str):
+    def corrupt(frame: pd.DataFrame) -> pd.DataFrame:
+        frame[column] = frame[column].astype(object)
+        frame.loc[row, column] = value
+        return frame
+
+    return corrupt
+
+
+def _underflow_after_scaling(frame: pd.DataFrame) -> pd.DataFrame:
+    # Every value is a normal float, but Open * (Adj Close / Close) = 100 * 1e-310 is not.
+    frame.loc[3, ["High", "Close"]] = 1e10
+    frame.loc[3, "Adj Close"] = 1e-300
+    return frame
+
+
+def _mixed_zones(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["Date"] = frame["Date"] + " 00:00+00:00"
+    frame.loc[9, "Date"] = frame.loc[9, "Date"].replace("+00:00", "+05:00")
+    return frame
+
+
+def _naive_and_aware(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["Date"] = frame["Date"] + " 00:00+00:00"
+    frame.loc[4, "Date"] = frame.loc[4, "Date"].replace(" 00:00+00:00", "")
+    return frame
+
+
+HOSTILE = [
+    (
+        "adj-close-overflow",
+        _with_value("Adj Close", 5, "1.797e308"),
+        r"hostile\.csv: column 'Adj Close' row 5 \(line 7\): Adj Close 1\.797e\+308 / Close .* to inf, "
+        r"outside float64's normal range; fix Adj Close",
+    ),
+    (
+        "adj-close-subnormal",
+        _with_value("Adj Close", 6, "1e-320"),
+        r"hostile\.csv: column 'Adj Close' row 6 \(line 8\): price 1e-320 is below 2\.225e-308",
+    ),
+    (
+        "adj-close-underflow-after-scaling",
+        _underflow_after_scaling,
+        r"hostile\.csv: column 'Adj Close' row 3 \(line 5\): Adj Close 1e-300 / Close 10000000000\.0 scales "
+        r"open .* to .*outside float64's normal range",
+    ),
+    (
+        "401-digit-price",
+        _with_value("Open", 7, "1" * 401),
+        r"hostile\.csv: column 'Open' row 7 \(line 9\): price .* is not a finite float64",
+    ),
+    (
+        "mixed-time-zones",
+        _mixed_zones,
+        r"hostile\.csv: column 'Date' row 9 \(line 11\): timestamp '.*\+05:00' has UTC\+05:00 but row 0 "
+        r"\('.*\+00:00'\) has UTC\+00:00: mixed time zones; convert every timestamp to one zone",
+    ),
+    (
+        "naive-and-aware-timestamps",
+        _naive_and_aware,
+        r"hostile\.csv: column 'Date' row 4 \(line 6\): timestamp '[0-9-]+' has no time zone but row 0 .* "
+        r"has UTC\+00:00: mixed time zones",
+    ),
+    (
+        "inf-price",
+        _with_value("Low", 11, "inf"),
+        r"hostile\.csv: column 'Low' row 11 \(line 13\): price inf is not a finite float64",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "corrupt", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_csv_one_line_error(tmp_path, kind, corrupt, message):
+    path = write_csv(tmp_path / "hostile.csv", corrupt(yahoo_frame(60)))
+    for load in (load_ohlcv, lambda p: build_replay(TradeReplayConfig(data=str(p), window=8, horizon=4))):
+        with pytest.raises(ValueError, match=message) as caught:
+            load(path)
+        assert "\n" not in str(caught.value)
+
+
+def test_401_digit_integer_price_is_not_an_overflow_error(tmp_path):
+    # All-integer columns are where pandas keeps Python ints and float() raised OverflowError.
+    path = tmp_path / "ints.csv"
+    path.write_text("Date,Open,High,Low,Close\n2020-01-01,1,2,1,1\n2020-01-02," + "9" * 401 + ",2,1,1\n")
+    with pytest.raises(
+        ValueError,
+        match=r"ints\.csv: column 'Open' row 1 \(line 3\): price 99999.*\(401 characters\) is not a finite",
+    ) as caught:
+        load_ohlcv(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_ragged_row_names_the_row(tmp_path):
+    lines = yahoo_frame(30).to_csv(index=False).splitlines()
+    lines[4] += ",99"  # data row 3, file line 5
+    path = tmp_path / "ragged.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"^ragged\.csv: row 3 \(line 5\): 8 fields, but the header has 7 columns; remove the extra field",
+    ) as caught:
+        load_ohlcv(path, name="ragged.csv")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("sep", "word"), [(";", "semicolon"), ("\t", "tab")])
+def test_other_separators_get_a_hint(tmp_path, sep, word):
+    path = tmp_path / "prices.csv"
+    yahoo_frame(30).to_csv(path, index=False, sep=sep)
+    hint = rf"prices\.csv: the header .* is {word}-separated, but columns are split at commas; .*sep={sep!r}"
+    with pytest.raises(ValueError, match=hint.replace("\\t", "\\\\t")) as caught:
+        load_ohlcv(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_decimal_comma_semicolon_file_also_gets_the_separator_hint(tmp_path):
+    path = tmp_path / "euro.csv"
+    yahoo_frame(30).to_csv(path, index=False, sep=";", decimal=",")
+    with pytest.raises(ValueError, match=r"semicolon-separated.*sep=';'\) \(with decimal=','"):
+        load_ohlcv(path)
+
+
+@pytest.mark.parametrize("order", [["Date", "Time"], ["Time", "Date"]])
+def test_date_and_time_columns_joined_in_either_order(order):
+    frame = yahoo_frame(50).drop(columns="Adj Close")
+    frame["Time"] = "09:30:00"
+    frame = frame[[*order, "Open", "High", "Low", "Close", "Volume"]]
+    index = load_ohlcv(frame).index
+    assert index[0] == pd.Timestamp(frame["Date"].iloc[0] + " 09:30")
+    assert index[-1] == pd.Timestamp(frame["Date"].iloc[-1] + " 09:30")
+
+
+def test_bad_time_in_time_date_order_names_the_date_column():
+    frame = yahoo_frame(50).drop(columns="Adj Close")
+    frame.insert(0, "Time", "09:30")
+    frame.loc[6, "Time"] = "25:99"
+    with pytest.raises(
+        ValueError, match=r"DataFrame: column 'Date' row 6: cannot parse timestamp '.* 25:99'"
+    ):
+        load_ohlcv(frame)
+
+
+def test_foreign_errors_become_one_line_value_errors(tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "prices.csv", yahoo_frame(30))
+
+    def broken(*args, **kwargs):
+        raise OverflowError("line one\nline two")
+
+    monkeypatch.setattr(pd, "to_datetime", broken)
+    with pytest.raises(ValueError, match=r"prices\.csv: cannot load \(OverflowError: line one line two\)"):
+        load_ohlcv(path)
+
+
+def test_example_csv_is_shipped_and_current():
+    path = Path(example_csv())
+    assert path.is_file() and path.name == "example_ohlcv.csv"
+    ohlcv = load_ohlcv(path)
+    assert len(ohlcv) == 3000 and (ohlcv["volume"] > 0).all()
+    shipped = pd.read_csv(path)
+    pd.testing.assert_frame_equal(shipped, example_frame().astype({"Date": shipped["Date"].dtype}))
+    assert build_replay(TradeReplayConfig(data=str(path))).n_decisions > 300
+
+
+def test_memory_benchmark_csv_is_valid_ohlcv(tmp_path, monkeypatch):
+    from trm_act.bench import memory
+    from trm_act.bench.__main__ import BENCHMARKS
+
+    assert BENCHMARKS["memory"][0] == "trm_act.bench.memory"
+    monkeypatch.setattr(memory, "_CHUNK", 1000)
+    path = tmp_path / "big.csv"
+    assert memory.write_ohlcv_csv(path, 3001) == path.stat().st_size  # three chunks and a one-row tail
+    ohlcv = load_ohlcv(path)
+    assert len(ohlcv) == 3001 and ohlcv.index[1] - ohlcv.index[0] == pd.Timedelta(minutes=1)
+    # Chunks join without a gap: each bar opens at the previous close (to the 6 decimals written).
+    np.testing.assert_allclose(ohlcv["open"].to_numpy()[1:], ohlcv["close"].to_numpy()[:-1], atol=2e-6)

@@ -13,7 +13,9 @@ from trm_act.envs import (
     TradeReplayConfig,
     build_replay,
     generate_synthetic_market,
+    strategies,
 )
+from trm_act.envs import replay as replay_module
 from trm_act.envs.strategies import strategy_positions, trade_pnl
 
 
@@ -51,6 +53,62 @@ def test_trade_pnl_matches_bar_by_bar_definition():
     np.testing.assert_array_equal(pnl[:, 0], 0.0)
     np.testing.assert_allclose(pnl[:, 1], move - 0.002, atol=1e-13)
     np.testing.assert_allclose(pnl[:, 2], -move - 0.002, atol=1e-13)
+
+
+def reference_trade_pnl(
+    positions: np.ndarray, close: np.ndarray, decision_bars: np.ndarray, horizon: int, cost: float
+) -> np.ndarray:
+    """The straightforward vectorised form, with the (D, horizon, 8) temporaries trade_pnl avoids."""
+    r = np.concatenate(([0.0], np.diff(np.log(close))))  # (T,)
+    offsets = np.arange(horizon)  # (H,)
+    held = positions[decision_bars[:, None] + offsets]  # (D, H, S)
+    gross = np.einsum("dhs,dh->ds", held, r[decision_bars[:, None] + offsets + 1])  # (D, S)
+    turnover = np.abs(held[:, 0]) + np.abs(np.diff(held, axis=1)).sum(axis=1) + np.abs(held[:, -1])
+    return gross - cost * turnover
+
+
+@pytest.mark.parametrize(
+    ("horizon", "stride", "cost", "block"),
+    [(1, 1, 0.0, 7), (8, 1, 5e-4, 7), (16, 3, 1e-3, 50), (16, 1, 5e-4, 1 << 15)],
+)
+def test_trade_pnl_equals_reference(monkeypatch, horizon, stride, cost, block):
+    monkeypatch.setattr(strategies, "_PNL_BLOCK", block)  # small blocks: many block edges
+    bars = generate_synthetic_market(SyntheticMarketConfig(n_bars=3000, seed=5))
+    o, h, low, c = (bars[k].to_numpy() for k in ("open", "high", "low", "close"))
+    positions = strategy_positions(o, h, low, c)  # (T, 8)
+    decision_bars = np.arange(1, 3000 - horizon, stride)  # (D,)
+    pnl = trade_pnl(positions, c, decision_bars, horizon, cost)
+    expected = reference_trade_pnl(positions, c, decision_bars, horizon, cost)
+    assert pnl.shape == expected.shape == (decision_bars.shape[0], 8) and pnl.dtype == np.float64
+    np.testing.assert_allclose(pnl, expected, rtol=1e-12, atol=1e-15)  # summation order only
+    assert trade_pnl(positions, c, decision_bars[:0], horizon, cost).shape == (0, 8)
+
+
+@pytest.mark.parametrize("what", ["features", "pnl"])
+def test_replay_build_refuses_non_finite_values(monkeypatch, what):
+    frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=300, seed=1)).drop(columns="regime")
+    if what == "features":
+        real = replay_module.compute_features
+
+        def poisoned(*args):
+            feats = real(*args)
+            feats[123, 4] = np.nan
+            return feats
+
+        monkeypatch.setattr(replay_module, "compute_features", poisoned)
+        message = r"DataFrame: row 123: feature 'gap' is nan; the prices around that row are too extreme"
+    else:
+        real = replay_module.trade_pnl
+
+        def poisoned(*args):
+            pnl = real(*args)
+            pnl[10, 7] = -np.inf
+            return pnl
+
+        monkeypatch.setattr(replay_module, "trade_pnl", poisoned)
+        message = r"DataFrame: row 112: PnL of strategy 'vol_target' is -inf"  # decision 10 = bar 32 + 10 * 8
+    with pytest.raises(ValueError, match=message):
+        build_replay(TradeReplayConfig(data=frame))
 
 
 @pytest.mark.parametrize("t", [60, 333, 1200])
