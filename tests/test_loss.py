@@ -20,6 +20,7 @@ from trm_act import (
     halt_target,
     profit_weight,
 )
+from trm_act.loss import LossConfig
 
 C = 8
 
@@ -484,3 +485,47 @@ def test_validate_false_skips_input_checks_but_computes_the_same_loss():
     assert torch.isnan(
         unchecked(logits, halt, labels, nan_pnl)
     )  # no check: the trainer detects it at log steps
+
+
+# ----------------------------------------------------------------------------- halt target "profitable"
+
+
+def test_profitable_halt_target_is_confident_and_not_losing():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    labels = torch.tensor([1, 1, 0, 0])  # rows 0 and 1 are wrong against the label
+    pnl = torch.tensor([0.02, -0.01, 0.05, 0.0])
+    profitable = halt_target(logits, labels, 0.7, target="profitable", pnl=pnl)
+    assert profitable.tolist() == [1.0, 0.0, 0.0, 1.0]  # row 2 is not confident; row 3 breaks even
+    assert halt_target(logits, labels, 0.7).tolist() == [0.0, 0.0, 0.0, 0.0]  # the seed's rule
+
+
+def test_trm_loss_profitable_halt_target_matches_bce_and_reports_its_rate():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 8) * 3
+    halt = torch.randn(64)
+    labels = torch.randint(0, 8, (64,))
+    pnl = torch.randn(64) * 0.02
+    loss = TRMLoss(halt_target="profitable", confidence_threshold=0.6)
+    parts = loss(logits, halt, labels, pnl, return_components=True)
+    target = ((torch.softmax(logits, -1).max(-1).values > 0.6) & (pnl >= 0)).float()
+    expected = F.binary_cross_entropy_with_logits(halt, target)
+    assert torch.allclose(parts["halt_loss"], expected)
+    assert float(parts["halt_target_rate"]) == pytest.approx(float(target.mean()))
+    assert "halt_target='profitable'" in repr(loss)
+    assert TRMLoss.from_config(LossConfig(halt_target="profitable")).halt_target == "profitable"
+    assert TRMLoss().halt_target == "correct"  # the seed's default is unchanged
+
+
+def test_halt_target_is_validated():
+    with pytest.raises(ValueError, match="halt_target must be one of"):
+        LossConfig(halt_target="lucky")
+    with pytest.raises(ValueError, match="needs pnl"):
+        halt_target(torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), target="profitable")
+    with pytest.raises(ValueError, match="pnl must have shape"):
+        compute_halt_loss(
+            torch.zeros(2, 8),
+            torch.zeros(2),
+            torch.zeros(2, dtype=torch.long),
+            target="profitable",
+            pnl=torch.zeros(3),
+        )

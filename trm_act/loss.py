@@ -18,6 +18,7 @@ under bf16 autocast and on any device. This module imports only torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,14 @@ def _check_threshold(confidence_threshold: float) -> None:
         )
 
 
+HALT_TARGETS = ("correct", "profitable")
+
+
+def _check_halt_target(target: str) -> None:
+    if target not in HALT_TARGETS:
+        raise ValueError(f"halt_target must be one of {HALT_TARGETS}; got {target!r}.")
+
+
 def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -> Tensor:
     if reduction == "none":
         return values
@@ -140,11 +149,28 @@ def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -
 
 
 @torch.no_grad()
-def halt_target(task_logits: Tensor, labels: Tensor, confidence_threshold: float = 0.7) -> Tensor:
-    """1.0 where the step's answer is confident (max prob > threshold) and correct, else 0.0; (B,) float32."""
+def halt_target(
+    task_logits: Tensor,
+    labels: Tensor,
+    confidence_threshold: float = 0.7,
+    *,
+    target: str = "correct",
+    pnl: Tensor | None = None,
+) -> Tensor:
+    """1.0 where the step's answer is confident (max prob > threshold) and good, else 0.0; (B,) float32.
+
+    Good means ``target="correct"`` (the seed's rule): argmax == label; ``target="profitable"``: the
+    answer's realized ``pnl`` (B,) is >= 0, i.e. the chosen strategy did not lose money.
+    """
     probs = torch.softmax(task_logits.detach().float(), dim=-1)  # (B, C)
     confidence, prediction = probs.max(dim=-1)  # (B,), (B,)
-    return ((confidence > confidence_threshold) & (prediction == labels)).float()
+    if target == "profitable":
+        if pnl is None:
+            raise ValueError('halt_target(target="profitable") needs pnl, the (B,) PnL of each answer.')
+        good = pnl.detach() >= 0  # (B,)
+    else:
+        good = prediction == labels  # (B,)
+    return ((confidence > confidence_threshold) & good).float()
 
 
 @torch.no_grad()
@@ -189,23 +215,36 @@ def compute_halt_loss(
     labels: Tensor,
     confidence_threshold: float = 0.7,
     reduction: str = "mean",
+    *,
+    target: str = "correct",
+    pnl: Tensor | None = None,
 ) -> Tensor:
     """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
 
-    ``halt_logits`` may be (B,) or (B, 1).
+    ``halt_logits`` may be (B,) or (B, 1). ``target="profitable"`` (with ``pnl``) uses "confident and
+    not losing" instead (see :func:`halt_target`).
     """
     _check_reduction(reduction)
     _check_threshold(confidence_threshold)
+    _check_halt_target(target)
     batch, width = _check_logits(task_logits)
     labels = _check_labels(labels, batch, width)
     _check_halt_logits(halt_logits, batch)
-    return _halt_loss(task_logits, halt_logits, labels, confidence_threshold, reduction)
+    if target == "profitable":
+        _check_pnl(pnl, batch)
+    return _halt_loss(task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl)
 
 
 def _halt_loss(
-    task_logits: Tensor, halt_logits: Tensor, labels: Tensor, confidence_threshold: float, reduction: str
+    task_logits: Tensor,
+    halt_logits: Tensor,
+    labels: Tensor,
+    confidence_threshold: float,
+    reduction: str,
+    target_kind: str = "correct",
+    pnl: Tensor | None = None,
 ) -> Tensor:
-    target = halt_target(task_logits, labels, confidence_threshold)  # (B,)
+    target = halt_target(task_logits, labels, confidence_threshold, target=target_kind, pnl=pnl)  # (B,)
     flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
     return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
 
@@ -323,7 +362,10 @@ class LossConfig:
     lambda_reward: float = 0.0
     """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; see README for the comparison)."""
     confidence_threshold: float = 0.7
-    """Halt target is 1 when max softmax probability exceeds this and the answer is correct."""
+    """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
+    halt_target: Literal["correct", "profitable"] = "correct"
+    """What a good answer is for the halt target: "correct" (argmax == hindsight label; the seed's rule) or
+    "profitable" (the answer's realized PnL >= 0, which noisy labels cannot make unreachable)."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
@@ -335,6 +377,7 @@ class LossConfig:
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
         _check_threshold(self.confidence_threshold)
+        _check_halt_target(self.halt_target)
         _check_pnl_scale(self.pnl_scale)
 
 
@@ -345,10 +388,11 @@ class TRMLoss(nn.Module):
         lambda_halt: weight of the halt loss.
         lambda_profit: weight of the profit-weighted task loss.
         class_weights: optional (num_classes,) weights, e.g. from ``class_weights_from_labels``.
-        confidence_threshold: halt target is 1 when max softmax prob > this and the answer is correct.
+        confidence_threshold: halt target is 1 when max softmax prob > this and the answer is good.
         pnl_scale: PnL (fraction of capital) that sets the profit-weight scale, ``1 - tanh(pnl / pnl_scale)``.
         num_classes: number of strategies (logit width).
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
+        halt_target: "correct" (the seed's rule: argmax == label) or "profitable" (the answer's pnl >= 0).
         validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
             of a value costs a device-to-host sync; a training loop that builds its inputs itself turns it off.
 
@@ -365,6 +409,7 @@ class TRMLoss(nn.Module):
         num_classes: int = 8,
         lambda_reward: float = LossConfig.lambda_reward,
         validate: bool = True,
+        halt_target: str = LossConfig.halt_target,
     ) -> None:
         super().__init__()
         config = LossConfig(  # validates the ranges
@@ -373,6 +418,7 @@ class TRMLoss(nn.Module):
             lambda_reward=lambda_reward,
             confidence_threshold=confidence_threshold,
             pnl_scale=pnl_scale,
+            halt_target=halt_target,
         )
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
@@ -384,6 +430,7 @@ class TRMLoss(nn.Module):
         self.lambda_profit = float(config.lambda_profit)
         self.lambda_reward = float(config.lambda_reward)
         self.confidence_threshold = float(config.confidence_threshold)
+        self.halt_target = config.halt_target
         self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
         self.validate = bool(validate)
@@ -405,6 +452,7 @@ class TRMLoss(nn.Module):
             lambda_profit=config.lambda_profit,
             lambda_reward=config.lambda_reward,
             confidence_threshold=config.confidence_threshold,
+            halt_target=config.halt_target,
             pnl_scale=config.pnl_scale,
             class_weights=class_weights,
             num_classes=num_classes,
@@ -437,7 +485,9 @@ class TRMLoss(nn.Module):
             _check_pnl(pnl, batch)
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
-        halt_loss = _halt_loss(task_logits, halt_logits, labels, self.confidence_threshold, "mean")
+        halt_loss = _halt_loss(
+            task_logits, halt_logits, labels, self.confidence_threshold, "mean", self.halt_target, pnl
+        )
         profit_loss = _profit_weighted_loss(
             task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
@@ -452,7 +502,9 @@ class TRMLoss(nn.Module):
 
         with torch.no_grad():
             task_loss = _task_loss(task_logits, labels, self.class_weights, "mean")
-            target_rate = halt_target(task_logits, labels, self.confidence_threshold).mean()
+            target_rate = halt_target(
+                task_logits, labels, self.confidence_threshold, target=self.halt_target, pnl=pnl
+            ).mean()
         components: dict[str, Tensor | float] = {
             "total_loss": total,
             "halt_loss": halt_loss.detach(),
@@ -472,5 +524,6 @@ class TRMLoss(nn.Module):
         return (
             f"lambda_halt={self.lambda_halt}, lambda_profit={self.lambda_profit}, "
             f"lambda_reward={self.lambda_reward}, confidence_threshold={self.confidence_threshold}, "
+            f"halt_target={self.halt_target!r}, "
             f"pnl_scale={self.pnl_scale}, num_classes={self.num_classes}, class_weights={weights}"
         )

@@ -109,7 +109,11 @@ def typed_overrides(args: Args, argv: list[str]) -> dict[str, dict[str, Any]]:
         values = getattr(args, section)
         for f in dataclasses.fields(values):
             flat, nested = f.name, f"{section}.{f.name}"
-            if flat in typed or nested in typed or (section == "env" and f.name == "data" and "data" in typed):
+            if (
+                flat in typed
+                or nested in typed
+                or (section == "env" and f.name == "data" and "data" in typed)
+            ):
                 out.setdefault(section, {})[f.name] = getattr(values, f.name)
     return out
 
