@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .universe import is_glob
 from .synthetic import RegimeSpec, SyntheticMarketConfig
+from .universe import is_glob
 
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 

@@ -105,7 +105,9 @@ def _market_from_universe(universe: Universe, source: str) -> _Market:
         positions=_readonly(np.concatenate([p.positions for p in parts])),
         bar_regimes=None,
         regime_names=None,
-        bars_per_year=float(np.median(per_year)),  # annualises per-trade Sharpe at a typical instrument's rate
+        bars_per_year=float(
+            np.median(per_year)
+        ),  # annualises per-trade Sharpe at a typical instrument's rate
         symbols=tuple(universe.frames),
         bar_offsets=_readonly(np.concatenate(([0], np.cumsum(lengths)))),
         universe=True,
@@ -135,7 +137,9 @@ def _csv_market(path: str, mtime_ns: int, size: int, name: str) -> _Market:
 
 
 @functools.lru_cache(maxsize=2)  # a 500 x 5,000-bar universe holds ~0.3 GB of per-bar arrays
-def _universe_market(data: str, files: tuple[tuple[str, int, int], ...], skip: bool, min_bars: int) -> _Market:
+def _universe_market(
+    data: str, files: tuple[tuple[str, int, int], ...], skip: bool, min_bars: int
+) -> _Market:
     del files  # part of the cache key only: (path, mtime, size) of every file, so edits are read again
     return _market_from_universe(load_universe(data, skip_bad_files=skip, min_bars=min_bars), data)
 
@@ -410,7 +414,10 @@ def _cutoff(market: _Market, test_fraction: float) -> tuple[np.ndarray, pd.Times
     pooled = np.sort(times)
     cutoff = pooled[int(np.floor((1.0 - test_fraction) * n_bars))]
     boundaries = np.array(
-        [offsets[k] + np.searchsorted(times[offsets[k] : offsets[k + 1]], cutoff, side="left") for k in range(len(offsets) - 1)],
+        [
+            offsets[k] + np.searchsorted(times[offsets[k] : offsets[k + 1]], cutoff, side="left")
+            for k in range(len(offsets) - 1)
+        ],
         dtype=np.int64,
     )  # (K,)
     stamp = pd.Timestamp(cutoff)
@@ -445,12 +452,16 @@ def _build(
         pnl = trade_pnl(positions, close, local, horizon, cost)  # (D_k, S)
         bars.append(local + first)
         pnls.append(pnl)
-        label_pnls.append(pnl if label_horizon == horizon else _label_pnl(positions, close, local, label_horizon, cost))
+        label_pnls.append(
+            pnl if label_horizon == horizon else _label_pnl(positions, close, local, label_horizon, cost)
+        )
         symbol_index.append(np.full(local.shape[0], k, dtype=np.int64))
     one = len(bars) == 1  # a single market keeps its arrays as computed (no concatenation copy)
     decision_bars = bars[0] if one else np.concatenate(bars)  # (D,)
     pnl = _readonly(pnls[0] if one else np.concatenate(pnls))  # (D, S)
-    label_pnl = pnl if label_horizon == horizon else _readonly(label_pnls[0] if one else np.concatenate(label_pnls))
+    label_pnl = (
+        pnl if label_horizon == horizon else _readonly(label_pnls[0] if one else np.concatenate(label_pnls))
+    )
     regimes = None if market.bar_regimes is None else market.bar_regimes[decision_bars]  # (D,)
     boundary_bars, boundary_time = _cutoff(market, test_fraction)
     return ReplayData(
@@ -477,7 +488,9 @@ def _build(
         symbols=market.symbols,
         symbol_index=_readonly(np.concatenate(symbol_index)),
         bar_offsets=market.bar_offsets,
-        decision_offsets=_readonly(np.concatenate(([0], np.cumsum([b.shape[0] for b in bars]))).astype(np.int64)),
+        decision_offsets=_readonly(
+            np.concatenate(([0], np.cumsum([b.shape[0] for b in bars]))).astype(np.int64)
+        ),
         boundary_bars=_readonly(boundary_bars),
         boundary_time=boundary_time,
         universe=market.universe,

@@ -57,7 +57,9 @@ class EpisodeStarts:
         self.episode_length = episode_length
         self.largest = int(sizes.max(initial=0))
         self.ranges = ranges[fits]  # (K', 2) instruments an episode fits in
-        self.counts = sizes[fits] - need + 1 if episode_length is not None else sizes[fits]  # (K',) draw weights
+        self.counts = (
+            sizes[fits] - need + 1 if episode_length is not None else sizes[fits]
+        )  # (K',) draw weights
         self.ends = np.cumsum(self.counts)  # (K',)
 
     def __len__(self) -> int:
@@ -226,7 +228,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self._regimes: list[int] | None = None if replay.regimes is None else replay.regimes.tolist()
         # Real data names its instrument in info["symbol"]; the synthetic market keeps its key set.
         self._symbols: list[str] | None = (
-            None if replay.source == "synthetic" else [replay.symbols[k] for k in replay.symbol_index.tolist()]
+            None
+            if replay.source == "synthetic"
+            else [replay.symbols[k] for k in replay.symbol_index.tolist()]
         )
         # Only a separate label horizon adds info["label_pnl"]; otherwise it would repeat strategy_pnl.
         self._label_pnl_rows = None if replay.label_pnl is replay.strategy_pnl else list(replay.label_pnl)

@@ -72,7 +72,9 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read as Parquet ({exc}); pass a Parquet file with a header") from exc
+        raise ValueError(
+            f"{path}: cannot read as Parquet ({exc}); pass a Parquet file with a header"
+        ) from exc
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -81,7 +83,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read as CSV ({exc}); pass a comma-separated file with a header") from exc
+        raise ValueError(
+            f"{path}: cannot read as CSV ({exc}); pass a comma-separated file with a header"
+        ) from exc
 
 
 def symbol_column(columns: Any, source: str) -> str | None:
@@ -281,7 +285,9 @@ def load_universe(data: Any, *, skip_bad_files: bool = False, min_bars: int = 1)
             raise ValueError("data={}: an empty dict; pass {symbol: OHLCV DataFrame, ...}")
         for symbol, frame in data.items():
             if not isinstance(symbol, str) or not symbol:
-                raise ValueError(f"data: key {symbol!r} is not a symbol; key the dict by non-empty str symbols")
+                raise ValueError(
+                    f"data: key {symbol!r} is not a symbol; key the dict by non-empty str symbols"
+                )
             if not isinstance(frame, pd.DataFrame):
                 raise ValueError(
                     f"data[{symbol!r}]: a {type(frame).__name__}, expected an OHLCV pandas DataFrame"

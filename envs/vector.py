@@ -44,7 +44,7 @@ class TradeReplayVectorEnv(VectorEnv):
 
     ``info`` holds arrays over sub-envs: ``label`` (N,) int64, ``strategy_pnl`` (N, 8) float64,
     ``t`` (N,) int64, ``decision`` (N,) int64, on synthetic data ``regime`` (N,) int64, and on real data
-    ``symbol`` (N,) str (each sub-env's instrument; an episode stays within one), each with
+    ``symbol`` (N,) object array of str (each sub-env's instrument; an episode stays within one), each with
     Gymnasium's ``_key`` mask (all True). When episodes end in a step, ``final_obs`` (object array,
     None where no episode ended), ``final_info`` (same keys, masked) and their masks are added.
 
@@ -109,7 +109,8 @@ class TradeReplayVectorEnv(VectorEnv):
         self._label_pnl = None if replay.label_pnl is replay.strategy_pnl else replay.label_pnl  # (D, S)
         self._windows = replay.windows  # (D, W, F) or None
         # Real data names each sub-env's instrument in info["symbol"]; the synthetic market keeps its key set.
-        self._symbol_names = None if replay.source == "synthetic" else np.array(replay.symbols)  # (K,) str
+        # An object array of Python str: numeric-only consumers (checkpoints of info) skip it, as they skip final_obs.
+        self._symbol_names = None if replay.source == "synthetic" else np.array(replay.symbols, dtype=object)
         self._symbol_index = replay.symbol_index  # (D,)
         self._rngs: list[np.random.Generator] | None = None
         self._decision: np.ndarray | None = None  # (N,) current decision index of each sub-env
@@ -141,7 +142,7 @@ class TradeReplayVectorEnv(VectorEnv):
         info: dict[str, Any] = self._info_values(decisions)
         for key in list(info):
             if mask is not None:
-                info[key][~mask] = np.zeros((), dtype=info[key].dtype)  # 0, or "" for symbols
+                info[key][~mask] = "" if key == "symbol" else 0
             info[f"_{key}"] = np.ones(self.num_envs, dtype=bool) if mask is None else mask.copy()
         return info
 

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per throughput round")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the best is kept")
-    parser.add_argument("--csv", action="store_true", help="also write the universe as CSVs and build from them")
+    parser.add_argument(
+        "--csv", action="store_true", help="also write the universe as CSVs and build from them"
+    )
     args = parser.parse_args(argv)
 
     from trm_act.envs import TradeReplayConfig, TradeReplayVectorEnv, build_replay
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| TradeReplayVectorEnv({args.num_envs}) on the universe | {rates['universe']:,.0f} transitions/s "
         f"| >= {THROUGHPUT_TARGET:,.0f} |"
     )
-    print(f"| TradeReplayVectorEnv({args.num_envs}) on one synthetic market | {rates['single']:,.0f} transitions/s | |")
+    print(
+        f"| TradeReplayVectorEnv({args.num_envs}) on one synthetic market | {rates['single']:,.0f} transitions/s | |"
+    )
     print(f"\nuniverse / single-market throughput: {rates['universe'] / rates['single']:.2f}x")
     verdicts = [
         all(seconds <= BUILD_TARGET_S for _, seconds in builds),
