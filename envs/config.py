@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -12,6 +13,7 @@ import pandas as pd
 import tyro
 
 from .synthetic import RegimeSpec, SyntheticMarketConfig
+from .universe import is_glob
 
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 
@@ -46,11 +48,17 @@ def _synthetic_from(value: Any) -> SyntheticMarketConfig:
 class TradeReplayConfig:
     """Options of TradeReplayEnv / TradeReplayVectorEnv / build_replay. Validated on construction."""
 
-    # On the command line data is a path or "synthetic" (a DataFrame is for Python callers).
+    # On the command line data is a path, a glob or "synthetic" (DataFrames and dicts are for Python callers).
     data: Annotated[
-        str | Path | pd.DataFrame, tyro.conf.arg(name="data", prefix_name=False, constructor=str)
+        str | Path | pd.DataFrame | dict[str, pd.DataFrame],
+        tyro.conf.arg(name="data", prefix_name=False, constructor=str),
     ] = "synthetic"
-    """"synthetic" (the embedded regime market), a path to an OHLCV CSV, or an OHLCV DataFrame."""
+    """"synthetic" (the embedded regime market), an OHLCV CSV path or DataFrame (one instrument), or a universe:
+    a directory or glob of CSV files (one instrument each, file stem = symbol), a long CSV/Parquet file with a
+    Symbol or Ticker column, or a dict {symbol: DataFrame}."""
+    skip_bad_files: bool = False
+    """Skip instruments whose file fails validation (each is listed in a warning and in ReplayData.skipped)
+    instead of stopping at the first; only for a universe."""
     window: int = 32
     """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
     horizon: int = 8
@@ -78,15 +86,29 @@ class TradeReplayConfig:
         if isinstance(data, str) and data == "synthetic":
             pass
         elif isinstance(data, str | Path):
-            if not Path(data).is_file():
+            path = Path(data)
+            if not (path.is_file() or path.is_dir() or (is_glob(data) and glob.glob(str(data)))):
                 raise ValueError(
-                    f"data={str(data)!r}: no such file; pass 'synthetic', the path of an OHLCV CSV, "
-                    "or a pandas DataFrame"
+                    f"data={str(data)!r}: no such file, directory or matching files; pass 'synthetic', an OHLCV "
+                    "CSV, a directory or glob of CSVs (one instrument each), a long CSV/Parquet with a Symbol "
+                    "column, a DataFrame, or a dict of DataFrames"
                 )
+        elif isinstance(data, dict):
+            if not data:
+                raise ValueError("data={}: an empty dict; pass {symbol: OHLCV DataFrame, ...}")
+            for symbol, frame in data.items():
+                if not isinstance(symbol, str) or not symbol or not isinstance(frame, pd.DataFrame):
+                    raise ValueError(
+                        f"data[{symbol!r}]: expected non-empty str symbols mapped to OHLCV DataFrames, "
+                        f"got a {type(frame).__name__} under {type(symbol).__name__} key {symbol!r}"
+                    )
         elif not isinstance(data, pd.DataFrame):
             raise ValueError(
-                f"data={type(data).__name__}: expected 'synthetic', a CSV path or a pandas DataFrame"
+                f"data={type(data).__name__}: expected 'synthetic', a CSV/Parquet path, a directory or glob of "
+                "CSVs, a pandas DataFrame, or a dict of DataFrames"
             )
+        if not isinstance(self.skip_bad_files, bool):
+            raise ValueError(f"skip_bad_files={self.skip_bad_files!r}: expected True or False")
         for name in ("window", "horizon"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:

@@ -5,6 +5,12 @@ bar whose observation window holds only valid features (bar 0 has no return), th
 ends inside the data. Builds are cached (synthetic markets by their config, CSV files by path and
 modification time), because the trainer and a 256-slot vector env ask for the same data repeatedly;
 the cached arrays are read-only so that no caller can corrupt another's copy.
+
+A universe of instruments (see :mod:`.universe`) is laid end to end: instrument k owns bars
+``bar_offsets[k]:bar_offsets[k+1]`` and decisions ``decision_offsets[k]:decision_offsets[k+1]``.
+Features, strategy positions and trade PnL are computed per instrument, so nothing crosses an
+instrument boundary: an observation window and a trade both lie inside one instrument. The split
+uses one calendar cutoff for all instruments (``boundary_time``, see ``_cutoff``).
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import SPLITS, TradeReplayConfig
 from .features import FEATURE_NAMES, compute_features
 from .market import bars_per_year, load_ohlcv
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
 from .synthetic import SyntheticMarketConfig, generate_synthetic_market
+from .universe import Universe, is_universe, load_universe, universe_files
 
 SYNTHETIC_BARS_PER_YEAR = 252.0
 _MAX_WINDOW_CACHE_BYTES = 128 * 2**20  # above this, observations are gathered from the features per call
@@ -43,6 +51,10 @@ class _Market:
     bar_regimes: np.ndarray | None  # (T,) int64
     regime_names: tuple[str, ...] | None
     bars_per_year: float
+    symbols: tuple[str, ...]  # (K,) instrument names
+    bar_offsets: np.ndarray  # (K+1,) int64: instrument k owns bars bar_offsets[k]:bar_offsets[k+1]
+    universe: bool = False  # the data came in a multi-instrument form (directory, glob, long file, dict)
+    skipped: tuple[str, ...] = ()  # why each skipped file was skipped (skip_bad_files only)
 
 
 def _check_finite(
@@ -70,6 +82,7 @@ def _market_from_frame(
     bar_regimes: np.ndarray | None,
     regime_names: tuple[str, ...] | None,
     per_year: float,
+    symbol: str,
 ) -> _Market:
     o, h, low, c, v = (
         ohlcv[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume")
@@ -87,6 +100,41 @@ def _market_from_frame(
         bar_regimes=None if bar_regimes is None else _readonly(bar_regimes.astype(np.int64)),
         regime_names=regime_names,
         bars_per_year=per_year,
+        symbols=(symbol,),
+        bar_offsets=_readonly(np.array([0, len(ohlcv)], dtype=np.int64)),
+    )
+
+
+def _as_naive_ns(index: pd.DatetimeIndex) -> np.ndarray:
+    """(T,) datetime64[ns] of an index, timezone-aware ones in UTC, so instruments share one time axis."""
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    return index.to_numpy(dtype="datetime64[ns]")
+
+
+def _market_from_universe(universe: Universe, source: str) -> _Market:
+    """Instruments laid end to end; features and positions computed per instrument (never across one)."""
+    frames = list(universe.frames.values())
+    parts = [_market_from_frame(f, s, None, None, 0.0, s) for s, f in universe.frames.items()]
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)  # (K,)
+    tz = pd.DatetimeIndex(frames[0].index).tz
+    times = pd.DatetimeIndex(np.concatenate([_as_naive_ns(pd.DatetimeIndex(f.index)) for f in frames]))
+    per_year = [bars_per_year(pd.DatetimeIndex(f.index)) for f in frames]
+    return _Market(
+        source=source,
+        timestamps=times if tz is None else times.tz_localize("UTC"),
+        close=_readonly(np.concatenate([p.close for p in parts])),
+        features=_readonly(np.concatenate([p.features for p in parts])),
+        positions=_readonly(np.concatenate([p.positions for p in parts])),
+        bar_regimes=None,
+        regime_names=None,
+        bars_per_year=float(
+            np.median(per_year)
+        ),  # annualises per-trade Sharpe at a typical instrument's rate
+        symbols=tuple(universe.frames),
+        bar_offsets=_readonly(np.concatenate(([0], np.cumsum(lengths)))),
+        universe=True,
+        skipped=universe.skipped,
     )
 
 
@@ -94,7 +142,12 @@ def _market_from_frame(
 def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
     frame = generate_synthetic_market(config)
     return _market_from_frame(
-        frame, "synthetic", frame["regime"].to_numpy(), config.regime_names, SYNTHETIC_BARS_PER_YEAR
+        frame,
+        "synthetic",
+        frame["regime"].to_numpy(),
+        config.regime_names,
+        SYNTHETIC_BARS_PER_YEAR,
+        "synthetic",
     )
 
 
@@ -102,18 +155,35 @@ def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
 def _csv_market(path: str, mtime_ns: int, size: int, name: str) -> _Market:
     del mtime_ns, size  # part of the cache key only: an edited file is read again
     ohlcv = load_ohlcv(path, name=name)
-    return _market_from_frame(ohlcv, name, None, None, bars_per_year(pd.DatetimeIndex(ohlcv.index)))
+    per_year = bars_per_year(pd.DatetimeIndex(ohlcv.index))
+    return _market_from_frame(ohlcv, name, None, None, per_year, Path(name).stem)
+
+
+@functools.lru_cache(maxsize=2)  # a 500 x 5,000-bar universe holds ~0.3 GB of per-bar arrays
+def _universe_market(
+    data: str, files: tuple[tuple[str, int, int], ...], skip: bool, min_bars: int
+) -> _Market:
+    del files  # part of the cache key only: (path, mtime, size) of every file, so edits are read again
+    return _market_from_universe(load_universe(data, skip_bad_files=skip, min_bars=min_bars), data)
 
 
 def _market(config: TradeReplayConfig) -> _Market:
     data = config.data
+    min_bars = config.window + config.horizon + 1
     if isinstance(data, pd.DataFrame):
         ohlcv = load_ohlcv(data)
-        return _market_from_frame(
-            ohlcv, "DataFrame", None, None, bars_per_year(pd.DatetimeIndex(ohlcv.index))
-        )
+        per_year = bars_per_year(pd.DatetimeIndex(ohlcv.index))
+        return _market_from_frame(ohlcv, "DataFrame", None, None, per_year, "DataFrame")
+    if isinstance(data, dict):
+        universe = load_universe(data, skip_bad_files=config.skip_bad_files, min_bars=min_bars)
+        return _market_from_universe(universe, f"dict of {len(data)} DataFrames")
     if isinstance(data, str) and data == "synthetic":
         return _synthetic_market(config.synthetic)
+    if is_universe(data):
+        path = Path(data)
+        files = [path] if path.is_file() else universe_files(data)
+        key = tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        return _universe_market(str(data), key, config.skip_bad_files, min_bars)
     path = Path(data)
     stat = path.stat()
     return _csv_market(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(data))
@@ -121,13 +191,14 @@ def _market(config: TradeReplayConfig) -> _Market:
 
 @dataclass(frozen=True, eq=False)
 class ReplayData:
-    """Precomputed replay of one market: features, decision points, strategy PnL and labels.
+    """Precomputed replay of one market or a universe: features, decision points, strategy PnL and labels.
 
-    All arrays are read-only. Decision index i (0..D-1) refers to bar ``decision_bars[i]``.
+    All arrays are read-only. Decision index i (0..D-1) refers to bar ``decision_bars[i]``. A universe's
+    instruments lie end to end: bars and decisions are grouped by instrument, in time order within each.
     """
 
     source: str
-    """Where the bars came from: "synthetic", the CSV path as given, or "DataFrame"."""
+    """Where the bars came from: "synthetic", the CSV path as given, "DataFrame", or the universe's data."""
     timestamps: pd.DatetimeIndex
     """(T,) timestamp of every bar."""
     close: np.ndarray
@@ -164,9 +235,28 @@ class ReplayData:
     test_fraction: float
     """Fraction of bars held out at the end as the test split."""
     boundary_bar: int
-    """First bar of the test split: floor((1 - test_fraction) * T)."""
+    """First bar of the test split: floor((1 - test_fraction) * T). For a universe: ``boundary_bars[0]``."""
     bars_per_year: float
-    """Bars per year (252 for synthetic; counted over the timestamps' span for real data)."""
+    """Bars per year (252 for synthetic; counted over the timestamps' span for real data; a universe's
+    median over its instruments)."""
+    symbols: tuple[str, ...]
+    """Instrument names, index = symbol id: the file stem, dict key or Symbol value ("synthetic" or
+    "DataFrame" for those single sources)."""
+    symbol_index: np.ndarray
+    """(D,) int64 instrument (index into ``symbols``) of each decision."""
+    bar_offsets: np.ndarray
+    """(K+1,) int64: instrument k owns bars ``bar_offsets[k]:bar_offsets[k+1]``."""
+    decision_offsets: np.ndarray
+    """(K+1,) int64: instrument k owns decisions ``decision_offsets[k]:decision_offsets[k+1]``."""
+    boundary_bars: np.ndarray
+    """(K,) int64 first test bar of each instrument: its first bar at or after ``boundary_time``
+    (``bar_offsets[k+1]`` when it ends before the cutoff)."""
+    boundary_time: pd.Timestamp
+    """The calendar cutoff shared by every instrument: the timestamp of the first test bar."""
+    universe: bool
+    """True when the data came in a multi-instrument form (directory, glob, long file, dict)."""
+    skipped: tuple[str, ...]
+    """Why each skipped instrument file was skipped (only with skip_bad_files=True)."""
 
     feature_names = FEATURE_NAMES
     strategy_names = STRATEGIES
@@ -175,8 +265,14 @@ class ReplayData:
         return (
             f"ReplayData(source={self.source!r}, bars={self.n_bars}, decisions={self.n_decisions}, "
             f"features={self.n_features}, window={self.window}, horizon={self.horizon}, stride={self.stride}, "
-            f"cost={self.cost}, boundary_bar={self.boundary_bar}, regimes={self.regime_names})"
+            f"cost={self.cost}, boundary_bar={self.boundary_bar}, regimes={self.regime_names}"
+            + (f", instruments={self.n_symbols}, cutoff={self.boundary_time})" if self.universe else ")")
         )
+
+    @property
+    def n_symbols(self) -> int:
+        """Number of instruments K (1 for a single market)."""
+        return len(self.symbols)
 
     @property
     def n_features(self) -> int:
@@ -194,32 +290,55 @@ class ReplayData:
         return int(self.close.shape[0])
 
     @functools.cached_property
-    def _split_ranges(self) -> dict[str, tuple[int, int]]:
-        # Decision bars increase with the index, so each split is a contiguous range [start, stop).
-        bars = self.decision_bars
-        # A train decision's trade and its label both end before the boundary bar.
-        reach = max(self.horizon, self.label_horizon)
-        train_stop = int(np.searchsorted(bars + reach, self.boundary_bar, side="left"))
-        test_start = int(np.searchsorted(bars, self.boundary_bar, side="left"))
-        return {
-            "train": (0, train_stop),
-            "test": (test_start, self.n_decisions),
-            "all": (0, self.n_decisions),
-        }
+    def _split_ranges(self) -> dict[str, np.ndarray]:
+        # Decision bars increase within an instrument, so each split is a contiguous range per instrument.
+        reach = max(self.horizon, self.label_horizon)  # a train trade and its label end before the cutoff
+        out = {name: np.empty((self.n_symbols, 2), dtype=np.int64) for name in SPLITS}
+        for k in range(self.n_symbols):
+            first, last = int(self.decision_offsets[k]), int(self.decision_offsets[k + 1])
+            bars = self.decision_bars[first:last]
+            boundary = self.boundary_bars[k]
+            out["train"][k] = first, first + int(np.searchsorted(bars + reach, boundary, side="left"))
+            out["test"][k] = first + int(np.searchsorted(bars, boundary, side="left")), last
+            out["all"][k] = first, last
+        return {name: _readonly(ranges) for name, ranges in out.items()}
 
-    def split_range(self, split: str) -> tuple[int, int]:
-        """(start, stop) of the split's decision indices: chronological and contiguous."""
+    def split_ranges(self, split: str) -> np.ndarray:
+        """(K, 2) int64 [start, stop) of the split's decision indices in each instrument (possibly empty)."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         return self._split_ranges[split]
 
+    def split_range(self, split: str) -> tuple[int, int]:
+        """(start, stop) of the split's decision indices: chronological and contiguous (one instrument)."""
+        ranges = self.split_ranges(split)
+        if self.n_symbols > 1:
+            raise ValueError(
+                f"split_range({split!r}): {self.source} holds {self.n_symbols} instruments, whose splits are "
+                "not one contiguous range; use split_ranges() or split_indices()"
+            )
+        return int(ranges[0, 0]), int(ranges[0, 1])
+
     def split_indices(self, split: str) -> np.ndarray:
         """Decision indices of "train" (t + max(horizon, label_horizon) < boundary_bar), "test" (t >= boundary_bar) or "all".
 
-        No train label uses a test bar: a train trade ends before the boundary bar.
+        No train label uses a test bar: a train trade ends before the boundary bar (of its instrument,
+        which in a universe is the instrument's first bar at or after the shared calendar cutoff).
         """
-        start, stop = self.split_range(split)
-        return np.arange(start, stop, dtype=np.int64)
+        ranges = self.split_ranges(split)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges.tolist()])
+
+    def best_fixed_actions(self, split: str = "train") -> np.ndarray:
+        """(K,) per instrument, the strategy with the best mean PnL over its decisions in the split.
+
+        An instrument without decisions in the split gets the pooled best (``best_fixed_action``).
+        """
+        pooled = self.best_fixed_action(split)
+        out = np.full(self.n_symbols, pooled, dtype=np.int64)  # (K,)
+        for k, (a, b) in enumerate(self.split_ranges(split).tolist()):
+            if b > a:
+                out[k] = int(np.argmax(self.strategy_pnl[a:b].mean(axis=0)))
+        return out
 
     @functools.cached_property
     def windows(self) -> np.ndarray | None:
@@ -231,9 +350,19 @@ class ReplayData:
             return None
         return _readonly(self._gather(np.arange(self.n_decisions)))
 
+    @functools.cached_property
+    def _window_rows(self) -> np.ndarray:
+        """(T-W+1, W*F) read-only view (no copy): row j holds the features of bars j..j+W-1, flattened.
+
+        Gathering whole rows of this view copies one contiguous block per decision, several times faster
+        than indexing (N, W) single bars, which is what keeps a large universe's per-call gather cheap.
+        """
+        flat = np.ascontiguousarray(self.features).reshape(-1)  # (T*F,) a view when features is contiguous
+        return sliding_window_view(flat, self.window * self.n_features)[:: self.n_features]
+
     def _gather(self, indices: np.ndarray) -> np.ndarray:
-        offsets = np.arange(1 - self.window, 1)  # (W,)
-        return self.features[self.decision_bars[indices][:, None] + offsets]  # (N, W, F) fresh copy
+        starts = self.decision_bars[indices] - (self.window - 1)  # (N,) first bar of each window
+        return self._window_rows[starts].reshape(-1, self.window, self.n_features)  # (N, W, F) fresh copy
 
     def observations(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Observations of the given decision indices, (N, window, F) float32, freshly allocated."""
@@ -254,8 +383,12 @@ class ReplayData:
         return out
 
     def best_fixed_action(self, split: str = "train") -> int:
-        """The single strategy with the best mean PnL over the split's decisions (ties to the lowest index)."""
-        return int(np.argmax(self.strategy_pnl[self.split_indices(split)].mean(axis=0)))
+        """The single strategy with the best mean PnL over the split's decisions (ties to the lowest index).
+
+        Pooled over every instrument of a universe; an empty split gives 0 (flat).
+        """
+        idx = self.split_indices(split)
+        return int(np.argmax(self.strategy_pnl[idx].mean(axis=0))) if idx.size else 0
 
     def regime_oracle_actions(self, fit_split: str = "train") -> np.ndarray:
         """(D,) the regime oracle's action at every decision: in each true regime, the strategy with the
@@ -272,17 +405,46 @@ class ReplayData:
         return table.astype(np.int64)[self.regimes]
 
 
-def _label_pnl(market: _Market, decision_bars: np.ndarray, label_horizon: int, cost: float) -> np.ndarray:
+def _label_pnl(
+    positions: np.ndarray, close: np.ndarray, decision_bars: np.ndarray, label_horizon: int, cost: float
+) -> np.ndarray:
     """(D, S) strategy PnL over label_horizon bars; trades that would run past the last bar are cut there."""
-    last_bar = market.close.shape[0] - 1
+    last_bar = close.shape[0] - 1
     fits = decision_bars + label_horizon <= last_bar  # (D,) a prefix: decision bars increase
     n_full = int(fits.sum())
     pnl = np.empty((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
-    pnl[:n_full] = trade_pnl(market.positions, market.close, decision_bars[:n_full], label_horizon, cost)
+    pnl[:n_full] = trade_pnl(positions, close, decision_bars[:n_full], label_horizon, cost)
     for i in range(n_full, decision_bars.shape[0]):  # at most label_horizon / stride tail decisions
         t = decision_bars[i : i + 1]
-        pnl[i] = trade_pnl(market.positions, market.close, t, int(last_bar - t[0]), cost)[0]
+        pnl[i] = trade_pnl(positions, close, t, int(last_bar - t[0]), cost)[0]
     return pnl
+
+
+def _cutoff(market: _Market, test_fraction: float) -> tuple[np.ndarray, pd.Timestamp]:
+    """(K,) first test bar of each instrument and the one calendar cutoff they share.
+
+    The cutoff is the (1 - test_fraction) quantile of the pooled timestamps of all instruments' bars
+    (the timestamp of bar floor((1 - test_fraction) * T) in the pooled, time-sorted order), so about
+    test_fraction of all bars are held out, whatever each instrument's date range. Every bar at or after
+    the cutoff, in any instrument, is a test bar. For one instrument this is bar floor((1 - f) * T).
+    """
+    n_bars = market.close.shape[0]
+    offsets = market.bar_offsets
+    if len(market.symbols) == 1:
+        boundary = int(np.floor((1.0 - test_fraction) * n_bars))
+        return np.array([boundary], dtype=np.int64), market.timestamps[boundary]
+    times = _as_naive_ns(market.timestamps)  # (T,) comparable across instruments
+    pooled = np.sort(times)
+    cutoff = pooled[int(np.floor((1.0 - test_fraction) * n_bars))]
+    boundaries = np.array(
+        [
+            offsets[k] + np.searchsorted(times[offsets[k] : offsets[k + 1]], cutoff, side="left")
+            for k in range(len(offsets) - 1)
+        ],
+        dtype=np.int64,
+    )  # (K,)
+    stamp = pd.Timestamp(cutoff)
+    return boundaries, stamp if market.timestamps.tz is None else stamp.tz_localize("UTC")
 
 
 def _build(
@@ -294,22 +456,40 @@ def _build(
     test_fraction: float,
     label_horizon: int | None = None,
 ) -> ReplayData:
-    n_bars = market.close.shape[0]
     need = window + horizon + 1
-    if n_bars < need:
-        raise ValueError(
-            f"{market.source}: {n_bars} rows (last row {n_bars - 1}), but window={window} + horizon={horizon} "
-            f"+ 1 = {need} bars are needed for one decision; pass more bars or lower window/horizon"
-        )
-    decision_bars = np.arange(window, n_bars - horizon, stride, dtype=np.int64)  # (D,)
-    pnl = trade_pnl(market.positions, market.close, decision_bars, horizon, cost)  # (D, S)
-    _check_finite(pnl, "PnL of strategy", STRATEGIES, market.source, decision_bars)
+    offsets = market.bar_offsets.tolist()
     label_horizon = horizon if label_horizon is None else label_horizon
-    label_pnl = pnl
-    if label_horizon != horizon:
-        label_pnl = _readonly(_label_pnl(market, decision_bars, label_horizon, cost))  # (D, S)
+    bars, pnls, label_pnls, symbol_index = [], [], [], []
+    for k in range(len(offsets) - 1):
+        first, stop = offsets[k], offsets[k + 1]
+        n_bars = stop - first
+        if n_bars < need:
+            name = market.source if len(offsets) == 2 else f"{market.source}, symbol {market.symbols[k]!r}"
+            raise ValueError(
+                f"{name}: {n_bars} rows (last row {n_bars - 1}), but window={window} + horizon={horizon} "
+                f"+ 1 = {need} bars are needed for one decision; pass more bars or lower window/horizon"
+            )
+        # Per instrument: views of its own bars, so no trade or label reads another instrument's bars.
+        positions, close = market.positions[first:stop], market.close[first:stop]
+        local = np.arange(window, n_bars - horizon, stride, dtype=np.int64)  # (D_k,)
+        pnl = trade_pnl(positions, close, local, horizon, cost)  # (D_k, S)
+        bars.append(local + first)
+        pnls.append(pnl)
+        label_pnls.append(
+            pnl if label_horizon == horizon else _label_pnl(positions, close, local, label_horizon, cost)
+        )
+        symbol_index.append(np.full(local.shape[0], k, dtype=np.int64))
+    one = len(bars) == 1  # a single market keeps its arrays as computed (no concatenation copy)
+    decision_bars = bars[0] if one else np.concatenate(bars)  # (D,)
+    pnl = _readonly(pnls[0] if one else np.concatenate(pnls))  # (D, S)
+    label_pnl = (
+        pnl if label_horizon == horizon else _readonly(label_pnls[0] if one else np.concatenate(label_pnls))
+    )
+    _check_finite(pnl, "PnL of strategy", STRATEGIES, market.source, decision_bars)
+    if label_pnl is not pnl:
         _check_finite(label_pnl, "label PnL of strategy", STRATEGIES, market.source, decision_bars)
     regimes = None if market.bar_regimes is None else market.bar_regimes[decision_bars]  # (D,)
+    boundary_bars, boundary_time = _cutoff(market, test_fraction)
     return ReplayData(
         source=market.source,
         timestamps=market.timestamps,
@@ -317,7 +497,7 @@ def _build(
         features=market.features,
         positions=market.positions,
         decision_bars=_readonly(decision_bars),
-        strategy_pnl=_readonly(pnl),
+        strategy_pnl=pnl,
         label_pnl=label_pnl,
         labels=_readonly(np.argmax(label_pnl, axis=1).astype(np.int64)),  # ties go to the lowest index
         regimes=None if regimes is None else _readonly(regimes),
@@ -329,8 +509,18 @@ def _build(
         stride=stride,
         cost=cost,
         test_fraction=test_fraction,
-        boundary_bar=int(np.floor((1.0 - test_fraction) * n_bars)),
+        boundary_bar=int(boundary_bars[0]),
         bars_per_year=market.bars_per_year,
+        symbols=market.symbols,
+        symbol_index=_readonly(np.concatenate(symbol_index)),
+        bar_offsets=market.bar_offsets,
+        decision_offsets=_readonly(
+            np.concatenate(([0], np.cumsum([b.shape[0] for b in bars]))).astype(np.int64)
+        ),
+        boundary_bars=_readonly(boundary_bars),
+        boundary_time=boundary_time,
+        universe=market.universe,
+        skipped=market.skipped,
     )
 
 
@@ -340,7 +530,8 @@ _build_cached = functools.lru_cache(maxsize=4)(_build)  # each may hold a (D, W,
 def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
     """Load or generate the market and precompute features, decisions, strategy PnL and labels.
 
-    Synthetic and CSV builds are cached: the same config returns the same (read-only) ReplayData.
+    Synthetic, CSV, directory and long-file builds are cached: the same config returns the same
+    (read-only) ReplayData. DataFrames and dicts of DataFrames are built afresh each call.
     """
     config = TradeReplayConfig() if config is None else config
     market = _market(config)
@@ -352,6 +543,6 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.test_fraction,
         config.effective_label_horizon,
     )
-    if isinstance(config.data, pd.DataFrame):
+    if isinstance(config.data, pd.DataFrame | dict):
         return _build(market, *args)
     return _build_cached(market, *args)

@@ -42,19 +42,47 @@ def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) ->
     return config
 
 
-def episode_bounds(
-    start: int, stop: int, episode_length: int | None, rng: np.random.Generator | None
-) -> tuple[int, int]:
-    """(first, last) decision index of a new episode within the split range [start, stop).
+class EpisodeStarts:
+    """Where episodes of one split may start: per instrument, a contiguous range of decisions.
 
-    With episode_length set, the first decision is drawn uniformly among those that fit, with one
-    ``rng.integers`` call (the vector env makes the same call, so seeded episodes agree exactly).
+    An episode stays within one instrument. Its instrument and first decision are drawn together
+    with one ``rng.integers`` call (the vector env makes the same call, so seeded episodes agree):
+    with episode_length set, uniformly among every (instrument, first decision) that fits; with
+    episode_length None, an episode is an instrument's whole split, the instrument drawn in proportion
+    to its decisions (a single market needs no draw: its episode is the whole split).
     """
-    if episode_length is None:
-        return start, stop - 1
-    assert rng is not None
-    first = start + int(rng.integers(0, stop - start - episode_length + 1))
-    return first, first + episode_length - 1
+
+    def __init__(self, ranges: np.ndarray, episode_length: int | None) -> None:
+        need = 2 if episode_length is None else episode_length
+        sizes = ranges[:, 1] - ranges[:, 0]  # (K,)
+        fits = sizes >= need
+        self.episode_length = episode_length
+        self.largest = int(sizes.max(initial=0))
+        self.ranges = ranges[fits]  # (K', 2) instruments an episode fits in
+        self.counts = (
+            sizes[fits] - need + 1 if episode_length is not None else sizes[fits]
+        )  # (K',) draw weights
+        self.ends = np.cumsum(self.counts)  # (K',)
+
+    def __len__(self) -> int:
+        return int(self.ranges.shape[0])
+
+    def draw(self, rng: np.random.Generator | None) -> tuple[int, int]:
+        """(first, last) decision index of a new episode."""
+        if self.episode_length is None and len(self) == 1:
+            return int(self.ranges[0, 0]), int(self.ranges[0, 1]) - 1
+        assert rng is not None
+        j = int(rng.integers(0, int(self.ends[-1])))
+        k = int(np.searchsorted(self.ends, j, side="right"))
+        if self.episode_length is None:
+            return int(self.ranges[k, 0]), int(self.ranges[k, 1]) - 1
+        first = int(self.ranges[k, 0]) + j - int(self.ends[k] - self.counts[k])
+        return first, first + self.episode_length - 1
+
+    def contains(self, decisions: np.ndarray) -> bool:
+        """Whether every decision index lies in a range an episode can be in."""
+        d = np.asarray(decisions, dtype=np.int64)[:, None]  # (N, 1)
+        return bool(((d >= self.ranges[:, 0]) & (d < self.ranges[:, 1])).any(axis=1).all())
 
 
 def check_render_mode(render_mode: str | None, owner: str) -> str | None:
@@ -68,18 +96,18 @@ def check_render_mode(render_mode: str | None, owner: str) -> str | None:
     return render_mode
 
 
-def check_split(replay: ReplayData, config: TradeReplayConfig) -> tuple[int, int]:
-    """The split's decision range, after checking that it fits at least one episode."""
-    start, stop = replay.split_range(config.split)
-    n = stop - start
+def check_split(replay: ReplayData, config: TradeReplayConfig) -> EpisodeStarts:
+    """Where the split's episodes may start, after checking that at least one episode fits."""
+    episodes = EpisodeStarts(replay.split_ranges(config.split), config.episode_length)
     need = 2 if config.episode_length is None else config.episode_length
-    if n < need:
+    if not len(episodes):
+        where = "" if replay.n_symbols == 1 else f"the largest of its {replay.n_symbols} instruments "
         raise ValueError(
-            f"split={config.split!r} of {replay.source} has {n} decision point(s) but an episode needs {need} "
-            f"(episode_length={config.episode_length}); use more bars, a smaller stride/episode_length, "
-            "or another test_fraction"
+            f"split={config.split!r} of {replay.source} has {where}{episodes.largest} decision point(s) but an "
+            f"episode needs {need} (episode_length={config.episode_length}); use more bars, a smaller "
+            "stride/episode_length, or another test_fraction"
         )
-    return start, stop
+    return episodes
 
 
 class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
@@ -122,14 +150,18 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     ``info`` (from ``reset`` and ``step``) describes the decision point of the returned observation:
     ``label`` (int, best strategy in hindsight, ties to the lowest index), ``strategy_pnl``
     (float64[8], each strategy's PnL over the coming horizon; supervision, never model input), ``t``
-    (bar index), ``decision`` (decision index into ``env.replay``), and ``regime`` (int, the true
-    regime; synthetic data only). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
+    (bar index), ``decision`` (decision index into ``env.replay``), ``regime`` (int, the true
+    regime; synthetic data only) and ``symbol`` (str, the instrument; real data only: the file stem,
+    dict key or Symbol value, "DataFrame" for a single DataFrame). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
     ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars), which info then also holds.
 
     ## Starting State
 
     The first decision of the split (episode_length None), or one drawn uniformly from
-    ``self.np_random`` among the starts that leave room for episode_length decisions.
+    ``self.np_random`` among the starts that leave room for episode_length decisions. With a universe
+    of instruments an episode stays within one instrument: drawn with its start (uniformly among all
+    instruments' starts that fit), or, with episode_length None, drawn in proportion to its decisions
+    in the split, whose whole split the episode then replays (see ``EpisodeStarts``).
 
     ## Episode End
 
@@ -145,7 +177,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
                    synthetic=SyntheticMarketConfig())
     ```
 
-    * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, or a DataFrame.
+    * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, a DataFrame,
+      or a universe: a directory or glob of CSVs (one instrument each, file stem = symbol), a long
+      CSV/Parquet with a Symbol/Ticker column, or a dict {symbol: DataFrame} (see ``trm_act.envs.universe``).
     * ``window``, ``horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``, ``episode_length``,
       ``synthetic``: see ``TradeReplayConfig``. Or pass a whole ``config=TradeReplayConfig(...)``.
     * ``render_mode``: None or ``"rgb_array"``: ``render()`` then returns an (H, W, 3) uint8 chart of the
@@ -155,7 +189,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
 
     ## Version History
 
-    * v0: initial release.
+    * v0: initial release; universes of instruments and ``info["symbol"]`` added without a version bump
+      (single-market episodes are unchanged).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -192,7 +227,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self.config = resolve_config(config, options)
         self.render_mode = check_render_mode(render_mode, type(self).__name__)
         self.replay = build_replay(self.config)
-        self._start, self._stop = check_split(self.replay, self.config)
+        self._episodes = check_split(self.replay, self.config)
 
         replay = self.replay
         self.action_space = spaces.Discrete(N_STRATEGIES)
@@ -205,6 +240,12 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self._labels: list[int] = replay.labels.tolist()
         self._bars: list[int] = replay.decision_bars.tolist()
         self._regimes: list[int] | None = None if replay.regimes is None else replay.regimes.tolist()
+        # Real data names its instrument in info["symbol"]; the synthetic market keeps its key set.
+        self._symbols: list[str] | None = (
+            None
+            if replay.source == "synthetic"
+            else [replay.symbols[k] for k in replay.symbol_index.tolist()]
+        )
         # Only a separate label horizon adds info["label_pnl"]; otherwise it would repeat strategy_pnl.
         self._label_pnl_rows = None if replay.label_pnl is replay.strategy_pnl else list(replay.label_pnl)
         windows = replay.windows
@@ -232,6 +273,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
             info["label_pnl"] = self._label_pnl_rows[d].copy()
         if self._regimes is not None:
             info["regime"] = self._regimes[d]
+        if self._symbols is not None:
+            info["symbol"] = self._symbols[d]
         return info
 
     def _action(self, action: Any) -> int:
@@ -254,8 +297,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        rng = self.np_random if self.config.episode_length is not None else None
-        self._decision, self._last = episode_bounds(self._start, self._stop, self.config.episode_length, rng)
+        # A single market's whole-split episode draws nothing, so its seeded generator stays untouched.
+        draws = self.config.episode_length is not None or len(self._episodes) > 1
+        self._decision, self._last = self._episodes.draw(self.np_random if draws else None)
         d = self._decision
         self._episode = ([], [])
         return self._observation(d), self._info(d)

@@ -25,7 +25,7 @@ from .render import episode_frame
 from .replay import build_replay
 from .strategies import N_STRATEGIES
 from .synthetic import SyntheticMarketConfig
-from .trade_replay import _DEFAULTS, check_render_mode, check_split, episode_bounds, resolve_config
+from .trade_replay import _DEFAULTS, check_render_mode, check_split, resolve_config
 
 # Bit generators a saved state may name (Gymnasium seeds with PCG64).
 _BIT_GENERATORS = {
@@ -44,7 +44,8 @@ class TradeReplayVectorEnv(VectorEnv):
     ``(num_envs, window, F)`` float32 (fresh each call), rewards ``(num_envs,)`` float64.
 
     ``info`` holds arrays over sub-envs: ``label`` (N,) int64, ``strategy_pnl`` (N, 8) float64,
-    ``t`` (N,) int64, ``decision`` (N,) int64 and, on synthetic data, ``regime`` (N,) int64, each with
+    ``t`` (N,) int64, ``decision`` (N,) int64, on synthetic data ``regime`` (N,) int64, and on real data
+    ``symbol`` (N,) object array of str (each sub-env's instrument; an episode stays within one), each with
     Gymnasium's ``_key`` mask (all True). When episodes end in a step, ``final_obs`` (object array,
     None where no episode ended), ``final_info`` (same keys, masked) and their masks are added.
 
@@ -98,7 +99,7 @@ class TradeReplayVectorEnv(VectorEnv):
             options["synthetic"] = synthetic
         self.config = resolve_config(config, options)
         self.replay = build_replay(self.config)
-        self._start, self._stop = check_split(self.replay, self.config)
+        self._episodes = check_split(self.replay, self.config)
 
         self.num_envs = int(num_envs)
         replay = self.replay
@@ -115,6 +116,10 @@ class TradeReplayVectorEnv(VectorEnv):
         self._regimes = replay.regimes  # (D,) or None
         self._label_pnl = None if replay.label_pnl is replay.strategy_pnl else replay.label_pnl  # (D, S)
         self._windows = replay.windows  # (D, W, F) or None
+        # Real data names each sub-env's instrument in info["symbol"]; the synthetic market keeps its key set.
+        # An object array of Python str: numeric-only consumers (checkpoints of info) skip it, as they skip final_obs.
+        self._symbol_names = None if replay.source == "synthetic" else np.array(replay.symbols, dtype=object)
+        self._symbol_index = replay.symbol_index  # (D,)
         self._rngs: list[np.random.Generator] | None = None
         self._decision: np.ndarray | None = None  # (N,) current decision index of each sub-env
         self._last = np.zeros(self.num_envs, dtype=np.int64)  # (N,) last decision of each episode
@@ -140,6 +145,8 @@ class TradeReplayVectorEnv(VectorEnv):
             values["label_pnl"] = self._label_pnl[decisions]  # (N, S)
         if self._regimes is not None:
             values["regime"] = self._regimes[decisions]  # (N,)
+        if self._symbol_names is not None:
+            values["symbol"] = self._symbol_names[self._symbol_index[decisions]]  # (N,) str
         return values
 
     def _info(self, decisions: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
@@ -147,18 +154,16 @@ class TradeReplayVectorEnv(VectorEnv):
         info: dict[str, Any] = self._info_values(decisions)
         for key in list(info):
             if mask is not None:
-                info[key][~mask] = 0
+                info[key][~mask] = "" if key == "symbol" else 0
             info[f"_{key}"] = np.ones(self.num_envs, dtype=bool) if mask is None else mask.copy()
         return info
 
     def _new_episodes(self, envs: np.ndarray) -> None:
         """Start a new episode in each listed sub-env (a loop over resetting envs only)."""
         assert self._decision is not None and self._rngs is not None
+        draws = self.config.episode_length is not None or len(self._episodes) > 1
         for i in envs.tolist():
-            rng = self._rngs[i] if self.config.episode_length is not None else None
-            self._decision[i], self._last[i] = episode_bounds(
-                self._start, self._stop, self.config.episode_length, rng
-            )
+            self._decision[i], self._last[i] = self._episodes.draw(self._rngs[i] if draws else None)
 
     def split_labels(self) -> np.ndarray:
         """Hindsight labels (D_split,) of this env's split (e.g. for class weights); read-only."""
@@ -211,9 +216,9 @@ class TradeReplayVectorEnv(VectorEnv):
                 "build the vector env with the saved num_envs"
             )
         decision = state["decision"]
-        if decision is not None and not all(self._start <= d < self._stop for d in decision):
+        if decision is not None and not self._episodes.contains(np.array(decision, dtype=np.int64)):
             raise ValueError(
-                f"state: decision indices outside this env's split range [{self._start}, {self._stop}); "
+                f"state: decision indices outside this env's split ranges {self._episodes.ranges.tolist()}; "
                 "build the vector env with the saved config"
             )
         rngs = None

@@ -3,6 +3,11 @@
 Every policy is scored on the same decision points of the chronological test split, none of which
 the trainer saw. PnL per decision is the env's realized strategy PnL (fraction of capital, net of
 costs), so a policy's total here equals the sum of rewards a ``TradeReplayEnv`` episode would pay.
+
+On a universe of instruments the headline figures are pooled over every instrument's test decisions
+(taken in time order), ``best_fixed`` picks one strategy per instrument on that instrument's train
+decisions, and ``metrics["per_instrument"]`` breaks the PnL down by symbol (its rows sum to the pooled
+totals).
 """
 
 from __future__ import annotations
@@ -45,11 +50,14 @@ def trading_metrics(
 
 
 def baseline_actions(replay: ReplayData, test_idx: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only."""
+    """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only.
+
+    ``best_fixed`` is chosen per instrument (one strategy for a single market).
+    """
     n = len(test_idx)
     actions = {
         "random": np.random.default_rng(seed).integers(0, len(STRATEGIES), size=n),
-        "best_fixed": np.full(n, replay.best_fixed_action("train")),
+        "best_fixed": replay.best_fixed_actions("train")[replay.symbol_index[test_idx]],
         "oracle": replay.labels[test_idx],
     }
     if replay.regimes is not None:
@@ -128,6 +136,9 @@ def evaluate(
     ``split="all"`` scores a whole market the model never saw (e.g. a synthetic market of another seed).
     """
     test_idx = replay.split_indices(split)
+    if replay.n_symbols > 1:  # pool the instruments' decisions in time order: one calendar equity curve
+        times = replay.timestamps[replay.decision_bars[test_idx]].asi8  # (N,)
+        test_idx = test_idx[np.argsort(times, kind="stable")]
     observations = replay.observations(test_idx)  # (N, W, F)
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
@@ -156,7 +167,8 @@ def evaluate(
         model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)
     baselines: dict[str, Any] = {name: score(actions) for name, actions in baselines_actions.items()}
-    baselines["best_fixed"]["strategy"] = STRATEGIES[int(baselines_actions["best_fixed"][0])]
+    chosen = np.unique(baselines_actions["best_fixed"])
+    baselines["best_fixed"]["strategy"] = STRATEGIES[int(chosen[0])] if len(chosen) == 1 else "per instrument"
     baselines["fixed"] = {name: score(np.full(len(rows), index)) for index, name in enumerate(STRATEGIES)}
 
     metrics = {
@@ -169,11 +181,55 @@ def evaluate(
             "periods_per_year": periods,
         },
     }
+    if replay.universe:
+        metrics["test_split"] |= {
+            "instruments": replay.n_symbols,
+            "cutoff": str(replay.boundary_time),
+            "skipped_files": list(replay.skipped),
+        }
+        metrics["per_instrument"] = per_instrument_table(
+            replay, test_idx, pnl_matrix, labels, adaptive_actions, baselines_actions
+        )
     equity = {"equity/model": np.cumsum(pnl_matrix[rows, adaptive_actions])}
     for name in ("best_fixed", "regime_oracle", "random"):
         if name in baselines_actions:
             equity[f"equity/{name}"] = np.cumsum(pnl_matrix[rows, baselines_actions[name]])
     return EvalReport(metrics=metrics, equity=equity, steps=adaptive_steps)
+
+
+def per_instrument_table(
+    replay: ReplayData,
+    test_idx: np.ndarray,
+    pnl_matrix: np.ndarray,
+    labels: np.ndarray,
+    model_actions: np.ndarray,
+    baselines_actions: dict[str, np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """{symbol: decisions, model/best-fixed/random PnL and accuracy}; each PnL column sums to the pooled one."""
+    symbol = replay.symbol_index[test_idx]  # (N,)
+    rows = np.arange(len(test_idx))
+    k = replay.n_symbols
+
+    def per_symbol(values: np.ndarray) -> list[float]:
+        return np.bincount(symbol, weights=values, minlength=k).tolist()  # (K,)
+
+    decisions = np.bincount(symbol, minlength=k).tolist()
+    model_pnl = per_symbol(pnl_matrix[rows, model_actions])
+    model_correct = per_symbol((model_actions == labels).astype(np.float64))
+    best_pnl = per_symbol(pnl_matrix[rows, baselines_actions["best_fixed"]])
+    random_pnl = per_symbol(pnl_matrix[rows, baselines_actions["random"]])
+    best = replay.best_fixed_actions("train").tolist()  # (K,)
+    return {
+        name: {
+            "decisions": decisions[i],
+            "model_pnl": model_pnl[i],
+            "model_accuracy": model_correct[i] / decisions[i] if decisions[i] else None,
+            "best_fixed_strategy": STRATEGIES[best[i]],
+            "best_fixed_pnl": best_pnl[i],
+            "random_pnl": random_pnl[i],
+        }
+        for i, name in enumerate(replay.symbols)
+    }
 
 
 RECENT_CHANGE_BARS = 16  # "just after a regime change": the change happened at most this many bars ago
@@ -224,8 +280,13 @@ def format_summary(metrics: dict[str, Any]) -> str:
     header = (
         f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'accuracy':>8}  {'max_dd':>7}  {'hit_rate':>8}"
     )
+    where = (
+        f"{split['instruments']} instruments, calendar cutoff {split['cutoff']}"
+        if "instruments" in split
+        else f"bars {split['first_bar']}..{split['last_bar']}"
+    )
     lines = [
-        f"held-out test split: {split['decisions']} decisions (bars {split['first_bar']}..{split['last_bar']})",
+        f"held-out test split: {split['decisions']} decisions ({where})",
         header,
         "-" * len(header),
     ]
