@@ -20,9 +20,11 @@ Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown ta
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -226,7 +228,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (0, 1, ...)")
     parser.add_argument("--markets", type=int, default=3, help="fresh synthetic markets to score on")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the CLI default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes")
     parser.add_argument("--out", default="runs/bench-learn", help="directory for learn.json and learn.md")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     args = parser.parse_args(argv)
@@ -234,8 +237,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.recipes if name not in RECIPES]
     if unknown:
         parser.error(f"--recipes: unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
-    if args.seeds < 1 or args.markets < 0 or args.threads < 1:
-        parser.error("--seeds and --threads must be >= 1 and --markets >= 0")
+    if args.seeds < 1 or args.markets < 0 or args.threads < 1 or args.jobs < 1:
+        parser.error("--seeds, --threads and --jobs must be >= 1 and --markets >= 0")
     if args.quick:
         args.seeds, args.markets, args.steps = 1, 1, 30
     return args
@@ -247,14 +250,28 @@ def main(argv: list[str] | None = None) -> int:
     config = ExperimentConfig()
     if args.steps is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=args.steps))
-    runs = []
+    jobs = [(recipe, seed) for recipe in args.recipes for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory(prefix="trm-bench-learn-") as workdir:
-        for recipe in args.recipes:
-            for seed in range(args.seeds):
-                run = run_one(recipe, config, seed, args.markets, Path(workdir))
+        # Every run is deterministic on its own (one thread, its own seed), so running several at once
+        # changes the wall time, not the figures.
+        with concurrent.futures.ProcessPoolExecutor(
+            args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(args.threads,),
+        ) as pool:
+            futures = [
+                pool.submit(run_one, recipe, config, seed, args.markets, Path(workdir))
+                for recipe, seed in jobs
+            ]
+            for future in concurrent.futures.as_completed(futures):
+                run = future.result()
                 captures = ", ".join(f"{m['capture']:.0%}" for m in run["markets"])
-                print(f"{recipe} seed {seed}: capture {captures} ({run['train_s']:.0f} s)", file=sys.stderr)
-                runs.append(run)
+                print(
+                    f"{run['recipe']} seed {run['seed']}: capture {captures} ({run['train_s']:.0f} s)",
+                    file=sys.stderr,
+                )
+    runs = [future.result() for future in futures]  # in recipe, seed order
     summary = summarize(runs)
     table = markdown(summary, args.seeds, args.markets)
     out = Path(args.out)
