@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-# The contract's tags (DESIGN.md), spelled out here rather than imported so a tag dropped from the code fails.
+# The documented tags (README, TensorBoard), spelled out here rather than imported so a tag dropped from the code fails.
 TRM_TAGS = (
     "loss/total",
     "loss/halt",
