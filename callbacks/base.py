@@ -37,6 +37,8 @@ class Logs:
     """``{tag: values}``, e.g. ``halt/steps``."""
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     """``{tag: values over an index}``, e.g. the held-out equity curves (final evaluation only)."""
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    """``{tag: (H, W, 3) uint8}``, e.g. the evaluation charts ``eval/equity_chart``, ``eval/halting_chart``."""
 
 
 class Callback:

@@ -16,6 +16,7 @@ Needs the ``lightning`` package: ``pip install "trm-act[lightning]"``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -212,6 +213,20 @@ class TRMLightningModule(pl.LightningModule):
         # Progress bar only: TensorBoard gets the TRM tags from TRMLightningCallback, at one step semantics.
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return {"loss": loss, **metrics}
+
+    def on_fit_start(self) -> None:
+        """Give a ``max_steps``-only run a finite epoch count, so the progress bar reads "Epoch 0/4".
+
+        Lightning turns ``max_steps=N`` with no ``max_epochs`` into ``max_epochs=-1`` (unbounded), and
+        its Rich progress bar then prints ``Epoch 1/-2`` (max_epochs - 1). The epochs that ``max_steps``
+        spans end training at the same step, so nothing else changes.
+        """
+        trainer = self.trainer
+        full_epochs = trainer.limit_train_batches == 1.0  # a limit shortens epochs; then leave it alone
+        if trainer.fit_loop.max_epochs == -1 and trainer.max_steps > 0 and full_epochs:
+            batches = math.ceil(len(ReplayDataset(self.replay, "train")) / self.batch_size)
+            steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+            trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / steps_per_epoch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

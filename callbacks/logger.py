@@ -32,24 +32,45 @@ COMPONENT_TAGS = {
 # Tags the hparams plugin links to each run's hyperparameters.
 HPARAM_METRICS = ("eval/pnl", "eval/accuracy", "eval/mean_steps", "eval/sharpe")
 
-# Custom Scalars dashboard: loss components and halt statistics side by side.
+
+# Custom Scalars dashboard. Custom Scalars colours lines by run, so every line of one run in a chart would
+# share a colour: each chart therefore holds one tag. The held-out equity curves, which belong in one chart,
+# are drawn with distinct colours as the eval/equity_chart image instead.
+def _charts(titles: dict[str, str]) -> dict[str, list[Any]]:
+    return {title: ["Multiline", [tag]] for title, tag in titles.items()}
+
+
 LAYOUT = {
-    "TRM loss": {
-        "components": [
-            "Multiline",
-            ["loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"],
-        ],
-    },
-    "TRM halting": {
-        "rates and target": ["Multiline", ["halt/rate", "halt/logit_positive_rate", "halt/target_rate"]],
-        "mean steps (train vs eval)": ["Multiline", ["halt/mean_steps", "eval/mean_steps"]],
-        "hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]],
-    },
-    "Trading": {
-        "accuracy": ["Multiline", ["train/accuracy", "eval/accuracy"]],
-        "pnl": ["Multiline", ["train/pnl", "eval/pnl"]],
-        "equity (held-out)": ["Multiline", [r"equity/.*"]],
-    },
+    "TRM loss": _charts(
+        {
+            "total": "loss/total",
+            "halt": "loss/halt",
+            "task (cross-entropy)": "loss/task",
+            "profit-weighted task": "loss/profit_weighted_task",
+            "reward (expected PnL)": "loss/reward",
+        }
+    ),
+    "TRM halting": _charts(
+        {
+            "halt rate (halts per reasoning step)": "halt/rate",
+            "halt logit > 0 rate": "halt/logit_positive_rate",
+            "halt target rate": "halt/target_rate",
+            "mean steps (train)": "halt/mean_steps",
+            "mean steps (held-out)": "eval/mean_steps",
+            "row-steps ratio, adaptive / fixed (held-out)": "eval/row_steps_ratio",
+        }
+    )
+    # Steps per run differ (max_steps), so the hazards stay one regex chart: hover to tell steps apart.
+    | {"hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]]},
+    "Trading": _charts(
+        {
+            "accuracy (train)": "train/accuracy",
+            "accuracy (held-out)": "eval/accuracy",
+            "pnl (train)": "train/pnl",
+            "pnl (held-out)": "eval/pnl",
+            "sharpe (held-out)": "eval/sharpe",
+        }
+    ),
 }
 
 
@@ -166,6 +187,18 @@ class MetricsLogger:
             return
         for index, value in enumerate(np.asarray(values, dtype=np.float64)):
             self.writer.add_scalar(tag, float(value), index)
+
+    @_tolerant
+    def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (H, W, 3) uint8 image (e.g. an evaluation chart) in the Images tab at ``step``."""
+        if not self.enabled:
+            return
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image {tag!r} must be an (H, W, 3) uint8 array; got {image.shape} {image.dtype}."
+            )
+        self.writer.add_image(tag, image, step, dataformats="HWC")
 
     @_tolerant
     def log_hparams(self, hparams: Mapping[str, Any], metric_tags: tuple[str, ...] = HPARAM_METRICS) -> None:

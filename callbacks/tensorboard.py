@@ -10,7 +10,7 @@ from .logger import LAYOUT, MetricsLogger
 
 
 class TensorBoardCallback(Callback):
-    """Write every step's scalars and histograms, evaluations, equity curves and hparams to ``log_dir``.
+    """Write every step's scalars and histograms, evaluations, equity curves, charts and hparams to ``log_dir``.
 
     One event file per run: scalars go through one ``SummaryWriter`` (no ``add_scalars``, which makes
     a sub-run per key) and hyperparameters go through that writer's file writer (not ``add_hparams``,
@@ -41,6 +41,8 @@ class TensorBoardCallback(Callback):
         self.logger.update(step, logs.histograms)
         for tag, curve in logs.curves.items():
             self.logger.log_curve(tag, curve)
+        for tag, image in logs.images.items():
+            self.logger.log_image(tag, image, step)
         self.logger.flush()
 
     def on_exception(self, exc: BaseException) -> None:

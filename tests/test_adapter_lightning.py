@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -123,3 +124,16 @@ def test_forward_returns_the_logits_after_max_steps_reasoning_steps():
             out = module.model(obs, carry)
             carry = out.carry
     torch.testing.assert_close(logits, out.task_logits)
+
+
+@pytest.mark.parametrize(("max_steps", "accumulate"), [(4, 1), (50, 1), (50, 2)])
+def test_max_steps_run_gets_the_finite_epoch_count_it_spans(tmp_path, max_steps, accumulate):
+    # Lightning leaves max_epochs=-1 for a max_steps run and its Rich progress bar then reads "Epoch 1/-2".
+    from trm_act.callbacks._deep_supervision import ReplayDataset
+
+    module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY, batch_size=32)
+    fit = trainer(tmp_path, max_steps=max_steps, logger=False, accumulate_grad_batches=accumulate)
+    fit.fit(module)
+    steps_per_epoch = math.ceil(math.ceil(len(ReplayDataset(module.replay, "train")) / 32) / accumulate)
+    assert fit.max_epochs == math.ceil(max_steps / steps_per_epoch) >= 1
+    assert fit.global_step == max_steps  # the epoch bound never ends training early

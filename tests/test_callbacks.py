@@ -138,3 +138,39 @@ def test_callback_list_calls_every_callback_and_any_false_stops():
     callbacks.on_train_end({"status": "stopped"})
     expected = [("start", 5), ("step", 1), ("step", 2), ("exception", "RuntimeError"), ("end", "stopped")]
     assert first.calls == expected and second.calls == expected
+
+
+def test_tensorboard_callback_writes_eval_images(tmp_path):
+    callback = TensorBoardCallback(tmp_path)
+    callback.on_train_start(RunInfo(log_dir=tmp_path, total_steps=4))
+    image = np.zeros((20, 30, 3), dtype=np.uint8)
+    image[:, :10, 0] = 255
+    for step in (2, 4):
+        callback.on_eval_end(step, Logs(images={"eval/equity_chart": image}))
+    callback.on_train_end({"status": "completed"})
+
+    events = read_events(tmp_path)
+    assert events.Tags()["images"] == ["eval/equity_chart"]
+    written = events.Images("eval/equity_chart")
+    assert [(e.step, e.width, e.height) for e in written] == [(2, 30, 20), (4, 30, 20)]
+
+
+def test_metrics_logger_refuses_an_image_that_is_not_hwc_uint8(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    with pytest.raises(ValueError, match=r"'eval/x' must be an \(H, W, 3\) uint8 array; got \(3, 20, 30\)"):
+        logger.log_image("eval/x", np.zeros((3, 20, 30), dtype=np.uint8), 1)
+    logger.close()
+
+
+def test_custom_scalars_layout_gives_each_line_its_own_chart():
+    from trm_act.callbacks import LAYOUT
+
+    charts = [chart for category in LAYOUT.values() for chart in category.values()]
+    tags = [tag for kind, chart_tags in charts for tag in chart_tags]
+    # Custom Scalars colours by run: two tags in one chart would share a colour. Only the hazard regex,
+    # whose tags depend on max_steps, groups lines.
+    assert all(kind == "Multiline" for kind, _ in charts)
+    assert [chart_tags for _, chart_tags in charts if len(chart_tags) != 1] == []
+    for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"):
+        assert [tag] in [chart_tags for _, chart_tags in LAYOUT["TRM loss"].values()]
+    assert len(tags) == len(set(tags))

@@ -271,3 +271,63 @@ def test_same_seed_same_weights_different_seed_different_weights(tmp_path):
             trainer.train_step()
     assert all(torch.equal(x, y) for x, y in zip(weights(a).values(), weights(b).values(), strict=True))
     assert any(not torch.equal(x, y) for x, y in zip(weights(a).values(), weights(c).values(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("steps", "eval_every", "eval_steps"), [(12, None, [3, 6, 9, 12]), (12, 0, [12]), (12, 5, [5, 10, 12])]
+)
+def test_evaluation_runs_periodically_by_default(tmp_path, steps, eval_every, eval_steps):
+    collect = Collect()
+    Trainer(tiny_config(steps=steps, eval_every=eval_every), tmp_path, [collect]).fit()
+    assert [step for step, _ in collect.evals] == eval_steps
+    assert TrainConfig().eval_interval == TrainConfig().steps // 4  # a default run evaluates 4 times
+
+
+def test_evaluation_logs_charts_and_a_deterministic_row_steps_ratio(tmp_path):
+    pytest.importorskip("matplotlib")
+    collect = Collect()
+    Trainer(tiny_config(eval_every=6), tmp_path, [collect]).fit()
+    (step, logs), (_, final) = collect.evals
+    assert step == 6 and set(logs.images) == {"eval/equity_chart", "eval/halting_chart"}
+    for image in logs.images.values():
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert image.shape[0] >= 300 and image.shape[1] >= 600
+        assert image.std() > 10  # drawn, not blank
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["model"]
+    assert final.scalars["eval/row_steps_ratio"] == pytest.approx(metrics["mean_steps"] / 3)
+
+
+def test_evaluation_charts_are_skipped_with_one_warning_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    from trm_act import charts
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import raises ModuleNotFoundError
+    monkeypatch.setattr(charts, "_warned", False)
+    collect = Collect()
+    with pytest.warns(RuntimeWarning, match=r"trm-act\[render\]") as record:
+        Trainer(tiny_config(eval_every=6), tmp_path, [collect]).fit()
+    assert len([w for w in record if "matplotlib" in str(w.message)]) == 1
+    assert all(logs.images == {} for _, logs in collect.evals) and len(collect.evals) == 2
+
+
+def test_steps_by_regime_are_the_mean_steps_of_each_true_regime(tmp_path):
+    trainer = Trainer(tiny_config(steps=2), tmp_path)
+    report = trainer.evaluate()
+    test_idx = trainer.eval_replay.split_indices("test")
+    regimes = trainer.eval_replay.regimes[test_idx]
+    names = trainer.eval_replay.regime_names
+    assert report.steps_by_regime == {
+        names[k]: pytest.approx(report.steps[regimes == k].mean()) for k in np.unique(regimes)
+    }
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_hopeless_batch_size_is_refused(batch_size):
+    with pytest.raises(ValueError, match=rf"--batch-size {batch_size} is too small to learn.*>= 4"):
+        TrainConfig(batch_size=batch_size)
+
+
+def test_small_batch_size_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"--batch-size 4 is below 8"):
+        Trainer(tiny_config(batch_size=4), tmp_path)

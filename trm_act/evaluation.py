@@ -106,6 +106,8 @@ class EvalReport:
     """Cumulative PnL per decision for the model and the main baselines."""
     steps: np.ndarray | None = None
     """Reasoning steps per test decision under adaptive halting."""
+    steps_by_regime: dict[str, float] | None = None
+    """Mean adaptive reasoning steps per true regime (synthetic data only), in regime order."""
 
     def scalars(self) -> dict[str, float]:
         model = self.metrics["model"]
@@ -116,7 +118,9 @@ class EvalReport:
             "eval/sharpe": model["sharpe"],
             "eval/max_drawdown": model["max_drawdown"],
             "eval/fixed_steps_accuracy": model["fixed_max_steps"]["accuracy"],
-            "eval/compute_ratio": model["time_ratio_adaptive_vs_fixed"],
+            # Reasoning steps run / steps a fixed-depth model would run: the compute adaptive halting saves,
+            # deterministic (a wall-time ratio is timing noise on a 999-decision split).
+            "eval/row_steps_ratio": model["mean_steps"] / model["max_steps"],
         }
 
 
@@ -194,7 +198,24 @@ def evaluate(
     for name in ("best_fixed", "regime_oracle", "random"):
         if name in baselines_actions:
             equity[f"equity/{name}"] = np.cumsum(pnl_matrix[rows, baselines_actions[name]])
-    return EvalReport(metrics=metrics, equity=equity, steps=adaptive_steps)
+    return EvalReport(
+        metrics=metrics,
+        equity=equity,
+        steps=adaptive_steps,
+        steps_by_regime=steps_by_regime(replay, test_idx, adaptive_steps),
+    )
+
+
+def steps_by_regime(replay: ReplayData, indices: np.ndarray, steps: np.ndarray) -> dict[str, float] | None:
+    """``{regime name: mean reasoning steps}`` over the decisions at ``indices`` (None without true regimes)."""
+    if replay.regimes is None or replay.regime_names is None:
+        return None
+    regimes = replay.regimes[indices]  # (N,)
+    return {
+        name: float(steps[regimes == k].mean())
+        for k, name in enumerate(replay.regime_names)
+        if (regimes == k).any()
+    }
 
 
 def per_instrument_table(

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 from trm_act import rundir
 from trm_act.act import ACTState, act_step
 from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo, component_scalars
+from trm_act.charts import eval_images
 from trm_act.checkpoint import (
     LATEST,
     CheckpointError,
@@ -34,7 +36,7 @@ from trm_act.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from trm_act.config import ExperimentConfig
+from trm_act.config import WARN_BATCH_SIZE, ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
 from trm_act.evaluation import EvalReport, evaluate, format_summary
 from trm_act.files import write_json
@@ -179,6 +181,13 @@ class Trainer:
         train = config.train
         self.device = resolve_device(train.device)
         torch.manual_seed(train.seed)
+        if train.batch_size < WARN_BATCH_SIZE:  # TrainConfig refuses the hopeless sizes
+            warnings.warn(
+                f"--batch-size {train.batch_size} is below {WARN_BATCH_SIZE}, the number of strategies: "
+                "each step's gradient sees fewer labels than classes and learning is noisy; use >= 32.",
+                UserWarning,
+                stacklevel=2,
+            )
 
         train_env = dataclasses.replace(config.env, split="train", stride=train.train_stride)
         self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
@@ -370,7 +379,8 @@ class Trainer:
                             break
                         if self.step % train.checkpoint_every == 0 and self.step < train.steps:
                             self.save()  # the end saves below
-                        if train.eval_every and self.step % train.eval_every == 0 and self.step < train.steps:
+                        every = train.eval_interval
+                        if every and self.step % every == 0 and self.step < train.steps:
                             self.evaluate()
                     if interrupt.requested:
                         status, self.stop_signal = "interrupted", interrupt.signum
@@ -404,6 +414,9 @@ class Trainer:
             seed=self.config.train.seed,
         )
         logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
+        logs.images = eval_images(
+            report.equity, report.steps, self.model_config.max_steps, report.steps_by_regime, self.step
+        )
         if final:
             logs.curves = report.equity
             self._write_json("metrics.json", report.metrics)
