@@ -99,3 +99,20 @@ def test_learn_benchmark_quick_writes_its_table(tmp_path: Path, capsys):
         assert [m["market"] for m in run["markets"]] == ["held-out", "market 1000"]
         for m in run["markets"]:
             assert m["capture"] == pytest.approx(m["pnl"] / m["regime_oracle_pnl"])
+
+
+def test_learn_recipes_change_only_what_they_name():
+    from trm_act.bench.learn import DEFAULT_RECIPES, RECIPES
+    from trm_act.config import ExperimentConfig
+    from trm_act.loss import LossConfig
+
+    base = ExperimentConfig()
+    assert set(DEFAULT_RECIPES) <= set(RECIPES)
+    seed_loss = RECIPES["seed_loss"][0](base)
+    assert seed_loss.loss == LossConfig() and seed_loss.env == base.env and seed_loss.model == base.model
+    assert RECIPES["one_step"][0](base).model.max_steps == 1
+    short = RECIPES["short_labels"][0](base)
+    assert base.env.label_horizon == 32 and short.env.label_horizon is None and short.loss == base.loss
+    correct = RECIPES["correct_halt"][0](base)
+    assert (correct.loss.halt_target, correct.loss.confidence_threshold) == ("correct", 0.7)
+    assert correct.loss.lambda_reward == base.loss.lambda_reward and correct.env == base.env

@@ -11,7 +11,9 @@ Recipes (``--recipes``):
 - ``default``: the CLI default (``ExperimentConfig()``);
 - ``seed_loss``: the same, trained with ``TRMLoss()``'s own defaults (the seed's loss);
 - ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
-- ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget.
+- ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget;
+- ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
+  ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
@@ -93,6 +95,18 @@ def _one_step(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, max_steps=1))
 
 
+def _short_labels(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, label_horizon=None))
+
+
+def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
+    seed = LossConfig()
+    loss = dataclasses.replace(
+        config.loss, halt_target=seed.halt_target, confidence_threshold=seed.confidence_threshold
+    )
+    return dataclasses.replace(config, loss=loss)
+
+
 # name -> (config edit, model factory or None for RecurrentTRM)
 RECIPES: dict[
     str, tuple[Callable[[ExperimentConfig], ExperimentConfig], Callable[[TRMConfig], nn.Module] | None]
@@ -101,7 +115,11 @@ RECIPES: dict[
     "seed_loss": (_seed_loss, None),
     "one_step": (_one_step, None),
     "mlp": (_one_step, MLPControl),
+    # Ablations of the default recipe (not run unless named in --recipes):
+    "short_labels": (_short_labels, None),  # labels over the 8-bar trade horizon
+    "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
 }
+DEFAULT_RECIPES = ("default", "seed_loss", "one_step", "mlp")
 
 
 def fresh_market_replays(config: ExperimentConfig, n_markets: int) -> list[Any]:
@@ -224,7 +242,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m trm_act.bench learn", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {list(RECIPES)}")
+    parser.add_argument(
+        "--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, from {list(RECIPES)}"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (0, 1, ...)")
     parser.add_argument("--markets", type=int, default=3, help="fresh synthetic markets to score on")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the CLI default)")
