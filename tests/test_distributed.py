@@ -205,3 +205,16 @@ def test_one_rank_under_torchrun_equals_the_plain_run(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert_same_weights(model_weights(tmp_path / "plain"), model_weights(tmp_path / "one"))
     assert json.loads((tmp_path / "one" / "config.json").read_text())["runtime"]["world_size"] == 1
+
+
+def test_bench_train_quick_prints_every_row(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trm_act.bench", "train", "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "samples/s" not in line]
+    assert len(rows) == 6
+    assert rows[0].split("|")[3].strip() == "1.00x"  # the first row is the baseline of the ratios
+    assert "scaling efficiency, 2 processes vs 1 (torchrun):" in result.stdout
