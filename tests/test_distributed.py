@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,25 @@ def test_bench_train_quick_prints_every_row(tmp_path):
     assert len(rows) == 6
     assert rows[0].split("|")[3].strip() == "1.00x"  # the first row is the baseline of the ratios
     assert "scaling efficiency, 2 processes vs 1 (torchrun):" in result.stdout
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path):
+    # Kubernetes and many schedulers signal the launcher; torchrun forwards SIGTERM to every rank.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trm_act.train",
+        "--env", "trade-replay", *TINY, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "s",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env | {"OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "s").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # some training steps
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    state = load_checkpoint(tmp_path / "s" / "checkpoint.pt")
+    assert 0 < state["step"] < 100000
+    assert state["world_size"] == 2 and len(state["ranks"]) == 1
+    assert f"stopped by SIGTERM at step {state['step']}; checkpoint saved" in stderr
