@@ -167,7 +167,7 @@ class TradeReplayVectorEnv(VectorEnv):
 
     def split_labels(self) -> np.ndarray:
         """Hindsight labels (D_split,) of this env's split (e.g. for class weights); read-only."""
-        return self._labels[self._start : self._stop]
+        return self._labels[self.replay.split_indices(self.config.split)]
 
     def _record(self, envs: np.ndarray, rewards: np.ndarray, actions: np.ndarray) -> None:
         """Append one step to the episode record of each listed sub-env (render_mode only)."""

@@ -73,6 +73,9 @@ class TrainConfig:
     """Rows per forward pass at evaluation."""
     progress: bool = True
     """Show a progress bar."""
+    threads: int | None = None
+    """torch intra-op threads per process; None = 1 (measured: on 2 shared cores torch's one thread per core
+    thrashes, and on idle cores 2 threads gave only +15%). Under torchrun at most cores / local processes."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "train_stride", "checkpoint_every", "log_every", "eval_batch_size")
@@ -92,6 +95,10 @@ class TrainConfig:
                 f"over that many slots, and a batch of 1 collapses (held-out PnL 0.000). Use --batch-size "
                 f">= {MIN_BATCH_SIZE} (32 or more learns reliably; the default is 128)."
             )
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"train.threads must be a positive int or None (= 1); got {self.threads!r}.")
         if not self.halt_lr_scale > 0:
             raise ValueError(f"train.halt_lr_scale must be > 0; got {self.halt_lr_scale!r}.")
         if not self.lr > 0:
@@ -174,8 +181,9 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
         """Sections given in ``data`` override the experiment defaults field by field."""
-        # A run's config.json also lists its resume changes under "history": a record, not a setting.
-        data = {key: value for key, value in data.items() if key != "history"}
+        # A run's config.json also lists its resume changes under "history" and the processes and threads
+        # it ran with under "runtime": records, not settings.
+        data = {key: value for key, value in data.items() if key not in ("history", "runtime")}
         unknown = set(data) - set(SECTIONS)
         if unknown:
             raise ValueError(

@@ -30,9 +30,11 @@ RESUMABLE = {
         "eval_every",
         "eval_batch_size",
         "progress",
+        "threads",
     )
 }
 HISTORY_KEY = "history"
+RUNTIME_KEY = "runtime"
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -86,9 +88,13 @@ def apply_overrides(
     return dataclasses.replace(config, **sections), changes
 
 
-def config_record(config: ExperimentConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """What ``config.json`` holds: the resolved config sections plus the change history."""
-    return config.to_dict() | {HISTORY_KEY: history}
+def config_record(
+    config: ExperimentConfig, history: list[dict[str, Any]], runtime: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``config.json`` holds: the resolved config sections, the change history and, when given,
+    ``runtime`` (e.g. ``{"world_size": 2, "threads": 1}``: how the run was launched, not a setting)."""
+    record = config.to_dict() | {HISTORY_KEY: history}
+    return record if runtime is None else record | {RUNTIME_KEY: runtime}
 
 
 def _revert(config: dict[str, Any], changes: dict[str, list[Any]]) -> dict[str, Any]:
@@ -132,6 +138,7 @@ def verify_config_json(
     if not isinstance(found, dict):
         raise CheckpointError(f"corrupt config {path}: expected a JSON object, got {type(found).__name__}.")
     found_history = found.pop(HISTORY_KEY, [])
+    found.pop(RUNTIME_KEY, None)
     try:
         found = ExperimentConfig.from_dict(found, source=str(path)).to_dict()
     except (ValueError, TypeError) as exc:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from trm_act import interrupts
+from trm_act import distributed, interrupts
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import existing_checkpoint
 from trm_act.config import SECTIONS, ExperimentConfig, load_config_file
@@ -120,7 +120,8 @@ def typed_overrides(args: Args, argv: list[str]) -> dict[str, dict[str, Any]]:
 
 def _new_run_dir(logdir: str, run_name: str | None) -> Path:
     run_dir = Path(logdir) / (run_name or time.strftime("%Y%m%d-%H%M%S"))
-    check_new_run_dir(run_dir)  # early, for a quick answer; Trainer.fit checks again under the lock
+    if distributed.context_from_env().is_zero:  # the others would race rank zero's first writes
+        check_new_run_dir(run_dir)  # early, for a quick answer; Trainer.fit checks again under the lock
     return run_dir
 
 
@@ -136,7 +137,18 @@ def _last_checkpoint(trainer: Any, run_dir: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (documented in the README under "Faults and resuming")."""
+    """Run the CLI; returns the exit status (documented in the README under "Faults and resuming").
+
+    Under torchrun (``torchrun --nproc_per_node=N -m trm_act.train ...``) every rank runs this; the
+    process group is set up by the Trainer and torn down here.
+    """
+    try:
+        return _main(argv)
+    finally:
+        distributed.teardown()
+
+
+def _main(argv: list[str] | None) -> int:
     from trm_act.trainer import NonFiniteLossError, RunWriteError, Trainer
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -169,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
                 config = ExperimentConfig(**{name: getattr(args, name) for name in SECTIONS})
                 trainer = Trainer(config, _new_run_dir(args.logdir, args.run_name))
             run_dir = trainer.run_dir
+            zero = trainer.dist.is_zero
             trainer.callbacks = CallbackList(
-                [TensorBoardCallback(run_dir), ProgressCallback(disable=not trainer.config.train.progress)]
+                [
+                    TensorBoardCallback(run_dir),  # writes on rank zero only
+                    ProgressCallback(disable=not (trainer.config.train.progress and zero)),
+                ]
             )
-            print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+            if zero:
+                print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
             fitting = True
             report = trainer.fit()
     except ValueError as exc:
@@ -206,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return interrupts.exit_code(signum)
+    if not trainer.dist.is_zero:  # rank zero reports for the job
+        if trainer.status == "completed":
+            return 0
+        return interrupts.exit_code(trainer.stop_signal) if trainer.stop_signal else EXIT_INTERRUPTED
     if report is None:
         resume = f"Continue with: python -m trm_act.train --resume {run_dir}"
         if trainer.stop_signal is None:

@@ -5,8 +5,10 @@ that step (pnl = realized PnL of the step's argmax strategy; labels from the env
 one optimizer step. Slots whose halt rule fires commit their argmax to their env (reward = realized
 PnL), take the env's next observation and restart from a fresh carry. Every forward is a full batch.
 
-Built to grow into torchrun/DDP: seeds and env slices derive from (seed, rank), and only rank zero's
-callbacks write (``trm_act.callbacks.is_rank_zero``).
+Under torchrun (``trm_act.distributed``) the model is wrapped in DistributedDataParallel: each rank owns
+its own B slots, seeded from (seed, rank) so ranks see different data, DDP averages the gradients, and the
+weights stay identical. Every rank agrees on the stop step; only rank zero writes files and evaluates
+(the others wait at a barrier); a checkpoint holds every rank's env cursors and ACT carry.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trm_act import rundir
+from trm_act import distributed, rundir
 from trm_act.act import ACTState, act_step
 from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo, component_scalars
 from trm_act.charts import eval_images
@@ -44,6 +46,10 @@ from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM
 from trm_act.resume import apply_overrides, config_record, verify_config_json
+
+# What each rank owns (its env slots and their carry); a checkpoint keeps rank zero's at the top level and
+# the other ranks' under "ranks", so that a resume with the same world size continues exactly.
+RANK_KEYS = ("rng", "env", "act", "obs", "info", "window")
 
 # A checkpoint is kept only while every weight satisfies |w| <= MAX_ABS_WEIGHT. Healthy runs of this
 # model stay below ~10 (LayerNorm-scaled activations, weight decay); weights that have run off past
@@ -179,8 +185,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callbacks = CallbackList(callbacks)
         train = config.train
-        self.device = resolve_device(train.device)
-        torch.manual_seed(train.seed)
+        # Under torchrun: joins the process group; a CUDA device becomes this rank's GPU (LOCAL_RANK).
+        self.dist, self.device = distributed.setup(resolve_device(train.device))
+        self.threads = distributed.resolve_threads(train.threads, self.dist.local_world_size)
+        distributed.set_threads(self.threads)
+        torch.manual_seed(
+            train.seed
+        )  # identical initial weights on every rank (DDP also broadcasts rank 0's)
         if train.batch_size < WARN_BATCH_SIZE:  # TrainConfig refuses the hopeless sizes
             warnings.warn(
                 f"--batch-size {train.batch_size} is below {WARN_BATCH_SIZE}, the number of strategies: "
@@ -197,6 +208,11 @@ class Trainer:
         # `model`: any module with RecurrentTRM's step interface (the learning benchmark's MLP control).
         self.model = (RecurrentTRM(self.model_config) if model is None else model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if train.ema_decay > 0 else None
+        # What train_step calls: DDP (gradients all-reduced in backward) under torchrun; ``self.model``
+        # stays the bare module, so checkpoints and evaluation see the same keys either way.
+        self.forward_model: torch.nn.Module = (
+            distributed.wrap(self.model, self.device) if self.dist.distributed else self.model
+        )
 
         class_weights = None
         if config.loss.class_weights:
@@ -215,10 +231,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(train.warmup_steps, train.steps)
         )
-        self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
+        # Halting exploration and env starts differ by rank; rank zero's equal a single-process run's.
+        self.generator = torch.Generator(device=self.device).manual_seed(train.seed + self.dist.rank)
 
         self.step = 0
-        self.obs, self.info = self.env.reset(seed=train.seed)
+        self.obs, self.info = self.env.reset(
+            seed=distributed.rank_seed(train.seed, self.dist.rank, train.batch_size)
+        )
         self.state = ACTState.initial(
             self.model,
             train.batch_size,
@@ -231,6 +250,7 @@ class Trainer:
         self.checkpoint_step: int | None = None  # step of the last checkpoint written or loaded
         self.history: list[dict[str, Any]] = []  # config changes made on resume
         self.stop_signal: int | None = None  # the signal that stopped the last fit, if any
+        self.status: str | None = None  # how the last fit ended: completed, stopped, interrupted, ...
         self._last_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ one iteration
@@ -253,10 +273,10 @@ class Trainer:
         strategy_pnl = torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
         steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
 
-        self.model.train()
+        self.forward_model.train()
         with self._autocast():
             out, next_state, halted = act_step(
-                self.model,
+                self.forward_model,
                 obs,
                 self.state,
                 max_steps=max_steps,
@@ -361,7 +381,9 @@ class Trainer:
             try:
                 with interrupt.installed():
                     if self.checkpoint_step is None:  # a resumed run's config.json mirrors its checkpoint
-                        self._write_json("config.json", config_record(self.config, self.history))
+                        self._write_json(
+                            "config.json", config_record(self.config, self.history, self.runtime())
+                        )
                     self.callbacks.on_train_start(
                         RunInfo(
                             log_dir=self.run_dir,
@@ -370,23 +392,28 @@ class Trainer:
                             hparams=self.hparams(),
                         )
                     )
-                    while self.step < train.steps and not interrupt.requested:
+                    # Every rank must take the same steps (each one is a DDP all-reduce), so a stop seen by
+                    # any rank is agreed on by all: one int all-reduce per step (DDP already syncs every step).
+                    stop = self._agree_stop(interrupt, keep_going=True)
+                    while self.step < train.steps and not stop:
                         logs = self.train_step()
                         if interrupt.requested and not logs.scalars:  # the last step before a stop is logged
                             logs = self.step_logs(*self._last_parts)
                         keep_going = self.callbacks.on_step_end(self.step, logs)
-                        if interrupt.requested or not keep_going:
+                        stop = self._agree_stop(interrupt, keep_going)
+                        if stop:
                             break
                         if self.step % train.checkpoint_every == 0 and self.step < train.steps:
                             self.save()  # the end saves below
                         every = train.eval_interval
                         if every and self.step % every == 0 and self.step < train.steps:
                             self.evaluate()
-                    if interrupt.requested:
-                        status, self.stop_signal = "interrupted", interrupt.signum
+                    if stop >= _SIGNAL_STOP:
+                        status, self.stop_signal = "interrupted", stop - _SIGNAL_STOP
                     elif self.step < train.steps:
                         status = "stopped"
                     self.save()
+                    distributed.write_weights_digest(self.model, self.dist)
                 if status == "completed":
                     self.last_report = self.evaluate(final=True)
             except BaseException as exc:
@@ -396,13 +423,28 @@ class Trainer:
                 self.callbacks.on_exception(exc)
                 raise
             finally:
+                self.status = status
                 self.callbacks.on_train_end(
                     {"status": status, "step": self.step, "run_dir": str(self.run_dir)}
                 )
         return self.last_report if status == "completed" else None
 
-    def evaluate(self, final: bool = False) -> EvalReport:
-        """Held-out evaluation with adaptive halting (EMA weights when enabled); logs ``eval/*``."""
+    def _agree_stop(self, interrupt: GracefulInterrupt, keep_going: bool) -> int:
+        """0 to go on; 1 when a callback stopped; _SIGNAL_STOP + signum on a stop signal; the same on
+        every rank (the largest code of any rank)."""
+        code = _SIGNAL_STOP + int(interrupt.signum or 0) if interrupt.requested else int(not keep_going)
+        return distributed.max_over_ranks(code, self.device)
+
+    def evaluate(self, final: bool = False) -> EvalReport | None:
+        """Held-out evaluation with adaptive halting (EMA weights when enabled); logs ``eval/*``.
+
+        Under torchrun it runs on rank zero while the other ranks wait at a barrier (they return None).
+        """
+        report = self._evaluate(final) if self.dist.is_zero else None
+        distributed.barrier(self.dist)
+        return report
+
+    def _evaluate(self, final: bool) -> EvalReport:
         model = self.ema if self.ema is not None else self.model
         report = evaluate(
             model,
@@ -424,6 +466,8 @@ class Trainer:
         return report
 
     def _write_json(self, name: str, data: Any) -> None:
+        if not self.dist.is_zero:  # only rank zero writes the run directory
+            return
         path = self.run_dir / name
         try:
             write_json(path, data)
@@ -441,24 +485,42 @@ class Trainer:
                     flat |= {f"{section}.{key}.{k}": v for k, v in value.items()}
                 else:
                     flat[f"{section}.{key}"] = value
-        return flat
+        return flat | {f"runtime.{key}": value for key, value in self.runtime().items()}
+
+    def runtime(self) -> dict[str, int]:
+        """How this run is launched (recorded in ``config.json`` and the hparams; not a setting)."""
+        return {"world_size": self.dist.world_size, "threads": self.threads}
 
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimizer, RNGs, env cursors, ACT carry."""
+        """Everything needed to continue exactly: weights, optimizer, RNGs, env cursors, ACT carry.
+
+        Under torchrun every rank must call it (it gathers the other ranks' RANK_KEYS to rank zero, under
+        "ranks"); the result is complete on rank zero only.
+        """
+        own = self._rank_state()
+        gathered = distributed.gather_to_zero(own, self.dist)
         return {
             "config": self.config.to_dict(),
             "model_config": dataclasses.asdict(self.model_config),
             "history": copy.deepcopy(self.history),
             "step": self.step,
+            "world_size": self.dist.world_size,
             "model": self.model.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            **own,
+            "ranks": gathered[1:] if gathered is not None else None,
+        }
+
+    def _rank_state(self) -> dict[str, Any]:
+        """This rank's slots: RNGs, env cursors, ACT carry, current observations and the log window."""
+        return {
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state().cpu()},
             "env": self.env.state_dict(),
-            "act": self.state.state_dict(),
+            "act": {key: value.cpu() for key, value in self.state.state_dict().items()},
             "obs": torch.from_numpy(self.obs.copy()),
             "info": {
                 key: torch.from_numpy(np.asarray(value))
@@ -469,6 +531,16 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``; raises CheckpointError when it was written by another world size."""
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint was written by {saved_world} process(es) and this run has {self.dist.world_size}; "
+                f"the env state is not re-sharded, so resume with the same world size "
+                f"(torchrun --nproc_per_node={saved_world}, or plain python for 1)."
+            )
+        if self.dist.rank > 0:
+            state = {**state, **state["ranks"][self.dist.rank - 1]}
         self.step = int(state["step"])
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
@@ -477,7 +549,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_optimizer_config()
         torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        self.generator.set_state(state["rng"]["generator"].to(self.generator.device))
         self.env.load_state_dict(state["env"])
         self.state = ACTState.from_state_dict(state["act"], self.device)
         self.obs = state["obs"].numpy()
@@ -502,7 +574,9 @@ class Trainer:
         Raises NonFiniteLossError when the last loss or a weight is non-finite, or a weight is beyond
         MAX_ABS_WEIGHT (the previous checkpoint stays), RunWriteError when the disk refuses the write.
         """
-        if self._last_loss is not None and not torch.isfinite(self._last_loss):
+        # Losses differ by rank: all ranks refuse together, or rank zero would wait in the gather below.
+        loss_bad = self._last_loss is not None and not bool(torch.isfinite(self._last_loss))
+        if distributed.max_over_ranks(int(loss_bad), self.device):
             raise NonFiniteLossError(f"non-finite loss at step {self.step}; not saved")
         largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
         if not math.isfinite(largest):
@@ -512,12 +586,14 @@ class Trainer:
                 f"weights reached |w| = {largest:.3g} > {MAX_ABS_WEIGHT:g} at step {self.step}; not saved"
             )
         path = self.run_dir / LATEST
+        state = self.state_dict()  # a collective under torchrun: every rank takes part
         try:
-            save_checkpoint(path, self.state_dict())
+            if self.dist.is_zero:
+                save_checkpoint(path, state)
         except OSError as exc:
             raise RunWriteError(path, exc) from None
         self.checkpoint_step = self.step
-        self._write_json("config.json", config_record(self.config, self.history))
+        self._write_json("config.json", config_record(self.config, self.history, self.runtime()))
         return path
 
     @classmethod
@@ -562,6 +638,8 @@ class Trainer:
             )
         try:
             trainer.load_state_dict(state)
+        except CheckpointError:
+            raise
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise corrupt(
                 file, f"its state does not fit this trainer ({type(exc).__name__}: {exc})"
@@ -574,6 +652,10 @@ class Trainer:
     def finished(self) -> bool:
         """True when the run has reached ``config.train.steps``."""
         return self.step >= self.config.train.steps
+
+
+# Stop codes agreed by all ranks (see Trainer._agree_stop): a signal outranks a callback's stop.
+_SIGNAL_STOP = 1000
 
 
 def _array_like(value: Any) -> bool:

@@ -10,6 +10,10 @@ BENCHMARKS = {
     "act": ("trm_act.bench.act", "adaptive vs fixed-step ACT inference time"),
     "learn": ("trm_act.bench.learn", "what each training recipe learns, over seeds and unseen markets"),
     "memory": ("trm_act.bench.memory", "peak RSS of 50 training steps on a 2,000,000-row CSV (bar: 1.5 GiB)"),
+    "train": (
+        "trm_act.bench.train",
+        "Trainer.train_step samples/s: threads, fp32/bf16, 1 vs 2 processes, FLOP/s",
+    ),
     "universe": ("trm_act.bench.universe", "build time, peak RSS and vector-env speed on 500 x 5,000 bars"),
 }
 

@@ -1,0 +1,244 @@
+"""torchrun / DDP: thread choice, 2-process gloo runs on the CPU, exact resume, 1 process = plain run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_trainer import tiny_config
+
+from trm_act import distributed
+from trm_act.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trm_act.config import TrainConfig
+from trm_act.trainer import RANK_KEYS, Trainer
+
+TINY = [
+    "--env.synthetic.n-bars",
+    "3000",
+    "--env.window",
+    "16",
+    "--env.horizon",
+    "4",
+    "--env.episode-length",
+    "8",
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--max-steps",
+    "3",
+    "--n-latent",
+    "1",
+    "--batch-size",
+    "8",
+    "--log-every",
+    "3",
+    "--checkpoint-every",
+    "100",
+    "--eval-batch-size",
+    "256",
+    "--no-progress",
+]  # fmt: skip  (warm-up stays at its default 100 steps, so an early stop and resume see the same lr)
+
+
+def launch(
+    *args: str, nproc: int | None, cwd: Path, digests: Path | None = None, tiny: bool = True
+) -> subprocess.CompletedProcess:
+    """The real CLI: under torchrun with ``nproc`` processes, or plain python when ``nproc`` is None;
+    ``tiny`` adds the tiny run's flags (a resume takes its config from the checkpoint)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if digests is not None:
+        env[distributed.DIGEST_DIR_ENV] = str(digests)
+    launcher = (
+        [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    )
+    command = [
+        sys.executable,
+        *launcher,
+        "-m",
+        "trm_act.train",
+        "--env",
+        "trade-replay",
+        *(TINY if tiny else ()),
+        *args,
+    ]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoint.pt")["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# ---------------------------------------------------------------------------------------------- threads
+
+
+@pytest.mark.parametrize(
+    ("requested", "local_world", "cores", "expected"),
+    [(None, 1, 2, 1), (None, 2, 2, 1), (2, 1, 2, 2), (4, 2, 2, 1), (3, 2, 8, 3), (8, 2, 8, 4)],
+)
+def test_resolve_threads(requested, local_world, cores, expected):
+    assert distributed.resolve_threads(requested, local_world, cores=cores) == expected
+
+
+def test_threads_rejects_non_positive():
+    with pytest.raises(ValueError, match=r"train.threads must be a positive int or None"):
+        TrainConfig(threads=0)
+
+
+@pytest.mark.parametrize("threads", [None, 2])
+def test_trainer_sets_threads_and_records_them(tmp_path, threads):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        trainer = Trainer(tiny_config(threads=threads, steps=2), tmp_path / "run")
+        expected = 1 if threads is None else 2
+        assert torch.get_num_threads() == expected
+        assert trainer.hparams()["runtime.threads"] == expected
+        assert trainer.hparams()["runtime.world_size"] == 1
+        trainer.fit()
+        record = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert record["runtime"] == {"world_size": 1, "threads": expected}
+        assert record["train"]["threads"] == threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_plain_trainer_never_initialises_torch_distributed(tmp_path):
+    trainer = Trainer(tiny_config(steps=2), tmp_path / "run")
+    trainer.fit()
+    assert not torch.distributed.is_initialized()
+    assert trainer.forward_model is trainer.model
+
+
+def test_rank_seeds_do_not_overlap():
+    # sub-env i of rank r is seeded rank_seed + i: ranks take disjoint seed ranges, rank zero the plain one.
+    slots = 8
+    seeds = [
+        set(range(distributed.rank_seed(5, r, slots), distributed.rank_seed(5, r, slots) + slots))
+        for r in range(3)
+    ]
+    assert seeds[0] == set(range(5, 13))
+    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2])
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    Trainer(tiny_config(steps=2), tmp_path / "run").fit()
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    assert state["world_size"] == 1 and state["ranks"] == []
+    state["world_size"] = 2
+    save_checkpoint(path, state)
+    with pytest.raises(
+        CheckpointError, match=r"written by 2 process\(es\) and this run has 1.*same world size"
+    ):
+        Trainer.from_checkpoint(tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("ddp")
+    digests = root / "digests"
+    digests.mkdir()
+    result = launch(
+        "--steps", "12", "--logdir", str(root), "--run-name", "ddp", nproc=2, cwd=root, digests=digests
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+def test_two_ranks_write_once_and_keep_weights_equal(two_ranks):
+    root, result = two_ranks
+    run = root / "ddp"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert len(list(root.rglob("metrics.json"))) == 1
+    record = json.loads((run / "config.json").read_text())
+    assert record["runtime"]["world_size"] == 2
+    assert result.stderr.count("run directory:") == 1  # only rank zero reports
+    digests = {p.name: p.read_text() for p in (root / "digests").glob("rank*.sha256")}
+    assert sorted(digests) == ["rank0.sha256", "rank1.sha256"]
+    assert digests["rank0.sha256"] == digests["rank1.sha256"]
+
+
+def test_checkpoint_holds_every_rank_and_ranks_see_different_data(two_ranks):
+    root, _ = two_ranks
+    state = load_checkpoint(root / "ddp" / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["ranks"]) == 1
+    other = state["ranks"][0]
+    assert set(other) == set(RANK_KEYS)
+    assert other["env"]["decision"] != state["env"]["decision"]
+    assert not torch.equal(other["obs"], state["obs"])
+
+
+def test_two_rank_resume_is_exact(two_ranks, tmp_path):
+    root, _ = two_ranks
+    first = launch("--steps", "6", "--logdir", str(tmp_path), "--run-name", "r", nproc=2, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = launch("--resume", str(tmp_path / "r"), "--steps", "12", nproc=2, cwd=tmp_path, tiny=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(model_weights(tmp_path / "r"), model_weights(root / "ddp"))
+    refused = launch("--resume", str(tmp_path / "r"), "--steps", "18", nproc=None, cwd=tmp_path, tiny=False)
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip().splitlines()[-1].startswith("error: checkpoint was written by 2 process(es)")
+    )
+
+
+def test_one_rank_under_torchrun_equals_the_plain_run(tmp_path):
+    plain = launch("--steps", "6", "--logdir", str(tmp_path), "--run-name", "plain", nproc=None, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    one = launch("--steps", "6", "--logdir", str(tmp_path), "--run-name", "one", nproc=1, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_weights(model_weights(tmp_path / "plain"), model_weights(tmp_path / "one"))
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["runtime"]["world_size"] == 1
+
+
+def test_bench_train_quick_prints_every_row(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trm_act.bench", "train", "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "samples/s" not in line]
+    assert len(rows) == 6
+    assert rows[0].split("|")[3].strip() == "1.00x"  # the first row is the baseline of the ratios
+    assert "scaling efficiency, 2 processes vs 1 (torchrun):" in result.stdout
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path):
+    # Kubernetes and many schedulers signal the launcher; torchrun forwards SIGTERM to every rank.
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trm_act.train",
+        "--env", "trade-replay", *TINY, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "s",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env | {"OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "s").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # some training steps
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    state = load_checkpoint(tmp_path / "s" / "checkpoint.pt")
+    assert 0 < state["step"] < 100000
+    assert state["world_size"] == 2 and len(state["ranks"]) == 1
+    assert f"stopped by SIGTERM at step {state['step']}; checkpoint saved" in stderr
