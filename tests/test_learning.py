@@ -116,3 +116,24 @@ def test_learn_recipes_change_only_what_they_name():
     correct = RECIPES["correct_halt"][0](base)
     assert (correct.loss.halt_target, correct.loss.confidence_threshold) == ("correct", 0.7)
     assert correct.loss.lambda_reward == base.loss.lambda_reward and correct.env == base.env
+
+
+def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
+    from trm_act.bench.learn import main, paired_gain, summarize
+
+    def run(recipe, seed, pnl):
+        market = {
+            "market": "held-out", "capture": pnl / 10, "pnl": pnl, "fixed_max_pnl": pnl, "best_fixed_pnl": 1.0,
+            "random_pnl": -1.0, "regime_oracle_pnl": 10.0, "mean_steps": 1.0, "steps_histogram": [1],
+            "steps_by_regime_age": None,
+        }  # fmt: skip
+        return {"recipe": recipe, "seed": seed, "max_steps": 1, "train_s": 1.0, "markets": [market]}
+
+    runs = [run("default", 0, 5.0), run("default", 1, 7.0), run("one_step", 0, 4.0), run("one_step", 1, 4.0)]
+    mean, se, n = paired_gain(runs, "default", "one_step")
+    assert (mean, n) == (2.0, 2) and se == pytest.approx(1.0)  # gains 1 and 3
+    assert paired_gain(runs[:1] + runs[2:3], "default", "one_step") is None  # one seed: no error bar
+    (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(runs), "runs": runs}))
+    assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| default | 60% ± 10% |" in out and "+2.00 ± 1.00 PnL per market (2.0 standard errors" in out

@@ -215,7 +215,21 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(summary: list[dict[str, Any]], n_seeds: int, n_markets: int) -> str:
+def paired_gain(runs: list[dict[str, Any]], recipe: str, baseline: str) -> tuple[float, float, int] | None:
+    """Mean PnL per market of ``recipe`` minus ``baseline``, paired by seed: (mean, standard error, seeds)."""
+    pnl = {(run["recipe"], run["seed"]): float(np.mean([m["pnl"] for m in run["markets"]])) for run in runs}
+    seeds = sorted(
+        {seed for name, seed in pnl if name == recipe} & {seed for name, seed in pnl if name == baseline}
+    )
+    if len(seeds) < 2:
+        return None
+    mean, se = _mean_se([pnl[recipe, seed] - pnl[baseline, seed] for seed in seeds])
+    return mean, se, len(seeds)
+
+
+def markdown(
+    summary: list[dict[str, Any]], n_seeds: int, n_markets: int, runs: list[dict[str, Any]] = ()
+) -> str:
     header = (
         "| recipe | capture (mean ± se) | worst seed | PnL / market | fixed-max PnL | best fixed | random "
         "| beats best fixed | mean steps | steps histogram | steps after change / settled | train s |\n"
@@ -235,6 +249,14 @@ def markdown(summary: list[dict[str, Any]], n_seeds: int, n_markets: int) -> str
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
             f"{'n/a' if ratio is None else f'{ratio:.2f}x'} | {row['train_s']:.0f} |"
         )
+    gain = paired_gain(list(runs), "default", "one_step")
+    if gain is not None:
+        mean, se, n = gain
+        lines += [
+            "",
+            f"Thinking pays? default - one_step: {mean:+.2f} ± {se:.2f} PnL per market "
+            f"({mean / se:.1f} standard errors, paired by seed, {n} seeds).",
+        ]
     return "\n".join(lines)
 
 
@@ -252,6 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes")
     parser.add_argument("--out", default="runs/bench-learn", help="directory for learn.json and learn.md")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
+    parser.add_argument(
+        "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
+    )
     args = parser.parse_args(argv)
     args.recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
     unknown = [name for name in args.recipes if name not in RECIPES]
@@ -266,6 +291,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        runs = saved["runs"]
+        n_markets = len(runs[0]["markets"]) - 1
+        print(markdown(summarize(runs), len({run["seed"] for run in runs}), n_markets, runs))
+        return 0
     torch.set_num_threads(args.threads)
     config = ExperimentConfig()
     if args.steps is not None:
@@ -293,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     runs = [future.result() for future in futures]  # in recipe, seed order
     summary = summarize(runs)
-    table = markdown(summary, args.seeds, args.markets)
+    table = markdown(summary, args.seeds, args.markets, runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "learn.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
