@@ -34,3 +34,19 @@ def test_readme_python_block_runs(index, tmp_path):
     assert result.returncode == 0, (
         f"README python block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
     )
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "trm_act" / "bench" / "results"
+
+
+@pytest.mark.parametrize("name", ["learn", "learn-ablations"])
+def test_readme_learning_tables_are_the_saved_benchmark_output(name):
+    # The README quotes `python -m trm_act.bench learn ... --out trm_act/bench/results/<name>`; the table it
+    # shows must be what that run's learn.json renders to (`--from-json` prints the same).
+    import json
+
+    from trm_act.bench.learn import markdown, summarize
+
+    runs = json.loads((RESULTS / name / "learn.json").read_text())["runs"]
+    table = markdown(summarize(runs), len({run["seed"] for run in runs}), len(runs[0]["markets"]) - 1, runs)
+    assert table in README.read_text(encoding="utf-8")
