@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from trm_act.act import halt_rule
+from trm_act.act import first_halt_step
 from trm_act.loss import TRMLoss
 from trm_act.model import RecurrentTRM, TRMConfig
 
@@ -55,7 +55,7 @@ def deep_supervision(
         ``loss/reward``, ``halt/target_rate`` (means over steps); ``halt/rate``: committed halts per
         reasoning step executed, B / sum of the first-halting steps (as the trainer's);
         ``halt/logit_positive_rate``: share of (sample, step) pairs whose halt logit is > 0; ``halt/mean_steps``: mean over samples of the
-        step at which the halting rule (:func:`trm_act.act.halt_rule`) first fires (``n_steps`` if
+        step at which the halting rule first fires (:func:`trm_act.act.first_halt_step`) (``n_steps`` if
         never); ``train/accuracy`` and ``train/pnl``: accuracy against the label and mean realized
         PnL of the answer at that halting step.
     """
@@ -69,11 +69,8 @@ def deep_supervision(
 
     total = obs.new_zeros((), dtype=torch.float32)
     sums: dict[str, float] = {}
-    halt_fired = 0.0
-    halted = torch.zeros(batch, dtype=torch.bool, device=obs.device)  # (B,)
-    halt_step = torch.full((batch,), n_steps, dtype=torch.long, device=obs.device)  # (B,)
-    answer = torch.zeros(batch, dtype=torch.long, device=obs.device)  # (B,)
-    for step in range(1, n_steps + 1):
+    halt_logits, choices = [], []  # per step: (B,) halt logits and (B,) answers
+    for _ in range(n_steps):
         out = model(obs, carry)
         carry = out.carry  # detached by the model: memory stays flat in the number of steps
         choice = out.task_logits.detach().argmax(dim=-1)  # (B,)
@@ -84,18 +81,18 @@ def deep_supervision(
         total = total + components["total_loss"]
         for tag, value in component_scalars(components).items():
             sums[tag] = sums.get(tag, 0.0) + value
-        halt_fired += float((out.halt_logits.detach() > 0).float().mean())
-        steps = torch.full((batch,), step, dtype=torch.long, device=obs.device)
-        fires = halt_rule(out.halt_logits.detach(), steps, n_steps) & ~halted  # (B,) first firing only
-        halt_step = torch.where(fires, steps, halt_step)
-        answer = torch.where(fires, choice, answer)
-        halted |= fires
+        halt_logits.append(out.halt_logits.detach())
+        choices.append(choice)
+
+    halt_logits_bs = torch.stack(halt_logits, dim=1)  # (B, S)
+    halt_step = first_halt_step(halt_logits_bs, n_steps)  # (B,)
+    answer = torch.stack(choices, dim=1)[rows, halt_step - 1]  # (B,) the answer at the halting step
 
     loss = total / n_steps
     metrics = {tag: value / n_steps for tag, value in sums.items()}
     metrics["loss/total"] = float(loss.detach())
     metrics["halt/rate"] = batch / float(halt_step.sum())
-    metrics["halt/logit_positive_rate"] = halt_fired / n_steps
+    metrics["halt/logit_positive_rate"] = float((halt_logits_bs > 0).float().mean())
     metrics["halt/mean_steps"] = float(halt_step.float().mean())
     metrics["train/accuracy"] = float((answer == labels).float().mean())
     metrics["train/pnl"] = float(strategy_pnl[rows, answer].mean())

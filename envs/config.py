@@ -156,3 +156,33 @@ class TradeReplayConfig:
     def effective_stride(self) -> int:
         """The stride actually used: `stride`, or `horizon` when stride is None."""
         return int(self.horizon if self.stride is None else self.stride)
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TradeReplayConfig))
+
+
+def resolve_config(
+    config: TradeReplayConfig | None, options: dict[str, Any], owner: str
+) -> TradeReplayConfig:
+    """The config of an env built with ``owner(config=..., **options)``: both envs' one constructor path.
+
+    ``options`` are TradeReplayConfig fields given as keywords; an unknown one is an error that names it.
+    A whole ``config`` excludes options (both at once would be ambiguous).
+    """
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        raise ValueError(
+            f"{owner}: unknown keyword(s) {unknown}; valid options are {list(OPTION_NAMES)} (the fields of "
+            "TradeReplayConfig), plus config=TradeReplayConfig(...) and render_mode"
+        )
+    if config is None:
+        return TradeReplayConfig(**options)
+    if not isinstance(config, TradeReplayConfig):
+        raise ValueError(f"config={config!r}: expected a TradeReplayConfig or None")
+    if options:
+        given = sorted(options)
+        raise ValueError(
+            f"{owner}: got config= and also {given}; pass one or the other, "
+            f"e.g. config=dataclasses.replace(config, {given[0]}=...)"
+        )
+    return config

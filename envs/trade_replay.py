@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import pandas as pd
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from .config import TradeReplayConfig
+from .config import TradeReplayConfig, resolve_config
 from .features import FEATURE_CLIP
 from .render import episode_frame
 from .replay import ReplayData, build_replay
 from .strategies import N_STRATEGIES
-from .synthetic import SyntheticMarketConfig
 
-_DEFAULTS = TradeReplayConfig.__dataclass_fields__
 _INTEGER_TYPES = (int, np.integer)  # bool is an int too: excluded separately
-
-
-def resolve_config(config: TradeReplayConfig | None, options: dict[str, Any]) -> TradeReplayConfig:
-    """A config from either `config` or individual options (both at once would be ambiguous)."""
-    if config is None:
-        return TradeReplayConfig(**options)
-    if not isinstance(config, TradeReplayConfig):
-        raise ValueError(f"config={config!r}: expected a TradeReplayConfig or None")
-    defaults = TradeReplayConfig()
-    changed = sorted(
-        k
-        for k, v in options.items()
-        if not (v is getattr(defaults, k) or (not isinstance(v, pd.DataFrame) and v == getattr(defaults, k)))
-    )
-    if changed:
-        raise ValueError(
-            f"got config= and also {changed}; pass one or the other, "
-            f"e.g. config=dataclasses.replace(config, {changed[0]}=...)"
-        )
-    return config
 
 
 class EpisodeStarts:
@@ -172,16 +148,20 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     ## Arguments
 
     ```python
-    gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, stride=None,
-                   cost=0.0005, split="train", test_fraction=0.2, episode_length=None,
-                   synthetic=SyntheticMarketConfig())
+    gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, label_horizon=None,
+                   stride=None, cost=0.0005, split="train", test_fraction=0.2, episode_length=None,
+                   synthetic=SyntheticMarketConfig(), skip_bad_files=False)
     ```
+
+    Every option is a keyword and a field of ``TradeReplayConfig`` (which holds the defaults and the checks);
+    an unknown keyword raises a ValueError that names it and lists the valid ones.
 
     * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, a DataFrame,
       or a universe: a directory or glob of CSVs (one instrument each, file stem = symbol), a long
       CSV/Parquet with a Symbol/Ticker column, or a dict {symbol: DataFrame} (see ``trm_act.envs.universe``).
-    * ``window``, ``horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``, ``episode_length``,
-      ``synthetic``: see ``TradeReplayConfig``. Or pass a whole ``config=TradeReplayConfig(...)``.
+    * ``window``, ``horizon``, ``label_horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``,
+      ``episode_length``, ``synthetic``, ``skip_bad_files``: see ``TradeReplayConfig``. Or pass a whole
+      ``config=TradeReplayConfig(...)`` instead (not both).
     * ``render_mode``: None or ``"rgb_array"``: ``render()`` then returns an (H, W, 3) uint8 chart of the
       episode so far (equity = cumulative reward, and the strategy chosen at each step), drawn with
       matplotlib when installed (``pip install "trm-act[render]"``), else as a plain numpy raster.
@@ -196,35 +176,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(
-        self,
-        data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
-        window: int = _DEFAULTS["window"].default,
-        horizon: int = _DEFAULTS["horizon"].default,
-        label_horizon: int | None = _DEFAULTS["label_horizon"].default,
-        stride: int | None = _DEFAULTS["stride"].default,
-        cost: float = _DEFAULTS["cost"].default,
-        split: str = _DEFAULTS["split"].default,
-        test_fraction: float = _DEFAULTS["test_fraction"].default,
-        episode_length: int | None = _DEFAULTS["episode_length"].default,
-        synthetic: SyntheticMarketConfig | dict[str, Any] | None = None,
-        *,
-        config: TradeReplayConfig | None = None,
-        render_mode: str | None = None,
+        self, *, config: TradeReplayConfig | None = None, render_mode: str | None = None, **options: Any
     ) -> None:
-        options = dict(
-            data=data,
-            window=window,
-            horizon=horizon,
-            label_horizon=label_horizon,
-            stride=stride,
-            cost=cost,
-            split=split,
-            test_fraction=test_fraction,
-            episode_length=episode_length,
-        )
-        if synthetic is not None:
-            options["synthetic"] = synthetic
-        self.config = resolve_config(config, options)
+        self.config = resolve_config(config, options, type(self).__name__)
         self.render_mode = check_render_mode(render_mode, type(self).__name__)
         self.replay = build_replay(self.config)
         self._episodes = check_split(self.replay, self.config)

@@ -8,24 +8,21 @@ hold the last decision of the episode that ended.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .config import TradeReplayConfig
+from .config import TradeReplayConfig, resolve_config
 from .features import FEATURE_CLIP
 from .render import episode_frame
 from .replay import build_replay
 from .strategies import N_STRATEGIES
-from .synthetic import SyntheticMarketConfig
-from .trade_replay import _DEFAULTS, check_render_mode, check_split, resolve_config
+from .trade_replay import check_render_mode, check_split
 
 # Bit generators a saved state may name (Gymnasium seeds with PCG64).
 _BIT_GENERATORS = {
@@ -40,7 +37,7 @@ _BIT_GENERATORS = {
 class TradeReplayVectorEnv(VectorEnv):
     """``num_envs`` TradeReplayEnv copies over one shared, precomputed replay, batched with numpy.
 
-    Arguments are those of ``TradeReplayEnv`` plus ``num_envs``. Observations are
+    Arguments are those of ``TradeReplayEnv`` (keyword options, or ``config=``) plus ``num_envs``. Observations are
     ``(num_envs, window, F)`` float32 (fresh each call), rewards ``(num_envs,)`` float64.
 
     ``info`` holds arrays over sub-envs: ``label`` (N,) int64, ``strategy_pnl`` (N, 8) float64,
@@ -67,37 +64,15 @@ class TradeReplayVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        data: str | Path | pd.DataFrame = _DEFAULTS["data"].default,
-        window: int = _DEFAULTS["window"].default,
-        horizon: int = _DEFAULTS["horizon"].default,
-        label_horizon: int | None = _DEFAULTS["label_horizon"].default,
-        stride: int | None = _DEFAULTS["stride"].default,
-        cost: float = _DEFAULTS["cost"].default,
-        split: str = _DEFAULTS["split"].default,
-        test_fraction: float = _DEFAULTS["test_fraction"].default,
-        episode_length: int | None = _DEFAULTS["episode_length"].default,
-        synthetic: SyntheticMarketConfig | dict[str, Any] | None = None,
         *,
         config: TradeReplayConfig | None = None,
         render_mode: str | None = None,
+        **options: Any,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer) or num_envs < 1:
             raise ValueError(f"num_envs={num_envs!r}: expected an int >= 1")
+        self.config = resolve_config(config, options, "TradeReplayVectorEnv")
         self.render_mode = check_render_mode(render_mode, "TradeReplayVectorEnv")
-        options = dict(
-            data=data,
-            window=window,
-            horizon=horizon,
-            label_horizon=label_horizon,
-            stride=stride,
-            cost=cost,
-            split=split,
-            test_fraction=test_fraction,
-            episode_length=episode_length,
-        )
-        if synthetic is not None:
-            options["synthetic"] = synthetic
-        self.config = resolve_config(config, options)
         self.replay = build_replay(self.config)
         self._episodes = check_split(self.replay, self.config)
 

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from trm_act.act import ACTResult, ACTState, act_predict, act_step, draw_min_steps, halt_rule
+from trm_act.act import (
+    ACTResult,
+    ACTState,
+    act_predict,
+    act_step,
+    draw_min_steps,
+    first_halt_step,
+    halt_rule,
+)
 from trm_act.model import MIXERS, RecurrentTRM, TRMConfig
 
 MIXER_NAMES = sorted(MIXERS)
@@ -81,6 +89,37 @@ def test_halt_rule_rejects_bad_arguments():
         halt_rule(torch.zeros(2, 3), torch.ones(2, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="steps"):
         halt_rule(torch.zeros(2), torch.ones(3, dtype=torch.long), 4)
+
+
+def test_first_halt_step_is_the_first_column_where_halt_rule_fires():
+    logits = torch.tensor(
+        [
+            [0.5, 1.0, 2.0, 3.0],  # fires at once
+            [-1.0, -2.0, 0.1, -3.0],  # fires at step 3, not again at 4
+            [-1.0, -1.0, -1.0, -1.0],  # never positive: forced at max_steps = 4
+            [-1.0, 0.0, -0.5, 2.0],  # a zero logit does not halt
+        ]
+    )  # (B=4, S=4)
+    assert first_halt_step(logits, 4).tolist() == [1, 3, 4, 4]
+    # Fewer recorded steps than the cap: a row that never fires gets max_steps, not S.
+    assert first_halt_step(logits[:, :2], 6).tolist() == [1, 6, 6, 6]
+    # The cap binds before the logits do.
+    assert first_halt_step(logits, 2).tolist() == [1, 2, 2, 2]
+    # Every row, step by step, agrees with halt_rule itself.
+    gen = torch.Generator().manual_seed(0)
+    random_logits = torch.randn(64, 5, generator=gen)  # (B, S)
+    expected = []
+    for row in random_logits:
+        fires = [bool(halt_rule(row[s - 1 : s], torch.tensor([s]), 5)) for s in range(1, 6)]
+        expected.append(fires.index(True) + 1)
+    assert first_halt_step(random_logits, 5).tolist() == expected
+
+
+def test_first_halt_step_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"halt_logits must be \(B, S\)"):
+        first_halt_step(torch.zeros(3), 4)
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+        first_halt_step(torch.zeros(3, 2), 0)
 
 
 @pytest.mark.parametrize("prob", [0.0, 0.1, 0.5, 1.0])

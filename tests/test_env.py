@@ -25,6 +25,7 @@ from trm_act.envs import (
     generate_synthetic_market,
     render,
 )
+from trm_act.envs.config import OPTION_NAMES
 
 SMALL = {"synthetic": SyntheticMarketConfig(n_bars=3000, seed=2)}  # quick to build, 370 decisions
 
@@ -552,6 +553,45 @@ def test_config_and_options_are_exclusive_and_consistent():
     env = TradeReplayEnv(**SMALL)
     for name in ("data", "window", "horizon", "stride", "cost", "split", "test_fraction", "episode_length"):
         assert getattr(env.config, name) == getattr(defaults, name), name
+
+
+@pytest.mark.parametrize("make", ["single", "vector", "gym.make", "make_vec"])
+def test_unknown_keyword_is_named_with_the_valid_ones(make):
+    builders = {
+        "single": lambda **kw: TradeReplayEnv(**kw),
+        "vector": lambda **kw: TradeReplayVectorEnv(2, **kw),
+        "gym.make": lambda **kw: gym.make(ENV_ID, **kw),
+        "make_vec": lambda **kw: gym.make_vec(
+            ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", **kw
+        ),
+    }
+    message = r"unknown keyword\(s\) \['windw'\]; valid options are \['data', 'skip_bad_files', 'window'"
+    with pytest.raises(ValueError, match=message):
+        builders[make](windw=16, **SMALL)
+    with pytest.raises(ValueError, match=r"got config= and also \['synthetic'\]"):
+        builders[make](config=TradeReplayConfig(**SMALL), **SMALL)
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_every_config_field_is_an_env_keyword(name):
+    value = {
+        "window": 12,
+        "horizon": 6,
+        "label_horizon": 10,
+        "stride": 3,
+        "cost": 0.001,
+        "split": "test",
+        "test_fraction": 0.3,
+        "episode_length": 5,
+        "skip_bad_files": False,
+        "data": "synthetic",
+        "synthetic": SyntheticMarketConfig(n_bars=2500, seed=3),
+    }[name]
+    options = {**SMALL, name: value}
+    single = TradeReplayEnv(**options)
+    vector = TradeReplayVectorEnv(2, **options)
+    assert single.config == vector.config == TradeReplayConfig(**options)
+    assert getattr(single.config, name) == value
 
 
 def test_options_are_used():

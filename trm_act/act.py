@@ -20,7 +20,15 @@ import torch
 
 from trm_act.model import RecurrentTRM, StepOutput, TRMCarry
 
-__all__ = ["ACTResult", "ACTState", "act_predict", "act_step", "draw_min_steps", "halt_rule"]
+__all__ = [
+    "ACTResult",
+    "ACTState",
+    "act_predict",
+    "act_step",
+    "draw_min_steps",
+    "first_halt_step",
+    "halt_rule",
+]
 
 
 def _check_max_steps(max_steps: int) -> None:
@@ -58,6 +66,22 @@ def halt_rule(
     if min_steps is not None:
         wants_to_halt = wants_to_halt & (steps >= min_steps)  # (B,) exploration: think at least min_steps
     return wants_to_halt | (steps >= max_steps)  # (B,) forced halt at the cap
+
+
+def first_halt_step(halt_logits: torch.Tensor, max_steps: int) -> torch.Tensor:
+    """The first reasoning step (1-based) at which :func:`halt_rule` fires, per sample: (B,) long.
+
+    ``halt_logits`` (B, S) holds each sample's halt logit after steps 1..S of a run that did not stop
+    (deep supervision, or a recorded trajectory). A row on which the rule never fires (S < max_steps)
+    gets ``max_steps``. No exploration floor, as at inference.
+    """
+    if halt_logits.dim() != 2 or halt_logits.shape[1] < 1:
+        raise ValueError(f"halt_logits must be (B, S) with S >= 1, got {tuple(halt_logits.shape)}.")
+    b, s = halt_logits.shape
+    steps = torch.arange(1, s + 1, device=halt_logits.device).expand(b, s)  # (B, S) step of each column
+    fired = halt_rule(halt_logits.reshape(-1), steps.reshape(-1), max_steps).view(b, s)  # (B, S)
+    first = fired.long().argmax(dim=1) + 1  # (B,) argmax returns the first maximum: the first firing
+    return torch.where(fired.any(dim=1), first, torch.full_like(first, max_steps))  # (B,)
 
 
 def draw_min_steps(

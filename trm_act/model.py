@@ -316,6 +316,10 @@ class RecurrentTRM(nn.Module):
         y = self.net_forward(y + z)  # (B, W, D) answer update does not (TRM)
         return y, z
 
+    def pool(self, y: torch.Tensor) -> torch.Tensor:
+        """Answer tokens y (B, W, D) -> the (B, D) vector the heads read (``TRMConfig.pool``)."""
+        return y.mean(dim=1) if self.config.pool == "mean" else y[:, -1]  # (B, D)
+
     def step(self, x: torch.Tensor, carry: TRMCarry) -> StepOutput:
         """One reasoning step from encoded tokens x (B, W, D); ``forward`` = ``step(encode(obs), carry)``."""
         if carry.y.shape != x.shape or carry.z.shape != x.shape:
@@ -330,7 +334,7 @@ class RecurrentTRM(nn.Module):
                 y, z = self._cycle(x, y, z)
         # ... and the last cycle is the only one backpropagated (the 1-step gradient approximation).
         y, z = self._cycle(x, y, z)
-        pooled = y.mean(dim=1) if self.config.pool == "mean" else y[:, -1]  # (B, D)
+        pooled = self.pool(y)  # (B, D)
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from trm_act.act import act_predict, halt_rule
+from trm_act.act import act_predict, first_halt_step
 from trm_act.model import MIXERS, RecurrentTRM, TRMConfig
 
 TARGET_FACTOR = 1.15
@@ -65,22 +65,14 @@ def pooled_answer_trajectories(
         per_step = []
         for _ in range(max_steps):
             carry = model.step(x, carry).carry
-            y = carry.y.mean(dim=1) if model.config.pool == "mean" else carry.y[:, -1]  # (n, D)
-            per_step.append(y)
+            per_step.append(model.pool(carry.y))  # (n, D)
         rows.append(torch.stack(per_step, dim=1))  # (n, S, D)
     return torch.cat(rows).cpu()
 
 
 def halting_steps(trajectories: torch.Tensor, bias: float, max_steps: int) -> torch.Tensor:
-    """Step at which each row halts under :func:`halt_rule` if the halt head's bias moves by ``bias``."""
-    n = trajectories.shape[0]
-    steps = torch.full((n,), max_steps, dtype=torch.long)
-    undecided = torch.ones(n, dtype=torch.bool)
-    for s in range(1, max_steps + 1):
-        halted = halt_rule(trajectories[:, s - 1] + bias, torch.full((n,), s), max_steps) & undecided
-        steps[halted] = s
-        undecided &= ~halted
-    return steps
+    """Step at which each row halts if the halt head's bias moves by ``bias``; trajectories (N, S) halt logits."""
+    return first_halt_step(trajectories + bias, max_steps)  # (N,)
 
 
 def build_benchmark(args: argparse.Namespace) -> tuple[RecurrentTRM, torch.Tensor]:
