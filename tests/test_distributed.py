@@ -217,9 +217,11 @@ def test_bench_train_quick_prints_every_row(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "samples/s" not in line]
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert rows[0].split("|")[3].strip() == "1.00x"  # the first row is the baseline of the ratios
+    assert "TRMLoss checks on" in rows[4]
     assert "scaling efficiency, 2 processes vs 1 (torchrun):" in result.stdout
+    assert "TRMLoss input checks off (the trainer) vs on:" in result.stdout
 
 
 def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path):
