@@ -314,14 +314,14 @@ class Trainer:
         actions_np = actions.cpu().numpy()
         steps_np = steps_done.cpu().numpy()
         self.window.logit_positive += (out.halt_logits.detach() > 0).float().mean()  # stays on device
-        rewards = None
         if halted_np.any():
             self._record_halting(halted_np, actions_np, steps_np)
             self.obs, rewards, _, _, self.info = self.env.step_masked(actions_np, halted_np)
             self.window.rewards.append(rewards[halted_np])  # the env's reward: realized PnL of the commit
         self._record_steps(halted_np, steps_np)
 
-        self._last_parts = (parts, grad_norm, chosen_pnl)  # tensors: converted only when logged
+        # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
+        self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
         if self.step % train.log_every == 0 or self.step == train.steps:
             return self.step_logs(*self._last_parts)
         return Logs()
