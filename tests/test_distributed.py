@@ -224,23 +224,51 @@ def test_bench_train_quick_prints_every_row(tmp_path):
     assert "TRMLoss input checks off (the trainer) vs on:" in result.stdout
 
 
-def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path):
-    # Kubernetes and many schedulers signal the launcher; torchrun forwards SIGTERM to every rank.
+def _signal_torchrun_job(process: subprocess.Popen, how: str) -> None:
+    """SIGTERM a running torchrun job: to the launcher only (Kubernetes' main process), to its whole process
+    group (SLURM, ``kill -- -PGID``: every worker gets it directly and again from the launcher), or to the
+    workers first and the launcher 10 ms later: the group signal with the launcher's forwarded copy landing
+    after the workers' handlers ran, which is what made a group signal stop the run at once."""
+    if how == "launcher":
+        process.send_signal(signal.SIGTERM)
+    elif how == "group":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(int(pid), signal.SIGTERM)
+        time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["launcher", "group", "group, launcher's copy late"])
+def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path, how):
+    if how != "launcher" and not Path(f"/proc/{os.getpid()}/task").is_dir():
+        pytest.skip("finding torchrun's workers reads /proc")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    digests = tmp_path / "digests"
+    digests.mkdir()
+    env |= {"OMP_NUM_THREADS": "1", distributed.DIGEST_DIR_ENV: str(digests)}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trm_act.train",
         "--env", "trade-replay", *TINY, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "s",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(  # its own session: a process group to signal, as a scheduler's job is
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "s").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # some training steps
-    process.send_signal(signal.SIGTERM)
+    _signal_torchrun_job(process, how)
     _, stderr = process.communicate(timeout=120)
     state = load_checkpoint(tmp_path / "s" / "checkpoint.pt")
     assert 0 < state["step"] < 100000
     assert state["world_size"] == 2 and len(state["ranks"]) == 1
-    assert f"stopped by SIGTERM at step {state['step']}; checkpoint saved" in stderr
+    assert "interrupted at once" not in stderr, stderr[-3000:]
+    assert stderr.count(f"stopped by SIGTERM at step {state['step']}; checkpoint saved") == 1
+    # Both ranks finished the stop (each writes its digest after the checkpoint): same step, same weights.
+    ranks = {p.name: p.read_text() for p in digests.glob("rank*.sha256")}
+    assert sorted(ranks) == ["rank0.sha256", "rank1.sha256"]
+    assert ranks["rank0.sha256"] == ranks["rank1.sha256"]

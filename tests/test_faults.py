@@ -26,6 +26,7 @@ from trm_act.callbacks import Callback, TensorBoardCallback
 from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
 
 from trm_act import checkpoint as checkpoint_module
+from trm_act import interrupts
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.files import write_json
@@ -132,6 +133,49 @@ def test_first_signal_requests_a_stop_and_a_second_interrupts_at_once(signum):
     assert raised.value.signum == signal.SIGTERM
     assert exit_code(signum) == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}[signum]
     assert signal.getsignal(signum) is not None  # the previous handler is back
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("second", "after_s", "absorbed"),
+    [
+        (signal.SIGTERM, 0.01, True),  # torchrun's forwarded copy of a group signal
+        (signal.SIGTERM, 2.5, False),  # a person asking again: interrupt at once
+        (signal.SIGINT, 0.01, False),  # another signal is never an echo
+    ],
+)
+def test_one_echo_of_the_first_signal_is_absorbed_within_the_window(second, after_s, absorbed):
+    clock = FakeClock()
+    interrupt = GracefulInterrupt(echo_window_s=2.0, clock=clock)
+    interrupt.handle(signal.SIGTERM)
+    clock.now += after_s
+    if not absorbed:
+        with pytest.raises(Interrupted):
+            interrupt.handle(second)
+        return
+    interrupt.handle(second)
+    assert interrupt.requested and interrupt.signum == signal.SIGTERM and interrupt.echoes == 1
+    with pytest.raises(Interrupted):  # the launcher forwards once: a third copy is a real second request
+        interrupt.handle(signal.SIGTERM)
+
+
+def test_echo_window_is_on_under_torchrun_only(monkeypatch):
+    monkeypatch.delenv(interrupts.FORWARDING_LAUNCHER_ENV, raising=False)
+    plain = GracefulInterrupt(clock=FakeClock())
+    plain.handle(signal.SIGTERM)
+    with pytest.raises(Interrupted):  # a plain run: the second signal interrupts at once, as before
+        plain.handle(signal.SIGTERM)
+    monkeypatch.setenv(interrupts.FORWARDING_LAUNCHER_ENV, "job")
+    assert GracefulInterrupt().echo_window_s == interrupts.ECHO_WINDOW_S
+    with pytest.raises(ValueError, match=r"echo_window_s must be seconds >= 0.*got -1"):
+        GracefulInterrupt(echo_window_s=-1)
 
 
 def test_sighup_in_training_stops_after_the_step_with_a_checkpoint(tmp_path):
