@@ -10,6 +10,9 @@ reasoning steps and brings its own data, so two lines train it::
 
     lightning.Trainer(max_steps=200, accelerator="cpu").fit(TRMLightningModule())
 
+Both work under Lightning's ``strategy="ddp"`` (CPU or GPU): the module shards its data with a
+``DistributedSampler`` and the callback writes, on rank zero, the mean of every rank's metrics.
+
 Needs the ``lightning`` package: ``pip install "trm-act[lightning]"``.
 """
 
@@ -30,7 +33,8 @@ except ImportError as exc:  # pragma: no cover - exercised by tests with the imp
     ) from exc
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 from trm_act.envs import build_replay  # None: the embedded synthetic market
 
 from trm_act.act import act_predict
@@ -65,6 +69,27 @@ def trm_metrics(outputs: Any) -> dict[str, float]:
     return metrics
 
 
+def mean_over_ranks(metrics: Mapping[str, float], world_size: int) -> dict[str, float]:
+    """Every rank's ``metrics`` averaged tag by tag (over the ranks that have the tag), on every rank.
+
+    A collective: every rank must call it at the same point. ``all_gather_object`` rather than a tensor
+    all-reduce, so ranks whose outputs carry different tags cannot hang or mismatch. Without an
+    initialised process group (or with one process) the metrics come back as they are.
+    """
+    if world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+        return dict(metrics)
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, dict(metrics))
+    return _mean_by_tag(gathered)
+
+
+def _mean_by_tag(rows: list[Mapping[str, float]]) -> dict[str, float]:
+    tags = {tag for row in rows for tag in row}
+    return {
+        tag: sum(row[tag] for row in rows if tag in row) / sum(tag in row for row in rows) for tag in tags
+    }
+
+
 class TRMLightningCallback(pl.Callback):
     """Log the TRM metrics returned by ``training_step`` to TensorBoard, on global rank zero only.
 
@@ -82,16 +107,29 @@ class TRMLightningCallback(pl.Callback):
     (1 for the first). With gradient accumulation the metrics of the accumulated batches are averaged
     and written once per optimizer step, so steps strictly increase.
 
+    Several processes (``strategy="ddp"``): with ``sync_ranks`` (the default) each value written is the
+    mean over ranks of each rank's value for that step (one ``all_gather_object`` per optimizer step, on
+    every rank), so halt rates and losses describe the global batch rather than rank zero's shard; with
+    equal per-rank batches (a ``DistributedSampler``) that is the global batch's mean for the losses,
+    accuracy and ``halt/mean_steps``. ``sync_ranks=False`` writes rank zero's own values, with no
+    collective.
+
     Args:
         log_dir: directory for an own writer when the trainer has no TensorBoardLogger.
         flush_every: flush the writer every this many logged steps (and always at the end).
+        sync_ranks: average the metrics over ranks before rank zero writes them.
     """
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, flush_every: int = 50):
+    def __init__(
+        self, log_dir: str | os.PathLike | None = None, flush_every: int = 50, sync_ranks: bool = True
+    ):
         if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
             raise ValueError(f"flush_every must be an integer >= 1; got {flush_every!r}.")
+        if not isinstance(sync_ranks, bool):
+            raise ValueError(f"sync_ranks must be True or False; got {sync_ranks!r}.")
         self.log_dir = log_dir
         self.flush_every = flush_every
+        self.sync_ranks = sync_ranks
         self.logger: MetricsLogger | None = None
         self._pending: list[dict[str, float]] = []
         self._last_step = -1
@@ -116,22 +154,27 @@ class TRMLightningCallback(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.logger is None or not self.logger.enabled:
+        if self.logger is None:
             return
+        sync = self.sync_ranks and trainer.world_size > 1
+        if not (self.logger.enabled or sync):
+            return  # another rank, and nothing to contribute to rank zero's values
         metrics = trm_metrics(outputs)
         if metrics:
             self._pending.append(metrics)
         step = trainer.global_step
-        if step <= self._last_step or not self._pending:
+        if step <= self._last_step:
             return  # still accumulating gradients: write once the optimizer has stepped
-        tags = {tag for metrics in self._pending for tag in metrics}
-        mean = {
-            tag: sum(m[tag] for m in self._pending if tag in m) / sum(tag in m for m in self._pending)
-            for tag in tags
-        }
-        self.logger.update(step, mean)
+        # global_step is the same on every rank, so every rank reaches the collective at the same batch,
+        # whatever each one's outputs held.
+        mean = _mean_by_tag(self._pending)
+        if sync:
+            mean = mean_over_ranks(mean, trainer.world_size)
         self._pending.clear()
         self._last_step = step
+        if not (mean and self.logger.enabled):
+            return
+        self.logger.update(step, mean)
         self._written += 1
         if self._written % self.flush_every == 0:
             self.logger.flush()
@@ -157,7 +200,10 @@ class TRMLightningModule(pl.LightningModule):
     ``{"loss", "loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward",
     "halt/target_rate", "halt/rate", "halt/mean_steps", "train/accuracy", "train/pnl"}``, which
     :class:`TRMLightningCallback` (added automatically through ``configure_callbacks``) writes to
-    TensorBoard. The module provides its own ``train_dataloader`` over the replay's train split.
+    TensorBoard. The module provides its own ``train_dataloader`` over the replay's train split, shuffled;
+    with several processes (``strategy="ddp"``) through a ``DistributedSampler`` of its own, so each rank
+    trains on its own ``1 / world_size`` of every epoch (reshuffled each epoch, seeded by
+    ``lightning.seed_everything`` as Lightning's own sampler is) whatever ``use_distributed_sampler`` says.
 
     Args:
         model_config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay,
@@ -191,6 +237,7 @@ class TRMLightningModule(pl.LightningModule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.batch_size = batch_size
+        self._train_set: ReplayDataset | None = None  # built on first use, then shared
         # Plain values only, so TensorBoard's hparams and checkpoints (load_from_checkpoint) both take them.
         self.save_hyperparameters(
             {
@@ -224,7 +271,10 @@ class TRMLightningModule(pl.LightningModule):
         trainer = self.trainer
         full_epochs = trainer.limit_train_batches == 1.0  # a limit shortens epochs; then leave it alone
         if trainer.fit_loop.max_epochs == -1 and trainer.max_steps > 0 and full_epochs:
-            batches = math.ceil(len(ReplayDataset(self.replay, "train")) / self.batch_size)
+            # Per rank: counted on the whole split, a DDP run's epochs would end training early.
+            batches = math.ceil(
+                self._samples_per_epoch(trainer.world_size, trainer.global_rank) / self.batch_size
+            )
             steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
             trainer.fit_loop.max_epochs = math.ceil(trainer.max_steps / steps_per_epoch)
 
@@ -238,7 +288,34 @@ class TRMLightningModule(pl.LightningModule):
             return []
         return [TRMLightningCallback()]
 
+    def _dataset(self) -> ReplayDataset:
+        if self._train_set is None:
+            self._train_set = ReplayDataset(self.replay, "train")
+        return self._train_set
+
+    def _sampler(self, world_size: int, rank: int) -> DistributedSampler | None:
+        """This rank's share of the split with several processes (a shuffling DistributedSampler); None
+        for one process, which reads the whole split."""
+        if world_size < 2:
+            return None
+        # Lightning's own sampler takes the seed seed_everything exported; the same here.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return DistributedSampler(
+            self._dataset(), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+
+    def _samples_per_epoch(self, world_size: int, rank: int) -> int:
+        sampler = self._sampler(world_size, rank)
+        return len(self._dataset()) if sampler is None else len(sampler)
+
     def train_dataloader(self) -> DataLoader:
+        trainer = self._trainer
+        sampler = None if trainer is None else self._sampler(trainer.world_size, trainer.global_rank)
+        # Lightning calls a sampler's set_epoch at every epoch, so each DDP epoch reshuffles too.
         return DataLoader(
-            ReplayDataset(self.replay, "train"), batch_size=self.batch_size, shuffle=True, drop_last=False
+            self._dataset(),
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=False,
         )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +142,114 @@ def test_max_steps_run_gets_the_finite_epoch_count_it_spans(tmp_path, max_steps,
     steps_per_epoch = math.ceil(math.ceil(len(ReplayDataset(module.replay, "train")) / 32) / accumulate)
     assert fit.max_epochs == math.ceil(max_steps / steps_per_epoch) >= 1
     assert fit.global_step == max_steps  # the epoch bound never ends training early
+
+
+# ------------------------------------------------------------------------------------ strategy="ddp"
+
+# Lightning's CPU ddp starts rank 1 by running this script again (with LOCAL_RANK set), so it is a file.
+DDP_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+
+import lightning
+from lightning.pytorch.loggers import TensorBoardLogger
+from trm_act.callbacks._deep_supervision import ReplayDataset
+from trm_act.callbacks.lightning import TRMLightningModule, trm_metrics
+from trm_act.envs import TradeReplayConfig
+
+
+def fingerprint(obs):
+    return hashlib.sha1(obs.contiguous().numpy().tobytes()).hexdigest()
+
+
+class Recorder(lightning.pytorch.Callback):
+    # Each rank's own training_step values by optimizer step, and the samples each epoch fed it.
+    def __init__(self):
+        self.by_step, self.samples = {}, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.by_step[trainer.global_step] = trm_metrics(outputs)
+        seen = self.samples.setdefault(str(trainer.current_epoch), [])
+        seen.extend(fingerprint(obs) for obs in batch["obs"])
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    lightning.seed_everything(0, verbose=False)
+    module = TRMLightningModule(
+        {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 2},
+        TradeReplayConfig(window=8, synthetic={"n_bars": 1500, "seed": 1}),
+        batch_size=32,
+    )
+    recorder = Recorder()
+    trainer = lightning.Trainer(
+        strategy="ddp", devices=2, accelerator="cpu", max_steps=4, callbacks=[recorder],
+        logger=TensorBoardLogger(out / "logs", name="run"), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module)
+    weights = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        weights.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    record = {
+        "world_size": trainer.world_size, "global_step": trainer.global_step,
+        "sampler": type(trainer.train_dataloader.sampler).__name__,
+        "by_step": recorder.by_step, "samples": recorder.samples, "weights": weights.hexdigest(),
+        "dataset": [fingerprint(obs) for obs in ReplayDataset(module.replay, "train").obs],
+    }
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+"""
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("lightning_ddp")
+    script = out / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run(
+        [sys.executable, str(script), str(out)], cwd=out, capture_output=True, text=True, timeout=600,
+        env=env | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return out, ranks
+
+
+def test_ddp_writes_one_event_file_of_rank_mean_metrics(ddp_run):
+    out, ranks = ddp_run
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["global_step"] for r in ranks] == [4, 4]  # the epoch bound of on_fit_start is per rank
+    logged = scalars(out / "logs")  # asserts a single event file: rank 1 wrote none
+    assert set(TRM_TAGS) <= set(logged)
+    for tag in TRM_TAGS:
+        assert [step for step, _ in logged[tag]] == [1, 2, 3, 4], tag
+        for step, value in logged[tag]:
+            assert math.isfinite(value), (tag, step)
+            own = [r["by_step"][str(step)][tag] for r in ranks]
+            assert value == pytest.approx(sum(own) / 2, rel=1e-5), (tag, step)
+    # The ranks trained on different data, so the mean is not rank zero's value.
+    for step in ("1", "2", "3", "4"):
+        own = [r["by_step"][step]["loss/total"] for r in ranks]
+        assert own[0] != pytest.approx(own[1], rel=1e-4), step
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP averaged the gradients
+
+
+def test_ddp_ranks_share_out_each_epoch_and_reshuffle(ddp_run):
+    _, ranks = ddp_run
+    assert [r["sampler"] for r in ranks] == ["DistributedSampler", "DistributedSampler"]
+    dataset = ranks[0]["dataset"]
+    first = [set(r["samples"]["0"]) for r in ranks]
+    assert [len(r["samples"]["0"]) for r in ranks] == [math.ceil(len(dataset) / 2)] * 2
+    assert first[0] | first[1] == set(dataset)  # epoch 0 covers the split once between the two ranks
+    assert len(first[0] & first[1]) <= len(dataset) % 2  # only the sampler's padding repeats
+    epoch1 = ranks[0]["samples"]["1"]
+    assert epoch1 != ranks[0]["samples"]["0"][: len(epoch1)]  # set_epoch reshuffled
+
+
+def test_sync_ranks_without_a_process_group_is_the_identity():
+    from trm_act.callbacks.lightning import mean_over_ranks
+
+    assert mean_over_ranks({"loss/total": 1.5}, world_size=2) == {"loss/total": 1.5}
+    with pytest.raises(ValueError, match=r"sync_ranks must be True or False; got 'yes'"):
+        TRMLightningCallback(sync_ranks="yes")
