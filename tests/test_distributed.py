@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,19 +210,76 @@ def test_one_rank_under_torchrun_equals_the_plain_run(tmp_path):
     assert json.loads((tmp_path / "one" / "config.json").read_text())["runtime"]["world_size"] == 1
 
 
-def test_bench_train_quick_prints_every_row(tmp_path):
+def quick_bench(name: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m trm_act.bench <name> --quick``, asserted to succeed."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "trm_act.bench", "train", "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+        [sys.executable, "-m", "trm_act.bench", name, "--quick"],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_bench_train_quick_prints_every_row(tmp_path):
+    result = quick_bench("train", tmp_path)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "samples/s" not in line]
     assert len(rows) == 7
     assert rows[0].split("|")[3].strip() == "1.00x"  # the first row is the baseline of the ratios
     assert "TRMLoss checks on" in rows[4]
     assert "scaling efficiency, 2 processes vs 1 (torchrun):" in result.stdout
     assert "TRMLoss input checks off (the trainer) vs on:" in result.stdout
+
+
+def test_bench_busy_quick_prints_every_row_and_a_consistent_verdict(tmp_path):
+    # OMP_NUM_THREADS=1 here; the bench drops it, so its neighbour runs at torch's default thread count.
+    result = quick_bench("busy", tmp_path)
+    threads = int(re.search(r"torch's default (\d+) thread\(s\)", result.stdout).group(1))
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == [
+        "alone",
+        "beside the neighbour (default --threads 1)",
+        *([f"beside the neighbour, --threads {threads} (torch's default)"] if threads > 1 else []),
+    ]
+    walls = [float(re.search(r"[\d.]+", r[1]).group()) for r in rows]
+    assert "killed" not in rows[0][1] and rows[0][2].strip() == "1.00x" and rows[0][3].strip() == "-"
+    for wall, r in zip(walls[1:], rows[1:], strict=True):
+        ratio = float(re.search(r"[\d.]+", r[2]).group())
+        # the ratio is of the unrounded seconds; the walls are printed to the second
+        assert (wall - 0.5) / (walls[0] + 0.5) - 0.01 <= ratio <= (wall + 0.5) / (walls[0] - 0.5) + 0.01
+        assert float(r[3]) > 0  # the neighbour ran meanwhile
+    passed = "killed" not in rows[1][1] and walls[1] <= 180
+    assert f"against the bar of 180 s: {'PASS' if passed else 'FAIL'} (--quick" in result.stdout
+
+
+class FakeNeighbour:
+    def __init__(self, n):
+        self.threads, self.gflops = 2, float("nan")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.gflops = 5.0
+
+
+@pytest.mark.parametrize(
+    ("beside_s", "finished", "status", "word"),
+    [(170.0, True, 0, "PASS"), (181.0, True, 1, "FAIL"), (900.0, False, 1, "FAIL")],
+)
+def test_bench_busy_full_run_fails_past_the_bar(monkeypatch, capsys, beside_s, finished, status, word):
+    from trm_act.bench import busy
+
+    walls = {"alone": (100.0, True), "beside the neighbour (default --threads 1)": (beside_s, finished)}
+    monkeypatch.setattr(busy, "Neighbour", FakeNeighbour)
+    monkeypatch.setattr(busy.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(
+        busy, "train_seconds", lambda logdir, name, extra, timeout: walls.get(name, (900.0, False))
+    )
+    assert busy.main([]) == status
+    out = capsys.readouterr().out
+    assert f"against the bar of 180 s: {word}\n" in out
+    assert "| beside the neighbour, --threads 2 (torch's default) | > 900 s (killed) | > 9.00x | 5.0 |" in out
 
 
 def _signal_torchrun_job(process: subprocess.Popen, how: str) -> None:

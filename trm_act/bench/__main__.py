@@ -14,6 +14,10 @@ BENCHMARKS = {
         "trm_act.bench.train",
         "Trainer.train_step samples/s: threads, fp32/bf16, 1 vs 2 processes, FLOP/s",
     ),
+    "busy": (
+        "trm_act.bench.busy",
+        "the default command's wall time alone and beside another PyTorch job (bar: 180 s)",
+    ),
     "universe": ("trm_act.bench.universe", "build time, peak RSS and vector-env speed on 500 x 5,000 bars"),
 }
 
