@@ -58,10 +58,13 @@ LAYOUT = {
             "mean steps (train)": "halt/mean_steps",
             "mean steps (held-out)": "eval/mean_steps",
             "row-steps ratio, adaptive / fixed (held-out)": "eval/row_steps_ratio",
+            "steps after a regime change / settled (held-out)": "eval/steps_change_ratio",
         }
     )
-    # Steps per run differ (max_steps), so the hazards stay one regex chart: hover to tell steps apart.
-    | {"hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]]},
+    # Steps per run differ (max_steps), so the hazards stay one regex chart: hover to tell steps apart;
+    # likewise the regimes (synthetic data), one line each.
+    | {"hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]]}
+    | {"mean steps per true regime (held-out)": ["Multiline", [r"eval/steps_by_regime/.+"]]},
     "Trading": _charts(
         {
             "accuracy (train)": "train/accuracy",

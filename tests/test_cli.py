@@ -265,12 +265,15 @@ def test_help_documents_every_flag_with_choices_and_clean_docs():
 
 
 def test_help_shows_the_defaults_a_run_uses():
-    """The experiment's defaults (e.g. a 16-bar window), not each config class's own (32)."""
+    """The experiment's defaults (e.g. banded attention, radius 2), not each config class's own (0)."""
     from trm_act.config import ExperimentConfig
+    from trm_act.model import TRMConfig
 
     defaults = ExperimentConfig()
     text = " ".join(help_text().split())
-    assert defaults.env.window == 16 and defaults.loss.lambda_reward == 10.0
+    assert (defaults.model.attn_radius, TRMConfig().attn_radius) == (2, 0)
+    assert defaults.loss.lambda_reward == 10.0
+    assert f"(default: {defaults.model.attn_radius})" in text.split("--attn-radius INT")[1][:300]
     assert f"(default: {defaults.env.window})" in text.split("--env.window INT")[1][:200]
     assert f"(default: {defaults.model.max_steps})" in text.split("--max-steps INT")[1][:200]
     assert f"(default: {defaults.loss.lambda_reward})" in text.split("--lambda-reward FLOAT")[1][:300]

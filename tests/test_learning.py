@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -101,6 +102,15 @@ def test_learn_benchmark_quick_writes_its_table(tmp_path: Path, capsys):
             assert m["capture"] == pytest.approx(m["pnl"] / m["regime_oracle_pnl"])
 
 
+def test_learn_benchmark_validation_scores_only_the_validation_markets(tmp_path: Path):
+    from trm_act.bench.learn import VALIDATION_MARKET_SEED, main
+
+    assert main(["--quick", "--validation", "--recipes", "mlp", "--out", str(tmp_path)]) == 0
+    (run,) = json.loads((tmp_path / "learn.json").read_text())["runs"]
+    assert [m["market"] for m in run["markets"]] == [f"market {VALIDATION_MARKET_SEED}"]
+    assert "1 seeds x (market 2000)" in (tmp_path / "learn.md").read_text()
+
+
 def test_learn_recipes_change_only_what_they_name():
     from trm_act.bench.learn import DEFAULT_RECIPES, RECIPES
     from trm_act.config import ExperimentConfig
@@ -116,6 +126,20 @@ def test_learn_recipes_change_only_what_they_name():
     correct = RECIPES["correct_halt"][0](base)
     assert (correct.loss.halt_target, correct.loss.confidence_threshold) == ("correct", 0.7)
     assert correct.loss.lambda_reward == base.loss.lambda_reward and correct.env == base.env
+    # Each architecture ablation undoes one choice of the default and nothing else.
+    edits = {
+        "post_norm": {"norm": ("pre", "post")},
+        "global_attention": {"attn_radius": (2, 0), "pool": ("last", "mean")},
+    }
+    for recipe, changes in edits.items():
+        edited = RECIPES[recipe][0](base)
+        assert edited.env == base.env and edited.loss == base.loss and edited.train == base.train
+        for name, (before, after) in changes.items():
+            assert (getattr(base.model, name), getattr(edited.model, name)) == (before, after)
+        assert dataclasses.replace(edited.model, **{n: getattr(base.model, n) for n in changes}) == base.model
+    window16 = RECIPES["window16"][0](base)
+    assert (base.env.window, window16.env.window, window16.model.window) == (32, 16, 16)
+    assert RECIPES["no_ema"][0](base).train == dataclasses.replace(base.train, ema_decay=0.0)
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):

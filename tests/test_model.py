@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trm_act.model import MIXERS, POOLINGS, RecurrentTRM, StepOutput, TRMCarry, TRMConfig
+from trm_act.model import MIXERS, NORMS, POOLINGS, RecurrentTRM, StepOutput, TRMCarry, TRMConfig
 
 MIXER_NAMES = sorted(MIXERS)
 
@@ -91,6 +91,8 @@ def test_config_registries_list_the_valid_choices():
         small_config(mixer="transformer")
     with pytest.raises(ValueError, match=r"pool='max'.*\['mean', 'last'\]"):
         small_config(pool="max")
+    with pytest.raises(ValueError, match=r"norm='layer'.*\['post', 'pre'\]"):
+        small_config(norm="layer")
     small_config(mixer="mlp", n_heads=3)  # n_heads only matters for attention
 
 
@@ -102,10 +104,11 @@ def test_config_to_dict_round_trips():
 # ----------------------------------------------------------------------------- shapes, dtypes, devices
 
 
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("pool", POOLINGS)
 @pytest.mark.parametrize("mixer", MIXER_NAMES)
-def test_step_shapes_and_dtypes(mixer, pool):
-    model = make_model(mixer=mixer, pool=pool)
+def test_step_shapes_and_dtypes(mixer, pool, norm):
+    model = make_model(mixer=mixer, pool=pool, norm=norm)
     config = model.config
     obs = make_obs(config, batch=6)
     carry = model.init_carry(6)
@@ -290,6 +293,33 @@ def test_attn_radius_limits_how_far_one_step_sees(radius):
         assert torch.equal(a1.task_logits, b1.task_logits)  # the decision bar has not seen it yet
     else:
         assert reached1.all() and not torch.equal(a1.task_logits, b1.task_logits)
+
+
+def test_pre_norm_block_is_an_identity_plus_residual_branch():
+    # Zeroing the branches' output layers leaves h = h + 0: the pre-norm residual stream passes the input
+    # through unchanged, where a post-norm block would rescale every token to unit RMS.
+    pre, post = make_model(norm="pre", mixer="attention"), make_model(norm="post", mixer="attention")
+    h = 3.0 * torch.randn(4, pre.config.window, pre.config.d_model)  # (B, W, D), RMS about 3
+    for model in (pre, post):
+        for block in model.net:
+            torch.nn.init.zeros_(block.mix.out.weight)
+            torch.nn.init.zeros_(block.mlp.down.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(pre.net_forward(h), h)
+        rms = post.net_forward(h).pow(2).mean(-1).sqrt()  # (B, W)
+        torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-4, rtol=0)
+
+
+def test_pre_norm_hands_on_a_unit_rms_carry_whatever_the_step():
+    model = make_model(norm="pre")
+    obs = 5.0 * make_obs(model.config)
+    carry = model.init_carry(obs.shape[0])
+    with torch.no_grad():
+        for _ in range(3):
+            carry = model(obs, carry).carry
+            for state in (carry.y, carry.z):
+                rms = state.pow(2).mean(-1).sqrt()  # (B, W)
+                torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-4, rtol=0)
 
 
 def test_dropout_is_active_only_in_training():

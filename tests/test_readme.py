@@ -48,5 +48,5 @@ def test_readme_learning_tables_are_the_saved_benchmark_output(name):
     from trm_act.bench.learn import markdown, summarize
 
     runs = json.loads((RESULTS / name / "learn.json").read_text())["runs"]
-    table = markdown(summarize(runs), len({run["seed"] for run in runs}), len(runs[0]["markets"]) - 1, runs)
+    table = markdown(summarize(runs), runs)
     assert table in README.read_text(encoding="utf-8")

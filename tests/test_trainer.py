@@ -295,6 +295,12 @@ def test_evaluation_logs_charts_and_a_deterministic_row_steps_ratio(tmp_path):
         assert image.std() > 10  # drawn, not blank
     metrics = json.loads((tmp_path / "metrics.json").read_text())["model"]
     assert final.scalars["eval/row_steps_ratio"] == pytest.approx(metrics["mean_steps"] / 3)
+    # Halting against difficulty, as scalars over training: after a regime change vs settled, per regime.
+    by_age = metrics["steps_by_regime_age"]
+    assert final.scalars["eval/steps_change_ratio"] == pytest.approx(by_age["ratio"])
+    assert final.scalars["eval/steps_after_regime_change"] == pytest.approx(by_age["recent_change"])
+    per_regime = {tag: v for tag, v in final.scalars.items() if tag.startswith("eval/steps_by_regime/")}
+    assert len(per_regime) >= 2 and all(1.0 <= v <= 3.0 for v in per_regime.values())
 
 
 def test_evaluation_charts_are_skipped_with_one_warning_without_matplotlib(tmp_path, monkeypatch):

@@ -111,7 +111,7 @@ class EvalReport:
 
     def scalars(self) -> dict[str, float]:
         model = self.metrics["model"]
-        return {
+        scalars = {
             "eval/pnl": model["pnl"],
             "eval/accuracy": model["accuracy"],
             "eval/mean_steps": model["mean_steps"],
@@ -122,6 +122,15 @@ class EvalReport:
             # deterministic (a wall-time ratio is timing noise on a 999-decision split).
             "eval/row_steps_ratio": model["mean_steps"] / model["max_steps"],
         }
+        # Does halting track difficulty? (synthetic data: the true regimes are known)
+        by_age = model.get("steps_by_regime_age") or {}
+        if by_age.get("ratio") is not None:
+            scalars["eval/steps_after_regime_change"] = by_age["recent_change"]
+            scalars["eval/steps_settled_regime"] = by_age["settled"]
+            scalars["eval/steps_change_ratio"] = by_age["ratio"]
+        for name, steps in (self.steps_by_regime or {}).items():
+            scalars[f"eval/steps_by_regime/{name}"] = steps
+        return scalars
 
 
 def evaluate(

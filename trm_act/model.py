@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
-__all__ = ["MIXERS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+__all__ = ["MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
 
 
 def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -84,6 +84,9 @@ MIXERS: dict[str, Callable[[TRMConfig], nn.Module]] = {
 # How the answer y is pooled over the window before the heads.
 POOLINGS = ("mean", "last")
 
+# Where each block normalises (TRMConfig.norm).
+NORMS = ("post", "pre")
+
 
 class SwiGLU(nn.Module):
     """Channel MLP with a SwiGLU gate, as in TRM's blocks."""
@@ -100,17 +103,22 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-norm residual block (TRM): h = norm(h + mix(h)); h = norm(h + mlp(h))."""
+    """Residual block, post-norm as in TRM (h = norm(h + f(h))) or pre-norm (h = h + f(norm(h)))."""
 
     def __init__(self, config: TRMConfig) -> None:
         super().__init__()
         self.mix = MIXERS[config.mixer](config)
         self.mlp = SwiGLU(config)
         self.drop = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm == "pre"
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = _rms_norm(h + self.drop(self.mix(h)))  # (B, W, D)
-        return _rms_norm(h + self.drop(self.mlp(h)))  # (B, W, D)
+        for layer in (self.mix, self.mlp):
+            if self.pre_norm:  # the residual stream stays linear in the input: features pass through as-is
+                h = h + self.drop(layer(_rms_norm(h)))  # (B, W, D)
+            else:
+                h = _rms_norm(h + self.drop(layer(h)))  # (B, W, D)
+        return h
 
 
 @dataclass
@@ -128,6 +136,9 @@ class TRMConfig:
     """Token width of the encoder, the latent z and the answer y."""
     n_layers: int = 2
     """Blocks in the single shared network net (TRM uses 2)."""
+    norm: Literal["post", "pre"] = "post"
+    """Where each block normalises: "post" (TRM: h = norm(h + f(h))) or "pre" (h = h + f(norm(h)); y and z are
+    normalised once per reasoning step, where they are handed on, so that the recursion keeps unit scale)."""
     mixer: Literal["attention", "mlp"] = "mlp"
     """Token mixer in each block, one of MIXERS: "mlp" (MLP-mixer over the window; cheaper) or "attention"."""
     n_heads: int = 4
@@ -184,6 +195,10 @@ class TRMConfig:
         if self.mixer not in MIXERS:
             raise ValueError(
                 f"TRMConfig.mixer={self.mixer!r} is not a known mixer; choose one of {sorted(MIXERS)}."
+            )
+        if self.norm not in NORMS:
+            raise ValueError(
+                f"TRMConfig.norm={self.norm!r} is not a known placement; choose one of {list(NORMS)}."
             )
         if self.pool not in POOLINGS:
             raise ValueError(
@@ -335,6 +350,8 @@ class RecurrentTRM(nn.Module):
         # ... and the last cycle is the only one backpropagated (the 1-step gradient approximation).
         y, z = self._cycle(x, y, z)
         pooled = self.pool(y)  # (B, D)
+        if self.config.norm == "pre":  # pre-norm states grow with every update: hand on unit-RMS ones
+            y, z = _rms_norm(y), _rms_norm(z)
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.

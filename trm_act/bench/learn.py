@@ -12,8 +12,13 @@ Recipes (``--recipes``):
 - ``seed_loss``: the same, trained with ``TRMLoss()``'s own defaults (the seed's loss);
 - ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
 - ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget;
+- ``mlp_window16``: the same MLP over a 16-bar window, the window it does best with on validation markets;
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
+
+``--validation`` scores the validation markets instead (synthetic seeds 2000, 2001, ...; ``--markets 2``
+for two of them): the only data recipes are chosen on. The candidate-recipe ablations ``post_norm``,
+``global_attention``, ``window16`` and ``no_ema`` each undo one choice of the default.
 
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
@@ -46,6 +51,7 @@ from trm_act.model import StepOutput, TRMCarry, TRMConfig
 from trm_act.trainer import Trainer
 
 FRESH_MARKET_SEED = 1000  # fresh market k uses synthetic seed FRESH_MARKET_SEED + k
+VALIDATION_MARKET_SEED = 2000  # --validation: market k uses synthetic seed VALIDATION_MARKET_SEED + k
 
 
 class MLPControl(nn.Module):
@@ -99,6 +105,25 @@ def _short_labels(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, env=dataclasses.replace(config.env, label_horizon=None))
 
 
+def _model_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, **changes))
+
+    return edit
+
+
+def _window16(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, window=16))
+
+
+def _one_step_window16(config: ExperimentConfig) -> ExperimentConfig:
+    return _one_step(_window16(config))
+
+
+def _no_ema(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, ema_decay=0.0))
+
+
 def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
     seed = LossConfig()
     loss = dataclasses.replace(
@@ -115,18 +140,27 @@ RECIPES: dict[
     "seed_loss": (_seed_loss, None),
     "one_step": (_one_step, None),
     "mlp": (_one_step, MLPControl),
+    # The same control over the 16-bar window it does best with on the validation markets (a fair peer).
+    "mlp_window16": (_one_step_window16, MLPControl),
     # Ablations of the default recipe (not run unless named in --recipes):
     "short_labels": (_short_labels, None),  # labels over the 8-bar trade horizon
     "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
+    # The architecture choices of the default, each undone on its own (compared with --validation):
+    "post_norm": (_model_edit(norm="post"), None),  # TRM's post-norm blocks
+    "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
+    "window16": (_window16, None),  # 16 bars of past instead of 32
+    "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
 }
-DEFAULT_RECIPES = ("default", "seed_loss", "one_step", "mlp")
+DEFAULT_RECIPES = ("default", "seed_loss", "one_step", "mlp", "mlp_window16")
 
 
-def fresh_market_replays(config: ExperimentConfig, n_markets: int) -> list[Any]:
+def fresh_market_replays(
+    config: ExperimentConfig, n_markets: int, first_seed: int = FRESH_MARKET_SEED
+) -> list[Any]:
     """Replays of synthetic markets with other seeds, same regimes and env options as training."""
     replays = []
     for k in range(n_markets):
-        synthetic = dataclasses.replace(config.env.synthetic, seed=FRESH_MARKET_SEED + k)
+        synthetic = dataclasses.replace(config.env.synthetic, seed=first_seed + k)
         replays.append(build_replay(dataclasses.replace(config.env, synthetic=synthetic)))
     return replays
 
@@ -136,9 +170,13 @@ def _capture(metrics: dict[str, Any]) -> float:
 
 
 def run_one(
-    recipe: str, config: ExperimentConfig, seed: int, n_markets: int, workdir: Path
+    recipe: str, config: ExperimentConfig, seed: int, n_markets: int, workdir: Path, validation: bool = False
 ) -> dict[str, Any]:
-    """Train one recipe with one seed, score it on the held-out split and the fresh markets."""
+    """Train one recipe with one seed, score it on the held-out split and the fresh markets.
+
+    With ``validation`` it scores only the validation markets (seeds ``VALIDATION_MARKET_SEED + k``), the
+    data recipes are chosen on: neither the held-out split nor the benchmark's fresh markets.
+    """
     edit, model_factory = RECIPES[recipe]
     config = edit(config)
     config = dataclasses.replace(
@@ -152,10 +190,11 @@ def run_one(
     train_s = time.perf_counter() - started
     model = trainer.ema if trainer.ema is not None else trainer.model
     max_steps = trainer.model.config.max_steps
-    scored = [("held-out", trainer.last_report.metrics)]
-    for k, replay in enumerate(fresh_market_replays(config, n_markets)):
+    first_seed = VALIDATION_MARKET_SEED if validation else FRESH_MARKET_SEED
+    scored = [] if validation else [("held-out", trainer.last_report.metrics)]
+    for k, replay in enumerate(fresh_market_replays(config, n_markets, first_seed)):
         report = evaluate(model, replay, max_steps=max_steps, device=trainer.device, seed=seed, split="all")
-        scored.append((f"market {FRESH_MARKET_SEED + k}", report.metrics))
+        scored.append((f"market {first_seed + k}", report.metrics))
     rows = []
     for name, metrics in scored:
         model_metrics, baselines = metrics["model"], metrics["baselines"]
@@ -227,16 +266,17 @@ def paired_gain(runs: list[dict[str, Any]], recipe: str, baseline: str) -> tuple
     return mean, se, len(seeds)
 
 
-def markdown(
-    summary: list[dict[str, Any]], n_seeds: int, n_markets: int, runs: list[dict[str, Any]] = ()
-) -> str:
+def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    """The benchmark's table (and the paired "thinking pays" line when both recipes ran)."""
+    n_seeds = len({run["seed"] for run in runs})
+    markets = ", ".join(m["market"] for m in runs[0]["markets"])
     header = (
         "| recipe | capture (mean ± se) | worst seed | PnL / market | fixed-max PnL | best fixed | random "
         "| beats best fixed | mean steps | steps histogram | steps after change / settled | train s |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|"
     )
     lines = [
-        f"{n_seeds} seeds x (held-out split + {n_markets} fresh markets); PnL columns are means per market.",
+        f"{n_seeds} seeds x ({markets}); PnL columns are means per market.",
         "",
         header,
     ]
@@ -249,7 +289,7 @@ def markdown(
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
             f"{'n/a' if ratio is None else f'{ratio:.2f}x'} | {row['train_s']:.0f} |"
         )
-    gain = paired_gain(list(runs), "default", "one_step")
+    gain = paired_gain(runs, "default", "one_step")
     if gain is not None:
         mean, se, n = gain
         lines += [
@@ -273,6 +313,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes")
     parser.add_argument("--out", default="runs/bench-learn", help="directory for learn.json and learn.md")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help=f"score on the validation markets (synthetic seeds {VALIDATION_MARKET_SEED}, ...) only, where "
+        "recipes are chosen; the default scores the held-out split and the fresh markets",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
@@ -294,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         runs = saved["runs"]
-        n_markets = len(runs[0]["markets"]) - 1
-        print(markdown(summarize(runs), len({run["seed"] for run in runs}), n_markets, runs))
+        print(markdown(summarize(runs), runs))
         return 0
     torch.set_num_threads(args.threads)
     config = ExperimentConfig()
@@ -312,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             initargs=(args.threads,),
         ) as pool:
             futures = [
-                pool.submit(run_one, recipe, config, seed, args.markets, Path(workdir))
+                pool.submit(run_one, recipe, config, seed, args.markets, Path(workdir), args.validation)
                 for recipe, seed in jobs
             ]
             for future in concurrent.futures.as_completed(futures):
@@ -324,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     runs = [future.result() for future in futures]  # in recipe, seed order
     summary = summarize(runs)
-    table = markdown(summary, args.seeds, args.markets, runs)
+    table = markdown(summary, runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "learn.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
