@@ -469,4 +469,9 @@ def test_learning_more_steps_pay_and_halting_adapts_to_difficulty():
     hard_last = (results[-1].actions == test_labels)[hard].float().mean().item()
     assert hard_first <= 0.3 < 0.6 <= hard_last, (hard_first, hard_last)  # 1 step cannot see 4+ bars away
     steps = results[-1].steps.float()
+    # The README quotes this line (`pytest tests/test_act.py -k more_steps_pay -s` prints it).
+    print(
+        f"accuracy with 1..{max_steps} steps: {' '.join(f'{a:.2f}' for a in accuracy)}; "
+        f"mean steps easy {steps[easy].mean():.2f} vs hard {steps[hard].mean():.2f}"
+    )
     assert steps[easy].mean() + 1.5 <= steps[hard].mean(), (steps[easy].mean(), steps[hard].mean())

@@ -82,8 +82,15 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
 def test_attention_options_are_checked_against_the_mixer():
     with pytest.raises(ValueError, match="n_heads=3 must divide d_model=16"):
         small_config(mixer="attention", n_heads=3)
-    with pytest.raises(ValueError, match="attn_radius=2 needs mixer='attention'"):
-        small_config(mixer="mlp", attn_radius=2)
+
+
+def test_the_mlp_mixer_ignores_attention_options():
+    # `--mixer mlp` must work with the CLI's default attn_radius (2): the option only shapes attention.
+    banded, full = make_model(mixer="mlp", attn_radius=2), make_model(mixer="mlp", attn_radius=0)
+    obs = make_obs(banded.config)
+    with torch.no_grad():
+        a, b = banded(obs, banded.init_carry(obs.shape[0])), full(obs, full.init_carry(obs.shape[0]))
+    assert torch.equal(a.task_logits, b.task_logits) and torch.equal(a.halt_logits, b.halt_logits)
 
 
 def test_config_registries_list_the_valid_choices():

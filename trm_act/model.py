@@ -144,7 +144,9 @@ class TRMConfig:
     n_heads: int = 4
     """Attention heads (mixer="attention" only); must divide d_model."""
     attn_radius: int = 0
-    """Local attention: a bar attends to bars at most this far away (0 = the whole window; attention only)."""
+    """Local attention: a bar attends to bars at most this far away (0 = the whole window). Like n_heads it
+    only matters for mixer="attention": the MLP mixer always mixes the whole window, so --mixer mlp works
+    with the CLI's default radius as it is."""
     mlp_ratio: float = 2.0
     """Hidden width of the MLPs as a multiple of d_model (channel MLP) or of window (token MLP)."""
     n_latent: int = 1
@@ -203,11 +205,6 @@ class TRMConfig:
         if self.pool not in POOLINGS:
             raise ValueError(
                 f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}."
-            )
-        if self.attn_radius and self.mixer != "attention":
-            raise ValueError(
-                f"TRMConfig.attn_radius={self.attn_radius} needs mixer='attention' (mixer={self.mixer!r}); "
-                "set attn_radius=0 or mixer='attention'."
             )
         if self.mixer == "attention" and self.d_model % self.n_heads:
             raise ValueError(
