@@ -228,7 +228,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [run for run in runs if run["recipe"] == recipe]
         per_seed = [float(np.mean([m["capture"] for m in run["markets"]])) for run in mine]
         rows = [m for run in mine for m in run["markets"]]
-        ratios = [m["steps_by_regime_age"]["ratio"] for m in rows if m["steps_by_regime_age"]]
+        by_age = [m["steps_by_regime_age"] for m in rows if m["steps_by_regime_age"]]
         histogram = np.sum([m["steps_histogram"] for m in rows], axis=0)
         mean, se = _mean_se(per_seed)
         out.append(
@@ -247,7 +247,16 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mean_steps": float(np.mean([m["mean_steps"] for m in rows])),
                 "max_steps": mine[0]["max_steps"],
                 "steps_histogram": (histogram / histogram.sum()).round(3).tolist(),
-                "recent_vs_settled_steps": float(np.mean(ratios)) if ratios else None,
+                # Mean steps within 16 bars after a true regime change, once a regime has held 48 bars, and
+                # the mean of the per-market ratios (None without true regimes).
+                **{
+                    key: float(np.mean([age[field] for age in by_age])) if by_age else None
+                    for key, field in (
+                        ("steps_after_change", "recent_change"),
+                        ("steps_settled", "settled"),
+                        ("recent_vs_settled_steps", "ratio"),
+                    )
+                },
                 "train_s": float(np.mean([run["train_s"] for run in mine])),
             }
         )
@@ -282,12 +291,17 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     ]
     for row in summary:
         ratio = row["recent_vs_settled_steps"]
+        by_age = (
+            "n/a"
+            if ratio is None
+            else f"{row['steps_after_change']:.2f} / {row['steps_settled']:.2f} ({ratio:.2f}x)"
+        )
         lines.append(
             f"| {row['recipe']} | {row['capture_mean']:.0%} ± {row['capture_se']:.0%} | "
             f"{row['capture_worst_seed']:.0%} | {row['pnl']:+.2f} | {row['fixed_max_pnl']:+.2f} | "
             f"{row['best_fixed_pnl']:+.2f} | {row['random_pnl']:+.2f} | {row['beats_best_fixed']} | "
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
-            f"{'n/a' if ratio is None else f'{ratio:.2f}x'} | {row['train_s']:.0f} |"
+            f"{by_age} | {row['train_s']:.0f} |"
         )
     gain = paired_gain(runs, "default", "one_step")
     if gain is not None:
