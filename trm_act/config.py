@@ -53,8 +53,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Gradient-norm clip (0 = off)."""
     ema_decay: float = 0.99
-    """Decay of the EMA weights used for evaluation and checkpoints' predictions (0 = off; TRM uses 0.999 on
-    long runs; 0.99 averages about the last 100 steps, which smooths the noisy PnL gradients of a short run)."""
+    """Decay of the EMA weights that evaluation uses (0 = off; TRM uses 0.999 on long runs; 0.99 averages about
+    the last 100 steps, which smooths the noisy PnL gradients of a short run)."""
     bf16: bool = False
     """Run the model under bfloat16 autocast."""
     device: Annotated[str, tyro.conf.arg(metavar="{auto,cpu,cuda,cuda:N}")] = "auto"
