@@ -64,7 +64,8 @@ LAYOUT = {
     # Steps per run differ (max_steps), so the hazards stay one regex chart: hover to tell steps apart;
     # likewise the regimes (synthetic data), one line each.
     | {"hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]]}
-    | {"mean steps per true regime (held-out)": ["Multiline", [r"eval/steps_by_regime/.+"]]},
+    | {"mean steps per true regime (held-out)": ["Multiline", [r"eval/steps_by_regime/.+"]]}
+    | {"pnl at each fixed step count (held-out)": ["Multiline", [r"eval/pnl_at_fixed_steps/\d+"]]},
     "Trading": _charts(
         {
             "accuracy (train)": "train/accuracy",

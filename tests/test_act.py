@@ -368,6 +368,13 @@ def test_adaptive_drops_halted_rows_and_matches_the_full_batch(mixer):
     # the cost: adaptive evaluates one row-step per step each sample took, fixed B x max_steps
     assert adaptive.row_steps == steps.sum().item() < fixed.row_steps == b * 6
     assert fixed.steps.eq(6).all()
+    # a fixed-depth run also answers at every shallower depth: step k's row = a fixed run of k steps
+    assert adaptive.step_actions is None and fixed.step_actions.shape == (6, b)
+    assert torch.equal(fixed.step_actions[-1], fixed.actions)
+    for k in (1, 3):
+        assert torch.equal(
+            fixed.step_actions[k - 1], act_predict(model, obs, max_steps=k, adaptive=False).actions
+        )
 
 
 def test_act_predict_restores_mode_and_builds_no_graph():

@@ -167,8 +167,9 @@ def test_custom_scalars_layout_gives_each_line_its_own_chart():
 
     charts = [chart for category in LAYOUT.values() for chart in category.values()]
     tags = [tag for kind, chart_tags in charts for tag in chart_tags]
-    # Custom Scalars colours by run: two tags in one chart would share a colour. Only the two regex charts,
-    # whose tags depend on the run (hazards on max_steps, per-regime steps on the data), group lines.
+    # Custom Scalars colours by run: two tags in one chart would share a colour. Only the regex charts,
+    # whose tags depend on the run (hazards and PnL per fixed step count on max_steps, per-regime steps on
+    # the data), group lines.
     assert all(kind == "Multiline" for kind, _ in charts)
     assert [chart_tags for _, chart_tags in charts if len(chart_tags) != 1] == []
     for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"):

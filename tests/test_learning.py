@@ -145,15 +145,21 @@ def test_learn_recipes_change_only_what_they_name():
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     from trm_act.bench.learn import main, paired_gain, summarize
 
-    def run(recipe, seed, pnl):
+    def run(recipe, seed, pnl, by_steps=None):
         market = {
             "market": "held-out", "capture": pnl / 10, "pnl": pnl, "fixed_max_pnl": pnl, "best_fixed_pnl": 1.0,
             "random_pnl": -1.0, "regime_oracle_pnl": 10.0, "mean_steps": 1.0, "steps_histogram": [1],
-            "steps_by_regime_age": None,
+            "steps_by_regime_age": None, "pnl_by_fixed_steps": by_steps or [pnl],
         }  # fmt: skip
-        return {"recipe": recipe, "seed": seed, "max_steps": 1, "train_s": 1.0, "markets": [market]}
+        max_steps = len(market["pnl_by_fixed_steps"])
+        return {"recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": 1.0, "markets": [market]}
 
-    runs = [run("default", 0, 5.0), run("default", 1, 7.0), run("one_step", 0, 4.0), run("one_step", 1, 4.0)]
+    runs = [
+        run("default", 0, 5.0, [3.0, 5.0]),
+        run("default", 1, 7.0, [5.0, 7.0]),
+        run("one_step", 0, 4.0),
+        run("one_step", 1, 4.0),
+    ]
     mean, se, n = paired_gain(runs, "default", "one_step")
     assert (mean, n) == (2.0, 2) and se == pytest.approx(1.0)  # gains 1 and 3
     assert paired_gain(runs[:1] + runs[2:3], "default", "one_step") is None  # one seed: no error bar
@@ -161,3 +167,38 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
     out = capsys.readouterr().out
     assert "| default | 60% ± 10% |" in out and "+2.00 ± 1.00 PnL per market (2.0 standard errors" in out
+    # capture at each fixed step count: (3/10, 5/10) at k = 1 and (5/10, 7/10) at k = 2, over two seeds
+    assert "| default | 40% ± 10% | 60% ± 10% |" in out and "| one_step |" not in out.split("exactly k")[1]
+
+
+def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():
+    from trm_act.envs import SyntheticMarketConfig
+
+    from trm_act.bench.labels import label_quality, markdown
+    from trm_act.config import ExperimentConfig
+
+    base = ExperimentConfig()
+    config = dataclasses.replace(
+        base, env=dataclasses.replace(base.env, synthetic=SyntheticMarketConfig(**SMALL))
+    )
+    replay = build_replay(dataclasses.replace(config.env, label_horizon=16))
+    train = replay.split_indices("train")
+    labels, regimes = replay.labels[train], replay.regimes[train]
+    shares = {
+        k: np.bincount(labels[regimes == k], minlength=8) / (regimes == k).sum() for k in np.unique(regimes)
+    }
+    accuracy = sum(
+        (regimes == k).mean() * s.max() for k, s in shares.items()
+    )  # knows the regime: predicts its mode
+    threshold = float(np.median([s.max() for s in shares.values()]))  # some regimes above it, some not
+    halt = sum((regimes == k).mean() * s.max() for k, s in shares.items() if s.max() > threshold)
+
+    out = label_quality(16, threshold, config)
+    assert out["decisions"] == train.size and out["regimes"] == len(shares)
+    assert out["accuracy_ceiling"] == pytest.approx(accuracy)
+    assert out["halt_target_ceiling"] == pytest.approx(halt)
+    assert 0 < out["halt_target_ceiling"] < out["accuracy_ceiling"]
+    assert label_quality(16, 1.0, config)["halt_target_ceiling"] == 0.0  # no probability exceeds 1
+    best = replay.regime_oracle_actions("train")[train]
+    assert out["label_is_regime_best"] == pytest.approx((labels == best).mean())
+    assert "| 16 |" in markdown([out], threshold)

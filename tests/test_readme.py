@@ -50,3 +50,13 @@ def test_readme_learning_tables_are_the_saved_benchmark_output(name):
     runs = json.loads((RESULTS / name / "learn.json").read_text())["runs"]
     table = markdown(summarize(runs), runs)
     assert table in README.read_text(encoding="utf-8")
+
+
+def test_readme_label_table_is_what_bench_labels_prints():
+    # The README quotes `python -m trm_act.bench labels` (deterministic: the default synthetic market).
+    from trm_act.bench.labels import HORIZONS, label_quality, markdown
+    from trm_act.loss import LossConfig
+
+    threshold = LossConfig().confidence_threshold
+    table = markdown([label_quality(h, threshold) for h in HORIZONS], threshold)
+    assert table in README.read_text(encoding="utf-8")

@@ -301,6 +301,10 @@ def test_evaluation_logs_charts_and_a_deterministic_row_steps_ratio(tmp_path):
     assert final.scalars["eval/steps_after_regime_change"] == pytest.approx(by_age["recent_change"])
     per_regime = {tag: v for tag, v in final.scalars.items() if tag.startswith("eval/steps_by_regime/")}
     assert len(per_regime) >= 2 and all(1.0 <= v <= 3.0 for v in per_regime.values())
+    # Does each extra step pay? One PnL per fixed step count; the deepest is the fixed-max-steps PnL.
+    by_steps = metrics["pnl_by_fixed_steps"]
+    assert len(by_steps) == 3 and by_steps[-1] == pytest.approx(metrics["fixed_max_steps"]["pnl"])
+    assert [final.scalars[f"eval/pnl_at_fixed_steps/{k}"] for k in (1, 2, 3)] == pytest.approx(by_steps)
 
 
 def test_evaluation_charts_are_skipped_with_one_warning_without_matplotlib(tmp_path, monkeypatch):

@@ -214,6 +214,9 @@ class ACTResult:
     """(B, C) float32: task logits at the step each sample halted."""
     row_steps: int
     """Row-steps evaluated (sum over reasoning steps of the rows run), the cost adaptive mode saves."""
+    step_actions: torch.Tensor | None = None
+    """(max_steps, B) long, ``adaptive=False`` only: the argmax after each step, so one fixed-depth run
+    also gives the answer of every shallower fixed depth (does each extra step pay?)."""
 
 
 @torch.no_grad()
@@ -240,12 +243,20 @@ def act_predict(
         x = model.encode(obs)  # (B, W, D): encoded once, the input is the same at every step
         carry = model.init_carry(b, device=x.device)
         if not adaptive:
+            step_actions = []
             for _ in range(max_steps):
                 out = model.step(x, carry)
                 carry = out.carry
+                step_actions.append(out.task_logits.argmax(-1))  # (B,)
             logits = out.task_logits  # (B, C)
             steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
-            return ACTResult(logits.argmax(-1), steps, logits, row_steps=b * max_steps)
+            return ACTResult(
+                logits.argmax(-1),
+                steps,
+                logits,
+                row_steps=b * max_steps,
+                step_actions=torch.stack(step_actions),
+            )
 
         logits = torch.zeros(b, model.config.num_classes, device=x.device)  # (B, C) filled as rows halt
         steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +65,19 @@ def baseline_actions(replay: ReplayData, test_idx: np.ndarray, seed: int) -> dic
     return actions
 
 
+class Prediction(NamedTuple):
+    """ACT inference over N observations."""
+
+    actions: np.ndarray
+    """(N,) chosen strategy."""
+    steps: np.ndarray
+    """(N,) reasoning steps taken."""
+    seconds: float
+    """Wall time of the forward passes."""
+    step_actions: np.ndarray | None
+    """(max_steps, N) the answer after each step (fixed depth only, else None)."""
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
@@ -75,9 +88,9 @@ def predict(
     batch_size: int,
     device: torch.device,
     bf16: bool = False,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(actions (N,), steps (N,), wall seconds) of ACT inference over ``observations`` (N, W, F)."""
-    actions, steps = [], []
+) -> Prediction:
+    """ACT inference over ``observations`` (N, W, F), in chunks of ``batch_size`` rows."""
+    actions, steps, step_actions = [], [], []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     _sync(device)
     start = time.perf_counter()
@@ -87,9 +100,16 @@ def predict(
             result = act_predict(model, chunk, max_steps=max_steps, adaptive=adaptive)
         actions.append(result.actions)
         steps.append(result.steps)
+        if result.step_actions is not None:
+            step_actions.append(result.step_actions)
     _sync(device)
     seconds = time.perf_counter() - start
-    return torch.cat(actions).cpu().numpy(), torch.cat(steps).cpu().numpy(), seconds
+    return Prediction(
+        torch.cat(actions).cpu().numpy(),
+        torch.cat(steps).cpu().numpy(),
+        seconds,
+        torch.cat(step_actions, dim=1).cpu().numpy() if step_actions else None,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -130,6 +150,8 @@ class EvalReport:
             scalars["eval/steps_change_ratio"] = by_age["ratio"]
         for name, steps in (self.steps_by_regime or {}).items():
             scalars[f"eval/steps_by_regime/{name}"] = steps
+        for k, pnl in enumerate(model["pnl_by_fixed_steps"], start=1):
+            scalars[f"eval/pnl_at_fixed_steps/{k}"] = pnl
         return scalars
 
 
@@ -162,8 +184,12 @@ def evaluate(
         return trading_metrics(pnl_matrix[rows, actions], actions, labels, periods)
 
     predict_args = {"max_steps": max_steps, "batch_size": batch_size, "device": device, "bf16": bf16}
-    adaptive_actions, adaptive_steps, adaptive_s = predict(model, observations, adaptive=True, **predict_args)
-    fixed_actions, fixed_steps, fixed_s = predict(model, observations, adaptive=False, **predict_args)
+    adaptive_actions, adaptive_steps, adaptive_s, _ = predict(
+        model, observations, adaptive=True, **predict_args
+    )
+    fixed_actions, fixed_steps, fixed_s, step_actions = predict(
+        model, observations, adaptive=False, **predict_args
+    )
 
     model_metrics: dict[str, Any] = score(adaptive_actions)
     model_metrics |= {
@@ -174,6 +200,8 @@ def evaluate(
         "fixed_max_steps": score(fixed_actions)
         | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s},
         "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
+        # Does each extra reasoning step pay? PnL when every decision runs exactly k = 1..max_steps steps.
+        "pnl_by_fixed_steps": [score(actions)["pnl"] for actions in step_actions],
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
     if replay.bar_regimes is not None:

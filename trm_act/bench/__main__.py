@@ -9,6 +9,10 @@ BENCHMARKS = {
     "env": ("trm_act.bench.env", "TradeReplayEnv / TradeReplayVectorEnv throughput vs gym-anytrading"),
     "act": ("trm_act.bench.act", "adaptive vs fixed-step ACT inference time"),
     "learn": ("trm_act.bench.learn", "what each training recipe learns, over seeds and unseen markets"),
+    "labels": (
+        "trm_act.bench.labels",
+        "what hindsight labels say about the regime; the seed's halt-target ceiling",
+    ),
     "memory": ("trm_act.bench.memory", "peak RSS of 50 training steps on a 2,000,000-row CSV (bar: 1.5 GiB)"),
     "train": (
         "trm_act.bench.train",

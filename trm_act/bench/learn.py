@@ -204,6 +204,7 @@ def run_one(
                 "capture": _capture(metrics),
                 "pnl": model_metrics["pnl"],
                 "fixed_max_pnl": model_metrics["fixed_max_steps"]["pnl"],
+                "pnl_by_fixed_steps": model_metrics["pnl_by_fixed_steps"],
                 "best_fixed_pnl": baselines["best_fixed"]["pnl"],
                 "random_pnl": baselines["random"]["pnl"],
                 "regime_oracle_pnl": baselines["regime_oracle"]["pnl"],
@@ -221,16 +222,28 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), se
 
 
+def _per_seed(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> list[float]:
+    """``value`` of each market row, averaged over the markets of each run (one run per seed)."""
+    return [float(np.mean([value(m) for m in run["markets"]])) for run in runs]
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per recipe: capture mean ± standard error over seeds (each seed averaged over its markets), and more."""
     out = []
     for recipe in dict.fromkeys(run["recipe"] for run in runs):
         mine = [run for run in runs if run["recipe"] == recipe]
-        per_seed = [float(np.mean([m["capture"] for m in run["markets"]])) for run in mine]
+        per_seed = _per_seed(mine, lambda m: m["capture"])
         rows = [m for run in mine for m in run["markets"]]
         by_age = [m["steps_by_regime_age"] for m in rows if m["steps_by_regime_age"]]
         histogram = np.sum([m["steps_histogram"] for m in rows], axis=0)
         mean, se = _mean_se(per_seed)
+        # Capture when every decision runs exactly k steps, k = 1..max_steps: does each extra step pay?
+        by_steps = []
+        if all("pnl_by_fixed_steps" in m for m in rows):
+            by_steps = [
+                _mean_se(_per_seed(mine, lambda m, k=k: m["pnl_by_fixed_steps"][k] / m["regime_oracle_pnl"]))
+                for k in range(mine[0]["max_steps"])
+            ]
         out.append(
             {
                 "recipe": recipe,
@@ -247,6 +260,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "mean_steps": float(np.mean([m["mean_steps"] for m in rows])),
                 "max_steps": mine[0]["max_steps"],
                 "steps_histogram": (histogram / histogram.sum()).round(3).tolist(),
+                "capture_by_fixed_steps": [mean_k for mean_k, _ in by_steps],
+                "capture_by_fixed_steps_se": [se_k for _, se_k in by_steps],
                 # Mean steps within 16 bars after a true regime change, once a regime has held 48 bars, and
                 # the mean of the per-market ratios (None without true regimes).
                 **{
@@ -303,6 +318,24 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
             f"{by_age} | {row['train_s']:.0f} |"
         )
+    deep = [row for row in summary if len(row.get("capture_by_fixed_steps", [])) > 1]
+    if deep:
+        width = max(len(row["capture_by_fixed_steps"]) for row in deep)
+        lines += [
+            "",
+            "Capture when every decision runs exactly k reasoning steps (the same trained model, mean ± se over seeds):",
+            "",
+            "| recipe | " + " | ".join(f"k = {k}" for k in range(1, width + 1)) + " |",
+            "|---|" + "---:|" * width,
+        ]
+        for row in deep:
+            cells = [
+                f"{mean:.0%} ± {se:.0%}"
+                for mean, se in zip(
+                    row["capture_by_fixed_steps"], row["capture_by_fixed_steps_se"], strict=True
+                )
+            ]
+            lines.append(f"| {row['recipe']} | " + " | ".join(cells + [""] * (width - len(cells))) + " |")
     gain = paired_gain(runs, "default", "one_step")
     if gain is not None:
         mean, se, n = gain
