@@ -140,6 +140,8 @@ def test_learn_recipes_change_only_what_they_name():
     window16 = RECIPES["window16"][0](base)
     assert (base.env.window, window16.env.window, window16.model.window) == (32, 16, 16)
     assert RECIPES["no_ema"][0](base).train == dataclasses.replace(base.train, ema_decay=0.0)
+    assert RECIPES["no_label_loss"][0](base).loss == dataclasses.replace(base.loss, lambda_profit=0.0)
+    assert RECIPES["max_steps8"][0](base).model == dataclasses.replace(base.model, max_steps=8)
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
@@ -150,6 +152,10 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
             "market": "held-out", "capture": pnl / 10, "pnl": pnl, "fixed_max_pnl": pnl, "best_fixed_pnl": 1.0,
             "random_pnl": -1.0, "regime_oracle_pnl": 10.0, "mean_steps": 1.0, "steps_histogram": [1],
             "steps_by_regime_age": None, "pnl_by_fixed_steps": by_steps or [pnl],
+            "by_regime": {
+                "bull": {"pnl": pnl, "regime_oracle_pnl": 8.0, "regime_oracle_strategy": "long",
+                         "picks_oracle_strategy": seed / 2},
+            },
         }  # fmt: skip
         max_steps = len(market["pnl_by_fixed_steps"])
         return {"recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": 1.0, "markets": [market]}
@@ -168,7 +174,16 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "| default | 60% ± 10% |" in out and "+2.00 ± 1.00 PnL per market (2.0 standard errors" in out
     # capture at each fixed step count: (3/10, 5/10) at k = 1 and (5/10, 7/10) at k = 2, over two seeds
-    assert "| default | 40% ± 10% | 60% ± 10% |" in out and "| one_step |" not in out.split("exactly k")[1]
+    # per regime: oracle 8 minus the model's pnl (5, 7 -> gap 2.00), share on the oracle's strategy (0, 0.5)
+    assert (
+        "| recipe | bull (long) |" in out
+        and "| default | +2.00 (25%) |" in out
+        and "| one_step | +4.00 (25%) |" in out
+    )
+    assert (
+        "| default | 40% ± 10% | 60% ± 10% |" in out
+        and "| one_step |" not in out.split("exactly k")[1].split("Where PnL")[0]
+    )
 
 
 def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 from trm_act.callbacks import Callback
-from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
+from trm_act.envs import STRATEGIES, SyntheticMarketConfig, TradeReplayConfig
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
-from trm_act.evaluation import trading_metrics
+from trm_act.evaluation import format_summary, trading_metrics
 from trm_act.model import TRMConfig
 from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
 
@@ -330,6 +331,30 @@ def test_steps_by_regime_are_the_mean_steps_of_each_true_regime(tmp_path):
     assert report.steps_by_regime == {
         names[k]: pytest.approx(report.steps[regimes == k].mean()) for k in np.unique(regimes)
     }
+
+
+def test_by_regime_splits_the_model_and_regime_oracle_pnl_by_true_regime(tmp_path):
+    trainer = Trainer(tiny_config(steps=2), tmp_path)
+    metrics = trainer.evaluate().metrics
+    table, oracle = metrics["model"]["by_regime"], metrics["baselines"]["regime_oracle"]
+    replay = trainer.eval_replay
+    test_idx = replay.split_indices("test")
+    assert set(table) == {replay.regime_names[k] for k in np.unique(replay.regimes[test_idx])}
+    # each column sums to the pooled figure: nothing dropped, nothing counted twice
+    assert sum(row["decisions"] for row in table.values()) == len(test_idx)
+    assert sum(row["pnl"] for row in table.values()) == pytest.approx(metrics["model"]["pnl"])
+    assert sum(row["regime_oracle_pnl"] for row in table.values()) == pytest.approx(oracle["pnl"])
+    usage = np.sum([row["strategy_usage"] for row in table.values()], axis=0)
+    assert usage.tolist() == metrics["model"]["strategy_usage"]
+    for row in table.values():
+        assert row["regime_oracle_strategy"] in STRATEGIES and 0.0 <= row["picks_oracle_strategy"] <= 1.0
+    # ... and the printed summary shows them, with the PnL at each fixed depth
+    text = format_summary(metrics)
+    depths = ", ".join(f"{pnl:+.3f}" for pnl in metrics["model"]["pnl_by_fixed_steps"])
+    assert f"pnl when every decision runs exactly 1..3 steps: {depths}" in text
+    for name, row in table.items():
+        model_pnl, oracle_pnl = re.escape(f"{row['pnl']:+.3f}"), re.escape(f"{row['regime_oracle_pnl']:+.3f}")
+        assert re.search(rf"^  {name} +{model_pnl} / +{oracle_pnl}  \(", text, re.M)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

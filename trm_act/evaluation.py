@@ -207,6 +207,10 @@ def evaluate(
     if replay.bar_regimes is not None:
         model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)
+    if "regime_oracle" in baselines_actions:
+        model_metrics["by_regime"] = by_regime(
+            replay, test_idx, pnl_matrix, adaptive_actions, baselines_actions
+        )
     baselines: dict[str, Any] = {name: score(actions) for name, actions in baselines_actions.items()}
     chosen = np.unique(baselines_actions["best_fixed"])
     baselines["best_fixed"]["strategy"] = STRATEGIES[int(chosen[0])] if len(chosen) == 1 else "per instrument"
@@ -301,6 +305,38 @@ def bars_since_regime_change(bar_regimes: np.ndarray, bars: np.ndarray) -> np.nd
     return bars - starts[np.searchsorted(starts, bars, side="right") - 1]  # (N,)
 
 
+def by_regime(
+    replay: ReplayData,
+    indices: np.ndarray,
+    pnl_matrix: np.ndarray,
+    actions: np.ndarray,
+    baselines_actions: dict[str, np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """Where the model earns or loses against the regime oracle, per true regime (synthetic data).
+
+    ``{regime: {decisions, pnl, regime_oracle_pnl, regime_oracle_strategy, picks_oracle_strategy
+    (share of its decisions on the oracle's strategy), strategy_usage (decisions per strategy)}}``.
+    """
+    assert replay.regimes is not None and replay.regime_names is not None  # synthetic data
+    regimes = replay.regimes[indices]  # (N,)
+    oracle = baselines_actions["regime_oracle"]  # (N,) one strategy per regime
+    rows = np.arange(len(indices))
+    out = {}
+    for k, name in enumerate(replay.regime_names):
+        mine = regimes == k
+        if not mine.any():
+            continue
+        out[name] = {
+            "decisions": int(mine.sum()),
+            "pnl": float(pnl_matrix[rows[mine], actions[mine]].sum()),
+            "regime_oracle_pnl": float(pnl_matrix[rows[mine], oracle[mine]].sum()),
+            "regime_oracle_strategy": STRATEGIES[int(oracle[mine][0])],
+            "picks_oracle_strategy": float((actions[mine] == oracle[mine]).mean()),
+            "strategy_usage": np.bincount(actions[mine], minlength=len(STRATEGIES)).tolist(),
+        }
+    return out
+
+
 def steps_by_regime_age(replay: ReplayData, indices: np.ndarray, steps: np.ndarray) -> dict[str, Any]:
     """Mean reasoning steps just after a true regime change vs deep inside a regime (synthetic data).
 
@@ -359,8 +395,22 @@ def format_summary(metrics: dict[str, Any]) -> str:
         f"{model['wall_time_s'] * 1e3:.1f} ms adaptive vs {fixed['wall_time_s'] * 1e3:.1f} ms fixed "
         f"({model['time_ratio_adaptive_vs_fixed']:.2f}x)"
     )
+    if len(model["pnl_by_fixed_steps"]) > 1:
+        depths = ", ".join(f"{pnl:+.3f}" for pnl in model["pnl_by_fixed_steps"])
+        lines.append(f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}")
     if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
         lines.append(
             f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL"
         )
+    if model.get("by_regime"):
+        regimes = model["by_regime"]
+        width = max(len(name) for name in regimes)
+        lines.append(
+            "per true regime: model pnl / regime oracle pnl (the oracle's strategy: share of decisions on it)"
+        )
+        for name, row in regimes.items():
+            lines.append(
+                f"  {name:<{width}}  {row['pnl']:>+7.3f} / {row['regime_oracle_pnl']:>+7.3f}  "
+                f"({row['regime_oracle_strategy']}: {row['picks_oracle_strategy']:.0%})"
+            )
     return "\n".join(lines)

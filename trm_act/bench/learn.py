@@ -18,7 +18,8 @@ Recipes (``--recipes``):
 
 ``--validation`` scores the validation markets instead (synthetic seeds 2000, 2001, ...; ``--markets 2``
 for two of them): the only data recipes are chosen on. The candidate-recipe ablations ``post_norm``,
-``global_attention``, ``window16`` and ``no_ema`` each undo one choice of the default.
+``global_attention``, ``window16``, ``no_ema`` and ``no_label_loss`` each undo one choice of the default;
+``max_steps8`` doubles its reasoning steps.
 
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
@@ -35,6 +36,7 @@ import multiprocessing
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,10 @@ def _no_ema(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, ema_decay=0.0))
 
 
+def _no_label_loss(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, loss=dataclasses.replace(config.loss, lambda_profit=0.0))
+
+
 def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
     seed = LossConfig()
     loss = dataclasses.replace(
@@ -145,6 +151,8 @@ RECIPES: dict[
     # Ablations of the default recipe (not run unless named in --recipes):
     "short_labels": (_short_labels, None),  # labels over the 8-bar trade horizon
     "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
+    "no_label_loss": (_no_label_loss, None),  # the expected-PnL term alone (lambda_profit 0)
+    "max_steps8": (_model_edit(max_steps=8), None),  # twice the reasoning steps
     # The architecture choices of the default, each undone on its own (compared with --validation):
     "post_norm": (_model_edit(norm="post"), None),  # TRM's post-norm blocks
     "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
@@ -211,6 +219,7 @@ def run_one(
                 "mean_steps": model_metrics["mean_steps"],
                 "steps_histogram": model_metrics["steps_histogram"],
                 "steps_by_regime_age": model_metrics.get("steps_by_regime_age"),
+                "by_regime": model_metrics.get("by_regime"),
             }
         )
     return {"recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "markets": rows}
@@ -225,6 +234,24 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 def _per_seed(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> list[float]:
     """``value`` of each market row, averaged over the markets of each run (one run per seed)."""
     return [float(np.mean([value(m) for m in run["markets"]])) for run in runs]
+
+
+def _by_regime(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per true regime, means over the market rows: the PnL below the regime oracle, and how often the model
+    plays the oracle's strategy (empty when the rows carry no per-regime figures)."""
+    if not all(m.get("by_regime") for m in rows):
+        return {}
+    names = dict.fromkeys(name for m in rows for name in m["by_regime"])
+    out = {}
+    for name in names:
+        cells = [m["by_regime"][name] for m in rows if name in m["by_regime"]]
+        out[name] = {
+            # the regime oracle is fit on each market's train split, so markets may disagree: name the usual one
+            "oracle_strategy": Counter(c["regime_oracle_strategy"] for c in cells).most_common(1)[0][0],
+            "pnl_gap": float(np.mean([c["regime_oracle_pnl"] - c["pnl"] for c in cells])),
+            "picks_oracle_strategy": float(np.mean([c["picks_oracle_strategy"] for c in cells])),
+        }
+    return out
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -272,6 +299,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         ("recent_vs_settled_steps", "ratio"),
                     )
                 },
+                "by_regime": _by_regime(rows),
                 "train_s": float(np.mean([run["train_s"] for run in mine])),
             }
         )
@@ -336,6 +364,29 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
                 )
             ]
             lines.append(f"| {row['recipe']} | " + " | ".join(cells + [""] * (width - len(cells))) + " |")
+    regimes = [row for row in summary if row.get("by_regime")]
+    if regimes:
+        names = list(regimes[0]["by_regime"])
+        lines += [
+            "",
+            "Where PnL is lost, per true regime: the regime oracle's PnL minus the model's (mean per market), and "
+            "the share of decisions on the oracle's strategy:",
+            "",
+            "| recipe | "
+            + " | ".join(f"{n} ({regimes[0]['by_regime'][n]['oracle_strategy']})" for n in names)
+            + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for row in regimes:
+            cells = [row["by_regime"].get(n) for n in names]
+            lines.append(
+                f"| {row['recipe']} | "
+                + " | ".join(
+                    "" if c is None else f"{c['pnl_gap']:+.2f} ({c['picks_oracle_strategy']:.0%})"
+                    for c in cells
+                )
+                + " |"
+            )
     gain = paired_gain(runs, "default", "one_step")
     if gain is not None:
         mean, se, n = gain
