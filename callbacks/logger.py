@@ -65,7 +65,7 @@ LAYOUT = {
     # likewise the regimes (synthetic data), one line each.
     | {"hazard per reasoning step": ["Multiline", [r"halt/hazard/step_\d+"]]}
     | {"mean steps per true regime (held-out)": ["Multiline", [r"eval/steps_by_regime/.+"]]}
-    | {"pnl at each fixed step count (held-out)": ["Multiline", [r"eval/pnl_at_fixed_steps/\d+"]]},
+    | {"pnl at each fixed step count (held-out)": ["Multiline", [r"eval/fixed_depth_pnl/\d+"]]},
     "Trading": _charts(
         {
             "accuracy (train)": "train/accuracy",

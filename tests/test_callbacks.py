@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -175,3 +176,19 @@ def test_custom_scalars_layout_gives_each_line_its_own_chart():
     for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"):
         assert [tag] in [chart_tags for _, chart_tags in LAYOUT["TRM loss"].values()]
     assert len(tags) == len(set(tags))
+    # Custom Scalars reads every tag of a chart as a regex and searches with it, so "eval/pnl" would also draw
+    # "eval/pnl_<anything>": each one-tag chart must match its own tag only, among all tags a run logs.
+    plain = [tag for tag in tags if re.fullmatch(r"[\w/]+", tag)]  # the one-tag charts (no regex syntax)
+    examples = [
+        "halt/hazard/step_1",
+        "eval/steps_by_regime/bull",
+        "eval/fixed_depth_pnl/1",
+    ]  # regex charts' tags
+    unplotted = [  # logged by a default run, charted only in the Scalars tab
+        "equity/model", "equity/best_fixed", "equity/regime_oracle", "equity/random", "eval/fixed_steps_accuracy",
+        "eval/max_drawdown", "eval/steps_after_regime_change", "eval/steps_settled_regime", "perf/samples_per_s",
+        "perf/decisions_per_s", "perf/steps_per_s", "train/grad_norm", "train/lr",
+    ]  # fmt: skip
+    logged = plain + examples + unplotted
+    for pattern in plain:
+        assert [tag for tag in logged if re.search(pattern, tag)] == [pattern], pattern

@@ -305,7 +305,13 @@ def test_evaluation_logs_charts_and_a_deterministic_row_steps_ratio(tmp_path):
     # Does each extra step pay? One PnL per fixed step count; the deepest is the fixed-max-steps PnL.
     by_steps = metrics["pnl_by_fixed_steps"]
     assert len(by_steps) == 3 and by_steps[-1] == pytest.approx(metrics["fixed_max_steps"]["pnl"])
-    assert [final.scalars[f"eval/pnl_at_fixed_steps/{k}"] for k in (1, 2, 3)] == pytest.approx(by_steps)
+    assert [final.scalars[f"eval/fixed_depth_pnl/{k}"] for k in (1, 2, 3)] == pytest.approx(by_steps)
+    # Custom Scalars searches with each chart's tag as a regex: no one-tag chart may pick up another eval tag
+    from trm_act.callbacks import LAYOUT
+
+    charts = [tags for category in LAYOUT.values() for _, tags in category.values()]
+    for pattern in (tag for tags in charts for tag in tags if re.fullmatch(r"[\w/]+", tag)):
+        assert [tag for tag in final.scalars if re.search(pattern, tag)] in ([], [pattern]), pattern
 
 
 def test_evaluation_charts_are_skipped_with_one_warning_without_matplotlib(tmp_path, monkeypatch):

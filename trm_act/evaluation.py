@@ -169,7 +169,7 @@ class EvalReport:
         for name, steps in (self.steps_by_regime or {}).items():
             scalars[f"eval/steps_by_regime/{name}"] = steps
         for k, pnl in enumerate(model["pnl_by_fixed_steps"], start=1):
-            scalars[f"eval/pnl_at_fixed_steps/{k}"] = pnl
+            scalars[f"eval/fixed_depth_pnl/{k}"] = pnl
         return scalars
 
 
