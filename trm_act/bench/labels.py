@@ -73,6 +73,7 @@ def label_quality(
 
 
 def markdown(rows: list[dict[str, Any]], threshold: float) -> str:
+    """The summary table over label horizons, then each regime's best strategy and most frequent label."""
     lines = [
         f"Train split of the default synthetic market ({rows[0]['decisions']} decisions); trades stay 8 bars.",
         "",
@@ -105,10 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trm_act.bench labels", description=__doc__.splitlines()[0]
     )
+    default = ",".join(map(str, HORIZONS))
     parser.add_argument(
-        "--horizons",
-        default="8,32,64,128",
-        help="comma-separated label horizons in bars (default: 8,32,64,128)",
+        "--horizons", default=default, help=f"comma-separated label horizons in bars (default: {default})"
     )
     parser.add_argument(
         "--threshold",
