@@ -16,6 +16,7 @@ from .synthetic import RegimeSpec, SyntheticMarketConfig
 from .universe import is_glob
 
 SPLITS: tuple[str, ...] = ("train", "test", "all")
+LABEL_SOURCES: tuple[str, ...] = ("hindsight", "regime")
 
 
 def _is_int(value: object) -> bool:
@@ -67,6 +68,11 @@ class TradeReplayConfig:
     """Bars over which the hindsight label is scored (info["label"], info["label_pnl"]); None = horizon.
     A longer label horizon names the strategy that suits the prevailing market state rather than the luckiest
     one over the next few bars. Rewards are always the realized PnL over `horizon`."""
+    label_source: Literal["hindsight", "regime"] = "hindsight"
+    """What info["label"] names: "hindsight" (the argmax of the label PnL) or "regime" (synthetic data only: the
+    strategy with the best mean PnL in the decision's true regime on the train split, the regime oracle's
+    choice). "regime" is a research control, clean supervision that real data never offers: it separates what
+    the labels' noise costs from what the model can learn. label_pnl and rewards are unchanged."""
     stride: int | None = None
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
     cost: float = 0.0005
@@ -116,6 +122,13 @@ class TradeReplayConfig:
         if self.label_horizon is not None and (not _is_int(self.label_horizon) or self.label_horizon < 1):
             raise ValueError(
                 f"label_horizon={self.label_horizon!r}: expected an int >= 1 (bars) or None (= horizon)"
+            )
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
+        if self.label_source == "regime" and not (isinstance(data, str) and data == "synthetic"):
+            raise ValueError(
+                "label_source='regime' needs data='synthetic': only there is the true regime known; "
+                "use label_source='hindsight' (the default) with real data"
             )
         if self.stride is not None and (not _is_int(self.stride) or self.stride < 1):
             raise ValueError(f"stride={self.stride!r}: expected an int >= 1 (bars) or None (= horizon)")

@@ -15,6 +15,7 @@ uses one calendar cutoff for all instruments (``boundary_time``, see ``_cutoff``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,8 @@ class ReplayData:
     """(D, 8) float64 each strategy's PnL over bars t+1..t+label_horizon (cut at the last bar); the same
     array as strategy_pnl when label_horizon == horizon. Supervision only, like the labels."""
     labels: np.ndarray
-    """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index)."""
+    """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index); with
+    label_source "regime", the regime oracle's strategy (``regime_oracle_actions("train")``)."""
     regimes: np.ndarray | None
     """(D,) int64 true regime at each decision bar (synthetic data only)."""
     bar_regimes: np.ndarray | None
@@ -228,6 +230,8 @@ class ReplayData:
     """Bars per trade."""
     label_horizon: int
     """Bars over which labels are scored."""
+    label_source: str
+    """What the labels name: "hindsight" or "regime" (``TradeReplayConfig.label_source``)."""
     stride: int
     """Bars between consecutive decision points."""
     cost: float
@@ -455,6 +459,7 @@ def _build(
     cost: float,
     test_fraction: float,
     label_horizon: int | None = None,
+    label_source: str = "hindsight",
 ) -> ReplayData:
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
@@ -490,7 +495,7 @@ def _build(
         _check_finite(label_pnl, "label PnL of strategy", STRATEGIES, market.source, decision_bars)
     regimes = None if market.bar_regimes is None else market.bar_regimes[decision_bars]  # (D,)
     boundary_bars, boundary_time = _cutoff(market, test_fraction)
-    return ReplayData(
+    replay = ReplayData(
         source=market.source,
         timestamps=market.timestamps,
         close=market.close,
@@ -506,6 +511,7 @@ def _build(
         window=window,
         horizon=horizon,
         label_horizon=label_horizon,
+        label_source=label_source,
         stride=stride,
         cost=cost,
         test_fraction=test_fraction,
@@ -522,6 +528,9 @@ def _build(
         universe=market.universe,
         skipped=market.skipped,
     )
+    if label_source == "regime":  # the clean-supervision control: what each regime's oracle would trade
+        replay = dataclasses.replace(replay, labels=_readonly(replay.regime_oracle_actions("train")))
+    return replay
 
 
 _build_cached = functools.lru_cache(maxsize=4)(_build)  # each may hold a (D, W, F) window cache
@@ -542,6 +551,7 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.cost,
         config.test_fraction,
         config.effective_label_horizon,
+        config.label_source,
     )
     if isinstance(config.data, pd.DataFrame | dict):
         return _build(market, *args)

@@ -130,6 +130,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     regime; synthetic data only) and ``symbol`` (str, the instrument; real data only: the file stem,
     dict key or Symbol value, "DataFrame" for a single DataFrame). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
     ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars), which info then also holds.
+    With ``label_source="regime"`` (synthetic data only, a research control) ``label`` is instead the strategy
+    with the best mean PnL in the decision's true regime on the train split (the regime oracle's choice).
 
     ## Starting State
 
@@ -149,8 +151,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
 
     ```python
     gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, label_horizon=None,
-                   stride=None, cost=0.0005, split="train", test_fraction=0.2, episode_length=None,
-                   synthetic=SyntheticMarketConfig(), skip_bad_files=False)
+                   label_source="hindsight", stride=None, cost=0.0005, split="train", test_fraction=0.2,
+                   episode_length=None, synthetic=SyntheticMarketConfig(), skip_bad_files=False)
     ```
 
     Every option is a keyword and a field of ``TradeReplayConfig`` (which holds the defaults and the checks);
@@ -159,8 +161,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, a DataFrame,
       or a universe: a directory or glob of CSVs (one instrument each, file stem = symbol), a long
       CSV/Parquet with a Symbol/Ticker column, or a dict {symbol: DataFrame} (see ``trm_act.envs.universe``).
-    * ``window``, ``horizon``, ``label_horizon``, ``stride``, ``cost``, ``split``, ``test_fraction``,
-      ``episode_length``, ``synthetic``, ``skip_bad_files``: see ``TradeReplayConfig``. Or pass a whole
+    * ``window``, ``horizon``, ``label_horizon``, ``label_source``, ``stride``, ``cost``, ``split``,
+      ``test_fraction``, ``episode_length``, ``synthetic``, ``skip_bad_files``: see ``TradeReplayConfig``. Or pass a whole
       ``config=TradeReplayConfig(...)`` instead (not both).
     * ``render_mode``: None or ``"rgb_array"``: ``render()`` then returns an (H, W, 3) uint8 chart of the
       episode so far (equity = cumulative reward, and the strategy chosen at each step), drawn with

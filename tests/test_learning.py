@@ -68,6 +68,34 @@ def test_label_horizon_is_validated(bad):
         TradeReplayConfig(label_horizon=bad)
 
 
+def test_regime_label_source_labels_each_decision_with_its_regimes_best_strategy():
+    hindsight, clean = _replay(label_horizon=24), _replay(label_horizon=24, label_source="regime")
+    assert (hindsight.label_source, clean.label_source) == ("hindsight", "regime")
+    # Per true regime, the strategy with the best mean PnL on the train split (computed here directly).
+    train = clean.split_indices("train")
+    expected = np.empty(clean.n_decisions, dtype=np.int64)
+    for k in np.unique(clean.regimes):
+        mine = train[clean.regimes[train] == k]
+        expected[clean.regimes == k] = int(np.argmax(clean.strategy_pnl[mine].mean(axis=0)))
+    np.testing.assert_array_equal(clean.labels, expected)
+    assert len(np.unique(clean.labels)) > 1 and (clean.labels != hindsight.labels).any()
+    # Only the labels change: rewards and the supervision PnL stay as they are.
+    np.testing.assert_array_equal(clean.strategy_pnl, hindsight.strategy_pnl)
+    np.testing.assert_array_equal(clean.label_pnl, hindsight.label_pnl)
+    env = TradeReplayEnv(window=16, synthetic=SMALL, label_source="regime")
+    _, info = env.reset(seed=0)
+    assert info["label"] == env.replay.labels[info["decision"]] == expected[info["decision"]]
+
+
+def test_regime_label_source_is_validated(tmp_path: Path):
+    with pytest.raises(ValueError, match="label_source='oracle': expected one of"):
+        TradeReplayConfig(label_source="oracle")
+    csv = tmp_path / "bars.csv"
+    csv.write_text("Date,Open,High,Low,Close,Volume\n2020-01-01,1,1,1,1,1\n")
+    with pytest.raises(ValueError, match="label_source='regime' needs data='synthetic'"):
+        TradeReplayConfig(data=str(csv), label_source="regime")
+
+
 def test_bars_since_regime_change():
     regimes = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
     np.testing.assert_array_equal(
@@ -142,6 +170,11 @@ def test_learn_recipes_change_only_what_they_name():
     assert RECIPES["no_ema"][0](base).train == dataclasses.replace(base.train, ema_decay=0.0)
     assert RECIPES["no_label_loss"][0](base).loss == dataclasses.replace(base.loss, lambda_profit=0.0)
     assert RECIPES["max_steps8"][0](base).model == dataclasses.replace(base.model, max_steps=8)
+    # The clean-supervision controls: the seed's loss, labels from the true regime, one-step twin.
+    clean, clean_one = RECIPES["regime_labels"][0](base), RECIPES["regime_labels_one_step"][0](base)
+    assert clean.loss == LossConfig() and clean.model == base.model
+    assert clean.env == dataclasses.replace(base.env, label_source="regime") and clean_one.env == clean.env
+    assert clean_one.model == dataclasses.replace(base.model, max_steps=1) and clean_one.loss == clean.loss
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
@@ -165,14 +198,24 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
         run("default", 1, 7.0, [5.0, 7.0]),
         run("one_step", 0, 4.0),
         run("one_step", 1, 4.0),
+        run("regime_labels", 0, 6.0),
+        run("regime_labels", 1, 6.0),
+        run("regime_labels_one_step", 0, 7.0),
+        run("regime_labels_one_step", 1, 8.0),
     ]
     mean, se, n = paired_gain(runs, "default", "one_step")
     assert (mean, n) == (2.0, 2) and se == pytest.approx(1.0)  # gains 1 and 3
     assert paired_gain(runs[:1] + runs[2:3], "default", "one_step") is None  # one seed: no error bar
+    assert paired_gain(runs, "regime_labels", "regime_labels_one_step") == (-1.5, pytest.approx(0.5), 2)
     (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(runs), "runs": runs}))
     assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
     out = capsys.readouterr().out
-    assert "| default | 60% ± 10% |" in out and "+2.00 ± 1.00 PnL per market (2.0 standard errors" in out
+    assert "| default | 60% ± 10% |" in out
+    assert "Thinking pays? default - one_step: +2.00 ± 1.00 PnL per market (2.0 standard errors" in out
+    assert (
+        "Thinking pays with clean labels? regime_labels - regime_labels_one_step: -1.50 ± 0.50 PnL per market "
+        "(-3.0 standard errors" in out
+    )
     # capture at each fixed step count: (3/10, 5/10) at k = 1 and (5/10, 7/10) at k = 2, over two seeds
     # per regime: oracle 8 minus the model's pnl (5, 7 -> gap 2.00), share on the oracle's strategy (0, 0.5)
     assert (

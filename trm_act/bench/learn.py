@@ -13,6 +13,9 @@ Recipes (``--recipes``):
 - ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
 - ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget;
 - ``mlp_window16``: the same MLP over a 16-bar window, the window it does best with on validation markets;
+- ``regime_labels``: the seed's loss with clean supervision, each decision labelled with its true regime's
+  best strategy (``env.label_source="regime"``, synthetic data only), and ``regime_labels_one_step``, the same
+  at ``max_steps=1``: does thinking pay once the labels are not the bottleneck?
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -130,6 +133,17 @@ def _no_label_loss(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, loss=dataclasses.replace(config.loss, lambda_profit=0.0))
 
 
+def _regime_labels(config: ExperimentConfig) -> ExperimentConfig:
+    # The seed's loss told each decision's true regime (its oracle strategy) instead of the noisy hindsight
+    # label: what the same model learns from clean supervision, which real data never offers.
+    env = dataclasses.replace(config.env, label_source="regime")
+    return dataclasses.replace(_seed_loss(config), env=env)
+
+
+def _regime_labels_one_step(config: ExperimentConfig) -> ExperimentConfig:
+    return _one_step(_regime_labels(config))
+
+
 def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
     seed = LossConfig()
     loss = dataclasses.replace(
@@ -148,6 +162,9 @@ RECIPES: dict[
     "mlp": (_one_step, MLPControl),
     # The same control over the 16-bar window it does best with on the validation markets (a fair peer).
     "mlp_window16": (_one_step_window16, MLPControl),
+    # Controls with clean supervision: does thinking pay once the labels are not the bottleneck?
+    "regime_labels": (_regime_labels, None),
+    "regime_labels_one_step": (_regime_labels_one_step, None),
     # Ablations of the default recipe (not run unless named in --recipes):
     "short_labels": (_short_labels, None),  # labels over the 8-bar trade horizon
     "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
@@ -159,7 +176,20 @@ RECIPES: dict[
     "window16": (_window16, None),  # 16 bars of past instead of 32
     "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
 }
-DEFAULT_RECIPES = ("default", "seed_loss", "one_step", "mlp", "mlp_window16")
+DEFAULT_RECIPES = (
+    "default",
+    "seed_loss",
+    "one_step",
+    "mlp",
+    "mlp_window16",
+    "regime_labels",
+    "regime_labels_one_step",
+)
+THINKING_PAIRS = (
+    ("Thinking pays?", "default", "one_step"),
+    ("Thinking pays with clean labels?", "regime_labels", "regime_labels_one_step"),
+)
+"""(question, recipe, the same recipe at one reasoning step): the paired lines under the table."""
 
 
 def fresh_market_replays(
@@ -387,14 +417,15 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
                 )
                 + " |"
             )
-    gain = paired_gain(runs, "default", "one_step")
-    if gain is not None:
-        mean, se, n = gain
-        lines += [
-            "",
-            f"Thinking pays? default - one_step: {mean:+.2f} ± {se:.2f} PnL per market "
-            f"({mean / se:.1f} standard errors, paired by seed, {n} seeds).",
-        ]
+    gains = [(q, r, b, paired_gain(runs, r, b)) for q, r, b in THINKING_PAIRS]
+    gains = [(q, r, b, gain) for q, r, b, gain in gains if gain is not None]
+    if gains:
+        lines.append("")
+    for question, recipe, baseline, (mean, se, n) in gains:
+        lines.append(
+            f"{question} {recipe} - {baseline}: {mean:+.2f} ± {se:.2f} PnL per market "
+            f"({mean / se:.1f} standard errors, paired by seed, {n} seeds)."
+        )
     return "\n".join(lines)
 
 
