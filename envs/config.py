@@ -16,7 +16,7 @@ from .synthetic import RegimeSpec, SyntheticMarketConfig
 from .universe import is_glob
 
 SPLITS: tuple[str, ...] = ("train", "test", "all")
-LABEL_SOURCES: tuple[str, ...] = ("hindsight", "regime")
+LABEL_SOURCES: tuple[str, ...] = ("hindsight", "hmm", "regime")
 
 
 def _is_int(value: object) -> bool:
@@ -68,11 +68,14 @@ class TradeReplayConfig:
     """Bars over which the hindsight label is scored (info["label"], info["label_pnl"]); None = horizon.
     A longer label horizon names the strategy that suits the prevailing market state rather than the luckiest
     one over the next few bars. Rewards are always the realized PnL over `horizon`."""
-    label_source: Literal["hindsight", "regime"] = "hindsight"
-    """What info["label"] names: "hindsight" (the argmax of the label PnL) or "regime" (synthetic data only: the
-    strategy with the best mean PnL in the decision's true regime on the train split, the regime oracle's
-    choice). "regime" is a research control, clean supervision that real data never offers: it separates what
-    the labels' noise costs from what the model can learn. label_pnl and rewards are unchanged."""
+    label_source: Literal["hindsight", "hmm", "regime"] = "hindsight"
+    """What info["label"] names: "hindsight" (the argmax of the label PnL); "hmm" (the strategy with the best mean
+    PnL, on the train split, in the decision's state of a Markov-switching AR(1) model of ret and volume_z fitted
+    to the train split's bars; one instrument only; see trm_act.envs.regimes); or "regime" (synthetic data only:
+    the same for the true regime, i.e. the regime oracle's choice: a research control, clean supervision that
+    real data never offers). label_pnl and rewards are unchanged."""
+    label_states: int = 8
+    """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; README)."""
     stride: int | None = None
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
     cost: float = 0.0005
@@ -125,6 +128,8 @@ class TradeReplayConfig:
             )
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
+        if not _is_int(self.label_states) or self.label_states < 2:
+            raise ValueError(f"label_states={self.label_states!r}: expected an int >= 2 (states of the regime model)")
         if self.label_source == "regime" and not (isinstance(data, str) and data == "synthetic"):
             raise ValueError(
                 "label_source='regime' needs data='synthetic': only there is the true regime known; "

@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .config import SPLITS, TradeReplayConfig
 from .features import FEATURE_NAMES, compute_features
 from .market import bars_per_year, load_ohlcv
+from .regimes import fit_regime_hmm, most_probable_states
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
 from .synthetic import SyntheticMarketConfig, generate_synthetic_market
 from .universe import Universe, is_universe, load_universe, universe_files
@@ -460,6 +461,7 @@ def _build(
     test_fraction: float,
     label_horizon: int | None = None,
     label_source: str = "hindsight",
+    label_states: int = 8,
 ) -> ReplayData:
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
@@ -530,7 +532,34 @@ def _build(
     )
     if label_source == "regime":  # the clean-supervision control: what each regime's oracle would trade
         replay = dataclasses.replace(replay, labels=_readonly(replay.regime_oracle_actions("train")))
+    elif label_source == "hmm":
+        replay = dataclasses.replace(replay, labels=_readonly(_regime_model_labels(replay, label_states)))
     return replay
+
+
+def _regime_model_labels(replay: ReplayData, n_states: int) -> np.ndarray:
+    """(D,) labels of label_source "hmm": the best strategy of each decision's state (see ``regimes``)."""
+    if len(replay.symbols) != 1:
+        raise ValueError(
+            f"label_source='hmm' fits one regime model to one instrument's bars, but {replay.source} holds "
+            f"{len(replay.symbols)} instruments; use label_source='hindsight' for a universe"
+        )
+    ret = replay.features[:, FEATURE_NAMES.index("ret")]  # (T,)
+    volume = replay.features[:, FEATURE_NAMES.index("volume_z")]  # (T,)
+    boundary = replay.boundary_bar
+    hmm = fit_regime_hmm(ret[1:boundary], volume[1:boundary], n_states)  # bar 0 has no return
+    states = np.empty(replay.n_bars, dtype=np.int64)  # (T,)
+    # Train bars from a pass over train bars only (no test bar informs a train label), the rest from all bars.
+    states[1:] = most_probable_states(hmm, ret[1:], volume[1:])
+    states[1:boundary] = most_probable_states(hmm, ret[1:boundary], volume[1:boundary])
+    states[0] = states[1]
+    decision_states = states[replay.decision_bars]  # (D,)
+    train = replay.split_indices("train")
+    best = np.full(n_states, replay.best_fixed_action("train"), dtype=np.int64)  # a state no train decision visits
+    for k in np.unique(decision_states[train]):
+        mine = train[decision_states[train] == k]
+        best[k] = int(np.argmax(replay.strategy_pnl[mine].mean(axis=0)))
+    return best[decision_states]
 
 
 _build_cached = functools.lru_cache(maxsize=4)(_build)  # each may hold a (D, W, F) window cache
@@ -552,6 +581,7 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.test_fraction,
         config.effective_label_horizon,
         config.label_source,
+        config.label_states,
     )
     if isinstance(config.data, pd.DataFrame | dict):
         return _build(market, *args)

@@ -13,6 +13,8 @@ Recipes (``--recipes``):
 - ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
 - ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget;
 - ``mlp_window16``: the same MLP over a 16-bar window, the window it does best with on validation markets;
+- ``seed_loss_hmm``: the seed's loss on labels from a regime model fitted to the train split
+  (``env.label_source="hmm"``, see ``trm_act.envs.regimes``), which real data allows too;
 - ``regime_labels``: the seed's loss with clean supervision, each decision labelled with its true regime's
   best strategy (``env.label_source="regime"``, synthetic data only), and ``regime_labels_one_step``, the same
   at ``max_steps=1``: does thinking pay once the labels are not the bottleneck?
@@ -22,7 +24,8 @@ Recipes (``--recipes``):
 ``--validation`` scores the validation markets instead (synthetic seeds 2000, 2001, ...; ``--markets 2``
 for two of them): the only data recipes are chosen on. The candidate-recipe ablations ``post_norm``,
 ``global_attention``, ``window16``, ``no_ema`` and ``no_label_loss`` each undo one choice of the default;
-``max_steps8`` doubles its reasoning steps.
+``max_steps8`` doubles its reasoning steps; ``seed_loss_hmm4``, ``seed_loss_hmm6`` and ``seed_loss_hmm12`` give
+the regime model of ``seed_loss_hmm`` another number of states.
 
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
@@ -140,6 +143,18 @@ def _regime_labels(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(_seed_loss(config), env=env)
 
 
+def _hmm_labels(n_states: int | None = None) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    # The seed's loss on labels a user can have on real data: each decision's state in a regime model fitted
+    # to the train split (env.label_source="hmm"); n_states None keeps env.label_states' default.
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        changes: dict[str, Any] = {"label_source": "hmm"}
+        if n_states is not None:
+            changes["label_states"] = n_states
+        return dataclasses.replace(_seed_loss(config), env=dataclasses.replace(config.env, **changes))
+
+    return edit
+
+
 def _regime_labels_one_step(config: ExperimentConfig) -> ExperimentConfig:
     return _one_step(_regime_labels(config))
 
@@ -162,6 +177,7 @@ RECIPES: dict[
     "mlp": (_one_step, MLPControl),
     # The same control over the 16-bar window it does best with on the validation markets (a fair peer).
     "mlp_window16": (_one_step_window16, MLPControl),
+    "seed_loss_hmm": (_hmm_labels(), None),
     # Controls with clean supervision: does thinking pay once the labels are not the bottleneck?
     "regime_labels": (_regime_labels, None),
     "regime_labels_one_step": (_regime_labels_one_step, None),
@@ -175,6 +191,10 @@ RECIPES: dict[
     "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
     "window16": (_window16, None),  # 16 bars of past instead of 32
     "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
+    # The regime model's number of states, for seed_loss_hmm (compared with --validation):
+    "seed_loss_hmm4": (_hmm_labels(4), None),
+    "seed_loss_hmm6": (_hmm_labels(6), None),
+    "seed_loss_hmm12": (_hmm_labels(12), None),
 }
 DEFAULT_RECIPES = (
     "default",
@@ -182,6 +202,7 @@ DEFAULT_RECIPES = (
     "one_step",
     "mlp",
     "mlp_window16",
+    "seed_loss_hmm",
     "regime_labels",
     "regime_labels_one_step",
 )
@@ -199,7 +220,10 @@ def fresh_market_replays(
     replays = []
     for k in range(n_markets):
         synthetic = dataclasses.replace(config.env.synthetic, seed=first_seed + k)
-        replays.append(build_replay(dataclasses.replace(config.env, synthetic=synthetic)))
+        # Scoring reads PnL only, so these markets keep hindsight labels: a regime model's labels would cost
+        # a fit per market and change no figure of the benchmark.
+        env = dataclasses.replace(config.env, synthetic=synthetic, label_source="hindsight")
+        replays.append(build_replay(env))
     return replays
 
 
