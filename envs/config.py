@@ -129,7 +129,9 @@ class TradeReplayConfig:
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
         if not _is_int(self.label_states) or self.label_states < 2:
-            raise ValueError(f"label_states={self.label_states!r}: expected an int >= 2 (states of the regime model)")
+            raise ValueError(
+                f"label_states={self.label_states!r}: expected an int >= 2 (states of the regime model)"
+            )
         if self.label_source == "regime" and not (isinstance(data, str) and data == "synthetic"):
             raise ValueError(
                 "label_source='regime' needs data='synthetic': only there is the true regime known; "

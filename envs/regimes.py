@@ -111,7 +111,13 @@ def _maximise(ret: np.ndarray, volume: np.ndarray, posterior: np.ndarray) -> dic
     sigma = np.sqrt((w * np.square(residual)).sum(axis=0) / n) + _MIN_SCALE  # (K,)
     volume_mean = volume @ w / n  # (K,)
     volume_std = np.sqrt((w * np.square(volume[:, None] - volume_mean)).sum(axis=0) / n) + _MIN_SCALE
-    return {"intercept": intercept, "ar": ar, "sigma": sigma, "volume_mean": volume_mean, "volume_std": volume_std}
+    return {
+        "intercept": intercept,
+        "ar": ar,
+        "sigma": sigma,
+        "volume_mean": volume_mean,
+        "volume_std": volume_std,
+    }
 
 
 def _initial_posterior(ret: np.ndarray, volume: np.ndarray, n_states: int, seed: int) -> np.ndarray:
@@ -151,7 +157,9 @@ def fit_regime_hmm(ret: np.ndarray, volume: np.ndarray, n_states: int, seed: int
     for _ in range(EM_ITERATIONS):
         hmm = RegimeHMM(**_maximise(ret, volume, posterior), transition=transition, initial=initial,
                         log_likelihood_per_bar=previous)  # fmt: skip
-        posterior, counts, log_likelihood = _forward_backward(_log_emission(ret, volume, hmm), transition, initial)
+        posterior, counts, log_likelihood = _forward_backward(
+            _log_emission(ret, volume, hmm), transition, initial
+        )
         transition = counts / counts.sum(axis=1, keepdims=True)
         initial = posterior[0]
         per_bar = log_likelihood / ret.shape[0]

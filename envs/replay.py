@@ -555,7 +555,8 @@ def _regime_model_labels(replay: ReplayData, n_states: int) -> np.ndarray:
     states[0] = states[1]
     decision_states = states[replay.decision_bars]  # (D,)
     train = replay.split_indices("train")
-    best = np.full(n_states, replay.best_fixed_action("train"), dtype=np.int64)  # a state no train decision visits
+    # A state that no train decision visits trades the best fixed strategy.
+    best = np.full(n_states, replay.best_fixed_action("train"), dtype=np.int64)  # (K,)
     for k in np.unique(decision_states[train]):
         mine = train[decision_states[train] == k]
         best[k] = int(np.argmax(replay.strategy_pnl[mine].mean(axis=0)))

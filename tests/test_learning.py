@@ -175,6 +175,11 @@ def test_learn_recipes_change_only_what_they_name():
     assert clean.loss == LossConfig() and clean.model == base.model
     assert clean.env == dataclasses.replace(base.env, label_source="regime") and clean_one.env == clean.env
     assert clean_one.model == dataclasses.replace(base.model, max_steps=1) and clean_one.loss == clean.loss
+    # The regime-model labels: the seed's loss, label_source "hmm", the default or a named number of states.
+    hmm = RECIPES["seed_loss_hmm"][0](base)
+    assert hmm.loss == LossConfig() and hmm.model == base.model
+    assert hmm.env == dataclasses.replace(base.env, label_source="hmm")
+    assert RECIPES["seed_loss_hmm6"][0](base).env == dataclasses.replace(hmm.env, label_states=6)
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):

@@ -24,8 +24,8 @@ Recipes (``--recipes``):
 ``--validation`` scores the validation markets instead (synthetic seeds 2000, 2001, ...; ``--markets 2``
 for two of them): the only data recipes are chosen on. The candidate-recipe ablations ``post_norm``,
 ``global_attention``, ``window16``, ``no_ema`` and ``no_label_loss`` each undo one choice of the default;
-``max_steps8`` doubles its reasoning steps; ``seed_loss_hmm4``, ``seed_loss_hmm6`` and ``seed_loss_hmm12`` give
-the regime model of ``seed_loss_hmm`` another number of states.
+``max_steps8`` doubles its reasoning steps; ``seed_loss_hmm<n>`` (n in ``HMM_STATE_COUNTS``) gives the regime
+model of ``seed_loss_hmm`` n states.
 
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
@@ -167,6 +167,9 @@ def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, loss=loss)
 
 
+HMM_STATE_COUNTS = (4, 6, 8, 12, 16, 24)
+"""State counts of the regime model compared on validation (recipes seed_loss_hmm<n>)."""
+
 # name -> (config edit, model factory or None for RecurrentTRM)
 RECIPES: dict[
     str, tuple[Callable[[ExperimentConfig], ExperimentConfig], Callable[[TRMConfig], nn.Module] | None]
@@ -192,9 +195,7 @@ RECIPES: dict[
     "window16": (_window16, None),  # 16 bars of past instead of 32
     "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
     # The regime model's number of states, for seed_loss_hmm (compared with --validation):
-    "seed_loss_hmm4": (_hmm_labels(4), None),
-    "seed_loss_hmm6": (_hmm_labels(6), None),
-    "seed_loss_hmm12": (_hmm_labels(12), None),
+    **{f"seed_loss_hmm{n}": (_hmm_labels(n), None) for n in HMM_STATE_COUNTS},
 }
 DEFAULT_RECIPES = (
     "default",
