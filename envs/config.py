@@ -74,7 +74,7 @@ class TradeReplayConfig:
     to the train split's bars; one instrument only; see trm_act.envs.regimes); or "regime" (synthetic data only:
     the same for the true regime, i.e. the regime oracle's choice: a research control, clean supervision that
     real data never offers). label_pnl and rewards are unchanged."""
-    label_states: int = 8
+    label_states: int = 16
     """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; README)."""
     stride: int | None = None
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""

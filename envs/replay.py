@@ -461,7 +461,7 @@ def _build(
     test_fraction: float,
     label_horizon: int | None = None,
     label_source: str = "hindsight",
-    label_states: int = 8,
+    label_states: int = 16,
 ) -> ReplayData:
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
