@@ -87,6 +87,16 @@ def test_regime_label_source_labels_each_decision_with_its_regimes_best_strategy
     assert info["label"] == env.replay.labels[info["decision"]] == expected[info["decision"]]
 
 
+def test_hindsight_oracle_baseline_does_not_follow_the_label_source():
+    from trm_act.evaluation import baseline_actions
+
+    clean = _replay(label_source="regime")
+    test = clean.split_indices("test")
+    oracle = baseline_actions(clean, test, seed=0)["oracle"]
+    np.testing.assert_array_equal(oracle, np.argmax(clean.label_pnl[test], axis=1))  # still hindsight's best
+    assert (oracle != clean.labels[test]).any()
+
+
 def test_regime_label_source_is_validated(tmp_path: Path):
     with pytest.raises(ValueError, match="label_source='oracle': expected one of"):
         TradeReplayConfig(label_source="oracle")
