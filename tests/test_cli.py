@@ -234,10 +234,10 @@ def test_config_file_sets_fields_and_flags_override_it(tmp_path):
     assert saved["train"]["steps"] == 4 and saved["model"]["mixer"] == "mlp" and saved["train"]["lr"] == 0.003
 
 
-def help_text() -> str:
+def help_text(columns: int = 200) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "trm_act.train", "--help"],
-        capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": str(columns)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
@@ -270,7 +270,8 @@ def test_help_shows_the_defaults_a_run_uses():
     from trm_act.model import TRMConfig
 
     defaults = ExperimentConfig()
-    text = " ".join(help_text().split())
+    # One column (tyro sets the groups side by side from 140 columns on), so that each flag's text follows it.
+    text = " ".join(help_text(columns=120).split())
     assert (defaults.model.attn_radius, TRMConfig().attn_radius) == (2, 0)
     assert defaults.loss.lambda_reward == 10.0
     assert f"(default: {defaults.model.attn_radius})" in text.split("--attn-radius INT")[1][:300]

@@ -578,6 +578,8 @@ def test_every_config_field_is_an_env_keyword(name):
         "window": 12,
         "horizon": 6,
         "label_horizon": 10,
+        "label_source": "regime",
+        "label_states": 4,
         "stride": 3,
         "cost": 0.001,
         "split": "test",
