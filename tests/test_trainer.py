@@ -372,3 +372,30 @@ def test_hopeless_batch_size_is_refused(batch_size):
 def test_small_batch_size_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"--batch-size 4 is below 8"):
         Trainer(tiny_config(batch_size=4), tmp_path)
+
+
+def test_evaluation_does_not_depend_on_its_batch_size():
+    # Evaluation batches only bound memory (--eval-batch-size): every figure but the timings is the same.
+    from trm_act.envs import build_replay
+
+    from trm_act.evaluation import evaluate
+    from trm_act.model import RecurrentTRM
+
+    torch.manual_seed(0)
+    replay = build_replay(TradeReplayConfig(window=16, synthetic=SyntheticMarketConfig(n_bars=3000, seed=3)))
+    model = RecurrentTRM(TRMConfig(window=16, n_features=replay.n_features, max_steps=3, d_model=16)).eval()
+    with torch.no_grad():  # a halt head that fires on some rows only, so adaptive batches shrink unevenly
+        model.halt_head.weight.normal_(0.0, 2.0)
+        model.halt_head.bias.zero_()
+
+    def figures(batch_size: int) -> dict:
+        cpu = torch.device("cpu")
+        metrics = evaluate(model, replay, max_steps=3, device=cpu, batch_size=batch_size).metrics
+        for part in (metrics["model"], metrics["model"]["fixed_max_steps"]):
+            part.pop("wall_time_s")
+        metrics["model"].pop("time_ratio_adaptive_vs_fixed")
+        return metrics
+
+    whole = figures(4096)
+    assert 1.0 < whole["model"]["mean_steps"] < 3.0  # adaptive halting really varies per row
+    assert figures(7) == whole
