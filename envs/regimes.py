@@ -57,17 +57,21 @@ class RegimeHMM:
     log_likelihood_per_bar: float
     """Mean log-likelihood of the fitted bars (a fit diagnostic)."""
 
-    @property
-    def n_states(self) -> int:
-        return int(self.intercept.shape[0])
 
-
-def _log_emission(ret: np.ndarray, volume: np.ndarray, hmm: RegimeHMM) -> np.ndarray:
+def _log_emission(
+    ret: np.ndarray,
+    volume: np.ndarray,
+    intercept: np.ndarray,
+    ar: np.ndarray,
+    sigma: np.ndarray,
+    volume_mean: np.ndarray,
+    volume_std: np.ndarray,
+) -> np.ndarray:
     """(T, K) log density of bar t's (ret, volume_z) in each state, up to a constant (bar 0 has no lag)."""
     lagged = np.concatenate(([0.0], ret[:-1]))  # (T,)
-    mean = hmm.intercept + hmm.ar * lagged[:, None]  # (T, K)
-    log_ret = -0.5 * np.square((ret[:, None] - mean) / hmm.sigma) - np.log(hmm.sigma)  # (T, K)
-    log_vol = -0.5 * np.square((volume[:, None] - hmm.volume_mean) / hmm.volume_std) - np.log(hmm.volume_std)
+    mean = intercept + ar * lagged[:, None]  # (T, K)
+    log_ret = -0.5 * np.square((ret[:, None] - mean) / sigma) - np.log(sigma)  # (T, K)
+    log_vol = -0.5 * np.square((volume[:, None] - volume_mean) / volume_std) - np.log(volume_std)  # (T, K)
     return log_ret + log_vol  # (T, K)
 
 
@@ -155,11 +159,8 @@ def fit_regime_hmm(ret: np.ndarray, volume: np.ndarray, n_states: int, seed: int
     initial = np.full(n_states, 1.0 / n_states)
     previous = -np.inf
     for _ in range(EM_ITERATIONS):
-        hmm = RegimeHMM(**_maximise(ret, volume, posterior), transition=transition, initial=initial,
-                        log_likelihood_per_bar=previous)  # fmt: skip
-        posterior, counts, log_likelihood = _forward_backward(
-            _log_emission(ret, volume, hmm), transition, initial
-        )
+        emission = _log_emission(ret, volume, **_maximise(ret, volume, posterior))  # (T, K)
+        posterior, counts, log_likelihood = _forward_backward(emission, transition, initial)
         transition = counts / counts.sum(axis=1, keepdims=True)
         initial = posterior[0]
         per_bar = log_likelihood / ret.shape[0]
@@ -172,6 +173,9 @@ def fit_regime_hmm(ret: np.ndarray, volume: np.ndarray, n_states: int, seed: int
 
 def most_probable_states(hmm: RegimeHMM, ret: np.ndarray, volume: np.ndarray) -> np.ndarray:
     """(T,) int64 the state of highest smoothed posterior probability at each bar."""
-    log_emission = _log_emission(np.asarray(ret, np.float64), np.asarray(volume, np.float64), hmm)
+    ret, volume = np.asarray(ret, np.float64), np.asarray(volume, np.float64)
+    log_emission = _log_emission(
+        ret, volume, hmm.intercept, hmm.ar, hmm.sigma, hmm.volume_mean, hmm.volume_std
+    )  # (T, K)
     posterior, _, _ = _forward_backward(log_emission, hmm.transition, hmm.initial)
     return posterior.argmax(axis=1).astype(np.int64)

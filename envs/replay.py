@@ -218,7 +218,8 @@ class ReplayData:
     array as strategy_pnl when label_horizon == horizon. Supervision only, like the labels."""
     labels: np.ndarray
     """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index); with
-    label_source "regime", the regime oracle's strategy (``regime_oracle_actions("train")``)."""
+    label_source "hmm", the best strategy of the decision's state in a regime model (``regimes``); with
+    "regime", the regime oracle's strategy (``regime_oracle_actions("train")``)."""
     regimes: np.ndarray | None
     """(D,) int64 true regime at each decision bar (synthetic data only)."""
     bar_regimes: np.ndarray | None
@@ -232,7 +233,7 @@ class ReplayData:
     label_horizon: int
     """Bars over which labels are scored."""
     label_source: str
-    """What the labels name: "hindsight" or "regime" (``TradeReplayConfig.label_source``)."""
+    """What the labels name: "hindsight", "hmm" or "regime" (``TradeReplayConfig.label_source``)."""
     stride: int
     """Bars between consecutive decision points."""
     cost: float

@@ -130,8 +130,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     regime; synthetic data only) and ``symbol`` (str, the instrument; real data only: the file stem,
     dict key or Symbol value, "DataFrame" for a single DataFrame). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
     ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars), which info then also holds.
-    With ``label_source="regime"`` (synthetic data only, a research control) ``label`` is instead the strategy
-    with the best mean PnL in the decision's true regime on the train split (the regime oracle's choice).
+    With ``label_source="hmm"``, ``label`` is instead the strategy with the best mean PnL on the train split in
+    the decision's state of a regime model fitted to the train split (``trm_act.envs.regimes``); with
+    ``label_source="regime"`` (synthetic data only, a research control), the same for its true regime.
 
     ## Starting State
 
