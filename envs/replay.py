@@ -380,10 +380,15 @@ class ReplayData:
         """(K, 8) mean strategy PnL per true regime over the split's decisions (NaN where a regime is absent)."""
         if self.regimes is None or self.regime_names is None:
             raise ValueError(f"{self.source}: no true regimes (only the synthetic market has them)")
+        return self._group_mean_pnl(self.regimes, len(self.regime_names), split)
+
+    def _group_mean_pnl(self, groups: np.ndarray, n_groups: int, split: str) -> np.ndarray:
+        """(G, 8) mean strategy PnL per group (``groups`` (D,) in 0..G-1) over the split's decisions; NaN rows
+        for groups absent from the split."""
         idx = self.split_indices(split)
-        out = np.full((len(self.regime_names), N_STRATEGIES), np.nan)  # (K, S)
-        for k in range(len(self.regime_names)):
-            rows = idx[self.regimes[idx] == k]
+        out = np.full((n_groups, N_STRATEGIES), np.nan)  # (G, S)
+        for k in range(n_groups):
+            rows = idx[groups[idx] == k]
             if rows.size:
                 out[k] = self.strategy_pnl[rows].mean(axis=0)
         return out
@@ -402,13 +407,22 @@ class ReplayData:
 
         A regime absent from fit_split gets the best fixed strategy of fit_split.
         """
-        means = self.regime_mean_pnl(fit_split)  # (K, S)
+        if self.regimes is None or self.regime_names is None:
+            raise ValueError(f"{self.source}: no true regimes (only the synthetic market has them)")
+        return self.best_strategy_by_group(self.regimes, len(self.regime_names), fit_split)
+
+    def best_strategy_by_group(
+        self, groups: np.ndarray, n_groups: int, fit_split: str = "train"
+    ) -> np.ndarray:
+        """(D,) for every decision, the strategy with the best mean PnL on `fit_split` among the decisions of
+        its group (``groups`` (D,) int in 0..n_groups-1: true regimes, or a regime model's states); a group
+        absent from fit_split gets the best fixed strategy of fit_split."""
+        means = self._group_mean_pnl(groups, n_groups, fit_split)  # (G, S)
         best_fixed = self.best_fixed_action(fit_split)
         table = np.where(
             np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1)
-        )
-        assert self.regimes is not None  # checked by regime_mean_pnl
-        return table.astype(np.int64)[self.regimes]
+        )  # (G,)
+        return table.astype(np.int64)[groups]
 
 
 def _label_pnl(
@@ -554,14 +568,7 @@ def _regime_model_labels(replay: ReplayData, n_states: int) -> np.ndarray:
     states[1:] = most_probable_states(hmm, ret[1:], volume[1:])
     states[1:boundary] = most_probable_states(hmm, ret[1:boundary], volume[1:boundary])
     states[0] = states[1]
-    decision_states = states[replay.decision_bars]  # (D,)
-    train = replay.split_indices("train")
-    # A state that no train decision visits trades the best fixed strategy.
-    best = np.full(n_states, replay.best_fixed_action("train"), dtype=np.int64)  # (K,)
-    for k in np.unique(decision_states[train]):
-        mine = train[decision_states[train] == k]
-        best[k] = int(np.argmax(replay.strategy_pnl[mine].mean(axis=0)))
-    return best[decision_states]
+    return replay.best_strategy_by_group(states[replay.decision_bars], n_states)
 
 
 _build_cached = functools.lru_cache(maxsize=4)(_build)  # each may hold a (D, W, F) window cache
