@@ -13,7 +13,14 @@ from .features import FEATURE_NAMES
 from .market import load_ohlcv
 from .replay import ReplayData, build_replay
 from .strategies import STRATEGIES
-from .synthetic import DEFAULT_REGIMES, RegimeSpec, SyntheticMarketConfig, generate_synthetic_market
+from .synthetic import (
+    DEFAULT_REGIMES,
+    REGIME_PRESETS,
+    SLOW_REGIMES,
+    RegimeSpec,
+    SyntheticMarketConfig,
+    generate_synthetic_market,
+)
 from .trade_replay import TradeReplayEnv
 from .vector import TradeReplayVectorEnv
 
@@ -30,6 +37,8 @@ __all__ = [
     "DEFAULT_REGIMES",
     "ENV_ID",
     "FEATURE_NAMES",
+    "REGIME_PRESETS",
+    "SLOW_REGIMES",
     "SPLITS",
     "STRATEGIES",
     "RegimeSpec",

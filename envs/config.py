@@ -33,7 +33,7 @@ def _synthetic_from(value: Any) -> SyntheticMarketConfig:
         if unknown:
             raise ValueError(f"synthetic: unknown option(s) {unknown}; valid options are {sorted(known)}")
         options = dict(value)
-        if "regimes" in options:
+        if options.get("regimes") is not None:  # None (null in a file) = the preset's regimes
             options["regimes"] = tuple(
                 r if isinstance(r, RegimeSpec) else RegimeSpec(**{**r, "ar": tuple(r.get("ar", ()))})
                 for r in options["regimes"]

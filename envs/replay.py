@@ -27,9 +27,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .config import SPLITS, TradeReplayConfig
 from .features import FEATURE_NAMES, compute_features
 from .market import bars_per_year, load_ohlcv
+from .regime_filter import filter_regimes
 from .regimes import fit_regime_hmm, most_probable_states
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
-from .synthetic import SyntheticMarketConfig, generate_synthetic_market
+from .synthetic import RegimeSpec, SyntheticMarketConfig, generate_synthetic_market
 from .universe import Universe, is_universe, load_universe, universe_files
 
 SYNTHETIC_BARS_PER_YEAR = 252.0
@@ -52,6 +53,7 @@ class _Market:
     positions: np.ndarray  # (T, S) float64
     bar_regimes: np.ndarray | None  # (T,) int64
     regime_names: tuple[str, ...] | None
+    regime_specs: tuple[RegimeSpec, ...] | None  # the true regimes' parameters (synthetic data)
     bars_per_year: float
     symbols: tuple[str, ...]  # (K,) instrument names
     bar_offsets: np.ndarray  # (K+1,) int64: instrument k owns bars bar_offsets[k]:bar_offsets[k+1]
@@ -82,7 +84,7 @@ def _market_from_frame(
     ohlcv: pd.DataFrame,
     source: str,
     bar_regimes: np.ndarray | None,
-    regime_names: tuple[str, ...] | None,
+    regime_specs: tuple[RegimeSpec, ...] | None,
     per_year: float,
     symbol: str,
 ) -> _Market:
@@ -100,7 +102,8 @@ def _market_from_frame(
         features=_readonly(features),
         positions=_readonly(positions),
         bar_regimes=None if bar_regimes is None else _readonly(bar_regimes.astype(np.int64)),
-        regime_names=regime_names,
+        regime_names=None if regime_specs is None else tuple(r.name for r in regime_specs),
+        regime_specs=regime_specs,
         bars_per_year=per_year,
         symbols=(symbol,),
         bar_offsets=_readonly(np.array([0, len(ohlcv)], dtype=np.int64)),
@@ -130,6 +133,7 @@ def _market_from_universe(universe: Universe, source: str) -> _Market:
         positions=_readonly(np.concatenate([p.positions for p in parts])),
         bar_regimes=None,
         regime_names=None,
+        regime_specs=None,
         bars_per_year=float(
             np.median(per_year)
         ),  # annualises per-trade Sharpe at a typical instrument's rate
@@ -147,7 +151,7 @@ def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
         frame,
         "synthetic",
         frame["regime"].to_numpy(),
-        config.regime_names,
+        tuple(config.regimes),
         SYNTHETIC_BARS_PER_YEAR,
         "synthetic",
     )
@@ -226,6 +230,8 @@ class ReplayData:
     """(T,) int64 true regime of every bar (synthetic data only)."""
     regime_names: tuple[str, ...] | None
     """Names of the regimes, index = regime id (synthetic data only)."""
+    regime_specs: tuple[RegimeSpec, ...] | None
+    """The true parameters of each regime, index = regime id (synthetic data only; the filter bound's model)."""
     window: int
     """Bars per observation."""
     horizon: int
@@ -411,18 +417,48 @@ class ReplayData:
             raise ValueError(f"{self.source}: no true regimes (only the synthetic market has them)")
         return self.best_strategy_by_group(self.regimes, len(self.regime_names), fit_split)
 
+    @functools.cached_property
+    def filtered_regimes(self) -> np.ndarray | None:
+        """(T,) int64 the most probable true regime at every bar given the returns of bars <= t, from a Bayesian
+        filter told the true regime parameters (:mod:`.regime_filter`); None without true regimes.
+
+        Bar 0 has no return: it gets regime 0 (the uniform prior's first argmax).
+        """
+        if self.regime_specs is None:
+            return None
+        probabilities = filter_regimes(np.diff(np.log(self.close)), self.regime_specs)  # (T-1, K) bars 1..T-1
+        return _readonly(np.concatenate(([0], probabilities.argmax(axis=1))).astype(np.int64))
+
+    def filter_bound_actions(self, fit_split: str = "train") -> np.ndarray:
+        """(D,) the filter bound's action at every decision: the regime oracle's strategy (fitted on
+        `fit_split`) for the regime that ``filtered_regimes`` finds most probable at the decision bar.
+
+        The regime oracle with the regime inferred causally instead of revealed: roughly the best a policy
+        that sees only the past can do in the synthetic market (its model is the market's own).
+        """
+        if self.regimes is None or self.regime_names is None or self.filtered_regimes is None:
+            raise ValueError(
+                f"{self.source}: no true regime parameters to filter with (only the synthetic market has them)"
+            )
+        table = self.best_strategy_table(self.regimes, len(self.regime_names), fit_split)  # (K,)
+        return table[self.filtered_regimes[self.decision_bars]]
+
     def best_strategy_by_group(
         self, groups: np.ndarray, n_groups: int, fit_split: str = "train"
     ) -> np.ndarray:
         """(D,) for every decision, the strategy with the best mean PnL on `fit_split` among the decisions of
         its group (``groups`` (D,) int in 0..n_groups-1: true regimes, or a regime model's states); a group
         absent from fit_split gets the best fixed strategy of fit_split."""
+        return self.best_strategy_table(groups, n_groups, fit_split)[groups]
+
+    def best_strategy_table(self, groups: np.ndarray, n_groups: int, fit_split: str = "train") -> np.ndarray:
+        """(G,) int64 the strategy of each group in ``best_strategy_by_group``."""
         means = self._group_mean_pnl(groups, n_groups, fit_split)  # (G, S)
         best_fixed = self.best_fixed_action(fit_split)
         table = np.where(
             np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1)
         )  # (G,)
-        return table.astype(np.int64)[groups]
+        return table.astype(np.int64)
 
 
 def _label_pnl(
@@ -525,6 +561,7 @@ def _build(
         regimes=None if regimes is None else _readonly(regimes),
         bar_regimes=market.bar_regimes,
         regime_names=market.regime_names,
+        regime_specs=market.regime_specs,
         window=window,
         horizon=horizon,
         label_horizon=label_horizon,

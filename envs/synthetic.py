@@ -5,12 +5,23 @@ persistent Markov chain switches between them. The regimes are built so that eac
 different strategy of :mod:`.strategies` (see ``RegimeSpec.favours``), so knowing the regime is
 worth money, and so that each leaves an observable fingerprint in causal features (volatility,
 drift, autocorrelation sign, volume), so the regime can be learned from the past alone.
+
+Two regime tables ship with it (``SyntheticMarketConfig.preset``):
+
+- ``"default"`` (``DEFAULT_REGIMES``): six regimes with loud fingerprints; a few dozen bars of
+  volatility and volume name the regime.
+- ``"slow"`` (``SLOW_REGIMES``): a market where evidence is slow. Four regimes share volatility and
+  volume level and differ only in drift (bull, bear) and lag-1 autocorrelation (trend, revert), by so
+  little per bar that a 32-bar window cannot tell most of them apart (in a 32-bar window the drift
+  moves the mean return by a third of its standard error), while a belief carried over the hundreds
+  of bars a regime lasts (600 on average) can. It separates a policy that sees one window from one
+  that accumulates evidence; :mod:`.regime_filter` computes what the latter can reach at best.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +58,11 @@ class RegimeSpec:
             )
         if not self.mean_duration >= 1:
             raise ValueError(f"RegimeSpec {self.name!r}: mean_duration={self.mean_duration} must be >= 1 bar")
+
+    @property
+    def innovation_std(self) -> float:
+        """Standard deviation of the AR innovation that gives the returns their stationary `volatility`."""
+        return self.volatility / _innovation_scale(self.ar)
 
 
 # Calibrated so that, at the default cost, each regime's best strategy (by mean PnL) is `favours`,
@@ -97,6 +113,59 @@ DEFAULT_REGIMES: tuple[RegimeSpec, ...] = (
 )
 
 
+# A market where evidence is slow: the regimes share volatility and volume level, so only the drift and the
+# lag-1 autocorrelation of returns tell them apart, a few hundredths of a standard deviation per bar.
+# Calibrated on seeds 0..47 (n_bars 40,000, horizon 8, cost 0.0005; see tests/test_market.py):
+# - the drift: |drift| 0.0005 (0.05 return standard deviations a bar) makes long (short) the bull (bear)
+#   regime's best strategy by 6 bp a trade over the next, vol_target; in 32 bars the drift moves the mean return
+#   by 0.28 of its standard error, in 600 bars by 1.2;
+# - the trend regime's ar 0.3 is the least at which momentum beats breakout, the other trend follower, by more
+#   than noise (by 10 bp a trade in expectation; at ar 0.1-0.2 the two tie and a seed's regime oracle picks
+#   either); revert's -0.12 is enough for mean_reversion (28 bp a trade, every other rule loses);
+# - 600-bar regimes give the filter bound (a Bayesian filter told these parameters, :mod:`.regime_filter`)
+#   about half of the regime oracle's held-out PnL; a filter over the last 32 bars alone gets a fifth of it.
+SLOW_REGIMES: tuple[RegimeSpec, ...] = (
+    RegimeSpec(
+        "bull", drift=0.0005, volatility=0.01, ar=(), mean_duration=600, volume_level=0.0, favours="long"
+    ),
+    RegimeSpec(
+        "bear", drift=-0.0005, volatility=0.01, ar=(), mean_duration=600, volume_level=0.0, favours="short"
+    ),
+    RegimeSpec(
+        "trend",
+        drift=0.0,
+        volatility=0.01,
+        ar=(0.3,),
+        mean_duration=600,
+        volume_level=0.0,
+        favours="momentum",
+    ),
+    RegimeSpec(
+        "revert",
+        drift=0.0,
+        volatility=0.01,
+        ar=(-0.12,),
+        mean_duration=600,
+        volume_level=0.0,
+        favours="mean_reversion",
+    ),
+)
+
+REGIME_PRESETS: dict[str, tuple[RegimeSpec, ...]] = {"default": DEFAULT_REGIMES, "slow": SLOW_REGIMES}
+"""The built-in regime tables, by ``SyntheticMarketConfig.preset``."""
+
+
+class _PresetRegimes(tuple):
+    """A preset's regime table as SyntheticMarketConfig resolved it, as opposed to regimes a caller chose.
+
+    tyro (defaults from an instance) and ``dataclasses.replace`` hand a frozen config's resolved fields back
+    to the constructor; the mark lets a new ``preset`` given with them still choose the table. It compares and
+    hashes as the plain tuple, so configs and their cache keys are unaffected.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class SyntheticMarketConfig:
     """Options of the embedded synthetic market. Frozen (hashable) so that builds can be cached."""
@@ -105,9 +174,14 @@ class SyntheticMarketConfig:
     """Number of OHLCV bars to generate."""
     seed: int = 0
     """Seed of the market itself (independent of the environment's reset seed)."""
+    preset: Literal["default", "slow"] = "default"
+    """The built-in regime table: "default" (six regimes with loud volatility and volume fingerprints) or "slow"
+    (four regimes that differ only in drift and autocorrelation, too weakly for a 32-bar window to tell apart;
+    a belief over the hundreds of bars a regime lasts can)."""
     # A tuple of RegimeSpec is set from Python or a config file, not from flags.
-    regimes: Annotated[tuple[RegimeSpec, ...], tyro.conf.Suppress] = field(default=DEFAULT_REGIMES)
-    """The regimes; the Markov chain leaves regime k with probability 1/mean_duration, to any other uniformly."""
+    regimes: Annotated[tuple[RegimeSpec, ...] | None, tyro.conf.Suppress] = None
+    """The regimes; None = the preset's. The Markov chain leaves regime k with probability 1/mean_duration, to
+    any other uniformly. Always a tuple once constructed (the preset's table when None was given)."""
     start_price: float = 100.0
     """Close of the bar before the first bar."""
     start_date: str = "2000-01-03"
@@ -120,6 +194,25 @@ class SyntheticMarketConfig:
             raise ValueError(f"SyntheticMarketConfig: n_bars={self.n_bars!r} must be an int >= 2")
         if not isinstance(self.seed, int | np.integer):
             raise ValueError(f"SyntheticMarketConfig: seed={self.seed!r} must be an int")
+        if self.preset not in REGIME_PRESETS:
+            raise ValueError(
+                f"SyntheticMarketConfig: preset={self.preset!r}; expected one of {list(REGIME_PRESETS)}"
+            )
+        table = REGIME_PRESETS[self.preset]
+        regimes = self.regimes
+        # None, a table resolved from a preset (handed back by tyro or dataclasses.replace), or the preset's own
+        # table (as a saved config lists it) all mean "the preset's regimes".
+        if (
+            regimes is None
+            or isinstance(regimes, _PresetRegimes)
+            or (isinstance(regimes, tuple) and regimes == table)
+        ):
+            object.__setattr__(self, "regimes", _PresetRegimes(table))
+        elif self.preset != "default":
+            raise ValueError(
+                f"SyntheticMarketConfig: preset={self.preset!r} and explicit regimes conflict; give regimes "
+                "(with preset 'default') or a preset, not both"
+            )
         if not isinstance(self.regimes, tuple) or len(self.regimes) < 2:
             raise ValueError("SyntheticMarketConfig: regimes must be a tuple of at least 2 RegimeSpec")
         if not all(isinstance(r, RegimeSpec) for r in self.regimes):
@@ -166,7 +259,7 @@ def _ar_returns(regime: np.ndarray, regimes: tuple[RegimeSpec, ...], rng: np.ran
     n = regime.shape[0]
     order = max((len(r.ar) for r in regimes), default=0)
     coeffs = [list(r.ar) + [0.0] * (order - len(r.ar)) for r in regimes]
-    scale = [r.volatility / _innovation_scale(r.ar) for r in regimes]
+    scale = [r.innovation_std for r in regimes]
     shocks = rng.standard_normal(n).tolist()
     history = [0.0] * order  # most recent first
     out = np.empty(n)  # (T,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pandas as pd
 import pytest
 from trm_act.envs import (
     DEFAULT_REGIMES,
+    SLOW_REGIMES,
+    STRATEGIES,
     RegimeSpec,
     SyntheticMarketConfig,
     TradeReplayConfig,
@@ -246,6 +250,83 @@ def test_regime_spec_validation():
         RegimeSpec("x", drift=0.0, volatility=0.01, ar=(1.2,), mean_duration=10, volume_level=0.0)
     with pytest.raises(ValueError, match="volatility"):
         RegimeSpec("x", drift=0.0, volatility=0.0, ar=(), mean_duration=10, volume_level=0.0)
+
+
+# --- the slow preset: regimes that differ only in drift and autocorrelation ------------------------------
+
+
+def test_slow_regimes_share_volatility_and_volume_and_differ_in_drift_and_autocorrelation():
+    assert {(r.volatility, r.volume_level) for r in SLOW_REGIMES} == {(0.01, 0.0)}
+    assert len({(r.drift, r.ar) for r in SLOW_REGIMES}) == len(SLOW_REGIMES)
+    assert all(r.mean_duration >= 400 for r in SLOW_REGIMES)
+    frame = generate_synthetic_market(SyntheticMarketConfig(preset="slow"))
+    regime = frame["regime"].to_numpy()[1:]
+    r = np.diff(np.log(frame["close"].to_numpy()))
+    log_volume = np.log(frame["volume"].to_numpy())[1:]
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[-1, regime, -1]) != 0))
+    assert 400 <= runs.mean() <= 800
+    for k, spec in enumerate(SLOW_REGIMES):  # realised: the same volatility and volume, each its own drift/ar
+        mine = r[regime == k]
+        assert mine.std() == pytest.approx(0.01, rel=0.05), spec.name
+        assert log_volume[regime == k].mean() == pytest.approx(log_volume.mean(), abs=0.01), spec.name
+        assert mine.mean() == pytest.approx(spec.drift, abs=0.00025), spec.name
+        lag1 = np.corrcoef(mine[:-1], mine[1:])[0, 1]
+        assert lag1 == pytest.approx(spec.ar[0] if spec.ar else 0.0, abs=0.05), spec.name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_slow_regime_pays_its_favoured_strategy_best(seed):
+    """The regime oracle (best mean PnL per true regime on the train split, default cost and horizon) plays
+    each regime's `favours` strategy."""
+    replay = build_replay(TradeReplayConfig(synthetic=SyntheticMarketConfig(preset="slow", seed=seed)))
+    assert replay.regime_names == ("bull", "bear", "trend", "revert")
+    means = replay.regime_mean_pnl("train")  # (K, 8)
+    assert [STRATEGIES[i] for i in np.argmax(means, axis=1)] == [r.favours for r in SLOW_REGIMES]
+    ranked = np.sort(means, axis=1)
+    assert np.all(ranked[:, -1] - ranked[:, -2] > 0.0003)  # by 3 bp a trade at least (measured >= 3.8)
+
+
+def test_preset_chooses_the_regime_table():
+    slow = SyntheticMarketConfig(preset="slow")
+    assert slow.regimes == SLOW_REGIMES and slow.regime_names == ("bull", "bear", "trend", "revert")
+    assert SyntheticMarketConfig().regimes == DEFAULT_REGIMES
+    custom = SLOW_REGIMES[:2]
+    assert SyntheticMarketConfig(regimes=custom).regimes == custom  # explicit regimes still work
+    listed = SyntheticMarketConfig(preset="slow", regimes=SLOW_REGIMES)  # as a saved config lists them
+    assert listed == slow and hash(listed) == hash(slow)  # the same config, the same cache key
+    # A resolved table handed back (tyro's defaults, dataclasses.replace) does not outvote a new preset.
+    assert dataclasses.replace(SyntheticMarketConfig(), preset="slow") == slow
+    assert dataclasses.replace(slow, preset="default").regimes == DEFAULT_REGIMES
+    with pytest.raises(ValueError, match="preset='slow' and explicit regimes conflict"):
+        SyntheticMarketConfig(preset="slow", regimes=custom)
+    with pytest.raises(ValueError, match="preset='fast'"):
+        SyntheticMarketConfig(preset="fast")
+    a = generate_synthetic_market(SyntheticMarketConfig(preset="slow", n_bars=500))
+    b = generate_synthetic_market(SyntheticMarketConfig(regimes=SLOW_REGIMES, n_bars=500))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_preset_round_trips_through_the_experiment_config_and_the_cli():
+    from trm_act.config import ExperimentConfig
+    from trm_act.train import parse_args
+
+    config = ExperimentConfig(env=TradeReplayConfig(synthetic=SyntheticMarketConfig(preset="slow", seed=4)))
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert saved["env"]["synthetic"]["preset"] == "slow"
+    loaded = ExperimentConfig.from_dict(saved)
+    assert loaded.env.synthetic == config.env.synthetic and loaded.to_dict() == saved
+    # A file naming only the preset, and one saved with regimes listed that a flag then re-presets.
+    assert (
+        ExperimentConfig.from_dict({"env": {"synthetic": {"preset": "slow"}}}).env.synthetic.regimes
+        == SLOW_REGIMES
+    )
+    assert (
+        ExperimentConfig.from_dict({"env": {"synthetic": {"regimes": None}}}).env.synthetic.regimes
+        == DEFAULT_REGIMES
+    )
+    flags = parse_args(["--env.synthetic.preset", "slow"])
+    assert flags.env.synthetic.regimes == SLOW_REGIMES
+    assert parse_args([]).env.synthetic.regimes == DEFAULT_REGIMES
 
 
 # --- hostile CSVs: the loader's only failure is a one-line ValueError naming file, column and row ----------

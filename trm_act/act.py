@@ -151,8 +151,11 @@ class ACTState:
         return self.steps.shape[0]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The carry, steps and minimum steps as tensors (for a checkpoint)."""
-        return {"y": self.carry.y, "z": self.carry.z, "steps": self.steps, "min_steps": self.min_steps}
+        """The carry (with the belief and its proposal in belief mode), steps and minimum steps (for a checkpoint)."""
+        state = {"y": self.carry.y, "z": self.carry.z, "steps": self.steps, "min_steps": self.min_steps}
+        if self.carry.belief is not None:
+            state |= {"belief": self.carry.belief, "proposal": self.carry.proposal}
+        return state
 
     @classmethod
     def from_state_dict(
@@ -160,7 +163,9 @@ class ACTState:
     ) -> ACTState:
         """Inverse of :meth:`state_dict`, on ``device``."""
         return cls(
-            carry=TRMCarry(state["y"].to(device), state["z"].to(device)),
+            carry=TRMCarry(
+                *(state[k].to(device) if k in state else None for k in ("y", "z", "belief", "proposal"))
+            ),
             steps=state["steps"].to(device),
             min_steps=state["min_steps"].to(device),
         )
@@ -179,8 +184,9 @@ def act_step(
 
     Returns ``(output, next_state, halted)``: ``output`` keeps its graph (apply TRMLoss to it);
     ``halted`` (B,) bool marks slots whose sample stopped after this step; in ``next_state`` those
-    slots are already fresh (carry reset, steps = 0, a new minimum step count drawn), so the caller
-    only has to put new observations into them. ``max_steps`` defaults to ``model.config.max_steps``
+    slots are already fresh (y and z reset, steps = 0, a new minimum step count drawn; in belief mode
+    the halting step's proposal becomes the slot's belief), so the caller only has to put the next
+    observation of the slot's stream into them, and to reset the belief where a new episode begins. ``max_steps`` defaults to ``model.config.max_steps``
     and ``exploration_prob`` to ``model.config.halt_exploration_prob`` (0.1).
     """
     max_steps = model.config.max_steps if max_steps is None else max_steps
@@ -195,7 +201,7 @@ def act_step(
     fresh = model.init_carry(b, device=device)
     new_min = draw_min_steps(b, max_steps, exploration_prob, generator=generator, device=device)  # (B,)
     next_state = ACTState(
-        carry=out.carry.reset(halted, fresh),
+        carry=out.carry.advance(halted, fresh),
         steps=torch.where(halted, torch.zeros_like(steps), steps),  # (B,)
         min_steps=torch.where(halted, new_min, state.min_steps),  # (B,)
     )
@@ -216,7 +222,13 @@ class ACTResult:
     """Row-steps evaluated (sum over reasoning steps of the rows run), the cost adaptive mode saves."""
     step_actions: torch.Tensor | None = None
     """(max_steps, B) long, ``adaptive=False`` only: the argmax after each step, so one fixed-depth run
-    also gives the answer of every shallower fixed depth (does each extra step pay?)."""
+    also gives the answer of every shallower fixed depth (does each extra step pay?). In belief mode a
+    shallower depth would also have carried another belief, so these answer this decision only."""
+    belief: torch.Tensor | None = None
+    """(B, D) belief mode only: the belief after this decision (the proposal of the step each sample
+    halted at), to pass as ``belief`` with the next decision of the same stream."""
+    halt_logits: torch.Tensor | None = None
+    """(B,) float32: the halt logit at the step each sample halted."""
 
 
 @torch.no_grad()
@@ -225,6 +237,7 @@ def act_predict(
     obs: torch.Tensor,
     max_steps: int | None = None,
     adaptive: bool = True,
+    belief: torch.Tensor | None = None,
 ) -> ACTResult:
     """Run each sample until it halts (``adaptive=True``) or every sample for ``max_steps`` steps.
 
@@ -233,6 +246,10 @@ def act_predict(
     follows the mean step count. ``adaptive=False`` is what TRM and HRM do at evaluation: all rows
     run to ``max_steps`` and the last step's logits are used. The model is put in eval mode for the
     call and its previous mode restored.
+
+    ``belief`` (B, D), for a model with ``carry="belief"``: each sample's belief before this decision
+    (None = the initial belief, as at the start of a stream); ``ACTResult.belief`` is the belief after it.
+    Walking a stream is ``r = act_predict(m, obs_t, belief=r.belief)`` decision after decision.
     """
     max_steps = model.config.max_steps if max_steps is None else max_steps
     _check_max_steps(max_steps)
@@ -242,6 +259,14 @@ def act_predict(
         b = obs.shape[0]
         x = model.encode(obs)  # (B, W, D): encoded once, the input is the same at every step
         carry = model.init_carry(b, device=x.device)
+        if belief is not None:
+            if carry.belief is None:
+                raise ValueError("belief was given but the model has no belief (TRMConfig.carry='fresh').")
+            if belief.shape != carry.belief.shape:
+                raise ValueError(
+                    f"belief must have shape {tuple(carry.belief.shape)} (batch, d_model), got {tuple(belief.shape)}."
+                )
+            carry = carry.with_belief(belief.to(carry.belief))
         if not adaptive:
             step_actions = []
             for _ in range(max_steps):
@@ -256,9 +281,13 @@ def act_predict(
                 logits,
                 row_steps=b * max_steps,
                 step_actions=torch.stack(step_actions),
+                belief=carry.proposal,
+                halt_logits=out.halt_logits,
             )
 
         logits = torch.zeros(b, model.config.num_classes, device=x.device)  # (B, C) filled as rows halt
+        halt_logits = torch.zeros(b, device=x.device)  # (B,)
+        beliefs = None if carry.belief is None else torch.empty_like(carry.belief)  # (B, D)
         steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
         active = torch.arange(b, device=x.device)  # (A,) original row of each active row
         row_steps = 0
@@ -269,6 +298,9 @@ def act_predict(
             halted = halt_rule(out.halt_logits, step_count, max_steps)  # (A,)
             rows = active[halted]  # (H,) original rows that stop now
             logits[rows] = out.task_logits[halted]
+            halt_logits[rows] = out.halt_logits[halted]
+            if beliefs is not None:
+                beliefs[rows] = out.carry.proposal[halted]
             steps[rows] = s
             keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
             if keep.numel() == 0:
@@ -277,6 +309,8 @@ def act_predict(
                 active, x, carry = active[keep], x[keep], out.carry.select(keep)
             else:
                 carry = out.carry
-        return ACTResult(logits.argmax(-1), steps, logits, row_steps=row_steps)
+        return ACTResult(
+            logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
+        )
     finally:
         model.train(was_training)

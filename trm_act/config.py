@@ -62,8 +62,13 @@ class TrainConfig:
     """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."""
     seed: int = 0
     """Seed for weights, environment starts and halting exploration."""
-    train_stride: int = 1
-    """Bars between training decision points (evaluation always uses env.stride, a true backtest)."""
+    train_stride: int | None = None
+    """Bars between training decision points; None = 1 with a fresh carry, env.stride with a belief (a belief
+    learns the cadence it is updated at, so it trains at the one evaluation walks). Evaluation always uses
+    env.stride, a true backtest."""
+    eval_burn_in: int = 64
+    """Belief mode: decisions each chunk of the time-ordered evaluation walk replays, unscored, before the
+    decisions it scores (chunks run in parallel; the burn-in lets each chunk's belief forget its start)."""
     eval_every: int | None = None
     """Evaluate on the held-out split every N steps (0 = only at the end; None = steps // 4, so a run draws
     4 points per eval chart; an evaluation of the 999 test decisions takes well under a second)."""
@@ -83,9 +88,11 @@ class TrainConfig:
         positive = ("steps", "batch_size", "train_stride", "checkpoint_every", "log_every", "eval_batch_size")
         for name in positive:
             value = getattr(self, name)
+            if name == "train_stride" and value is None:
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"train.{name} must be a positive int; got {value!r}.")
-        for name in ("warmup_steps", "eval_every"):
+        for name in ("warmup_steps", "eval_every", "eval_burn_in"):
             value = getattr(self, name)
             if name == "eval_every" and value is None:
                 continue
@@ -185,6 +192,13 @@ class ExperimentConfig:
         derived = {"window": self.env.window, "n_features": N_FEATURES, "num_classes": len(STRATEGIES)}
         if any(getattr(self.model, name) != value for name, value in derived.items()):
             self.model = dataclasses.replace(self.model, **derived)
+
+    @property
+    def train_stride(self) -> int:
+        """Bars between training decisions: ``train.train_stride``, or its default for the model's carry."""
+        if self.train.train_stride is not None:
+            return self.train.train_stride
+        return self.env.effective_stride if self.model.carry == "belief" else 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain sections without the derived fields (they follow from the others)."""

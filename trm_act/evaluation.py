@@ -68,28 +68,51 @@ def baseline_actions(replay: ReplayData, test_idx: np.ndarray, seed: int) -> dic
     }
     if replay.regimes is not None:
         actions["regime_oracle"] = replay.regime_oracle_actions("train")[test_idx]
+        # The regime oracle with the regime inferred causally (a Bayesian filter told the true parameters).
+        actions["filter_bound"] = replay.filter_bound_actions("train")[test_idx]
     return actions
 
 
-class ObservationWindows:
-    """The (N, W, F) observations of decisions ``indices``, built slice by slice on demand.
+class Walk(NamedTuple):
+    """How evaluation walks N decisions: contiguous chunks of each instrument's stream, run in lockstep.
 
-    Evaluation slices it one batch at a time, so it never holds every window of the split at once (for the
-    25,000 test decisions of bench memory's 2,000,000-bar CSV that would be 32 MB, against a 1.5 GiB bar).
+    ``order`` (N,) lists the decisions stream by stream (one instrument's decisions in time order); chunk c
+    covers ``order[begin[c] : end[c]]`` and first replays, unscored, the ``burn[c]`` decisions before
+    ``begin[c]`` of its own stream (so its belief has forgotten where it started). With a fresh carry every
+    decision is a chunk of its own (no state crosses decisions), which makes a lockstep batch a plain batch.
     """
 
-    def __init__(self, replay: ReplayData, indices: np.ndarray) -> None:
-        self.replay, self.indices = replay, indices
+    order: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    burn: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.indices)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        return self.replay.observations(self.indices[rows])  # (b, W, F) float32
+def plan_walk(streams: np.ndarray, chunk: int, burn_in: int) -> Walk:
+    """Cut the decisions into chunks of at most ``chunk`` decisions, each with up to ``burn_in`` decisions of
+    burn-in from its own stream. ``streams`` (N,) names each decision's stream (e.g. its instrument);
+    decisions of one stream are taken in the order given."""
+    order = np.argsort(streams, kind="stable")  # (N,) stream by stream, time order within a stream
+    sorted_streams = streams[order]
+    stream_start = np.flatnonzero(np.r_[True, sorted_streams[1:] != sorted_streams[:-1]])  # (S,)
+    stream_end = np.r_[stream_start[1:], len(order)]  # (S,)
+    begins, ends, burns = [], [], []
+    for lo, hi in zip(stream_start.tolist(), stream_end.tolist(), strict=True):
+        b = np.arange(lo, hi, chunk)  # (C_s,) first scored decision of each chunk
+        begins.append(b)
+        ends.append(np.minimum(b + chunk, hi))
+        burns.append(np.minimum(b - lo, burn_in))
+    return Walk(order, np.concatenate(begins), np.concatenate(ends), np.concatenate(burns))
+
+
+def walk_chunk(n: int, batch_size: int, burn_in: int) -> int:
+    """Decisions per chunk: enough chunks to fill a batch of ``batch_size`` rows, but at least 2 x ``burn_in``
+    decisions each, so the replayed burn-in adds at most half again to the rows run."""
+    return max(-(-n // batch_size), 2 * burn_in, 1)
 
 
 class Prediction(NamedTuple):
-    """ACT inference over N observations."""
+    """ACT inference over N decisions."""
 
     actions: np.ndarray
     """(N,) chosen strategy."""
@@ -98,42 +121,67 @@ class Prediction(NamedTuple):
     seconds: float
     """Wall time of the forward passes."""
     step_actions: np.ndarray | None
-    """(max_steps, N) the answer after each step (fixed depth only, else None)."""
+    """(max_steps, N) the answer after each step (fixed depth with a fresh carry only, else None)."""
 
 
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
-    observations: np.ndarray | ObservationWindows,
+    replay: ReplayData,
+    indices: np.ndarray,
     *,
     max_steps: int,
     adaptive: bool,
     batch_size: int,
     device: torch.device,
     bf16: bool = False,
+    burn_in: int = 0,
 ) -> Prediction:
-    """ACT inference over ``observations`` (N, W, F), in chunks of ``batch_size`` rows."""
-    actions, steps, step_actions = [], [], []
+    """ACT inference on decisions ``indices`` (N,) of ``replay``, walked in time order per instrument.
+
+    A model with a belief (``model.has_belief``) carries it from each decision to the next of the same
+    instrument. To keep that fast, each instrument's decisions are cut into about ``batch_size`` contiguous
+    chunks that run side by side, each starting ``burn_in`` decisions early from the initial belief; the
+    burn-in decisions are not scored. Observations are built one lockstep batch at a time, never the whole
+    split's (N, W, F) at once. Returns the answers in the order of ``indices``.
+    """
+    n = len(indices)
+    has_belief = bool(getattr(model, "has_belief", False))
+    streams = replay.symbol_index[indices] if has_belief else np.arange(n)  # (N,)
+    chunk, burn_in = (walk_chunk(n, batch_size, burn_in), burn_in) if has_belief else (1, 0)
+    walk = plan_walk(streams, chunk, burn_in)
+    actions = np.zeros(n, dtype=np.int64)
+    steps = np.zeros(n, dtype=np.int64)
+    step_actions = None if has_belief or adaptive else np.zeros((max_steps, n), dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     seconds = 0.0
-    for begin in range(0, len(observations), batch_size):
-        chunk = torch.from_numpy(observations[begin : begin + batch_size]).to(device)  # (b, W, F)
-        _sync(device)
-        start = time.perf_counter()  # time the model only, not building the batch
-        with autocast:
-            result = act_predict(model, chunk, max_steps=max_steps, adaptive=adaptive)
-        _sync(device)
-        seconds += time.perf_counter() - start
-        actions.append(result.actions)
-        steps.append(result.steps)
-        if result.step_actions is not None:
-            step_actions.append(result.step_actions)
-    return Prediction(
-        torch.cat(actions).cpu().numpy(),
-        torch.cat(steps).cpu().numpy(),
-        seconds,
-        torch.cat(step_actions, dim=1).cpu().numpy() if step_actions else None,
-    )
+    for group in range(0, len(walk.begin), batch_size):
+        begin, end = walk.begin[group : group + batch_size], walk.end[group : group + batch_size]  # (G,)
+        first = begin - walk.burn[group : group + batch_size]  # (G,) where each chunk starts walking
+        rows = np.arange(len(begin))  # (A,) chunks still walking
+        belief = None  # (A, D) each walking chunk's belief; None = the initial one
+        for p in range(int((end - first).max())):
+            alive = first[rows] + p < end[rows]  # (A,) a chunk that has ended never walks again
+            if not alive.all():
+                rows = rows[alive]
+                if belief is not None:
+                    belief = belief[torch.from_numpy(alive).to(device)]
+            pos = first[rows] + p  # (A,) positions in walk.order
+            at = walk.order[pos]  # (A,) positions in indices
+            obs = torch.from_numpy(replay.observations(indices[at])).to(device)  # (A, W, F)
+            _sync(device)
+            start = time.perf_counter()  # time the model only, not building the batch
+            with autocast:
+                result = act_predict(model, obs, max_steps=max_steps, adaptive=adaptive, belief=belief)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            belief = result.belief
+            scored = pos >= begin[rows]  # (A,) burn-in answers belong to the chunk before
+            actions[at[scored]] = result.actions.cpu().numpy()[scored]
+            steps[at[scored]] = result.steps.cpu().numpy()[scored]
+            if step_actions is not None:
+                step_actions[:, at[scored]] = result.step_actions.cpu().numpy()[:, scored]
+    return Prediction(actions, steps, seconds, step_actions)
 
 
 def _sync(device: torch.device) -> None:
@@ -189,16 +237,18 @@ def evaluate(
     bf16: bool = False,
     seed: int = 0,
     split: str = "test",
+    burn_in: int = 64,
 ) -> EvalReport:
     """Score the model (adaptive and fixed max steps) and every baseline on ``split`` (default: held out).
 
     ``split="all"`` scores a whole market the model never saw (e.g. a synthetic market of another seed).
+    A model with a belief walks each instrument's decisions in time order (see :func:`predict`;
+    ``burn_in`` decisions per parallel chunk).
     """
     test_idx = replay.split_indices(split)
     if replay.n_symbols > 1:  # pool the instruments' decisions in time order: one calendar equity curve
         times = replay.timestamps[replay.decision_bars[test_idx]].asi8  # (N,)
         test_idx = test_idx[np.argsort(times, kind="stable")]
-    observations = ObservationWindows(replay, test_idx)  # (N, W, F), built one batch at a time
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
     periods = replay.bars_per_year / replay.stride
@@ -207,13 +257,18 @@ def evaluate(
     def score(actions: np.ndarray) -> dict[str, float]:
         return trading_metrics(pnl_matrix[rows, actions], actions, labels, periods)
 
-    predict_args = {"max_steps": max_steps, "batch_size": batch_size, "device": device, "bf16": bf16}
+    walk_args = {"batch_size": batch_size, "device": device, "bf16": bf16, "burn_in": burn_in}
     adaptive_actions, adaptive_steps, adaptive_s, _ = predict(
-        model, observations, adaptive=True, **predict_args
+        model, replay, test_idx, max_steps=max_steps, adaptive=True, **walk_args
     )
     fixed_actions, fixed_steps, fixed_s, step_actions = predict(
-        model, observations, adaptive=False, **predict_args
+        model, replay, test_idx, max_steps=max_steps, adaptive=False, **walk_args
     )
+    if step_actions is None:  # a belief carried at depth k differs from depth max_steps': walk each depth
+        step_actions = [
+            predict(model, replay, test_idx, max_steps=k, adaptive=False, **walk_args).actions
+            for k in range(1, max_steps)
+        ] + [fixed_actions]
 
     model_metrics: dict[str, Any] = score(adaptive_actions)
     model_metrics |= {

@@ -17,6 +17,8 @@ under bf16 autocast and on any device. This module imports only torch.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -129,12 +131,16 @@ def _check_threshold(confidence_threshold: float) -> None:
         )
 
 
-HALT_TARGETS = ("correct", "profitable")
-
-
 def _check_halt_target(target: str) -> None:
     if target not in HALT_TARGETS:
-        raise ValueError(f"halt_target must be one of {HALT_TARGETS}; got {target!r}.")
+        raise ValueError(f"halt_target must be one of {list(HALT_TARGETS)}; got {target!r}.")
+
+
+def _check_step_cost(step_cost: float) -> None:
+    if not (isinstance(step_cost, (int, float)) and math.isfinite(step_cost) and step_cost >= 0):
+        raise ValueError(
+            f"halt_step_cost must be a finite float >= 0 (PnL, fraction of capital); got {step_cost!r}."
+        )
 
 
 def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -> Tensor:
@@ -148,6 +154,30 @@ def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -
 # ----------------------------------------------------------------------------- targets and weights
 
 
+def _need(value: Tensor | None, name: str, target: str, what: str) -> Tensor:
+    if value is None:
+        raise ValueError(f'halt_target(target="{target}") needs {name}, {what}.')
+    return value.detach()
+
+
+def _good_if_correct(prediction: Tensor, labels: Tensor, pnl: Tensor | None, next_pnl: Tensor | None) -> Tensor:
+    return prediction == labels  # (B,) the seed's rule
+
+
+def _good_if_profitable(prediction: Tensor, labels: Tensor, pnl: Tensor | None, next_pnl: Tensor | None) -> Tensor:
+    return _need(pnl, "pnl", "profitable", "the (B,) PnL of each answer") >= 0  # (B,)
+
+
+# The halt targets, by name: what makes a step's answer good enough to stop on. "correct" and "profitable"
+# also ask for confidence (max probability > confidence_threshold); "priced" asks whether one more step
+# would earn more than it costs, which confidence does not enter.
+HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None, Tensor | None], Tensor] | None] = {
+    "correct": _good_if_correct,
+    "profitable": _good_if_profitable,
+    "priced": None,
+}
+
+
 @torch.no_grad()
 def halt_target(
     task_logits: Tensor,
@@ -156,20 +186,28 @@ def halt_target(
     *,
     target: str = "correct",
     pnl: Tensor | None = None,
+    next_pnl: Tensor | None = None,
+    step_cost: float = 0.0,
 ) -> Tensor:
-    """1.0 where the step's answer is confident (max prob > threshold) and good, else 0.0; (B,) float32.
+    """The halt head's target for one reasoning step, (B,) float32 in {0, 1}, without gradient.
 
-    Good means ``target="correct"`` (the seed's rule): argmax == label; ``target="profitable"``: the
-    answer's realized ``pnl`` (B,) is >= 0, i.e. the chosen strategy did not lose money.
+    - ``"correct"`` (the seed's rule): 1 where the answer is confident (max prob > threshold) and
+      argmax == label.
+    - ``"profitable"``: confident and the answer's realized ``pnl`` (B,) is >= 0 (did not lose money).
+    - ``"priced"``: halting that prices computation. 1 where one more reasoning step would not add more than
+      ``step_cost`` of realized PnL: ``next_pnl - pnl <= step_cost``, with ``next_pnl`` (B,) the realized PnL
+      of the next step's answer (the trainer looks one step ahead without gradient, as HRM's Q-learning
+      does for its continue target; at the step cap it passes ``next_pnl = pnl``). A one-step-ahead
+      (myopic) value: it asks whether the next step pays, not whether some later one would.
     """
+    _check_halt_target(target)
+    if target == "priced":
+        now = _need(pnl, "pnl", target, "the (B,) realized PnL of each answer")
+        later = _need(next_pnl, "next_pnl", target, "the (B,) realized PnL of the next step's answer")
+        return (later - now <= step_cost).float()  # (B,)
     probs = torch.softmax(task_logits.detach().float(), dim=-1)  # (B, C)
     confidence, prediction = probs.max(dim=-1)  # (B,), (B,)
-    if target == "profitable":
-        if pnl is None:
-            raise ValueError('halt_target(target="profitable") needs pnl, the (B,) PnL of each answer.')
-        good = pnl.detach() >= 0  # (B,)
-    else:
-        good = prediction == labels  # (B,)
+    good = HALT_TARGETS[target](prediction, labels, pnl, next_pnl)  # (B,)
     return ((confidence > confidence_threshold) & good).float()
 
 
@@ -218,11 +256,13 @@ def compute_halt_loss(
     *,
     target: str = "correct",
     pnl: Tensor | None = None,
+    next_pnl: Tensor | None = None,
+    step_cost: float = 0.0,
 ) -> Tensor:
     """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
 
-    ``halt_logits`` may be (B,) or (B, 1). ``target="profitable"`` (with ``pnl``) uses "confident and
-    not losing" instead (see :func:`halt_target`).
+    ``halt_logits`` may be (B,) or (B, 1). ``target`` names another target of ``HALT_TARGETS``
+    ("profitable" needs ``pnl``, "priced" ``pnl`` and ``next_pnl``; see :func:`halt_target`).
     """
     _check_reduction(reduction)
     _check_threshold(confidence_threshold)
@@ -230,9 +270,14 @@ def compute_halt_loss(
     batch, width = _check_logits(task_logits)
     labels = _check_labels(labels, batch, width)
     _check_halt_logits(halt_logits, batch)
-    if target == "profitable":
+    _check_step_cost(step_cost)
+    if target in ("profitable", "priced"):
         _check_pnl(pnl, batch)
-    return _halt_loss(task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl)
+    if target == "priced":
+        _check_pnl(next_pnl, batch, "next_pnl")
+    return _halt_loss(
+        task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl, next_pnl, step_cost
+    )
 
 
 def _halt_loss(
@@ -243,8 +288,12 @@ def _halt_loss(
     reduction: str,
     target_kind: str = "correct",
     pnl: Tensor | None = None,
+    next_pnl: Tensor | None = None,
+    step_cost: float = 0.0,
 ) -> Tensor:
-    target = halt_target(task_logits, labels, confidence_threshold, target=target_kind, pnl=pnl)  # (B,)
+    target = halt_target(
+        task_logits, labels, confidence_threshold, target=target_kind, pnl=pnl, next_pnl=next_pnl, step_cost=step_cost
+    )  # (B,)
     flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
     return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
 
@@ -363,9 +412,12 @@ class LossConfig:
     """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; see README for the comparison)."""
     confidence_threshold: float = 0.7
     """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
-    halt_target: Literal["correct", "profitable"] = "correct"
-    """What a good answer is for the halt target: "correct" (argmax == hindsight label; the seed's rule) or
-    "profitable" (the answer's realized PnL >= 0, which noisy labels cannot make unreachable)."""
+    halt_target: Literal["correct", "profitable", "priced"] = "correct"
+    """When the halt head should fire (HALT_TARGETS): "correct" (confident and argmax == hindsight label; the
+    seed's rule), "profitable" (confident and the answer's realized PnL >= 0, which noisy labels cannot make
+    unreachable) or "priced" (one more reasoning step would not add more than halt_step_cost of realized PnL)."""
+    halt_step_cost: float = 0.0
+    """PnL (fraction of capital) one more reasoning step must add to be worth taking (halt_target="priced")."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
@@ -378,6 +430,7 @@ class LossConfig:
                 raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
         _check_threshold(self.confidence_threshold)
         _check_halt_target(self.halt_target)
+        _check_step_cost(self.halt_step_cost)
         _check_pnl_scale(self.pnl_scale)
 
 
@@ -392,7 +445,10 @@ class TRMLoss(nn.Module):
         pnl_scale: PnL (fraction of capital) that sets the profit-weight scale, ``1 - tanh(pnl / pnl_scale)``.
         num_classes: number of strategies (logit width).
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
-        halt_target: "correct" (the seed's rule: argmax == label) or "profitable" (the answer's pnl >= 0).
+        halt_target: one of HALT_TARGETS: "correct" (the seed's rule: confident and argmax == label),
+            "profitable" (confident and the answer's pnl >= 0) or "priced" (the next step would not add more
+            than ``halt_step_cost`` of PnL; needs ``next_pnl`` in forward).
+        halt_step_cost: PnL one more reasoning step must add to be worth taking (``halt_target="priced"``).
         validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
             of a value costs a device-to-host sync; a training loop that builds its inputs itself turns it off.
 
@@ -410,6 +466,7 @@ class TRMLoss(nn.Module):
         lambda_reward: float = LossConfig.lambda_reward,
         validate: bool = True,
         halt_target: str = LossConfig.halt_target,
+        halt_step_cost: float = LossConfig.halt_step_cost,
     ) -> None:
         super().__init__()
         config = LossConfig(  # validates the ranges
@@ -419,6 +476,7 @@ class TRMLoss(nn.Module):
             confidence_threshold=confidence_threshold,
             pnl_scale=pnl_scale,
             halt_target=halt_target,
+            halt_step_cost=halt_step_cost,
         )
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
@@ -431,6 +489,7 @@ class TRMLoss(nn.Module):
         self.lambda_reward = float(config.lambda_reward)
         self.confidence_threshold = float(config.confidence_threshold)
         self.halt_target = config.halt_target
+        self.halt_step_cost = float(config.halt_step_cost)
         self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
         self.validate = bool(validate)
@@ -453,6 +512,7 @@ class TRMLoss(nn.Module):
             lambda_reward=config.lambda_reward,
             confidence_threshold=config.confidence_threshold,
             halt_target=config.halt_target,
+            halt_step_cost=config.halt_step_cost,
             pnl_scale=config.pnl_scale,
             class_weights=class_weights,
             num_classes=num_classes,
@@ -467,12 +527,19 @@ class TRMLoss(nn.Module):
         pnl: Tensor,
         return_components: bool = False,
         strategy_pnl: Tensor | None = None,
+        next_pnl: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor | float]:
         """Total loss for one reasoning step, or a dict of its components.
 
         Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
-        of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional).
+        of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional), next_pnl (B,)
+        the realized PnL of the next reasoning step's answer (``halt_target="priced"`` only).
         """
+        if self.halt_target == "priced" and next_pnl is None:
+            raise ValueError(
+                "next_pnl is required when halt_target='priced': pass the (B,) realized PnL of the next reasoning "
+                "step's answer (the trainer looks one step ahead), or choose another halt_target."
+            )
         if self.lambda_reward > 0 and strategy_pnl is None:
             raise ValueError(
                 f"strategy_pnl is required when lambda_reward > 0 (got lambda_reward={self.lambda_reward}); "
@@ -483,11 +550,12 @@ class TRMLoss(nn.Module):
             labels = _check_labels(labels, batch, self.num_classes)
             _check_halt_logits(halt_logits, batch)
             _check_pnl(pnl, batch)
+            if next_pnl is not None:
+                _check_pnl(next_pnl, batch, "next_pnl")
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
-        halt_loss = _halt_loss(
-            task_logits, halt_logits, labels, self.confidence_threshold, "mean", self.halt_target, pnl
-        )
+        halt_args = (self.confidence_threshold, "mean", self.halt_target, pnl, next_pnl, self.halt_step_cost)
+        halt_loss = _halt_loss(task_logits, halt_logits, labels, *halt_args)
         profit_loss = _profit_weighted_loss(
             task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
@@ -503,7 +571,13 @@ class TRMLoss(nn.Module):
         with torch.no_grad():
             task_loss = _task_loss(task_logits, labels, self.class_weights, "mean")
             target_rate = halt_target(
-                task_logits, labels, self.confidence_threshold, target=self.halt_target, pnl=pnl
+                task_logits,
+                labels,
+                self.confidence_threshold,
+                target=self.halt_target,
+                pnl=pnl,
+                next_pnl=next_pnl,
+                step_cost=self.halt_step_cost,
             ).mean()
         components: dict[str, Tensor | float] = {
             "total_loss": total,
@@ -524,6 +598,6 @@ class TRMLoss(nn.Module):
         return (
             f"lambda_halt={self.lambda_halt}, lambda_profit={self.lambda_profit}, "
             f"lambda_reward={self.lambda_reward}, confidence_threshold={self.confidence_threshold}, "
-            f"halt_target={self.halt_target!r}, "
+            f"halt_target={self.halt_target!r}, halt_step_cost={self.halt_step_cost}, "
             f"pnl_scale={self.pnl_scale}, num_classes={self.num_classes}, class_weights={weights}"
         )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
-__all__ = ["MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+__all__ = ["CARRIES", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
 
 
 def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -86,6 +86,9 @@ POOLINGS = ("mean", "last")
 
 # Where each block normalises (TRMConfig.norm).
 NORMS = ("post", "pre")
+
+# What survives from one decision to the next (TRMConfig.carry).
+CARRIES = ("fresh", "belief")
 
 
 class SwiGLU(nn.Module):
@@ -163,6 +166,11 @@ class TRMConfig:
     """Fraction of new training samples that draw a minimum step count in [2, max_steps]."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
+    carry: Literal["fresh", "belief"] = "fresh"
+    """What survives from one decision to the next: "fresh" (every decision starts from the initial y and z and
+    sees only its window) or "belief" (a belief vector persists across the decisions of one episode and
+    instrument: every reasoning step reads it into the tokens and proposes a revision of it from its answer,
+    and the proposal of the step that halts becomes the next decision's belief)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -202,6 +210,10 @@ class TRMConfig:
             raise ValueError(
                 f"TRMConfig.norm={self.norm!r} is not a known placement; choose one of {list(NORMS)}."
             )
+        if self.carry not in CARRIES:
+            raise ValueError(
+                f"TRMConfig.carry={self.carry!r} is not a known carry; choose one of {list(CARRIES)}."
+            )
         if self.pool not in POOLINGS:
             raise ValueError(
                 f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}."
@@ -233,34 +245,62 @@ class TRMConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _rows_where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Rows of ``new`` where ``mask`` (B,) is True, of ``old`` elsewhere (torch.where, no host sync)."""
+    m = mask.view(-1, *([1] * (old.dim() - 1)))  # (B, 1, ...) broadcast over the row's trailing dims
+    return torch.where(m, new.to(old.dtype), old)
+
+
 @dataclass
 class TRMCarry:
-    """What one reasoning step hands to the next: answer y and latent z, each (B, window, d_model)."""
+    """What one reasoning step hands to the next.
+
+    ``y`` and ``z`` (B, window, d_model) are the answer and latent of the current decision. With
+    ``TRMConfig.carry="belief"``, ``belief`` (B, d_model) is what the model believed when this decision
+    began (constant over its reasoning steps) and ``proposal`` (B, d_model) the revision the last step
+    proposes; when the decision halts, the proposal becomes the next decision's belief (:meth:`advance`).
+    Both are None with ``carry="fresh"``.
+    """
 
     y: torch.Tensor
     z: torch.Tensor
+    belief: torch.Tensor | None = None
+    proposal: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.y.shape[0]
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TRMCarry:
+        return TRMCarry(*(None if t is None else fn(t) for t in (self.y, self.z, self.belief, self.proposal)))
+
     def select(self, index: torch.Tensor) -> TRMCarry:
         """Rows ``index`` (long indices or a (B,) bool mask): used by adaptive inference to compact."""
-        return TRMCarry(self.y[index], self.z[index])
+        return self._map(lambda t: t[index])
 
     def reset(self, mask: torch.Tensor, fresh: TRMCarry) -> TRMCarry:
-        """Rows where ``mask`` (B,) is True come from ``fresh``, the others stay (torch.where, no sync)."""
-        m = mask.view(-1, 1, 1)  # (B, 1, 1)
-        return TRMCarry(
-            torch.where(m, fresh.y.to(self.y.dtype), self.y),  # (B, W, D)
-            torch.where(m, fresh.z.to(self.z.dtype), self.z),  # (B, W, D)
-        )
+        """Rows where ``mask`` (B,) is True come from ``fresh`` entirely (belief included: a new episode)."""
+        parts = (self.y, self.z, self.belief, self.proposal)
+        new = (fresh.y, fresh.z, fresh.belief, fresh.proposal)
+        return TRMCarry(*(None if o is None else _rows_where(mask, n, o) for o, n in zip(parts, new, strict=True)))
+
+    def advance(self, mask: torch.Tensor, fresh: TRMCarry) -> TRMCarry:
+        """Rows where ``mask`` (B,) is True finished their decision and start the next one of the same
+        stream: y and z come from ``fresh``, the belief becomes the proposal of the step that halted."""
+        y, z = _rows_where(mask, fresh.y, self.y), _rows_where(mask, fresh.z, self.z)  # (B, W, D)
+        if self.belief is None:
+            return TRMCarry(y, z)
+        return TRMCarry(y, z, _rows_where(mask, self.proposal, self.belief), self.proposal)  # (B, D)
+
+    def with_belief(self, belief: torch.Tensor) -> TRMCarry:
+        """The same carry with the decision's belief (B, D) replaced (``act_predict``'s explicit belief in)."""
+        return TRMCarry(self.y, self.z, belief, belief)
 
     def detach(self) -> TRMCarry:
-        return TRMCarry(self.y.detach(), self.z.detach())
+        return self._map(torch.Tensor.detach)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TRMCarry:
-        return TRMCarry(self.y.to(device=device, dtype=dtype), self.z.to(device=device, dtype=dtype))
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
 
 
 class StepOutput(NamedTuple):
@@ -277,6 +317,17 @@ class RecurrentTRM(nn.Module):
     obs (B, window, n_features) -> tokens x (B, W, D) (a linear encoder per bar plus learned positions),
     then n_cycles cycles of [n_latent x ``z = net(x + y + z)``, ``y = net(y + z)``] with one shared
     ``net``; heads read y pooled over the window.
+
+    With ``carry="belief"`` a belief vector b (B, D) persists across decisions, in the spirit of the
+    Recurrent Memory Transformer's memory carried across segments (Bulatov et al. 2022) but one vector,
+    not tokens: a market's state is a few numbers (which regime, how sure), and a vector read into every
+    token costs one (B, D) add. Each step reads b into the tokens (``x + read(b)``), proposes a revision
+    ``b' = GRUCell(pooled y, b)`` and its heads read ``pooled y + b'``. Within a decision b stays fixed, so
+    more reasoning steps refine how this window is read against the belief rather than counting the same
+    bars twice; the proposal of the halting step becomes the next decision's belief. The belief is
+    detached between decisions like the rest of the carry (truncated backpropagation of one decision):
+    the revision is trained to serve the decision at hand, and what serves it (a running summary of the
+    regime) is what the next decision needs too.
     """
 
     def __init__(self, config: TRMConfig) -> None:
@@ -296,6 +347,17 @@ class RecurrentTRM(nn.Module):
         # batch and window; buffers so that they travel with the checkpoint and the device.
         self.register_buffer("y_init", nn.init.trunc_normal_(torch.empty(d), std=1.0, a=-2.0, b=2.0))
         self.register_buffer("z_init", nn.init.trunc_normal_(torch.empty(d), std=1.0, a=-2.0, b=2.0))
+        # Belief modules exist only in belief mode, so a fresh model's state_dict is what it always was.
+        self.belief_read = self.belief_write = None
+        if config.carry == "belief":
+            self.belief_read = nn.Linear(d, d, bias=False)
+            self.belief_write = nn.GRUCell(d, d)
+            self.register_buffer("belief_init", torch.zeros(d))  # no evidence yet
+
+    @property
+    def has_belief(self) -> bool:
+        """True when a belief persists across decisions (``config.carry == "belief"``)."""
+        return self.belief_write is not None
 
     def init_carry(self, batch_size: int, device: torch.device | str | None = None) -> TRMCarry:
         """Fresh carry for ``batch_size`` samples, on ``device`` (default: the model's device)."""
@@ -304,7 +366,10 @@ class RecurrentTRM(nn.Module):
         shape = (batch_size, self.config.window, self.config.d_model)
         y = self.y_init.to(device).expand(shape)  # (B, W, D), a broadcast view: no copy
         z = self.z_init.to(device).expand(shape)  # (B, W, D)
-        return TRMCarry(y, z)
+        if not self.has_belief:
+            return TRMCarry(y, z)
+        belief = self.belief_init.to(device).expand(batch_size, self.config.d_model)  # (B, D)
+        return TRMCarry(y, z, belief, belief)
 
     def net_forward(self, h: torch.Tensor) -> torch.Tensor:
         """The shared network: n_layers post-norm blocks, (B, W, D) -> (B, W, D)."""
@@ -339,6 +404,10 @@ class RecurrentTRM(nn.Module):
                 f"carry shapes y={tuple(carry.y.shape)}, z={tuple(carry.z.shape)} must equal the tokens' "
                 f"{tuple(x.shape)}; build it with model.init_carry(batch_size)."
             )
+        if self.has_belief:
+            if carry.belief is None:
+                raise ValueError("this model carries a belief (carry='belief'); build the carry with model.init_carry.")
+            x = x + self.belief_read(carry.belief.to(x.dtype))[:, None, :]  # (B, W, D) the belief reaches every bar
         y, z = carry.y, carry.z
         # TRM deep recursion: T-1 cycles only move the state (no graph, no saved activations) ...
         with torch.no_grad():
@@ -349,13 +418,16 @@ class RecurrentTRM(nn.Module):
         pooled = self.pool(y)  # (B, D)
         if self.config.norm == "pre":  # pre-norm states grow with every update: hand on unit-RMS ones
             y, z = _rms_norm(y), _rms_norm(z)
+        proposal = None
+        if self.has_belief:
+            proposal = self.belief_write(pooled.float(), carry.belief.float())  # (B, D) revised belief
+            pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype
-        return StepOutput(
-            task_logits, halt_logits, TRMCarry(y.detach().to(carry_dtype), z.detach().to(carry_dtype))
-        )
+        next_carry = TRMCarry(y, z) if proposal is None else TRMCarry(y, z, carry.belief, proposal)
+        return StepOutput(task_logits, halt_logits, next_carry.detach().to(dtype=carry_dtype))
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         return self.step(self.encode(obs), carry)

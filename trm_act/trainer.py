@@ -200,7 +200,7 @@ class Trainer:
                 stacklevel=2,
             )
 
-        train_env = dataclasses.replace(config.env, split="train", stride=train.train_stride)
+        train_env = dataclasses.replace(config.env, split="train", stride=config.train_stride)
         self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
         self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
 
@@ -285,6 +285,9 @@ class Trainer:
             )
         actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
         chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        next_pnl = None
+        if self.loss_fn.halt_target == "priced":
+            next_pnl = self._next_step_pnl(obs, out, strategy_pnl, chosen_pnl, steps_done >= max_steps)
         parts = self.loss_fn(
             out.task_logits,
             out.halt_logits,
@@ -292,6 +295,7 @@ class Trainer:
             chosen_pnl,
             return_components=True,
             strategy_pnl=strategy_pnl,
+            next_pnl=next_pnl,
         )
         self._last_loss = parts["total_loss"].detach()
 
@@ -316,8 +320,10 @@ class Trainer:
         self.window.logit_positive += (out.halt_logits.detach() > 0).float().mean()  # stays on device
         if halted_np.any():
             self._record_halting(halted_np, actions_np, steps_np)
-            self.obs, rewards, _, _, self.info = self.env.step_masked(actions_np, halted_np)
+            self.obs, rewards, _, truncated, self.info = self.env.step_masked(actions_np, halted_np)
             self.window.rewards.append(rewards[halted_np])  # the env's reward: realized PnL of the commit
+            if getattr(self.model, "has_belief", False) and truncated.any():  # a new episode starts with no belief
+                self._reset_beliefs(truncated)
         self._record_steps(halted_np, steps_np)
 
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
@@ -325,6 +331,32 @@ class Trainer:
         if self.step % train.log_every == 0 or self.step == train.steps:
             return self.step_logs(*self._last_parts)
         return Logs()
+
+    @torch.no_grad()
+    def _next_step_pnl(
+        self,
+        obs: torch.Tensor,
+        out: Any,
+        strategy_pnl: torch.Tensor,
+        chosen_pnl: torch.Tensor,
+        at_cap: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B,) realized PnL of the answer one more reasoning step would give ("priced" halting).
+
+        One look-ahead step without gradient from this step's carry (HRM computes its continue target the
+        same way); at the step cap there is no next step, so the answer's own PnL stands in.
+        """
+        with self._autocast():
+            ahead = self.model(obs, out.carry)
+        next_actions = ahead.task_logits.argmax(dim=-1)  # (B,)
+        next_pnl = strategy_pnl.gather(1, next_actions[:, None]).squeeze(1)  # (B,)
+        return torch.where(at_cap, chosen_pnl, next_pnl)  # (B,)
+
+    def _reset_beliefs(self, new_episode: np.ndarray) -> None:
+        """Slots whose env started a new episode (another instrument, or a jump in time) forget their belief."""
+        mask = torch.from_numpy(new_episode).to(self.device)  # (B,)
+        fresh = self.model.init_carry(len(new_episode), device=self.device)
+        self.state = dataclasses.replace(self.state, carry=self.state.carry.reset(mask, fresh))
 
     def step_logs(
         self, parts: dict[str, Any], grad_norm: torch.Tensor | None, chosen_pnl: torch.Tensor
@@ -454,6 +486,7 @@ class Trainer:
             batch_size=self.config.train.eval_batch_size,
             bf16=self.config.train.bf16,
             seed=self.config.train.seed,
+            burn_in=self.config.train.eval_burn_in,
         )
         logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
         logs.images = eval_images(
