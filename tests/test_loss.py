@@ -529,3 +529,33 @@ def test_halt_target_is_validated():
             target="profitable",
             pnl=torch.zeros(3),
         )
+
+
+def test_priced_halt_target_halts_unless_the_next_step_earns_more_than_its_cost():
+    logits = torch.zeros(4, 8)  # confidence plays no part in the priced target
+    labels = torch.zeros(4, dtype=torch.long)
+    pnl = torch.tensor([0.01, 0.01, -0.02, 0.03])
+    next_pnl = torch.tensor([0.01, 0.02, 0.00, 0.0305])  # gains 0, +0.01, +0.02, +0.0005
+    free = halt_target(logits, labels, target="priced", pnl=pnl, next_pnl=next_pnl)
+    assert free.tolist() == [1.0, 0.0, 0.0, 0.0]  # a step that adds nothing is not worth taking
+    priced = halt_target(logits, labels, target="priced", pnl=pnl, next_pnl=next_pnl, step_cost=0.001)
+    assert priced.tolist() == [1.0, 0.0, 0.0, 1.0]  # +5 bp does not pay a 10 bp step
+    loss = TRMLoss(halt_target="priced", halt_step_cost=0.001, lambda_profit=0.0)
+    halt_logits = torch.tensor([0.3, -1.0, 2.0, 0.0])
+    parts = loss(logits, halt_logits, labels, pnl, return_components=True, next_pnl=next_pnl)
+    expected = F.binary_cross_entropy_with_logits(halt_logits, priced)
+    assert float(parts["halt_loss"]) == pytest.approx(float(expected))
+    assert float(parts["halt_target_rate"]) == pytest.approx(0.5)
+    assert "halt_step_cost=0.001" in repr(loss)
+
+
+def test_priced_halt_target_needs_the_next_steps_pnl_and_a_valid_cost():
+    logits, labels, pnl = torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2)
+    with pytest.raises(ValueError, match="next_pnl is required when halt_target='priced'"):
+        TRMLoss(halt_target="priced")(logits, torch.zeros(2), labels, pnl)
+    with pytest.raises(ValueError, match="needs next_pnl"):
+        halt_target(logits, labels, target="priced", pnl=pnl)
+    with pytest.raises(ValueError, match="halt_step_cost must be a finite float >= 0"):
+        LossConfig(halt_target="priced", halt_step_cost=-0.01)
+    with pytest.raises(ValueError, match=r"halt_target must be one of \['correct', 'profitable', 'priced'\]"):
+        LossConfig(halt_target="cheap")

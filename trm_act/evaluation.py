@@ -444,6 +444,8 @@ def format_summary(metrics: dict[str, Any]) -> str:
     ]
     if "regime_oracle" in baselines:
         rows.append(("regime oracle", baselines["regime_oracle"]))
+    if "filter_bound" in baselines:  # a filter told the true regime parameters: what a causal model can hope for
+        rows.append(("filter bound", baselines["filter_bound"]))
     rows += [
         (f"best fixed ({baselines['best_fixed']['strategy']})", baselines["best_fixed"]),
         ("random", baselines["random"]),

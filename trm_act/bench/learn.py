@@ -69,6 +69,8 @@ class MLPControl(nn.Module):
     a dummy and it always answers after one step (``config.max_steps == 1``).
     """
 
+    has_belief = False
+
     def __init__(self, config: TRMConfig, hidden: int = 128) -> None:
         super().__init__()
         self.config = dataclasses.replace(config, max_steps=1)
@@ -95,6 +97,33 @@ class MLPControl(nn.Module):
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         return self.step(self.encode(obs), carry)
+
+
+class GRUControl(MLPControl):
+    """Recurrent peer: the MLP's window summary feeds a GRU cell whose state persists across decisions.
+
+    The usual recurrent policy of this field (a GRU over the stream of decisions), with the belief carry
+    of ``RecurrentTRM(carry="belief")``: the state is reset at episode starts, carried by the same
+    trainer and evaluation walk, and trained the same way (one decision of backpropagation). One step
+    per decision, no recursion: what a belief buys without thinking.
+    """
+
+    has_belief = True
+
+    def __init__(self, config: TRMConfig, hidden: int = 128) -> None:
+        super().__init__(config, hidden)
+        self.cell = nn.GRUCell(hidden, hidden)
+        self.register_buffer("belief_init", torch.zeros(hidden))
+
+    def init_carry(self, batch_size: int, device: torch.device | str | None = None) -> TRMCarry:
+        empty = torch.zeros(batch_size, 1, 1, device=device)  # (B, 1, 1): no answer state within a decision
+        belief = self.belief_init.to(device).expand(batch_size, -1)  # (B, hidden)
+        return TRMCarry(empty, empty, belief, belief)
+
+    def step(self, x: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        state = self.cell(self.body(x), carry.belief)  # (B, hidden) the revised belief
+        next_carry = TRMCarry(carry.y, carry.z, carry.belief, state.detach())
+        return StepOutput(self.task_head(state).float(), self.halt_head(state).float().squeeze(-1), next_carry)
 
 
 def _default(config: ExperimentConfig) -> ExperimentConfig:
@@ -159,6 +188,34 @@ def _regime_labels_one_step(config: ExperimentConfig) -> ExperimentConfig:
     return _one_step(_regime_labels(config))
 
 
+def _loss_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, **changes))
+
+    return edit
+
+
+def _chain(*edits: Callable[[ExperimentConfig], ExperimentConfig]) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        for one in edits:
+            config = one(config)
+        return config
+
+    return edit
+
+
+def _belief(config: ExperimentConfig) -> ExperimentConfig:
+    # A belief needs episodes long enough to form one: 256 decisions (2,048 bars at stride 8) instead of 64.
+    env = dataclasses.replace(config.env, episode_length=256)
+    return dataclasses.replace(config, env=env, model=dataclasses.replace(config.model, carry="belief"))
+
+
+
+_fresh = _model_edit(carry="fresh")
+_priced = _loss_edit(halt_target="priced")
+_profitable = _loss_edit(halt_target="profitable", confidence_threshold=0.9)
+
+
 def _correct_halt(config: ExperimentConfig) -> ExperimentConfig:
     seed = LossConfig()
     loss = dataclasses.replace(
@@ -194,6 +251,15 @@ RECIPES: dict[
     "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
     "window16": (_window16, None),  # 16 bars of past instead of 32
     "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
+    # Issue "make reasoning steps pay": fresh vs persistent belief, each with the old halting ("confident and
+    # not losing") and the halting that prices computation, at max_steps 4 and 1; and the recurrent peer.
+    "fresh_profitable": (_chain(_fresh, _profitable), None),
+    "fresh_priced": (_chain(_fresh, _priced), None),
+    "belief_profitable": (_chain(_belief, _profitable), None),
+    "belief_priced": (_chain(_belief, _priced), None),
+    "fresh_one_step": (_chain(_fresh, _one_step), None),
+    "belief_one_step": (_chain(_belief, _one_step), None),
+    "gru": (_one_step, GRUControl),
     # The regime model's number of states, for seed_loss_hmm (compared with --validation):
     **{f"seed_loss_hmm{n}": (_hmm_labels(n), None) for n in HMM_STATE_COUNTS},
 }
@@ -209,6 +275,9 @@ DEFAULT_RECIPES = (
 )
 THINKING_PAIRS = (
     ("Thinking pays?", "default", "one_step"),
+    ("Thinking pays with a belief?", "belief_priced", "belief_one_step"),
+    ("Thinking pays with a belief (old halting)?", "belief_profitable", "belief_one_step"),
+    ("Thinking pays without a belief?", "fresh_priced", "fresh_one_step"),
     ("Thinking pays with clean labels?", "regime_labels", "regime_labels_one_step"),
 )
 """(question, recipe, the same recipe at one reasoning step): the paired lines under the table."""
@@ -271,6 +340,7 @@ def run_one(
                 "best_fixed_pnl": baselines["best_fixed"]["pnl"],
                 "random_pnl": baselines["random"]["pnl"],
                 "regime_oracle_pnl": baselines["regime_oracle"]["pnl"],
+                "filter_bound_pnl": baselines.get("filter_bound", {}).get("pnl"),
                 "mean_steps": model_metrics["mean_steps"],
                 "steps_histogram": model_metrics["steps_histogram"],
                 "steps_by_regime_age": model_metrics.get("steps_by_regime_age"),
@@ -284,6 +354,10 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     se = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
     return float(array.mean()), se
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def _per_seed(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]) -> list[float]:
@@ -338,6 +412,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "best_fixed_pnl": float(np.mean([m["best_fixed_pnl"] for m in rows])),
                 "random_pnl": float(np.mean([m["random_pnl"] for m in rows])),
                 "regime_oracle_pnl": float(np.mean([m["regime_oracle_pnl"] for m in rows])),
+                "filter_bound_pnl": _mean_or_none([m.get("filter_bound_pnl") for m in rows]),
                 "beats_best_fixed": f"{sum(m['pnl'] > m['best_fixed_pnl'] for m in rows)}/{len(rows)}",
                 "mean_steps": float(np.mean([m["mean_steps"] for m in rows])),
                 "max_steps": mine[0]["max_steps"],
@@ -378,12 +453,15 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     n_seeds = len({run["seed"] for run in runs})
     markets = ", ".join(m["market"] for m in runs[0]["markets"])
     header = (
-        "| recipe | capture (mean ± se) | worst seed | PnL / market | fixed-max PnL | best fixed | random "
-        "| beats best fixed | mean steps | steps histogram | steps after change / settled | train s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|"
+        "| recipe | capture (mean ± se) | worst seed | PnL / market | of filter bound | fixed-max PnL | best fixed "
+        "| random | beats best fixed | mean steps | steps histogram | steps after change / settled | train s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|"
     )
+    bounds = [row["filter_bound_pnl"] for row in summary if row.get("filter_bound_pnl") is not None]
     lines = [
-        f"{n_seeds} seeds x ({markets}); PnL columns are means per market.",
+        f"{n_seeds} seeds x ({markets}); PnL columns are means per market; the regime oracle earns "
+        f"{summary[0]['regime_oracle_pnl']:+.2f} per market"
+        + (f", the filter bound {bounds[0]:+.2f}." if bounds else "."),
         "",
         header,
     ]
@@ -394,9 +472,11 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             if ratio is None
             else f"{row['steps_after_change']:.2f} / {row['steps_settled']:.2f} ({ratio:.2f}x)"
         )
+        bound = row.get("filter_bound_pnl")
+        of_filter = "n/a" if not bound or bound <= 0 else f"{row['pnl'] / bound:.0%}"
         lines.append(
             f"| {row['recipe']} | {row['capture_mean']:.0%} ± {row['capture_se']:.0%} | "
-            f"{row['capture_worst_seed']:.0%} | {row['pnl']:+.2f} | {row['fixed_max_pnl']:+.2f} | "
+            f"{row['capture_worst_seed']:.0%} | {row['pnl']:+.2f} | {of_filter} | {row['fixed_max_pnl']:+.2f} | "
             f"{row['best_fixed_pnl']:+.2f} | {row['random_pnl']:+.2f} | {row['beats_best_fixed']} | "
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
             f"{by_age} | {row['train_s']:.0f} |"
@@ -473,6 +553,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"score on the validation markets (synthetic seeds {VALIDATION_MARKET_SEED}, ...) only, where "
         "recipes are chosen; the default scores the held-out split and the fresh markets",
     )
+    parser.add_argument(
+        "--market",
+        choices=("default", "slow"),
+        default="default",
+        help="market family: the default synthetic market, or the slow preset (regimes a 32-bar window cannot "
+        "tell apart); held-out, fresh and validation markets all come from it",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
@@ -498,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     config = ExperimentConfig()
+    synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None)
+    config = dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic))
     if args.steps is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=args.steps))
     jobs = [(recipe, seed) for recipe in args.recipes for seed in range(args.seeds)]

@@ -1,0 +1,236 @@
+"""The belief carry (TRMConfig.carry="belief"): model, ACT, the time-ordered evaluation walk, the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from trm_act.act import ACTState, act_predict, act_step
+from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
+from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay
+from trm_act.evaluation import plan_walk, predict
+from trm_act.model import RecurrentTRM, TRMConfig
+from trm_act.trainer import Trainer
+
+CPU = torch.device("cpu")
+
+
+def belief_model(seed: int = 0, **overrides) -> RecurrentTRM:
+    base = dict(window=8, n_features=5, d_model=16, n_heads=2, n_layers=1, max_steps=3, carry="belief")
+    torch.manual_seed(seed)
+    return RecurrentTRM(TRMConfig(**(base | overrides)))
+
+
+def obs_for(model: RecurrentTRM, batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.config.window, model.config.n_features, generator=gen)
+
+
+def sample_dependent_halting(model: RecurrentTRM) -> None:
+    with torch.no_grad():  # some rows halt at each step, so adaptive batches shrink unevenly
+        model.halt_head.weight.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(1))
+        model.halt_head.bias.zero_()
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_a_fresh_model_has_no_belief_and_its_weights_are_unchanged():
+    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2))
+    assert not fresh.has_belief
+    assert not any("belief" in key for key in fresh.state_dict())  # old checkpoints still load
+    assert fresh.init_carry(2).belief is None
+
+
+def test_the_belief_is_fixed_within_a_decision_and_changes_the_answer():
+    model = belief_model().eval()
+    obs = obs_for(model, 4)
+    carry = model.init_carry(4)
+    start = torch.randn(4, 16)
+    carry = carry.with_belief(start)
+    with torch.no_grad():
+        first = model(obs, carry)
+        second = model(obs, first.carry)
+        other = model(obs, model.init_carry(4))
+    torch.testing.assert_close(first.carry.belief, start)  # steps read the belief; only the proposal moves
+    torch.testing.assert_close(second.carry.belief, start)
+    assert not torch.allclose(first.carry.proposal, second.carry.proposal)
+    assert not torch.allclose(first.task_logits, other.task_logits)  # what the model believes matters
+
+
+def test_belief_mode_is_validated():
+    with pytest.raises(ValueError, match="carry='dream' is not a known carry"):
+        TRMConfig(carry="dream")
+    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2))
+    with pytest.raises(ValueError, match="model has no belief"):
+        act_predict(fresh, torch.zeros(2, 8, 5), belief=torch.zeros(2, 16))
+    with pytest.raises(ValueError, match="belief must have shape"):
+        act_predict(belief_model(), torch.zeros(2, 8, 5), belief=torch.zeros(3, 16))
+
+
+# ----------------------------------------------------------------------------- ACT
+
+
+def test_act_step_commits_the_proposal_of_halted_slots_only():
+    model = belief_model()
+    obs = obs_for(model, 6)
+    state = ACTState.initial(model, 6)
+    with torch.no_grad():
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.copy_(torch.tensor([-9.0]))
+    out, nxt, halted = act_step(model, obs, state, max_steps=2, exploration_prob=0.0)
+    assert not halted.any()
+    torch.testing.assert_close(nxt.carry.belief, state.carry.belief)  # still deciding: belief unchanged
+    out, nxt, halted = act_step(model, obs, nxt, max_steps=2, exploration_prob=0.0)
+    assert halted.all()  # the cap
+    torch.testing.assert_close(nxt.carry.belief, out.carry.proposal)  # the next decision starts from it
+    torch.testing.assert_close(nxt.carry.y, model.init_carry(6).y)  # ... with a fresh answer and latent
+
+
+def test_act_state_round_trips_the_belief():
+    model = belief_model()
+    state = ACTState.initial(model, 3)
+    state.carry = state.carry.with_belief(torch.randn(3, 16))
+    again = ACTState.from_state_dict(state.state_dict())
+    torch.testing.assert_close(again.carry.belief, state.carry.belief)
+    torch.testing.assert_close(again.carry.proposal, state.carry.proposal)
+
+
+def test_act_predict_carries_the_belief_of_the_halting_step_and_compaction_keeps_rows_apart():
+    model = belief_model(max_steps=4)
+    sample_dependent_halting(model)
+    obs = obs_for(model, 16)
+    belief = torch.randn(16, 16)
+    batch = act_predict(model, obs, belief=belief)
+    assert 1 < batch.steps.float().mean() < 4  # rows halt at different steps
+    for row in range(16):
+        alone = act_predict(model, obs[row : row + 1], belief=belief[row : row + 1])
+        assert alone.steps.item() == batch.steps[row].item()
+        torch.testing.assert_close(alone.belief[0], batch.belief[row], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(alone.task_logits[0], batch.task_logits[row], rtol=1e-5, atol=1e-6)
+    # The belief out is the proposal of the step the row halted at: rerun that many fixed steps.
+    row, k = 0, int(batch.steps[0])
+    fixed = act_predict(model, obs[:1], max_steps=k, adaptive=False, belief=belief[:1])
+    torch.testing.assert_close(fixed.belief[0], batch.belief[0], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the evaluation walk
+
+
+def test_plan_walk_scores_every_decision_once_and_keeps_chunks_within_a_stream():
+    streams = np.array([0] * 50 + [1] * 7 + [0] * 3)  # a stream need not be contiguous in the input
+    walk = plan_walk(streams, chunk=10, burn_in=4)
+    scored = np.concatenate([walk.order[b:e] for b, e in zip(walk.begin, walk.end, strict=True)])
+    assert sorted(scored.tolist()) == list(range(60))
+    for b, e, burn in zip(walk.begin, walk.end, walk.burn, strict=True):
+        walked = walk.order[b - burn : e]
+        assert len(set(streams[walked])) == 1  # burn-in never reaches into another instrument
+        assert np.all(np.diff(walked) > 0)  # time order within the stream
+    assert walk.burn.tolist() == [0, 4, 4, 4, 4, 4, 0]  # streams start from the initial belief
+
+
+@pytest.fixture(scope="module")
+def market():
+    return build_replay(
+        TradeReplayConfig(window=8, horizon=4, synthetic=SyntheticMarketConfig(n_bars=6000, seed=5), split="all")
+    )
+
+
+def walked(model, replay, batch_size: int, burn_in: int, adaptive: bool = True) -> np.ndarray:
+    indices = replay.split_indices("test")
+    return predict(
+        model, replay, indices, max_steps=3, adaptive=adaptive, batch_size=batch_size, device=CPU, burn_in=burn_in
+    )
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_chunked_walk_equals_the_sequential_walk_after_the_burn_in(market, adaptive):
+    model = belief_model(window=8, n_features=market.n_features)
+    sample_dependent_halting(model)
+    sequential = walked(model, market, batch_size=1, burn_in=0, adaptive=adaptive)  # one chunk: the true walk
+    chunked = walked(model, market, batch_size=64, burn_in=16, adaptive=adaptive)  # 10 chunks of 32 side by side
+    assert len(sequential.actions) == len(market.split_indices("test")) == 299
+    np.testing.assert_array_equal(chunked.actions, sequential.actions)
+    np.testing.assert_array_equal(chunked.steps, sequential.steps)
+    # Without the burn-in, chunk starts see the initial belief: the equality above is not automatic.
+    cold = walked(model, market, batch_size=64, burn_in=0, adaptive=adaptive)
+    assert (cold.actions != sequential.actions).any()
+
+
+def test_a_fresh_model_walk_is_a_plain_batch(market):
+    torch.manual_seed(0)
+    model = RecurrentTRM(TRMConfig(window=8, n_features=market.n_features, d_model=16, n_heads=2, max_steps=3))
+    sample_dependent_halting(model)
+    indices = market.split_indices("test")
+    out = predict(model, market, indices, max_steps=3, adaptive=True, batch_size=1000, device=CPU)
+    direct = act_predict(model, torch.from_numpy(market.observations(indices)))
+    np.testing.assert_array_equal(out.actions, direct.actions.numpy())
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def belief_config(**train) -> ExperimentConfig:
+    return ExperimentConfig(
+        env=TradeReplayConfig(window=16, horizon=4, episode_length=5, synthetic=SyntheticMarketConfig(n_bars=1500)),
+        model=TRMConfig(d_model=16, n_heads=2, max_steps=2, carry="belief"),
+        loss=LossConfig(lambda_reward=0.5, halt_target="priced"),
+        train=TrainConfig(
+            **({"steps": 10, "batch_size": 8, "checkpoint_every": 4, "warmup_steps": 2, "progress": False} | train)
+        ),
+    )
+
+
+def test_a_belief_trains_at_the_evaluation_cadence():
+    assert belief_config().train_stride == 4  # env.stride (= horizon)
+    fresh = dataclasses.replace(belief_config(), model=TRMConfig(carry="fresh"))
+    assert fresh.train_stride == 1
+    assert dataclasses.replace(belief_config(), train=TrainConfig(train_stride=2)).train_stride == 2
+
+
+def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp_path):
+    trainer = Trainer(belief_config(), tmp_path)
+    initial = trainer.model.init_carry(8).belief
+    seen_reset = seen_kept = False
+    for _ in range(12):
+        before = trainer.state.carry.belief.clone()
+        steps_before = trainer.state.steps.clone()
+        decisions_before = np.array(trainer.env.state_dict()["decision"])
+        trainer.train_step()
+        decisions = np.array(trainer.env.state_dict()["decision"])
+        moved = decisions != decisions_before  # (B,) slots that committed a decision
+        new_episode = moved & (decisions != decisions_before + 1)  # the env started a new episode
+        belief = trainer.state.carry.belief
+        for slot in range(8):
+            if new_episode[slot]:
+                torch.testing.assert_close(belief[slot], initial[slot])
+                seen_reset = True
+            elif moved[slot]:
+                assert not torch.equal(belief[slot], before[slot])  # the halting step's proposal
+                seen_kept = True
+            elif trainer.state.steps[slot] == steps_before[slot] + 1:
+                torch.testing.assert_close(belief[slot], before[slot])  # still deciding
+    assert seen_reset and seen_kept
+
+
+def test_belief_runs_resume_exactly(tmp_path):
+    class StopAt:
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+        def on_step_end(self, step, logs):
+            return step < 5
+
+    full = Trainer(belief_config(), tmp_path / "full")
+    full.fit()
+    split = Trainer(belief_config(), tmp_path / "split", [StopAt()])
+    assert split.fit() is None
+    resumed = Trainer.from_checkpoint(tmp_path / "split")
+    torch.testing.assert_close(resumed.state.carry.belief, split.state.carry.belief, rtol=0, atol=0)
+    resumed.fit()
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed.last_report.metrics["model"]["pnl"] == full.last_report.metrics["model"]["pnl"]
