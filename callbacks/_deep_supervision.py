@@ -41,6 +41,9 @@ def deep_supervision(
 ) -> Supervised:
     """Run ``n_steps`` reasoning steps from a fresh carry and apply TRMLoss at every step.
 
+    A model with a belief (``carry="belief"``) starts every sample from the initial belief: a shuffled
+    batch of decisions has no stream to carry one along (the trainer, evaluation and ``act_predict`` do).
+
     Each step's loss uses ``pnl = strategy_pnl[i, argmax(task_logits_i)]``, the realized PnL of the
     answer at that step (as the trainer does); the returned loss is the mean over steps. Every sample
     runs all ``n_steps`` (deep supervision of every step); halting only decides which answer counts
@@ -67,22 +70,34 @@ def deep_supervision(
     strategy_pnl = strategy_pnl.float()
     carry = model.init_carry(batch, device=obs.device)
 
-    total = obs.new_zeros((), dtype=torch.float32)
-    sums: dict[str, float] = {}
-    halt_logits, choices = [], []  # per step: (B,) halt logits and (B,) answers
+    outputs, choices, pnls = [], [], []  # per step: the output (with its graph), (B,) answers, (B,) their PnL
     for _ in range(n_steps):
         out = model(obs, carry)
-        carry = out.carry  # detached by the model: memory stays flat in the number of steps
+        carry = out.carry  # detached by the model; the graphs live until backward, as the summed loss needs
         choice = out.task_logits.detach().argmax(dim=-1)  # (B,)
-        pnl = strategy_pnl[rows, choice]  # (B,) realized PnL of this step's answer
+        outputs.append(out)
+        choices.append(choice)
+        pnls.append(strategy_pnl[rows, choice])  # (B,) realized PnL of this step's answer
+
+    total = obs.new_zeros((), dtype=torch.float32)
+    sums: dict[str, float] = {}
+    for s, out in enumerate(outputs):
+        # halt_target="priced" asks whether the next step paid: every step's answer is known here (the last
+        # step has no next one, so its own logits stand in, as in the trainer).
+        next_logits = outputs[min(s + 1, n_steps - 1)].task_logits.detach()
         components = loss_fn(
-            out.task_logits, out.halt_logits, labels, pnl, return_components=True, strategy_pnl=strategy_pnl
+            out.task_logits,
+            out.halt_logits,
+            labels,
+            pnls[s],
+            return_components=True,
+            strategy_pnl=strategy_pnl,
+            next_task_logits=next_logits,
         )
         total = total + components["total_loss"]
         for tag, value in component_scalars(components).items():
             sums[tag] = sums.get(tag, 0.0) + value
-        halt_logits.append(out.halt_logits.detach())
-        choices.append(choice)
+    halt_logits = [out.halt_logits.detach() for out in outputs]
 
     halt_logits_bs = torch.stack(halt_logits, dim=1)  # (B, S)
     halt_step = first_halt_step(halt_logits_bs, n_steps)  # (B,)

@@ -98,3 +98,22 @@ def test_model_config_must_match_the_replay(small_replay):
     with pytest.raises(ValueError, match="n_features"):
         resolve_model_config(TRMConfig(window=8, n_features=small_replay.n_features + 1), small_replay)
     assert resolve_model_config(None, small_replay).window == 8
+
+
+def test_deep_supervision_prices_each_step_against_the_next_steps_answer(small_replay):
+    obs, labels, strategy_pnl = _batch(small_replay)
+    torch.manual_seed(0)
+    model = RecurrentTRM(TRMConfig(window=8, n_features=small_replay.n_features, d_model=16, max_steps=3))
+    loss_fn = TRMLoss(halt_target="priced", lambda_profit=0.0)
+    result = deep_supervision(model, loss_fn, obs, labels, strategy_pnl)
+    # The same target by hand: step s halts unless step s + 1's answer is worth more (the last step: no next one).
+    carry, values = model.init_carry(16), []
+    with torch.no_grad():
+        for _ in range(3):
+            out = model(obs, carry)
+            carry = out.carry
+            values.append((torch.softmax(out.task_logits, -1) * strategy_pnl).sum(-1))  # (B,) expected PnL
+    targets = [(values[min(s + 1, 2)] - values[s] <= 0).float().mean() for s in range(3)]
+    assert result.metrics["halt/target_rate"] == pytest.approx(float(torch.stack(targets).mean()))
+    result.loss.backward()
+    assert model.halt_head.weight.grad is not None

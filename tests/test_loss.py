@@ -20,7 +20,7 @@ from trm_act import (
     halt_target,
     profit_weight,
 )
-from trm_act.loss import LossConfig
+from trm_act.loss import LossConfig, expected_pnl
 
 C = 8
 
@@ -456,7 +456,7 @@ def test_no_gradient_through_halt_target_or_profit_weight(seed, batch):
 
 
 def test_from_config_uses_the_configs_hyperparameters_and_defaults_match_the_seed():
-    from trm_act.loss import LossConfig
+    from trm_act.loss import LossConfig, expected_pnl
 
     assert TRMLoss().extra_repr() == TRMLoss.from_config(LossConfig()).extra_repr()
     loss_fn = TRMLoss.from_config(
@@ -531,30 +531,40 @@ def test_halt_target_is_validated():
         )
 
 
-def test_priced_halt_target_halts_unless_the_next_step_earns_more_than_its_cost():
-    logits = torch.zeros(4, 8)  # confidence plays no part in the priced target
-    labels = torch.zeros(4, dtype=torch.long)
-    pnl = torch.tensor([0.01, 0.01, -0.02, 0.03])
-    next_pnl = torch.tensor([0.01, 0.02, 0.00, 0.0305])  # gains 0, +0.01, +0.02, +0.0005
-    free = halt_target(logits, labels, target="priced", pnl=pnl, next_pnl=next_pnl)
-    assert free.tolist() == [1.0, 0.0, 0.0, 0.0]  # a step that adds nothing is not worth taking
-    priced = halt_target(logits, labels, target="priced", pnl=pnl, next_pnl=next_pnl, step_cost=0.001)
-    assert priced.tolist() == [1.0, 0.0, 0.0, 1.0]  # +5 bp does not pay a 10 bp step
+def test_priced_halt_target_halts_unless_the_next_step_raises_the_expected_pnl_by_more_than_its_cost():
+    # Two strategies with PnL +0.02 and -0.02; the answer's value is the PnL expected under its softmax.
+    strategy_pnl = torch.tensor([[0.02, -0.02] + [0.0] * 6] * 3)
+    now = torch.zeros(3, 8)
+    now[:, 0] = 1.0  # value_now = 0.02 * (p0 - p1), the same for every row
+    ahead = now.clone()
+    ahead[1, 0] = 1.1  # a little more weight on the winner
+    ahead[2, 0] = 5.0  # a lot more
+    gain = expected_pnl(ahead, strategy_pnl) - expected_pnl(now, strategy_pnl)  # (3,)
+    assert gain[0] == 0 and 0 < gain[1] < 0.001 < gain[2]
+    labels = torch.zeros(3, dtype=torch.long)
+    args = {"target": "priced", "strategy_pnl": strategy_pnl, "next_task_logits": ahead}
+    assert halt_target(now, labels, **args).tolist() == [1.0, 0.0, 0.0]  # a step that adds nothing: halt
+    assert halt_target(now, labels, step_cost=0.001, **args).tolist() == [1.0, 1.0, 0.0]  # the small gain does not pay
     loss = TRMLoss(halt_target="priced", halt_step_cost=0.001, lambda_profit=0.0)
-    halt_logits = torch.tensor([0.3, -1.0, 2.0, 0.0])
-    parts = loss(logits, halt_logits, labels, pnl, return_components=True, next_pnl=next_pnl)
-    expected = F.binary_cross_entropy_with_logits(halt_logits, priced)
+    halt_logits = torch.tensor([0.3, -1.0, 2.0])
+    pnl = torch.zeros(3)
+    parts = loss(now, halt_logits, labels, pnl, True, strategy_pnl, next_task_logits=ahead)
+    expected = F.binary_cross_entropy_with_logits(halt_logits, torch.tensor([1.0, 1.0, 0.0]))
     assert float(parts["halt_loss"]) == pytest.approx(float(expected))
-    assert float(parts["halt_target_rate"]) == pytest.approx(0.5)
+    assert float(parts["halt_target_rate"]) == pytest.approx(2 / 3)
     assert "halt_step_cost=0.001" in repr(loss)
 
 
-def test_priced_halt_target_needs_the_next_steps_pnl_and_a_valid_cost():
+def test_priced_halt_target_needs_a_look_ahead_and_a_valid_cost():
     logits, labels, pnl = torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2)
-    with pytest.raises(ValueError, match="next_pnl is required when halt_target='priced'"):
-        TRMLoss(halt_target="priced")(logits, torch.zeros(2), labels, pnl)
-    with pytest.raises(ValueError, match="needs next_pnl"):
-        halt_target(logits, labels, target="priced", pnl=pnl)
+    with pytest.raises(ValueError, match="next_task_logits and strategy_pnl are required"):
+        TRMLoss(halt_target="priced")(logits, torch.zeros(2), labels, pnl, strategy_pnl=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="needs next_task_logits"):
+        halt_target(logits, labels, target="priced", strategy_pnl=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match=r"next_task_logits must have the batch of task_logits \(2\)"):
+        TRMLoss(halt_target="priced")(
+            logits, torch.zeros(2), labels, pnl, strategy_pnl=torch.zeros(2, 8), next_task_logits=torch.zeros(3, 8)
+        )
     with pytest.raises(ValueError, match="halt_step_cost must be a finite float >= 0"):
         LossConfig(halt_target="priced", halt_step_cost=-0.01)
     with pytest.raises(ValueError, match=r"halt_target must be one of \['correct', 'profitable', 'priced'\]"):

@@ -45,26 +45,28 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}.")
 
 
-def _check_logits(task_logits: Tensor, num_classes: int | None = None) -> tuple[int, int]:
-    _check_tensor("task_logits", task_logits)
+def _check_logits(
+    task_logits: Tensor, num_classes: int | None = None, name: str = "task_logits"
+) -> tuple[int, int]:
+    _check_tensor(name, task_logits)
     if task_logits.ndim != 2:
         raise ValueError(
-            f"task_logits must have shape (B, num_classes); got shape {tuple(task_logits.shape)}. "
+            f"{name} must have shape (B, num_classes); got shape {tuple(task_logits.shape)}. "
             "Pass one row of strategy logits per sample."
         )
     batch, width = task_logits.shape
     if batch == 0:
-        raise ValueError("task_logits has an empty batch (B=0); pass at least one sample.")
+        raise ValueError(f"{name} has an empty batch (B=0); pass at least one sample.")
     if num_classes is not None and width != num_classes:
         raise ValueError(
-            f"task_logits width must equal num_classes={num_classes}; got shape {tuple(task_logits.shape)}. "
+            f"{name} width must equal num_classes={num_classes}; got shape {tuple(task_logits.shape)}. "
             "Set num_classes to the number of strategies the model scores."
         )
     if not task_logits.is_floating_point():
-        raise ValueError(f"task_logits must be a floating-point tensor; got dtype {task_logits.dtype}.")
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {task_logits.dtype}.")
     if not torch.isfinite(task_logits).all():
         raise ValueError(
-            "task_logits contains NaN or inf; check the model for divergence (lower the learning rate)."
+            f"{name} contains NaN or inf; check the model for divergence (lower the learning rate)."
         )
     return batch, width
 
@@ -160,22 +162,28 @@ def _need(value: Tensor | None, name: str, target: str, what: str) -> Tensor:
     return value.detach()
 
 
-def _good_if_correct(prediction: Tensor, labels: Tensor, pnl: Tensor | None, next_pnl: Tensor | None) -> Tensor:
+def _good_if_correct(prediction: Tensor, labels: Tensor, pnl: Tensor | None) -> Tensor:
     return prediction == labels  # (B,) the seed's rule
 
 
-def _good_if_profitable(prediction: Tensor, labels: Tensor, pnl: Tensor | None, next_pnl: Tensor | None) -> Tensor:
+def _good_if_profitable(prediction: Tensor, labels: Tensor, pnl: Tensor | None) -> Tensor:
     return _need(pnl, "pnl", "profitable", "the (B,) PnL of each answer") >= 0  # (B,)
 
 
 # The halt targets, by name: what makes a step's answer good enough to stop on. "correct" and "profitable"
-# also ask for confidence (max probability > confidence_threshold); "priced" asks whether one more step
-# would earn more than it costs, which confidence does not enter.
-HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None, Tensor | None], Tensor] | None] = {
+# also ask for confidence (max probability > confidence_threshold); "priced" (computed in halt_target, from
+# a look-ahead step) asks whether one more step would earn more than it costs, which confidence does not enter.
+HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor] | None] = {
     "correct": _good_if_correct,
     "profitable": _good_if_profitable,
     "priced": None,
 }
+
+
+@torch.no_grad()
+def expected_pnl(task_logits: Tensor, strategy_pnl: Tensor) -> Tensor:
+    """(B,) the answer's value: realized PnL expected under its own softmax, ``sum_k p_k strategy_pnl_k``."""
+    return (torch.softmax(task_logits.detach().float(), dim=-1) * strategy_pnl.detach().float()).sum(-1)
 
 
 @torch.no_grad()
@@ -186,7 +194,8 @@ def halt_target(
     *,
     target: str = "correct",
     pnl: Tensor | None = None,
-    next_pnl: Tensor | None = None,
+    strategy_pnl: Tensor | None = None,
+    next_task_logits: Tensor | None = None,
     step_cost: float = 0.0,
 ) -> Tensor:
     """The halt head's target for one reasoning step, (B,) float32 in {0, 1}, without gradient.
@@ -194,20 +203,24 @@ def halt_target(
     - ``"correct"`` (the seed's rule): 1 where the answer is confident (max prob > threshold) and
       argmax == label.
     - ``"profitable"``: confident and the answer's realized ``pnl`` (B,) is >= 0 (did not lose money).
-    - ``"priced"``: halting that prices computation. 1 where one more reasoning step would not add more than
-      ``step_cost`` of realized PnL: ``next_pnl - pnl <= step_cost``, with ``next_pnl`` (B,) the realized PnL
-      of the next step's answer (the trainer looks one step ahead without gradient, as HRM's Q-learning
-      does for its continue target; at the step cap it passes ``next_pnl = pnl``). A one-step-ahead
-      (myopic) value: it asks whether the next step pays, not whether some later one would.
+    - ``"priced"``: halting that prices computation. 1 where one more reasoning step would not raise the
+      answer's value by more than ``step_cost``: ``value(next_task_logits) - value(task_logits) <= step_cost``,
+      where value is the realized PnL expected under the answer's softmax over ``strategy_pnl`` (B, C)
+      (:func:`expected_pnl`, the quantity the reward term maximises; smoother than the argmax's PnL, which
+      most steps leave unchanged). ``next_task_logits`` (B, C) come from one look-ahead step without
+      gradient, as HRM computes its Q-learning continue target; at the step cap the caller passes the
+      step's own logits (no next step: gain 0). Confidence plays no part, and the value is myopic: it asks
+      whether the next step pays, not whether some later one would.
     """
     _check_halt_target(target)
     if target == "priced":
-        now = _need(pnl, "pnl", target, "the (B,) realized PnL of each answer")
-        later = _need(next_pnl, "next_pnl", target, "the (B,) realized PnL of the next step's answer")
-        return (later - now <= step_cost).float()  # (B,)
+        values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")
+        later = _need(next_task_logits, "next_task_logits", target, "the (B, C) logits of one more step")
+        gain = expected_pnl(later, values) - expected_pnl(task_logits, values)  # (B,)
+        return (gain <= step_cost).float()
     probs = torch.softmax(task_logits.detach().float(), dim=-1)  # (B, C)
     confidence, prediction = probs.max(dim=-1)  # (B,), (B,)
-    good = HALT_TARGETS[target](prediction, labels, pnl, next_pnl)  # (B,)
+    good = HALT_TARGETS[target](prediction, labels, pnl)  # (B,)
     return ((confidence > confidence_threshold) & good).float()
 
 
@@ -256,13 +269,14 @@ def compute_halt_loss(
     *,
     target: str = "correct",
     pnl: Tensor | None = None,
-    next_pnl: Tensor | None = None,
+    strategy_pnl: Tensor | None = None,
+    next_task_logits: Tensor | None = None,
     step_cost: float = 0.0,
 ) -> Tensor:
     """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
 
     ``halt_logits`` may be (B,) or (B, 1). ``target`` names another target of ``HALT_TARGETS``
-    ("profitable" needs ``pnl``, "priced" ``pnl`` and ``next_pnl``; see :func:`halt_target`).
+    ("profitable" needs ``pnl``, "priced" ``strategy_pnl`` and ``next_task_logits``; see :func:`halt_target`).
     """
     _check_reduction(reduction)
     _check_threshold(confidence_threshold)
@@ -271,12 +285,15 @@ def compute_halt_loss(
     labels = _check_labels(labels, batch, width)
     _check_halt_logits(halt_logits, batch)
     _check_step_cost(step_cost)
-    if target in ("profitable", "priced"):
+    if target == "profitable":
         _check_pnl(pnl, batch)
     if target == "priced":
-        _check_pnl(next_pnl, batch, "next_pnl")
+        _check_strategy_pnl(strategy_pnl, batch, width)
+        if _check_logits(next_task_logits, width, "next_task_logits")[0] != batch:
+            raise ValueError(f"next_task_logits must have the batch of task_logits ({batch}); got {tuple(next_task_logits.shape)}.")
     return _halt_loss(
-        task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl, next_pnl, step_cost
+        task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl, strategy_pnl,
+        next_task_logits, step_cost,
     )
 
 
@@ -288,11 +305,19 @@ def _halt_loss(
     reduction: str,
     target_kind: str = "correct",
     pnl: Tensor | None = None,
-    next_pnl: Tensor | None = None,
+    strategy_pnl: Tensor | None = None,
+    next_task_logits: Tensor | None = None,
     step_cost: float = 0.0,
 ) -> Tensor:
     target = halt_target(
-        task_logits, labels, confidence_threshold, target=target_kind, pnl=pnl, next_pnl=next_pnl, step_cost=step_cost
+        task_logits,
+        labels,
+        confidence_threshold,
+        target=target_kind,
+        pnl=pnl,
+        strategy_pnl=strategy_pnl,
+        next_task_logits=next_task_logits,
+        step_cost=step_cost,
     )  # (B,)
     flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
     return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
@@ -415,9 +440,11 @@ class LossConfig:
     halt_target: Literal["correct", "profitable", "priced"] = "correct"
     """When the halt head should fire (HALT_TARGETS): "correct" (confident and argmax == hindsight label; the
     seed's rule), "profitable" (confident and the answer's realized PnL >= 0, which noisy labels cannot make
-    unreachable) or "priced" (one more reasoning step would not add more than halt_step_cost of realized PnL)."""
+    unreachable) or "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
+    than halt_step_cost)."""
     halt_step_cost: float = 0.0
-    """PnL (fraction of capital) one more reasoning step must add to be worth taking (halt_target="priced")."""
+    """PnL (fraction of capital) one more reasoning step must add to the answer's expected realized PnL to be worth
+    taking (halt_target="priced")."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
@@ -447,7 +474,7 @@ class TRMLoss(nn.Module):
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
         halt_target: one of HALT_TARGETS: "correct" (the seed's rule: confident and argmax == label),
             "profitable" (confident and the answer's pnl >= 0) or "priced" (the next step would not add more
-            than ``halt_step_cost`` of PnL; needs ``next_pnl`` in forward).
+            than ``halt_step_cost`` of expected PnL; needs ``strategy_pnl`` and ``next_task_logits`` in forward).
         halt_step_cost: PnL one more reasoning step must add to be worth taking (``halt_target="priced"``).
         validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
             of a value costs a device-to-host sync; a training loop that builds its inputs itself turns it off.
@@ -527,18 +554,19 @@ class TRMLoss(nn.Module):
         pnl: Tensor,
         return_components: bool = False,
         strategy_pnl: Tensor | None = None,
-        next_pnl: Tensor | None = None,
+        next_task_logits: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor | float]:
         """Total loss for one reasoning step, or a dict of its components.
 
         Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
-        of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional), next_pnl (B,)
-        the realized PnL of the next reasoning step's answer (``halt_target="priced"`` only).
+        of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional), next_task_logits
+        (B, C) the logits of one more reasoning step, without gradient (``halt_target="priced"`` only).
         """
-        if self.halt_target == "priced" and next_pnl is None:
+        if self.halt_target == "priced" and (next_task_logits is None or strategy_pnl is None):
             raise ValueError(
-                "next_pnl is required when halt_target='priced': pass the (B,) realized PnL of the next reasoning "
-                "step's answer (the trainer looks one step ahead), or choose another halt_target."
+                "next_task_logits and strategy_pnl are required when halt_target='priced': pass the (B, C) logits "
+                "of one more reasoning step (the trainer looks one step ahead) and every strategy's (B, C) PnL, "
+                "or choose another halt_target."
             )
         if self.lambda_reward > 0 and strategy_pnl is None:
             raise ValueError(
@@ -550,11 +578,16 @@ class TRMLoss(nn.Module):
             labels = _check_labels(labels, batch, self.num_classes)
             _check_halt_logits(halt_logits, batch)
             _check_pnl(pnl, batch)
-            if next_pnl is not None:
-                _check_pnl(next_pnl, batch, "next_pnl")
+            if next_task_logits is not None and _check_logits(next_task_logits, self.num_classes, "next_task_logits")[0] != batch:
+                raise ValueError(
+                    f"next_task_logits must have the batch of task_logits ({batch}); got {tuple(next_task_logits.shape)}."
+                )
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
-        halt_args = (self.confidence_threshold, "mean", self.halt_target, pnl, next_pnl, self.halt_step_cost)
+        halt_args = (
+            self.confidence_threshold, "mean", self.halt_target, pnl, strategy_pnl, next_task_logits,
+            self.halt_step_cost,
+        )  # fmt: skip
         halt_loss = _halt_loss(task_logits, halt_logits, labels, *halt_args)
         profit_loss = _profit_weighted_loss(
             task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
@@ -576,7 +609,8 @@ class TRMLoss(nn.Module):
                 self.confidence_threshold,
                 target=self.halt_target,
                 pnl=pnl,
-                next_pnl=next_pnl,
+                strategy_pnl=strategy_pnl,
+                next_task_logits=next_task_logits,
                 step_cost=self.halt_step_cost,
             ).mean()
         components: dict[str, Tensor | float] = {

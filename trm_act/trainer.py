@@ -285,9 +285,9 @@ class Trainer:
             )
         actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
         chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
-        next_pnl = None
+        next_logits = None
         if self.loss_fn.halt_target == "priced":
-            next_pnl = self._next_step_pnl(obs, out, strategy_pnl, chosen_pnl, steps_done >= max_steps)
+            next_logits = self._look_ahead(obs, out, steps_done >= max_steps)
         parts = self.loss_fn(
             out.task_logits,
             out.halt_logits,
@@ -295,7 +295,7 @@ class Trainer:
             chosen_pnl,
             return_components=True,
             strategy_pnl=strategy_pnl,
-            next_pnl=next_pnl,
+            next_task_logits=next_logits,
         )
         self._last_loss = parts["total_loss"].detach()
 
@@ -333,24 +333,15 @@ class Trainer:
         return Logs()
 
     @torch.no_grad()
-    def _next_step_pnl(
-        self,
-        obs: torch.Tensor,
-        out: Any,
-        strategy_pnl: torch.Tensor,
-        chosen_pnl: torch.Tensor,
-        at_cap: torch.Tensor,
-    ) -> torch.Tensor:
-        """(B,) realized PnL of the answer one more reasoning step would give ("priced" halting).
+    def _look_ahead(self, obs: torch.Tensor, out: Any, at_cap: torch.Tensor) -> torch.Tensor:
+        """(B, C) task logits one more reasoning step would give, without gradient ("priced" halting).
 
-        One look-ahead step without gradient from this step's carry (HRM computes its continue target the
-        same way); at the step cap there is no next step, so the answer's own PnL stands in.
+        HRM computes its continue target the same way; at the step cap there is no next step, so the
+        step's own logits stand in (gain 0).
         """
         with self._autocast():
             ahead = self.model(obs, out.carry)
-        next_actions = ahead.task_logits.argmax(dim=-1)  # (B,)
-        next_pnl = strategy_pnl.gather(1, next_actions[:, None]).squeeze(1)  # (B,)
-        return torch.where(at_cap, chosen_pnl, next_pnl)  # (B,)
+        return torch.where(at_cap[:, None], out.task_logits.detach(), ahead.task_logits)  # (B, C)
 
     def _reset_beliefs(self, new_episode: np.ndarray) -> None:
         """Slots whose env started a new episode (another instrument, or a jump in time) forget their belief."""

@@ -23,6 +23,11 @@ BENCHMARKS = {
         "the default command's wall time alone and beside another PyTorch job (bar: 180 s)",
     ),
     "universe": ("trm_act.bench.universe", "build time, peak RSS and vector-env speed on 500 x 5,000 bars"),
+    "real": ("trm_act.bench.real", "walk-forward on real GOOGL daily and EURUSD hourly series vs long / best fixed"),
+    "predict": (
+        "trm_act.bench.predict",
+        "streaming latency p50/p99 and decisions/s, torch vs onnxruntime, 1 and 256 instruments (bar: p99 2 ms)",
+    ),
 }
 
 

@@ -1,0 +1,215 @@
+"""``python -m trm_act.bench real``: walk-forward on real OHLCV series that ship inside a registry package.
+
+Series (``--series``), read from the ``gym-anytrading`` package (the ``bench`` extra; no network):
+
+- ``googl``: ``STOCKS_GOOGL.csv``, daily Alphabet class A, 2009-05-22 .. 2018-08-29, 2,335 bars (Adj Close
+  present: prices are split-adjusted by our loader);
+- ``eurusd``: ``FOREX_EURUSD_1H_ASK.csv``, hourly EUR/USD ask, 2017-01-01 .. 2017-12-29, 6,225 bars. Its
+  ``Time`` column is day first (``01.02.2017`` is 1 February), which a generic parser reads month first and
+  then finds unsorted: the adapter here parses it with its explicit format.
+
+Each series is written once as a plain OHLCV CSV into ``--out/data/`` (the format ``--data`` reads), then every
+recipe (``--recipes``, from ``trm_act.bench.learn``: ``default`` is the CLI default, ``seed_loss_hmm`` the
+seed's loss on regime-model labels) is walked forward on it with ``trm_act.walkforward``.
+
+Budget: the defaults fit a 2-core machine in a few minutes per series and recipe: ``--folds 3`` (expanding,
+the first quarter of the bars only trains), ``--steps 300`` optimizer steps per fold (the CLI default is
+1500), ``--jobs 2`` folds at a time. The DSR charges for every recipe and fold run on a series
+(``n_trials = recipes x folds``). The figures are a reduced-budget measurement, not the default recipe's
+best: say so when quoting them.
+
+Writes ``real.json`` and ``real.md`` into ``--out`` and prints the table. Walk-forward directories are kept
+in ``--out/<series>-<recipe>/``; running the command again continues them (finished folds are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trm_act.config import ExperimentConfig
+from trm_act.envs import load_ohlcv
+from trm_act.walkforward import WalkForwardConfig, walk_forward
+
+SERIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # name -> (file in gym_anytrading/datasets/data, what it is, read_csv options of the adapter)
+    "googl": ("STOCKS_GOOGL.csv", "daily Alphabet (GOOGL) stock, 2009-2018", {}),
+    "eurusd": (
+        "FOREX_EURUSD_1H_ASK.csv",
+        "hourly EUR/USD (ask), 2017",
+        {"time_format": "%d.%m.%Y %H:%M:%S.%f"},
+    ),
+}
+SUPPORTED_RECIPES = ("default", "seed_loss", "seed_loss_hmm", "one_step", "short_labels", "no_ema")
+"""Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
+
+
+def dataset_path(file: str) -> Path:
+    """Path of a CSV shipped in gym-anytrading; a one-line error when the package is missing."""
+    try:
+        import gym_anytrading
+    except ImportError:
+        raise ValueError(
+            'bench real reads series shipped in gym-anytrading; install it with pip install "trm-act[bench]" '
+            "(or pip install gym-anytrading)"
+        ) from None
+    path = Path(gym_anytrading.__file__).parent / "datasets" / "data" / file
+    if not path.is_file():
+        raise ValueError(f"{path}: not in this gym-anytrading version; pip install 'gym-anytrading>=2.0'")
+    return path
+
+
+def adapt(name: str) -> pd.DataFrame:
+    """The series as a validated OHLCV frame (``load_ohlcv``'s columns), read without network."""
+    file, _, options = SERIES[name]
+    path = dataset_path(file)
+    if "time_format" not in options:
+        return load_ohlcv(path)
+    raw = pd.read_csv(path)
+    stamps = pd.to_datetime(raw["Time"], format=options["time_format"])
+    return load_ohlcv(raw.drop(columns="Time").set_index(pd.DatetimeIndex(stamps, name="timestamp")), name=str(path))
+
+
+def write_series(name: str, folder: Path) -> Path:
+    """``folder/<name>.csv`` in the format ``--data`` reads (written once; checked on every run)."""
+    frame = adapt(name)
+    path = folder / f"{name}.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        frame.to_csv(path, float_format="%.17g")
+    reread = load_ohlcv(path)
+    if not (reread.index.equals(frame.index) and (reread.to_numpy() == frame.to_numpy()).all()):
+        raise ValueError(f"{path}: differs from the {name} series shipped in gym-anytrading; delete it and rerun")
+    return path
+
+
+def recipe_config(recipe: str, data: Path, steps: int) -> ExperimentConfig:
+    from trm_act.bench.learn import RECIPES
+
+    edit, model_factory = RECIPES[recipe]
+    assert model_factory is None, recipe
+    config = edit(ExperimentConfig())
+    env = dataclasses.replace(config.env, data=str(data.resolve()))
+    train = dataclasses.replace(config.train, steps=steps, progress=False)
+    return dataclasses.replace(config, env=env, train=train)
+
+
+def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One row of the table: the stitched model against long, best fixed and flat."""
+    stitched = result["stitched"]
+    better = "long" if stitched["long"]["pnl"] >= stitched["best_fixed"]["pnl"] else "best_fixed"
+    ci = stitched[f"model_minus_{better}"]
+    return {
+        "series": series,
+        "recipe": recipe,
+        "decisions": stitched["decisions"],
+        "model_pnl": stitched["model"]["pnl"],
+        "model_sharpe": stitched["model"]["sharpe"],
+        "long_pnl": stitched["long"]["pnl"],
+        "best_fixed_pnl": stitched["best_fixed"]["pnl"],
+        "flat_pnl": stitched["flat"]["pnl"],
+        "better_benchmark": better,
+        "diff": ci["total"],
+        "diff_ci_low": ci["total_ci_low"],
+        "diff_ci_high": ci["total_ci_high"],
+        "verdict": "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "not different",
+        "psr": stitched["psr"]["value"],
+        "dsr": stitched["dsr"]["value"],
+        "n_trials": stitched["dsr"]["n_trials"],
+        "mean_steps": stitched["model"]["mean_steps"],
+        "max_steps": stitched["model"]["max_steps"],
+        "seconds": seconds,
+    }
+
+
+def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    header = (
+        "| series | recipe | decisions | model PnL | long | best fixed | flat | model − better of long/best fixed "
+        "[95% CI] | PSR | DSR | mean steps |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for r in rows:
+        better = r["better_benchmark"].replace("_", " ")
+        lines.append(
+            f"| {r['series']} | {r['recipe']} | {r['decisions']} | {r['model_pnl']:+.3f} | {r['long_pnl']:+.3f} | "
+            f"{r['best_fixed_pnl']:+.3f} | {r['flat_pnl']:+.3f} | {r['diff']:+.3f} vs {better} "
+            f"[{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}] ({r['verdict']}) | {r['psr']:.3f} | "
+            f"{r['dsr']:.3f} (n={r['n_trials']}) | {r['mean_steps']:.2f} of {r['max_steps']} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Walk-forward, {args.folds} expanding folds, {args.steps} optimizer steps per fold, embargo "
+        f"{args.embargo} bars; PnL is the stitched out-of-sample log-PnL (net of 5 bp costs). The interval is a "
+        "stationary block bootstrap of the per-decision difference; PSR is P[true Sharpe > 0]; the DSR charges "
+        "for n trials (recipes x folds)."
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trm_act.bench real", description=__doc__.splitlines()[0])
+    parser.add_argument("--series", default=",".join(SERIES), help=f"comma-separated, from {list(SERIES)}")
+    parser.add_argument("--recipes", default="default,seed_loss_hmm", help=f"comma-separated, from {list(SUPPORTED_RECIPES)}")
+    parser.add_argument("--folds", type=int, default=3, help="walk-forward folds (default 3)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per fold (default 300; the CLI's is 1500)")
+    parser.add_argument("--embargo", type=int, default=0, help="bars kept out of training before each test fold")
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (default 2)")
+    parser.add_argument("--out", default="runs/bench-real", help="directory for the runs, real.json and real.md")
+    parser.add_argument("--from-json", default=None, help="print the table of a saved real.json again")
+    args = parser.parse_args(argv)
+    args.series = [s.strip() for s in args.series.split(",") if s.strip()]
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [s for s in args.series if s not in SERIES]
+    if unknown:
+        parser.error(f"--series: unknown series {unknown}; choose from {list(SERIES)}")
+    unknown = [r for r in args.recipes if r not in SUPPORTED_RECIPES]
+    if unknown:
+        parser.error(f"--recipes: {unknown} cannot run on real data here; choose from {list(SUPPORTED_RECIPES)}")
+    if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.embargo < 0:
+        parser.error("--folds must be >= 2, --steps and --jobs >= 1, --embargo >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(markdown(saved["rows"], argparse.Namespace(**saved["budget"])))
+        return 0
+    out = Path(args.out)
+    rows, started = [], time.perf_counter()
+    trials = len(args.recipes) * args.folds  # every recipe and fold run on a series, one seed each
+    try:
+        for series in args.series:
+            data = write_series(series, out / "data")
+            for recipe in args.recipes:
+                begun = time.perf_counter()
+                print(f"{series} / {recipe}: walk-forward ({args.folds} folds, {args.steps} steps)", file=sys.stderr)
+                settings = WalkForwardConfig(folds=args.folds, embargo=args.embargo, trials=trials)
+                result = walk_forward(
+                    recipe_config(recipe, data, args.steps), settings, out / f"{series}-{recipe}", jobs=args.jobs
+                )
+                rows.append(summarize(series, recipe, result, time.perf_counter() - begun))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - started
+    budget = {"folds": args.folds, "steps": args.steps, "embargo": args.embargo, "jobs": args.jobs}
+    table = markdown(rows, argparse.Namespace(**budget))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "real.json").write_text(json.dumps({"rows": rows, "budget": budget, "wall_s": wall}, indent=2) + "\n")
+    (out / "real.md").write_text(table + "\n")
+    print(table)
+    print(f"\nwall time {wall:.0f} s; tear sheets: {out}/<series>-<recipe>/report.html", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
