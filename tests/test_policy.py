@@ -13,11 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from trm_act import Policy
-from trm_act.act import act_predict
-from trm_act.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.envs import (
     STRATEGIES,
     SyntheticMarketConfig,
@@ -28,6 +23,11 @@ from trm_act.envs import (
     load_ohlcv,
 )
 from trm_act.envs.features import compute_features
+
+from trm_act import Policy
+from trm_act.act import act_predict
+from trm_act.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.model import RecurrentTRM, TRMConfig
 from trm_act.runtime import decisions_frame
 from trm_act.stream_features import FeatureState, FeatureStream
@@ -88,7 +88,9 @@ def feed(stream, frame: pd.DataFrame) -> list:
 def as_decide(frame: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
     """Stream decisions' frame with the datetime unit of ``like``'s index (pandas infers units per source)."""
     if isinstance(frame.index, pd.MultiIndex):
-        return frame.set_index(frame.index.set_levels(frame.index.levels[1].as_unit(like.index.levels[1].unit), level=1))
+        return frame.set_index(
+            frame.index.set_levels(frame.index.levels[1].as_unit(like.index.levels[1].unit), level=1)
+        )
     frame.index = frame.index.as_unit(like.index.unit)
     return frame
 
@@ -102,7 +104,9 @@ def test_the_design_names_import_from_the_package_and_import_trm_act_stays_light
     from trm_act import TradeReplayEnv, TRMConfig, TRMLoss, act_predict  # noqa: F401
 
     assert P is Policy and R is RecurrentTRM
-    code = "import sys, trm_act; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
+    code = (
+        "import sys, trm_act; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 
@@ -212,7 +216,13 @@ def test_decide_rows_columns_and_cadence(runs, carry):
     stride = 1 if carry == "fresh" else HORIZON
     assert list(decisions.index) == list(frame.index[WINDOW::stride])
     assert decisions.index.name == "timestamp"
-    assert list(decisions.columns) == ["strategy", "action", "steps", *(f"p_{s}" for s in STRATEGIES), "halt_logit"]
+    assert list(decisions.columns) == [
+        "strategy",
+        "action",
+        "steps",
+        *(f"p_{s}" for s in STRATEGIES),
+        "halt_logit",
+    ]
     assert (decisions["strategy"] == [STRATEGIES[a] for a in decisions["action"]]).all()
     probabilities = decisions.filter(like="p_").to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
@@ -286,7 +296,9 @@ def test_a_stream_makes_exactly_the_decisions_of_decide_also_after_a_resume(runs
     if carry == "belief":
         np.testing.assert_array_equal(resumed.belief, first.belief)
     tail = feed(resumed, frame.iloc[1000:])
-    pd.testing.assert_frame_equal(as_decide(decisions_frame(head + tail), expected), expected, check_exact=True)
+    pd.testing.assert_frame_equal(
+        as_decide(decisions_frame(head + tail), expected), expected, check_exact=True
+    )
 
 
 def test_a_stream_batch_decides_as_each_instrument_alone(runs):
@@ -295,7 +307,9 @@ def test_a_stream_batch_decides_as_each_instrument_alone(runs):
     batch = policy.stream_batch(list(frames))
     decisions = []
     for t in range(300):
-        out = batch.update({s: f.iloc[t] for s, f in frames.items() if not (s == "S2" and t % 5 == 0 and t > 200)})
+        out = batch.update(
+            {s: f.iloc[t] for s, f in frames.items() if not (s == "S2" and t % 5 == 0 and t > 200)}
+        )
         decisions.extend(out.values())
     expected = policy.decide({s: f for s, f in frames.items() if s != "S2"})
     got = decisions_frame(d for d in decisions if d.symbol != "S2")
@@ -368,7 +382,9 @@ def test_a_bad_bar_is_refused_and_changes_nothing(runs, carry):
         dirty.update({"timestamp": frame.index[100], "open": 1.0, "high": 1.0, "low": 1.0})
     assert dirty.state_dict() == before  # the belief, the features, the window: all as they were
     pd.testing.assert_frame_equal(
-        decisions_frame(feed(dirty, frame.iloc[100:])), decisions_frame(feed(clean, frame.iloc[100:])), check_exact=True
+        decisions_frame(feed(dirty, frame.iloc[100:])),
+        decisions_frame(feed(clean, frame.iloc[100:])),
+        check_exact=True,
     )
 
 
@@ -379,7 +395,7 @@ def test_a_state_of_another_policy_is_refused_and_changes_nothing(runs):
     with pytest.raises(ValueError, match="load the state into a stream of the policy that wrote it") as exc:
         belief.load_state_dict(fresh.state_dict())
     one_line(exc)
-    with pytest.raises(ValueError, match="expected 'trm_act.stream/1'"):
+    with pytest.raises(ValueError, match=r"expected 'trm_act\.stream/1'"):
         belief.load_state_dict({"format": "other"})
     assert belief.state_dict() == before
 
@@ -413,7 +429,12 @@ def test_checkpoints_of_another_format_or_version_are_refused_in_one_line(runs, 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "trm_act.predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "trm_act.predict", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -431,32 +452,60 @@ def test_predict_writes_the_decisions_and_backtests_them(runs, tmp_path):
     np.testing.assert_array_equal(written["action"].to_numpy(), expected["action"].to_numpy())
     np.testing.assert_allclose(written["p_long"].to_numpy(), expected["p_long"].to_numpy(), rtol=1e-12)
     out = result.stdout
-    for text in ("backtest: 370 trades of 4 bars every 4 bars", "model (mean", "long", "best fixed in hindsight"):
+    for text in (
+        "backtest: 370 trades of 4 bars every 4 bars",
+        "model (mean",
+        "long",
+        "best fixed in hindsight",
+    ):
         assert text in out
     # The model's PnL is the env's strategy PnL at the decided actions.
-    replay = build_replay(TradeReplayConfig(data=str(tmp_path / "new.csv"), window=WINDOW, horizon=HORIZON, split="all"))
+    replay = build_replay(
+        TradeReplayConfig(data=str(tmp_path / "new.csv"), window=WINDOW, horizon=HORIZON, split="all")
+    )
     actions = expected["action"].to_numpy()[: replay.n_decisions]
     pnl = replay.strategy_pnl[np.arange(replay.n_decisions), actions].sum()
     model_line = next(line for line in out.splitlines() if line.startswith("model (mean"))
     assert f"{pnl:+.3f}" in model_line
 
 
-def test_predict_reports_user_mistakes_in_one_line(runs, tmp_path):
-    market(n_bars=300).drop(columns="close").to_csv(tmp_path / "noclose.csv", index_label="Date")
-    market(n_bars=10).to_csv(tmp_path / "short.csv", index_label="Date")
+def test_predict_reports_user_mistakes_in_one_line(runs, tmp_path, capsys, monkeypatch):
+    from trm_act.predict import main
+
+    monkeypatch.chdir(tmp_path)
+    market(n_bars=300).drop(columns="close").to_csv("noclose.csv", index_label="Date")
+    market(n_bars=10).to_csv("short.csv", index_label="Date")
     cases = [
         (["--run", str(runs["fresh"]), "--data", "noclose.csv"], "missing column 'close'"),
         (["--run", str(runs["fresh"]), "--data", "short.csv"], "no decisions: short.csv: 10 bars"),
         (["--run", str(runs["fresh"]), "--data", "absent.csv"], "file not found"),
         (["--run", str(tmp_path / "nowhere"), "--data", "short.csv"], "no checkpoint at"),
+        (["--run", str(runs["fresh"]), "--data", "short.csv", "--threads", "0"], "--threads 0"),
         (["--run", str(runs["fresh"])], "the following arguments are required: --data"),
     ]
     for args, text in cases:
-        result = _run(args, tmp_path)
-        assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.startswith("error: ") and text in result.stderr, result.stderr
-        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        try:
+            status = main(args)
+        except SystemExit as exc:  # argparse's own mistakes
+            status = exc.code
+        err = capsys.readouterr().err
+        assert status == 2, (args, err)
+        assert err.startswith("error: ") and text in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "decisions.csv").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the clean path warns about nothing
         Policy.load(runs["fresh"]).decide(market(n_bars=100))
+
+
+def test_the_docs_example_trains_loads_and_decides_on_an_unseen_csv(tmp_path):
+    # docs/policy.md's first python block is the README-ready "train, load, decide" example.
+    text = (REPO / "docs" / "policy.md").read_text(encoding="utf-8")
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 5
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "halt_logit" in result.stdout and (tmp_path / "runs" / "demo" / "checkpoint.pt").is_file()

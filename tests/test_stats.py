@@ -44,7 +44,9 @@ def test_moments_are_population_skewness_and_plain_kurtosis():
 def test_psr_matches_a_hand_computation():
     # SR 0.1 per period over 100 returns, skewness -0.5, kurtosis 4:
     # variance term 1 + 0.5 * 0.1 + 3/4 * 0.01 = 1.0575; z = 0.1 * sqrt(99) / sqrt(1.0575) = 0.96756.
-    assert stats.probabilistic_sharpe_ratio(0.1, 100, -0.5, 4.0) == pytest.approx(0.8333676424821832, abs=1e-12)
+    assert stats.probabilistic_sharpe_ratio(0.1, 100, -0.5, 4.0) == pytest.approx(
+        0.8333676424821832, abs=1e-12
+    )
     # Normal returns: Lo's standard error sqrt((1 + SR^2 / 2) / (n - 1)).
     assert stats.sharpe_std_error(0.2, 51, 0.0, 3.0) == pytest.approx(math.sqrt((1 + 0.02) / 50))
     # Against its own value as the benchmark, PSR is one half.
@@ -63,7 +65,9 @@ def test_dsr_matches_the_published_worked_example():
     assert dsr == pytest.approx(0.9004, abs=1e-3)
     # One trial selects nothing: the DSR is the PSR against 0.
     assert stats.expected_max_sharpe(1, 0.3) == 0.0
-    assert stats.deflated_sharpe_ratio(0.1, 100, 0.0, 3.0, 1, 0.3) == stats.probabilistic_sharpe_ratio(0.1, 100)
+    assert stats.deflated_sharpe_ratio(0.1, 100, 0.0, 3.0, 1, 0.3) == stats.probabilistic_sharpe_ratio(
+        0.1, 100
+    )
     with pytest.raises(ValueError, match="n_trials=0"):
         stats.expected_max_sharpe(0, 0.1)
 

@@ -15,22 +15,45 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from trm_act.callbacks import TensorBoardCallback
+from trm_act.envs import SyntheticMarketConfig, build_replay, generate_synthetic_market
 
 from trm_act import foldrun, stats, walkforward
-from trm_act.callbacks import TensorBoardCallback
 from trm_act.checkpoint import load_checkpoint
 from trm_act.config import ExperimentConfig
-from trm_act.envs import SyntheticMarketConfig, build_replay, generate_synthetic_market
 from trm_act.folds import boundary_fraction, fold_env, plan_folds, write_fold_csv
 from trm_act.walkforward import WalkForwardConfig, make_plan, walk_forward
 
 # A tiny but complete recipe: small windows, a small model, a few optimizer steps.
 TINY_FLAGS = [
-    "--env.window", "16", "--env.horizon", "4", "--env.label-horizon", "8", "--env.episode-length", "8",
-    "--d-model", "16", "--n-heads", "2", "--max-steps", "3", "--n-latent", "1",
-    "--batch-size", "8", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "5",
-    "--eval-every", "0", "--no-progress",
-]  # fmt: skip
+    "--env.window",
+    "16",
+    "--env.horizon",
+    "4",
+    "--env.label-horizon",
+    "8",
+    "--env.episode-length",
+    "8",
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--max-steps",
+    "3",
+    "--n-latent",
+    "1",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "2",
+    "--log-every",
+    "5",
+    "--checkpoint-every",
+    "5",
+    "--eval-every",
+    "0",
+    "--no-progress",
+]
 
 
 def tiny_config(data: str | Path, steps: int = 15, **env: object) -> ExperimentConfig:
@@ -42,9 +65,15 @@ def tiny_config(data: str | Path, steps: int = 15, **env: object) -> ExperimentC
         model=dataclasses.replace(base.model, d_model=16, n_heads=2, max_steps=3, n_latent=1),
         loss=base.loss,
         train=dataclasses.replace(
-            base.train, steps=steps, batch_size=8, warmup_steps=2, checkpoint_every=5, log_every=5,
-            eval_every=0, progress=False,
-        ),  # fmt: skip
+            base.train,
+            steps=steps,
+            batch_size=8,
+            warmup_steps=2,
+            checkpoint_every=5,
+            log_every=5,
+            eval_every=5,  # mid-run evaluations read the test split: they must not change the weights
+            progress=False,
+        ),
     )
 
 
@@ -99,17 +128,23 @@ def test_folds_tile_the_calendar_after_the_first_training_span():
 
 
 def test_bad_fold_settings_get_one_line_errors_naming_the_flag_and_the_fix(tmp_path):
-    with pytest.raises(ValueError, match=r"^--folds 1: a walk-forward needs at least 2 folds .* use --folds 2"):
+    with pytest.raises(
+        ValueError, match=r"^--folds 1: a walk-forward needs at least 2 folds .* use --folds 2"
+    ):
         plan_folds(1000, 1)
     with pytest.raises(ValueError, match=r"^--folds 1: .*use --folds 2 or more"):
         WalkForwardConfig(folds=1)
-    with pytest.raises(ValueError, match=r"^--embargo 200: larger than a test fold \(200 bars .*use --embargo < 200"):
+    with pytest.raises(
+        ValueError, match=r"^--embargo 200: larger than a test fold \(200 bars .*use --embargo < 200"
+    ):
         plan_folds(1000, 4, embargo=200)
     with pytest.raises(ValueError, match=r"^--scheme sliding: expected one of expanding, rolling"):
         plan_folds(1000, 4, "sliding")
     short = tmp_path / "short.csv"
     market_frame(300).to_csv(short)
-    with pytest.raises(ValueError, match=r"^--folds 12: .*too few bars for 12 folds.*use fewer --folds.*at most --folds"):
+    with pytest.raises(
+        ValueError, match=r"^--folds 12: .*too few bars for 12 folds.*use fewer --folds.*at most --folds"
+    ):
         make_plan(tiny_config(short), WalkForwardConfig(folds=12))
     for message in (str(e) for e in _errors(short)):
         assert "\n" not in message
@@ -146,7 +181,11 @@ def _fold_replays(plan, k: int, folder: Path, **env: object):
 def _global_rows(replay, s, indices: np.ndarray) -> tuple[list[str], np.ndarray]:
     symbols = list(s.ranges)
     sym = replay.symbol_index[indices]
-    rows = np.array([s.ranges[symbols[i]][0] for i in sym]) + replay.decision_bars[indices] - replay.bar_offsets[sym]
+    rows = (
+        np.array([s.ranges[symbols[i]][0] for i in sym])
+        + replay.decision_bars[indices]
+        - replay.bar_offsets[sym]
+    )
     return [symbols[i] for i in sym], rows
 
 
@@ -166,17 +205,21 @@ def test_no_training_decision_reads_a_bar_of_the_embargo_or_the_test_fold(
         cut = plan.calendar[s.span.train_cut]
         test_start = plan.calendar[s.span.test_start]
         frames = plan.market.frames
-        last_read = np.array([frames[sym].index[row + reach].value for sym, row in zip(symbols, rows, strict=True)])
+        last_read = np.array(
+            [frames[sym].index[row + reach].value for sym, row in zip(symbols, rows, strict=True)]
+        )
         assert (last_read < cut).all()  # trade and label end before the embargo (and the test fold)
         assert s.train_end == plan.calendar[s.span.train_cut - 1]
         # Purged: decisions before the test fold whose window reaches into it, counted independently.
         everything = np.arange(train_replay.n_decisions)
         all_symbols, all_rows = _global_rows(train_replay, s, everything)
         at = np.array([frames[sym].index[row].value for sym, row in zip(all_symbols, all_rows, strict=True)])
-        ends = np.array([
-            frames[sym].index[min(row + reach, len(frames[sym]) - 1)].value
-            for sym, row in zip(all_symbols, all_rows, strict=True)
-        ])  # fmt: skip
+        ends = np.array(
+            [
+                frames[sym].index[min(row + reach, len(frames[sym]) - 1)].value
+                for sym, row in zip(all_symbols, all_rows, strict=True)
+            ]
+        )
         assert s.purged == int(((at < test_start) & (ends >= test_start)).sum())
         assert s.embargoed == int(((ends < test_start) & (ends >= cut)).sum())
         assert (embargo == 0) == (s.embargoed == 0)
@@ -201,7 +244,11 @@ def test_stitched_decisions_are_the_full_series_decisions_of_the_test_spans(
         a, b = full.decision_offsets[k], full.decision_offsets[k + 1]
         rows = full.decision_bars[a:b] - full.bar_offsets[k]
         times = plan.market.frames[symbol if universe else "market"].index[rows].as_unit("ns").asi8
-        expected += [(symbol if universe else "market", int(r)) for r, t in zip(rows, times, strict=True) if t >= first_test]
+        expected += [
+            (symbol if universe else "market", int(r))
+            for r, t in zip(rows, times, strict=True)
+            if t >= first_test
+        ]
     assert sorted(stitched) == sorted(expected) and len(set(stitched)) == len(stitched)
 
 
@@ -239,7 +286,9 @@ def test_rewriting_a_test_fold_leaves_its_weights_and_earlier_decisions_bit_iden
     row = int(np.searchsorted(frame.index, pd.Timestamp(plan["folds"][1]["test_start"])))
     rewrite_from(frame, row).to_csv(tmp_path / "rewritten.csv")
     other = tmp_path / "run"
-    walk_forward(tiny_config(tmp_path / "rewritten.csv"), WalkForwardConfig(folds=2), other, jobs=1, log=lambda _: None)
+    walk_forward(
+        tiny_config(tmp_path / "rewritten.csv"), WalkForwardConfig(folds=2), other, jobs=1, log=lambda _: None
+    )
 
     a, b = (load_checkpoint(root / "fold-1" / "checkpoint.pt") for root in (wf_run, other))
     for key in ("model", "ema"):
@@ -261,11 +310,23 @@ def test_walkforward_json_holds_the_folds_and_the_stitched_figures(wf_run):
     assert result["complete"] and result["missing_folds"] == [] and len(result["folds"]) == 2
     for fold in result["folds"]:
         assert {"train_start", "train_end", "test_start", "test_end", "purged", "embargoed"} <= set(fold)
-        assert pd.Timestamp(fold["train_end"]) < pd.Timestamp(fold["test_start"]) <= pd.Timestamp(fold["test_end"])
+        assert (
+            pd.Timestamp(fold["train_end"])
+            < pd.Timestamp(fold["test_start"])
+            <= pd.Timestamp(fold["test_end"])
+        )
         for name in ("model", "long", "best_fixed", "random"):
             assert {"pnl", "sharpe", "sortino", "max_drawdown", "turnover", "exposure"} <= set(fold[name])
-        assert set(fold["fixed"]) == {"flat", "long", "short", "momentum", "mean_reversion", "ma_trend",
-                                      "breakout", "vol_target"}  # fmt: skip
+        assert set(fold["fixed"]) == {
+            "flat",
+            "long",
+            "short",
+            "momentum",
+            "mean_reversion",
+            "ma_trend",
+            "breakout",
+            "vol_target",
+        }
     stitched = result["stitched"]
     records = [foldrun.load_record(wf_run / f"fold-{k}") for k in (0, 1)]
     rows = [np.arange(len(o["actions"])) for _, o in records]
@@ -276,7 +337,10 @@ def test_walkforward_json_holds_the_folds_and_the_stitched_figures(wf_run):
     assert stitched["long"]["exposure"] == 1.0 and stitched["flat"]["exposure"] == 0.0
     assert stitched["long"]["turnover"] == pytest.approx(2 / 4)  # enter and exit each 4-bar trade
     ci = stitched["model_minus_long"]
-    assert ci["total"] == pytest.approx((model - long).sum()) and ci["total_ci_low"] < ci["total"] < ci["total_ci_high"]
+    assert (
+        ci["total"] == pytest.approx((model - long).sum())
+        and ci["total_ci_low"] < ci["total"] < ci["total_ci_high"]
+    )
     assert set(stitched["model_minus_best_fixed"]) >= {"ci_low", "ci_high"}
     skew, kurtosis = stats.moments(model)
     psr = stats.probabilistic_sharpe_ratio(stats.sharpe_ratio(model), len(model), skew, kurtosis)
@@ -289,8 +353,12 @@ def test_walkforward_json_holds_the_folds_and_the_stitched_figures(wf_run):
     html = (wf_run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Methods" in html and "model &minus; long" in html
     assert {p.name for p in (wf_run / "figures").iterdir()} == {
-        "equity.png", "drawdown.png", "folds.png", "steps.png", "depth.png"
-    }  # fmt: skip
+        "equity.png",
+        "drawdown.png",
+        "folds.png",
+        "steps.png",
+        "depth.png",
+    }
     assert list((wf_run / "stitched").glob("events.out.tfevents.*"))
 
 
@@ -305,11 +373,12 @@ def test_a_stopped_fold_resumes_from_its_checkpoint_exactly(tmp_path, market_csv
     with pytest.raises(walkforward.WalkForwardStopped):
         walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=2), root, jobs=1, log=lambda _: None)
     assert not foldrun.is_finished(root / "fold-0") and (root / "fold-0" / "checkpoint.pt").is_file()
+    assert not (root / "fold-1").exists()  # after a stop no further fold starts
     monkeypatch.undo()
     walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=2), root, jobs=1, log=lambda _: None)
-    for k in (0, 1):
+    for k, resumed in ((0, 5), (1, None)):
         info, oos = foldrun.load_record(root / f"fold-{k}")
-        assert info["resumed_from_step"] == 5 and info["step"] == 15
+        assert info["resumed_from_step"] == resumed and info["step"] == 15
         _, expected = foldrun.load_record(wf_run / f"fold-{k}")
         assert np.array_equal(oos["actions"], expected["actions"])  # as if never stopped
 
@@ -333,7 +402,9 @@ def test_resume_stitches_what_exists_and_scores_a_trained_fold_without_training(
 
 
 def test_a_walkforward_directory_is_continued_only_with_its_settings_and_data(tmp_path, market_csv, wf_run):
-    with pytest.raises(ValueError, match=r"other settings: walkforward.folds \(2 then, 3 now\); continue it with --resume"):
+    with pytest.raises(
+        ValueError, match=r"other settings: walkforward.folds \(2 then, 3 now\); continue it with --resume"
+    ):
         walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=3), wf_run, stitch_only=True)
     with pytest.raises(ValueError, match=r"other settings: config.train.lr"):
         config = tiny_config(market_csv)
@@ -352,7 +423,11 @@ def test_a_walkforward_directory_is_continued_only_with_its_settings_and_data(tm
 
 def test_a_universe_walks_forward_with_one_calendar(tmp_path, universe_dir):
     result = walk_forward(
-        tiny_config(universe_dir, steps=10), WalkForwardConfig(folds=2), tmp_path / "run", jobs=1, log=lambda _: None
+        tiny_config(universe_dir, steps=10),
+        WalkForwardConfig(folds=2),
+        tmp_path / "run",
+        jobs=1,
+        log=lambda _: None,
     )
     assert result["complete"]
     assert "symbol" in pd.read_csv(tmp_path / "run" / "data" / "fold-0.csv", nrows=1).columns
@@ -370,15 +445,31 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "trm_act.walkforward", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
-    result = run_cli("--data", str(market_csv), "--folds", "2", *TINY_FLAGS, "--steps", "20",
-                     "--logdir", "runs", "--run-name", "cli", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "--data",
+        str(market_csv),
+        "--folds",
+        "2",
+        *TINY_FLAGS,
+        "--steps",
+        "20",
+        "--logdir",
+        "runs",
+        "--run-name",
+        "cli",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    assert "training folds 0, 1, 2 at a time" in result.stderr
+    assert "training folds 0, 1 (2 at a time, 20 steps each)" in result.stderr
     assert "model - long:" in result.stdout and "PSR" in result.stdout and "DSR" in result.stdout
     root = tmp_path / "runs" / "cli"
     saved = json.loads((root / "walkforward.json").read_text())
@@ -393,7 +484,10 @@ def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
 
     refused = run_cli("--resume", "runs/cli", "--steps", "5", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
-    assert refused.stderr.startswith("error: --resume continues the saved walk-forward") and "drop --steps" in refused.stderr
+    assert (
+        refused.stderr.startswith("error: --resume continues the saved walk-forward")
+        and "drop --steps" in refused.stderr
+    )
 
 
 def test_cli_mistakes_are_one_line_errors(tmp_path, market_csv):
@@ -414,14 +508,29 @@ def test_cli_error_lines_name_the_flag(tmp_path, market_csv, capsys):
         (["--folds", "400"], "error: --folds 400: "),
         (["--resume", str(tmp_path / "nothing")], "error: --resume "),
     ):
-        assert walkforward.main(["--data", str(market_csv), *TINY_FLAGS, "--logdir", str(tmp_path), *argv]) == 2
+        assert (
+            walkforward.main(["--data", str(market_csv), *TINY_FLAGS, "--logdir", str(tmp_path), *argv]) == 2
+        )
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith(start), (argv, err)
 
 
 def test_cli_fold_alone_then_stitch_only_names_the_missing_fold(tmp_path, market_csv, capsys):
-    argv = ["--data", str(market_csv), "--folds", "2", *TINY_FLAGS, "--steps", "10", "--jobs", "1",
-            "--logdir", str(tmp_path), "--run-name", "array"]  # fmt: skip
+    argv = [
+        "--data",
+        str(market_csv),
+        "--folds",
+        "2",
+        *TINY_FLAGS,
+        "--steps",
+        "10",
+        "--jobs",
+        "1",
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "array",
+    ]
     assert walkforward.main([*argv, "--fold", "1"]) == 0
     assert "fold 1 finished" in capsys.readouterr().err
     root = tmp_path / "array"
@@ -430,3 +539,16 @@ def test_cli_fold_alone_then_stitch_only_names_the_missing_fold(tmp_path, market
     out = capsys.readouterr().out
     assert "missing folds 0" in out
     assert json.loads((root / "walkforward.json").read_text())["missing_folds"] == [0]
+
+
+def test_without_matplotlib_the_tear_sheet_draws_the_equity_curves_as_svg(tmp_path, wf_run, monkeypatch):
+    from trm_act import tearsheet
+
+    root = tmp_path / "copy"
+    shutil.copytree(wf_run, root)
+    shutil.rmtree(root / "figures")
+    monkeypatch.setattr(tearsheet, "_matplotlib_figure", lambda: None)
+    walkforward.stitch_root(root, json.loads((root / "plan.json").read_text()))
+    html = (root / "report.html").read_text()
+    assert "<svg" in html and "<polyline" in html and "matplotlib is not installed" in html
+    assert "data:image/png" not in html and not (root / "figures").exists()

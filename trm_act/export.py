@@ -157,7 +157,9 @@ def verify_onnx(policy: Policy, out: str | Path, n: int = 64, seed: int = 0) -> 
     if not np.array_equal(ours.steps, theirs.steps) or not np.array_equal(
         ours.logits.argmax(1), theirs.logits.argmax(1)
     ):
-        raise ValueError(f"{out}: onnxruntime's decisions differ from torch's on random windows; do not use it")
+        raise ValueError(
+            f"{out}: onnxruntime's decisions differ from torch's on random windows; do not use it"
+        )
     return float(np.abs(ours.logits - theirs.logits).max())
 
 
@@ -169,8 +171,12 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user mistake)."""
-    parser = _Parser(prog="python -m trm_act.export", description="Export a trained run as ONNX for trm_act.onnx.")
-    parser.add_argument("--run", required=True, help="run directory of python -m trm_act.train, or its checkpoint.pt")
+    parser = _Parser(
+        prog="python -m trm_act.export", description="Export a trained run as ONNX for trm_act.onnx."
+    )
+    parser.add_argument(
+        "--run", required=True, help="run directory of python -m trm_act.train, or its checkpoint.pt"
+    )
     parser.add_argument("--out", required=True, help="directory for encoder.onnx, step.onnx and policy.json")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)

@@ -112,7 +112,9 @@ def _check_boundary(replay: ReplayData, expected: int, what: str) -> None:
     """The replay's split boundary sits where the fold layout put it (an internal invariant)."""
     got = int((replay.boundary_bars - replay.bar_offsets[:-1]).sum())
     if got != expected:
-        raise RuntimeError(f"{what}: the replay's boundary leaves {got} bars before it, the fold layout {expected}")
+        raise RuntimeError(
+            f"{what}: the replay's boundary leaves {got} bars before it, the fold layout {expected}"
+        )
 
 
 def out_of_sample(
@@ -153,7 +155,10 @@ def out_of_sample(
     depth = fixed.step_actions
     if depth is None:  # a belief carried at depth k differs from depth max_steps': walk each depth
         depth = np.stack(
-            [predict(model, replay, test_idx, max_steps=k, adaptive=False, **walk).actions for k in range(1, max_steps)]
+            [
+                predict(model, replay, test_idx, max_steps=k, adaptive=False, **walk).actions
+                for k in range(1, max_steps)
+            ]
             + [fixed.actions]
         )
     best = train_replay.best_fixed_actions("train")  # (K,) chosen on the fold's training decisions
@@ -208,7 +213,11 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
             trainer = Trainer(job.train_config(), run_dir)
             resumed_from = None
         _check_boundary(trainer.eval_replay, job.cut_bars, f"fold {job.index} training")
-        record = dict(job.info) | {"fold": job.index, "run_dir": run_dir.name, "resumed_from_step": resumed_from}
+        record = dict(job.info) | {
+            "fold": job.index,
+            "run_dir": run_dir.name,
+            "resumed_from_step": resumed_from,
+        }
         if not (run_dir / "metrics.json").is_file():
             trainer.callbacks = CallbackList(
                 [TensorBoardCallback(run_dir), ProgressCallback(disable=not job.progress)]
@@ -224,7 +233,7 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
             "step": trainer.step,
             "seed": trainer.config.train.seed,
             "max_steps": int(trainer.model_config.max_steps),
-            "test_decisions": int(len(arrays["pnl"])),
+            "test_decisions": len(arrays["pnl"]),
             "best_fixed_strategy": {symbol: STRATEGIES[int(best[i])] for i, symbol in enumerate(job.rows)},
             "seconds": train_s,
         }

@@ -106,10 +106,14 @@ def load_market(env: TradeReplayConfig) -> Market:
     data = env.data
     min_bars = env.window + env.horizon + 1
     if isinstance(data, str) and data == "synthetic":
-        return Market({"synthetic": synthetic_frame(env.synthetic)}, False, "synthetic", SYNTHETIC_BARS_PER_YEAR)
+        return Market(
+            {"synthetic": synthetic_frame(env.synthetic)}, False, "synthetic", SYNTHETIC_BARS_PER_YEAR
+        )
     if is_universe(data):
         universe = load_universe(data, skip_bad_files=env.skip_bad_files, min_bars=min_bars)
-        per_year = float(np.median([bars_per_year(pd.DatetimeIndex(f.index)) for f in universe.frames.values()]))
+        per_year = float(
+            np.median([bars_per_year(pd.DatetimeIndex(f.index)) for f in universe.frames.values()])
+        )
         source = f"dict of {len(data)} DataFrames" if isinstance(data, dict) else str(data)
         return Market(dict(universe.frames), True, source, per_year)
     if isinstance(data, pd.DataFrame):
@@ -173,7 +177,7 @@ def plan_folds(
             f"training bars; use --folds <= {test_bars} or a smaller --train-bars"
         )
     starts = [first_test + (k * test_bars) // folds for k in range(folds + 1)]  # (K+1,) the last is n_times
-    shortest = min(b - a for a, b in zip(starts[:-1], starts[1:], strict=True))
+    shortest = int(np.diff(starts).min())
     if embargo >= shortest:
         raise ValueError(
             f"--embargo {embargo}: larger than a test fold ({shortest} bars with --folds {folds} on {n_times} "
@@ -359,4 +363,3 @@ def write_fold_csv(market: Market, fold: FoldSlice, path: Path) -> Path:
 def fold_env(env: TradeReplayConfig, data: Path, fraction: float, **changes: Any) -> TradeReplayConfig:
     """``env`` reading the fold's file with its boundary set by ``fraction`` (``FoldSlice.*_fraction``)."""
     return dataclasses.replace(env, data=str(data), test_fraction=fraction, **changes)
-

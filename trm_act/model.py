@@ -322,7 +322,7 @@ class RecurrentTRM(nn.Module):
     Recurrent Memory Transformer's memory carried across segments (Bulatov et al. 2022) but one vector,
     not tokens: a market's state is a few numbers (which regime, how sure), and a vector read into every
     token costs one (B, D) add. Each step reads b into the tokens (``x + read(b)``), proposes a revision
-    ``b' = GRUCell(mean of y over the window, b)`` and its heads read ``pooled y + b'``. Within a decision b stays fixed, so
+    ``b' = GRUCell(pooled y, b)`` and its heads read ``pooled y + b'``. Within a decision b stays fixed, so
     more reasoning steps refine how this window is read against the belief rather than counting the same
     bars twice; the proposal of the halting step becomes the next decision's belief. The belief is
     detached between decisions like the rest of the carry (truncated backpropagation of one decision):
@@ -420,9 +420,7 @@ class RecurrentTRM(nn.Module):
             y, z = _rms_norm(y), _rms_norm(z)
         proposal = None
         if self.has_belief:
-            # The revision reads the whole window's answer (its mean over bars), not only the pooled decision bar:
-            # slow evidence (a drift, an autocorrelation) is spread over every bar of it.
-            proposal = self.belief_write(y.mean(dim=1).float(), carry.belief.float())  # (B, D) revised belief
+            proposal = self.belief_write(pooled.float(), carry.belief.float())  # (B, D) revised belief
             pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)

@@ -56,7 +56,9 @@ class OnnxEngine:
         self.has_belief = bool(meta["belief"])
         self.y_init = np.asarray(meta["y_init"], dtype=np.float32)  # (D,)
         self.z_init = np.asarray(meta["z_init"], dtype=np.float32)  # (D,)
-        self.belief_init = np.asarray(meta["belief_init"], dtype=np.float32) if self.has_belief else None  # (D,)
+        self.belief_init = (
+            np.asarray(meta["belief_init"], dtype=np.float32) if self.has_belief else None
+        )  # (D,)
 
     def initial_belief(self) -> np.ndarray | None:
         return None if self.belief_init is None else self.belief_init.copy()
@@ -133,6 +135,20 @@ class OnnxPolicy(DecisionRuntime):
             raise ValueError(
                 f"{meta_file}: format {found!r}, expected {EXPORT_FORMAT!r}; export the run again with this version"
             )
+        required = (
+            "files",
+            "window",
+            "n_features",
+            "num_classes",
+            "max_steps",
+            "belief",
+            "stride",
+            "env",
+            "y_init",
+        )
+        missing = [key for key in required if key not in meta]
+        if missing:
+            raise ValueError(f"{meta_file}: missing {', '.join(missing)}; export the run again")
         for name in meta["files"].values():
             if not (directory / name).is_file():
                 raise ValueError(f"{directory}: {name} is missing; export the run again")
@@ -140,7 +156,9 @@ class OnnxPolicy(DecisionRuntime):
             raise ValueError(f"threads={threads!r}: expected an int >= 1 or None (onnxruntime's default)")
         policy = cls(OnnxEngine(directory, meta, threads), meta["env"])
         if policy.stride != meta["stride"]:
-            raise ValueError(f"{meta_file}: stride {meta['stride']} disagrees with its env options; export again")
+            raise ValueError(
+                f"{meta_file}: stride {meta['stride']} disagrees with its env options; export again"
+            )
         policy.source = str(directory)
         return policy
 

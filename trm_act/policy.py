@@ -38,7 +38,9 @@ __all__ = ["Policy", "TorchEngine"]
 POLICY_KEYS = ("config", "model_config", "model", "ema")
 
 
-def _rowwise_halt(module: torch.nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+def _rowwise_halt(
+    module: torch.nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+) -> torch.Tensor:
     """Forward hook: the halt head's output (B, 1) as a row-wise sum, which no batch size changes."""
     (h,) = inputs  # (B, D)
     return (h * module.weight[0].to(h.dtype)).sum(-1, keepdim=True) + module.bias.to(h.dtype)  # (B, 1)
@@ -74,7 +76,10 @@ class TorchEngine:
         if x.shape[0] != 1:
             return self.model.step(x, carry)
         pair = TRMCarry(
-            *(None if t is None else torch.cat([t, t]) for t in (carry.y, carry.z, carry.belief, carry.proposal))
+            *(
+                None if t is None else torch.cat([t, t])
+                for t in (carry.y, carry.z, carry.belief, carry.proposal)
+            )
         )
         out = self.model.step(torch.cat([x, x]), pair)  # (2, ...) identical rows
         return StepOutput(out.task_logits[:1], out.halt_logits[:1], out.carry.select(slice(0, 1)))
@@ -123,7 +128,8 @@ class Policy(DecisionRuntime):
     """A trained model with its feature pipeline and halting rule.
 
     ``Policy.load(run_dir)`` for a run of ``python -m trm_act.train``; ``Policy(model, env)`` for a model
-    in hand (``env``: the ``TradeReplayConfig``, or its dict, that built its observations).
+    in hand (``env``: the ``TradeReplayConfig``, or its dict, that built its observations). The model is
+    put in eval mode and its halt head gets the row-wise forward hook (see the module docstring).
 
     Example::
 
@@ -160,14 +166,21 @@ class Policy(DecisionRuntime):
         state = load_checkpoint(file)
         missing = [key for key in POLICY_KEYS if key not in state]
         if missing:
-            raise corrupt(file, f"missing {', '.join(missing)} (not a checkpoint of this version of trm_act.train)")
-        config, env = state["model_config"], state["config"].get("env") if isinstance(state["config"], dict) else None
+            raise corrupt(
+                file, f"missing {', '.join(missing)} (not a checkpoint of this version of trm_act.train)"
+            )
+        config, env = (
+            state["model_config"],
+            state["config"].get("env") if isinstance(state["config"], dict) else None,
+        )
         if not isinstance(config, dict) or not isinstance(env, dict):
             raise corrupt(file, "its model config or env options are not tables")
         known = {f.name for f in dataclasses.fields(TRMConfig)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise corrupt(file, f"its model config has option(s) {unknown} this version of trm_act does not know")
+            raise corrupt(
+                file, f"its model config has option(s) {unknown} this version of trm_act does not know"
+            )
         try:
             model = RecurrentTRM(TRMConfig(**config))
             weights = state["ema"] if state["ema"] is not None else state["model"]

@@ -42,13 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m trm_act.predict",
         description="Decide on new OHLCV bars with a trained run, write the decisions, and backtest them.",
     )
-    parser.add_argument("--run", required=True, help="run directory of python -m trm_act.train, or its checkpoint.pt")
+    parser.add_argument(
+        "--run", required=True, help="run directory of python -m trm_act.train, or its checkpoint.pt"
+    )
     parser.add_argument(
         "--data",
         required=True,
         help="OHLCV CSV (or a directory/glob of CSVs, a long CSV/Parquet with a Symbol column, or 'synthetic')",
     )
-    parser.add_argument("--out", default="decisions.csv", help="where to write the decisions (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="decisions.csv", help="where to write the decisions (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -82,7 +86,9 @@ def backtest(policy: Any, data: Any, decisions: pd.DataFrame) -> dict[str, Any]:
     idx = replay.split_indices("all")  # (N,) every decision point, instrument by instrument
     symbol = replay.symbol_index[idx]  # (N,)
     lengths = np.diff(replay.bar_offsets)  # (K,) bars per instrument
-    per_symbol = np.array([len(policy.decision_bars(int(n))) for n in lengths])  # (K,) policy rows per instrument
+    per_symbol = np.array(
+        [len(policy.decision_bars(int(n))) for n in lengths]
+    )  # (K,) policy rows per instrument
     if per_symbol.sum() != len(decisions):
         raise ValueError(
             f"data={data!r}: {len(decisions)} decisions but the replay's bars give {per_symbol.sum()}; pass the "
@@ -94,7 +100,9 @@ def backtest(policy: Any, data: Any, decisions: pd.DataFrame) -> dict[str, Any]:
     stamps = decisions.index.get_level_values("timestamp")
     if not np.array_equal(_utc_ns(stamps[rows]), _utc_ns(replay.timestamps[replay.decision_bars[idx]])):
         raise ValueError("decisions and replay disagree on the decision bars; pass the same data to both")
-    order = np.argsort(_utc_ns(replay.timestamps[replay.decision_bars[idx]]), kind="stable")  # pooled, in time
+    order = np.argsort(
+        _utc_ns(replay.timestamps[replay.decision_bars[idx]]), kind="stable"
+    )  # pooled, in time
     idx, rows = idx[order], rows[order]
     pnl = replay.strategy_pnl[idx]  # (N, 8)
     labels = replay.labels[idx]  # (N,)
@@ -156,7 +164,14 @@ def _one_line_warning(message: Any, category: type, filename: str, lineno: int, 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user mistake, 1 failed write)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    warnings.formatwarning = _one_line_warning
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _main(args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads}: expected an int >= 1")

@@ -113,9 +113,11 @@ class Decision:
     def as_row(self) -> dict[str, Any]:
         """The columns of ``decide``'s frame: strategy, action, steps, p_<strategy>..., halt_logit."""
         probabilities = {PROBABILITY_PREFIX + name: p for name, p in self.probabilities.items()}
-        return {"strategy": self.strategy, "action": self.action, "steps": self.steps} | probabilities | {
-            "halt_logit": self.halt_logit
-        }
+        return (
+            {"strategy": self.strategy, "action": self.action, "steps": self.steps}
+            | probabilities
+            | {"halt_logit": self.halt_logit}
+        )
 
 
 def env_section(env: Any) -> dict[str, Any]:
@@ -123,7 +125,9 @@ def env_section(env: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(env) and not isinstance(env, type):
         env = {f.name: getattr(env, f.name) for f in dataclasses.fields(env)}
     if not isinstance(env, Mapping):
-        raise ValueError(f"env={env!r:.80}: expected a TradeReplayConfig or a dict of its fields (a run's [env])")
+        raise ValueError(
+            f"env={env!r:.80}: expected a TradeReplayConfig or a dict of its fields (a run's [env])"
+        )
     out = dict(env)
     synthetic = out.get("synthetic")
     if dataclasses.is_dataclass(synthetic) and not isinstance(synthetic, type):
@@ -173,7 +177,11 @@ def _columns() -> list[str]:
 
 
 def _frame(
-    stamps: pd.DatetimeIndex, logits: np.ndarray, steps: np.ndarray, halt: np.ndarray, symbols: list[str] | None
+    stamps: pd.DatetimeIndex,
+    logits: np.ndarray,
+    steps: np.ndarray,
+    halt: np.ndarray,
+    symbols: list[str] | None,
 ) -> pd.DataFrame:
     """decide's output for N decisions: logits (N, C) float32, steps (N,), halt (N,) float32."""
     actions = logits.argmax(axis=1).astype(np.int64)  # (N,) the first maximum, as torch.argmax
@@ -201,6 +209,15 @@ def _check_features(features: np.ndarray, source: str) -> None:
             f"{source}: row {row}: feature {FEATURE_NAMES[column]!r} is {features[row, column]}; the prices "
             "around that row are too extreme for float64 arithmetic; fix or drop those bars"
         )
+
+
+class _Plan(NamedTuple):
+    """One instrument's decisions in ``decide``: decision i reads ``windows[starts[i]]``."""
+
+    symbol: str
+    stamps: pd.DatetimeIndex  # (N,) the decision bars' timestamps
+    windows: np.ndarray  # (T-W+1, W, F) float32 view: row j holds the features of bars j..j+W-1
+    starts: np.ndarray  # (N,) int64 first bar of each decision's window
 
 
 class DecisionRuntime:
@@ -263,16 +280,20 @@ class DecisionRuntime:
                 *(frame[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
             )  # (T, F)
             _check_features(features, frame.attrs.get("source", symbol))
-            windows = sliding_window_view(features, (self.window, features.shape[1]))[:, 0]  # (T-W+1, W, F)
-            plans.append((symbol, pd.DatetimeIndex(frame.index)[bars], windows[bars - (self.window - 1)]))
+            windows = sliding_window_view(features, (self.window, features.shape[1]))[
+                :, 0
+            ]  # (T-W+1, W, F) a view
+            plans.append(
+                _Plan(symbol, pd.DatetimeIndex(frame.index)[bars], windows, bars - (self.window - 1))
+            )
         walk = self._walk_beliefs if self.has_belief else self._walk_windows
         parts = [walk(plans)] if plans else []
         symbols = None
         if universe:
-            symbols = [symbol for symbol, stamps, _ in plans for _ in range(len(stamps))]
+            symbols = [plan.symbol for plan in plans for _ in range(len(plan.stamps))]
         if parts:
             logits, steps, halt = parts[0]
-            stamps = plans[0][1].append([s for _, s, _ in plans[1:]])
+            stamps = plans[0].stamps.append([plan.stamps for plan in plans[1:]])
             if not isinstance(stamps, pd.DatetimeIndex):  # instruments in different time zones: one axis, UTC
                 stamps = pd.DatetimeIndex(pd.to_datetime(stamps, utc=True))
             out = _frame(stamps, logits, steps, halt, symbols)
@@ -309,26 +330,26 @@ class DecisionRuntime:
             "a long CSV/Parquet with a Symbol column, a dict of DataFrames, or 'synthetic'"
         )
 
-    def _walk_windows(self, plans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fresh carry: every decision on its own, in batches."""
-        windows = [w for _, _, w in plans]
-        n = sum(len(w) for w in windows)
+    def _walk_windows(self, plans: list[_Plan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fresh carry: every decision on its own, in batches (each batch's windows gathered as it runs)."""
+        n = sum(len(plan.starts) for plan in plans)
         logits = np.zeros((n, len(STRATEGIES)), np.float32)  # (N, C)
         steps = np.zeros(n, np.int64)  # (N,)
         halt = np.zeros(n, np.float32)  # (N,)
-        offsets = np.cumsum([0] + [len(w) for w in windows])
-        for part, w in zip(offsets[:-1].tolist(), windows, strict=True):
-            for lo in range(0, len(w), DECIDE_BATCH_SIZE):
-                obs = np.ascontiguousarray(w[lo : lo + DECIDE_BATCH_SIZE])  # (B, W, F) a fresh copy
+        row = 0
+        for plan in plans:
+            for lo in range(0, len(plan.starts), DECIDE_BATCH_SIZE):
+                obs = plan.windows[plan.starts[lo : lo + DECIDE_BATCH_SIZE]]  # (B, W, F) a fresh copy
                 out = self.engine.run(obs, None)
-                rows = slice(part + lo, part + lo + len(obs))
+                rows = slice(row, row + len(obs))
                 logits[rows], steps[rows], halt[rows] = out.logits, out.steps, out.halt_logits
+                row += len(obs)
         return logits, steps, halt
 
-    def _walk_beliefs(self, plans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _walk_beliefs(self, plans: list[_Plan]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Belief carry: each instrument's decisions in time order from its initial belief; the
         instruments walk side by side (one engine call per decision position)."""
-        lengths = np.array([len(w) for _, _, w in plans])  # (K,)
+        lengths = np.array([len(plan.starts) for plan in plans])  # (K,)
         offsets = np.concatenate(([0], np.cumsum(lengths)))  # (K+1,)
         n = int(offsets[-1])
         logits = np.zeros((n, len(STRATEGIES)), np.float32)  # (N, C)
@@ -337,7 +358,7 @@ class DecisionRuntime:
         belief = np.tile(self.engine.initial_belief(), (len(plans), 1))  # (K, D)
         for p in range(int(lengths.max())):
             alive = np.flatnonzero(lengths > p)  # (A,) instruments with a p-th decision
-            obs = np.stack([plans[k][2][p] for k in alive])  # (A, W, F)
+            obs = np.stack([plans[k].windows[plans[k].starts[p]] for k in alive])  # (A, W, F)
             out = self.engine.run(obs, belief[alive])
             rows = offsets[alive] + p  # (A,)
             logits[rows], steps[rows], halt[rows] = out.logits, out.steps, out.halt_logits
@@ -431,12 +452,21 @@ def parse_bar(bar: Any, where: str) -> _Bar:
             f"{where}: missing {missing[0]!r} (the bar has {sorted(map(str, items))}); pass open, high, low, "
             "close, volume and a timestamp"
         )
+    raw_stamp = found["timestamp"]
     try:
-        stamp = pd.Timestamp(found["timestamp"])
+        if isinstance(raw_stamp, (int, float, np.integer, np.floating)) and not isinstance(raw_stamp, bool):
+            top = abs(
+                float(raw_stamp)
+            )  # Unix epoch: its magnitude tells the unit, as training's loader reads it
+            stamp = pd.Timestamp(raw_stamp, unit="s" if top < 1e11 else "ms" if top < 1e14 else "ns")
+        else:
+            stamp = pd.Timestamp(raw_stamp)
     except (ValueError, TypeError, OverflowError):
         stamp = pd.NaT
     if stamp is pd.NaT:
-        raise ValueError(f"{where}: cannot read timestamp {found['timestamp']!r}; pass a date/time or pd.Timestamp")
+        raise ValueError(
+            f"{where}: cannot read timestamp {found['timestamp']!r}; pass a date/time or pd.Timestamp"
+        )
     values = {}
     for key in ("open", "high", "low", "close", "volume", "adj_close"):
         if key not in found:
@@ -449,7 +479,9 @@ def parse_bar(bar: Any, where: str) -> _Bar:
         price = key != "volume"
         if not math.isfinite(value) or (price and value < SMALLEST_PRICE) or value < 0:
             rule = "a finite price > 0" if price else "a finite volume >= 0"
-            raise ValueError(f"{where} ({stamp}): {key}={raw!r}; each bar needs {rule} (fill or drop the bar)")
+            raise ValueError(
+                f"{where} ({stamp}): {key}={raw!r}; each bar needs {rule} (fill or drop the bar)"
+            )
         values[key] = value
     o, h, low, c = values["open"], values["high"], values["low"], values["close"]
     if h < max(o, c) or low > min(o, c):
@@ -461,7 +493,9 @@ def parse_bar(bar: Any, where: str) -> _Bar:
         factor = values["adj_close"] / c
         o, h, low, c = o * factor, h * factor, low * factor, c * factor
         if not all(math.isfinite(v) and v >= SMALLEST_PRICE for v in (o, h, low, c)):
-            raise ValueError(f"{where} ({stamp}): adj_close={values['adj_close']} scales the prices out of range")
+            raise ValueError(
+                f"{where} ({stamp}): adj_close={values['adj_close']} scales the prices out of range"
+            )
     return _Bar(stamp, o, h, low, c, values.get("volume", 0.0))
 
 
@@ -564,7 +598,9 @@ class PolicyStream:
             strategy=self.runtime.strategies[action],
             action=action,
             steps=int(outcome.steps[row]),
-            probabilities={name: float(p) for name, p in zip(self.runtime.strategies, probabilities, strict=True)},
+            probabilities={
+                name: float(p) for name, p in zip(self.runtime.strategies, probabilities, strict=True)
+            },
             halt_logit=float(outcome.halt_logits[row]),
         )
 
@@ -632,7 +668,9 @@ class StreamBatch:
         validated first: one bad bar raises ValueError and no stream moves."""
         unknown = [s for s in bars if s not in self.streams]
         if unknown:
-            raise ValueError(f"bars for unknown symbol {unknown[0]!r}; this batch streams {list(self.streams)[:5]}...")
+            raise ValueError(
+                f"bars for unknown symbol {unknown[0]!r}; this batch streams {list(self.streams)[:5]}..."
+            )
         pending = {symbol: self.streams[symbol]._prepare(bar) for symbol, bar in bars.items()}
         deciding = [symbol for symbol, p in pending.items() if p.decides]
         outcome = None

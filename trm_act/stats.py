@@ -51,12 +51,29 @@ def norm_ppf(p: float) -> float:
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"p={p!r}: the normal quantile needs 0 < p < 1")
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
-         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
-         6.680131188771972e01, -1.328068155288572e01)  # fmt: skip
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
-         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
     d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
     low = 0.02425
     if p < low:
@@ -72,8 +89,10 @@ def norm_ppf(p: float) -> float:
     else:
         q = p - 0.5
         r = q * q
-        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / (
-            ((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0
+        x = (
+            (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+            * q
+            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
         )
     e = norm_cdf(x) - p  # one Halley step
     u = e * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
@@ -240,7 +259,9 @@ def stationary_bootstrap_indices(
     new_block = rng.random((n_resamples, n)) < 1.0 / block_length  # (B, n)
     new_block[:, 0] = True
     position = np.arange(n)  # (n,)
-    block_begin = np.maximum.accumulate(np.where(new_block, position, 0), axis=1)  # (B, n) where each block began
+    block_begin = np.maximum.accumulate(
+        np.where(new_block, position, 0), axis=1
+    )  # (B, n) where each block began
     rows = np.arange(n_resamples)[:, None]  # (B, 1)
     return (starts[rows, block_begin] + (position - block_begin)) % n  # (B, n)
 

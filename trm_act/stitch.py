@@ -125,9 +125,23 @@ def score_fold(
 ) -> dict[str, Any]:
     """One entry of ``walkforward.json``'s ``folds``: spans, counts, and every policy's figures."""
     policies = policy_arrays(arrays)
-    keys = ("fold", "train_start", "train_end", "test_start", "test_end", "train_decisions", "purged",
-            "embargoed", "test_decisions", "instruments", "best_fixed_strategy", "run_dir", "step", "seed",
-            "seconds")  # fmt: skip
+    keys = (
+        "fold",
+        "train_start",
+        "train_end",
+        "test_start",
+        "test_end",
+        "train_decisions",
+        "purged",
+        "embargoed",
+        "test_decisions",
+        "instruments",
+        "best_fixed_strategy",
+        "run_dir",
+        "step",
+        "seed",
+        "seconds",
+    )
     entry = {key: info[key] for key in keys if key in info}
     model = _figures(policies["model"], periods, stride)
     model |= _model_extras(
@@ -179,6 +193,7 @@ def stitch(
         "missing_folds": missing,
         "methods": METHODS,
         "folds": [score_fold(*records[k], periods, stride) for k in done],
+        "config": plan["config"],
     }
     if not done:
         result["stitched"] = None
@@ -193,7 +208,7 @@ def stitch(
     pnl_matrix = np.concatenate([a["pnl"] for a in arrays])
     max_steps = max(int(records[k][0]["max_steps"]) for k in done)
 
-    stitched: dict[str, Any] = {"decisions": int(len(actions)), "folds": done}
+    stitched: dict[str, Any] = {"decisions": len(actions), "folds": done}
     model = _figures(joined["model"], periods, stride)
     model |= _model_extras(actions, steps, depth, pnl_matrix, max_steps)
     model["fixed_max_steps"] = _figures(joined["model_fixed_depth"], periods, stride)
@@ -241,7 +256,7 @@ def _psr(pnl: np.ndarray, periods: float) -> dict[str, Any] | None:
         "sharpe_annualised": sharpe * math.sqrt(periods),
         "skew": skew,
         "kurtosis": kurtosis,
-        "n": int(len(pnl)),
+        "n": len(pnl),
     }
 
 
@@ -268,10 +283,16 @@ def _dsr(
         variance_source = "--sharpe-variance (annualised, divided by decisions per year)"
     elif len(fold_sharpes) >= 2:
         variance = float(np.var(fold_sharpes, ddof=1))
-        variance_source = f"variance (ddof 1) of the model's per-decision Sharpe over {len(fold_sharpes)} folds"
+        variance_source = (
+            f"variance (ddof 1) of the model's per-decision Sharpe over {len(fold_sharpes)} folds"
+        )
     else:
-        return {"value": None, "n_trials": n_trials, "n_trials_source": trials_source,
-                "reason": "needs 2 or more folds, or --sharpe-variance"}  # fmt: skip
+        return {
+            "value": None,
+            "n_trials": n_trials,
+            "n_trials_source": trials_source,
+            "reason": "needs 2 or more folds, or --sharpe-variance",
+        }
     sharpe = stats.sharpe_ratio(pnl)
     skew, kurtosis = stats.moments(pnl)
     sr0 = stats.expected_max_sharpe(n_trials, variance)
@@ -321,7 +342,9 @@ def format_table(result: dict[str, Any]) -> str:
         ci = stitched[f"model_minus_{name}"]
         if ci is None:
             continue
-        verdict = "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "no different"
+        verdict = (
+            "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "no different"
+        )
         lines.append(
             f"model - {name.replace('_', ' ')}: {ci['total']:+.3f} PnL, 95% interval [{ci['total_ci_low']:+.3f}, "
             f"{ci['total_ci_high']:+.3f}] ({verdict} at 95%, block bootstrap)"

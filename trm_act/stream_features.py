@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from trm_act.envs.features import (
+    _TINY,
     FEATURE_CLIP,
     LONG_VOL_HALFLIFE,
     SHORT_VOL_HALFLIFE,
     VOLUME_HALFLIFE,
-    _TINY,
 )
 
 __all__ = ["FeatureState", "FeatureStream"]
@@ -106,7 +106,9 @@ class FeatureState:
             if value is None:
                 return math.nan
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"features.{name}={value!r}: expected a number; pass a state_dict() unchanged")
+                raise ValueError(
+                    f"features.{name}={value!r}: expected a number; pass a state_dict() unchanged"
+                )
             return float(value)
 
         if not isinstance(state, dict) or set(state) != {f.name for f in fields(cls)}:
@@ -126,7 +128,9 @@ class FeatureState:
                 recent_returns=tuple(number(v, "recent_returns") for v in state["recent_returns"]),
             )
         except (TypeError, IndexError, ValueError) as exc:
-            raise ValueError(f"features: malformed stream state ({exc}); pass a state_dict() unchanged") from None
+            raise ValueError(
+                f"features: malformed stream state ({exc}); pass a state_dict() unchanged"
+            ) from None
         if len(out.means) != len(MEANS) or len(out.weights) != len(MEANS) or out.bars < 0:
             raise ValueError(
                 f"features: {len(out.means)} means for {len(MEANS)} statistics; pass a state_dict() unchanged"
@@ -246,4 +250,3 @@ def _rolling_value(momentum: tuple[float, ...]) -> float:
     repeated value, the running sum otherwise."""
     total, _, _, count, same, previous = momentum
     return previous * count if same >= count else total
-

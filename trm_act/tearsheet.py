@@ -56,13 +56,29 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
         axes.grid(alpha=0.3)
         return figure, axes
 
-    figure, axes = new("stitched out-of-sample equity", "decision time", "cumulative PnL (log, fraction of capital)")
+    figure, axes = new(
+        "stitched out-of-sample equity", "decision time", "cumulative PnL (log, fraction of capital)"
+    )
     for name in ("model", "long", "best_fixed", "random"):
-        axes.plot(when, np.cumsum(curves.pnl[name]), label=LABELS[name], color=COLOURS[name], linewidth=1.2,
-                  alpha=0.6 if name == "random" else 1.0)  # fmt: skip
+        axes.plot(
+            when,
+            np.cumsum(curves.pnl[name]),
+            label=LABELS[name],
+            color=COLOURS[name],
+            linewidth=1.2,
+            alpha=0.6 if name == "random" else 1.0,
+        )
     for fold, start in zip(curves.folds, starts, strict=True):
         axes.axvline(start, color="black", linewidth=0.5, linestyle=":")
-        axes.annotate(f"fold {fold}", (start, 1.0), xycoords=("data", "axes fraction"), fontsize=7, va="top")
+        axes.annotate(
+            f"fold {fold}",
+            (start, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            fontsize=7,
+            va="top",
+        )
     axes.axhline(0.0, color="black", linewidth=0.6)
     axes.legend(loc="upper left", fontsize=8)
     figure.autofmt_xdate()
@@ -70,8 +86,13 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
 
     figure, axes = new("drawdown from the running peak", "decision time", "drawdown (fraction of equity)")
     for name in ("model", "long", "best_fixed"):
-        axes.plot(when, -stats.drawdown_curve(curves.pnl[name])[1:], label=LABELS[name], color=COLOURS[name],
-                  linewidth=1.0)  # fmt: skip
+        axes.plot(
+            when,
+            -stats.drawdown_curve(curves.pnl[name])[1:],
+            label=LABELS[name],
+            color=COLOURS[name],
+            linewidth=1.0,
+        )
     axes.legend(loc="lower left", fontsize=8)
     figure.autofmt_xdate()
     out["drawdown"] = figure
@@ -81,8 +102,13 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
     x = np.arange(len(folds))
     width = 0.2
     for j, name in enumerate(("model", "long", "best_fixed", "random")):
-        axes.bar(x + (j - 1.5) * width, [f[name]["pnl"] for f in folds], width, label=LABELS[name],
-                 color=COLOURS[name])  # fmt: skip
+        axes.bar(
+            x + (j - 1.5) * width,
+            [f[name]["pnl"] for f in folds],
+            width,
+            label=LABELS[name],
+            color=COLOURS[name],
+        )
     axes.set_xticks(x, [str(f["fold"]) for f in folds])
     axes.axhline(0.0, color="black", linewidth=0.6)
     axes.legend(fontsize=8)
@@ -103,8 +129,9 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
         figure, axes = new("stitched PnL at each fixed depth", "reasoning steps (every decision)", "PnL")
         depths = np.arange(1, curves.depth_pnl.shape[0] + 1)
         axes.plot(depths, curves.depth_pnl.sum(axis=1), marker="o", color="tab:purple", label="fixed depth")
-        axes.axhline(float(curves.pnl["model"].sum()), color=COLOURS["model"], linestyle="--",
-                     label="adaptive halting")  # fmt: skip
+        axes.axhline(
+            float(curves.pnl["model"].sum()), color=COLOURS["model"], linestyle="--", label="adaptive halting"
+        )
         axes.set_xticks(depths)
         axes.legend(fontsize=8)
         out["depth"] = figure
@@ -129,7 +156,9 @@ def _rgb(figure: Any) -> np.ndarray:
 
 def equity_svg(curves: Curves, width: int = 800, height: int = 300) -> str:
     """Inline SVG of the stitched equity curves (the fallback without matplotlib)."""
-    lines = {name: np.concatenate([[0.0], np.cumsum(curves.pnl[name])]) for name in ("model", "long", "best_fixed")}
+    lines = {
+        name: np.concatenate([[0.0], np.cumsum(curves.pnl[name])]) for name in ("model", "long", "best_fixed")
+    }
     low = min(float(v.min()) for v in lines.values())
     high = max(float(v.max()) for v in lines.values())
     span = high - low or 1.0
@@ -140,12 +169,12 @@ def equity_svg(curves: Curves, width: int = 800, height: int = 300) -> str:
         xs = np.linspace(10, width - 10, n)
         ys = height - 10 - (values - low) / span * (height - 20)
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
-        paths.append(f'<polyline fill="none" stroke="{colours[name]}" stroke-width="1.5" points="{points}">'
-                     f"<title>{LABELS[name]}</title></polyline>")  # fmt: skip
+        paths.append(
+            f'<polyline fill="none" stroke="{colours[name]}" stroke-width="1.5" points="{points}">'
+            f"<title>{LABELS[name]}</title></polyline>"
+        )
     zero = height - 10 - (0.0 - low) / span * (height - 20)
-    legend = " ".join(
-        f'<tspan fill="{colours[name]}">{html.escape(LABELS[name])}</tspan>' for name in lines
-    )
+    legend = " ".join(f'<tspan fill="{colours[name]}">{html.escape(LABELS[name])}</tspan>' for name in lines)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
         f'aria-label="stitched equity curves">'
@@ -173,13 +202,25 @@ def _policy_rows(stitched: dict[str, Any]) -> list[list[str]]:
     from trm_act.envs import STRATEGIES
 
     model = stitched["model"]
-    named = [("model (adaptive)", model), (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
-             ("long", stitched["long"]), ("best fixed", stitched["best_fixed"]), ("random", stitched["random"])]  # fmt: skip
+    named = [
+        ("model (adaptive)", model),
+        (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
+        ("long", stitched["long"]),
+        ("best fixed", stitched["best_fixed"]),
+        ("random", stitched["random"]),
+    ]
     named += [(f"fixed: {name}", stitched[name]) for name in STRATEGIES if name != "long"]
     return [
-        [html.escape(name), _fmt(r["pnl"]), _fmt(r["sharpe"], ".2f"), _fmt(r["sortino"], ".2f"),
-         _fmt(r["max_drawdown"], ".3f"), _fmt(r["turnover"], ".4f"), _fmt(r["exposure"], ".3f"),
-         _fmt(r["hit_rate"], ".3f")]  # fmt: skip
+        [
+            html.escape(name),
+            _fmt(r["pnl"]),
+            _fmt(r["sharpe"], ".2f"),
+            _fmt(r["sortino"], ".2f"),
+            _fmt(r["max_drawdown"], ".3f"),
+            _fmt(r["turnover"], ".4f"),
+            _fmt(r["exposure"], ".3f"),
+            _fmt(r["hit_rate"], ".3f"),
+        ]
         for name, r in named
     ]
 
@@ -189,13 +230,26 @@ def _fold_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
     for f in folds:
         best = f.get("best_fixed_strategy") or {}
         strategies = sorted(set(best.values()))
-        rows.append([
-            str(f["fold"]), _fmt(f["train_start"]), _fmt(f["train_end"]), _fmt(f["test_start"]), _fmt(f["test_end"]),
-            str(f.get("train_decisions", "")), str(f.get("purged", "")), str(f.get("embargoed", "")),
-            str(f.get("test_decisions", "")), html.escape(", ".join(strategies) if len(strategies) <= 2 else "per instrument"),
-            _fmt(f["model"]["pnl"]), _fmt(f["long"]["pnl"]), _fmt(f["best_fixed"]["pnl"]), _fmt(f["random"]["pnl"]),
-            _fmt(f["model"]["sharpe"], ".2f"), _fmt(f["model"]["mean_steps"], ".2f"),
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(f["fold"]),
+                _fmt(f["train_start"]),
+                _fmt(f["train_end"]),
+                _fmt(f["test_start"]),
+                _fmt(f["test_end"]),
+                str(f.get("train_decisions", "")),
+                str(f.get("purged", "")),
+                str(f.get("embargoed", "")),
+                str(f.get("test_decisions", "")),
+                html.escape(", ".join(strategies) if len(strategies) <= 2 else "per instrument"),
+                _fmt(f["model"]["pnl"]),
+                _fmt(f["long"]["pnl"]),
+                _fmt(f["best_fixed"]["pnl"]),
+                _fmt(f["random"]["pnl"]),
+                _fmt(f["model"]["sharpe"], ".2f"),
+                _fmt(f["model"]["mean_steps"], ".2f"),
+            ]
+        )
     return rows
 
 
@@ -205,8 +259,11 @@ def _statistics(stitched: dict[str, Any]) -> str:
         ci = stitched.get(f"model_minus_{name}")
         if ci is None:
             continue
-        verdict = "significantly better" if ci["total_ci_low"] > 0 else (
-            "significantly worse" if ci["total_ci_high"] < 0 else "not significantly different")
+        verdict = (
+            "significantly better"
+            if ci["total_ci_low"] > 0
+            else ("significantly worse" if ci["total_ci_high"] < 0 else "not significantly different")
+        )
         parts.append(
             f"<li><b>model &minus; {html.escape(name.replace('_', ' '))}</b>: {ci['total']:+.4f} PnL over the record, "
             f"95% interval [{ci['total_ci_low']:+.4f}, {ci['total_ci_high']:+.4f}] "
@@ -246,16 +303,30 @@ def render_html(result: dict[str, Any], images: dict[str, bytes], svg: str | Non
     """The tear sheet as one HTML page (``images``: name -> PNG bytes, embedded as base64)."""
     stitched = result["stitched"]
     title = f"Walk-forward tear sheet: {result['data']}"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     out.append(
         f"<p>{result['scheme']} scheme, {result['folds_planned']} folds, embargo {result['embargo']} bars, "
         f"trades of {result['horizon']} bars, labels over {result['label_horizon']} bars, a decision every "
         f"{result['stride']} bars ({result['periods_per_year']:.1f} a year).</p>"
     )
+    config = result.get("config")
+    if config:
+        env, model, loss, train = (config.get(k, {}) for k in ("env", "model", "loss", "train"))
+        out.append(
+            f"<p class='note'>Recipe: {train.get('steps')} optimizer steps per fold, batch {train.get('batch_size')}, "
+            f"seed {train.get('seed')}; model d_model {model.get('d_model')}, up to {model.get('max_steps')} "
+            f"reasoning steps; labels {html.escape(str(env.get('label_source')))}; halt target "
+            f"{html.escape(str(loss.get('halt_target')))}; costs {env.get('cost')} per unit of position change. "
+            "The full config is in walkforward.json.</p>"
+        )
     if result["missing_folds"]:
         missing = ", ".join(str(k) for k in result["missing_folds"])
-        out.append(f"<p><b>Incomplete:</b> folds {missing} have not finished; the figures below stitch the others.</p>")
+        out.append(
+            f"<p><b>Incomplete:</b> folds {missing} have not finished; the figures below stitch the others.</p>"
+        )
     if stitched is None:
         out.append("<p>No fold has finished yet.</p></body></html>")
         return "".join(out)
@@ -266,16 +337,46 @@ def render_html(result: dict[str, Any], images: dict[str, bytes], svg: str | Non
             encoded = base64.b64encode(images[name]).decode()
             out.append(f"<h3>{caption}</h3><img alt='{caption}' src='data:image/png;base64,{encoded}'>")
     if not images and svg:
-        out.append(f"<h3>Stitched equity curves</h3>{svg}<p class='note'>matplotlib is not installed: "
-                   "only the equity curves are drawn (pip install matplotlib for every figure).</p>")  # fmt: skip
+        out.append(
+            f"<h3>Stitched equity curves</h3>{svg}<p class='note'>matplotlib is not installed: "
+            "only the equity curves are drawn (pip install matplotlib for every figure).</p>"
+        )
     out.append("<h3>Every policy, stitched</h3>")
-    out.append(_table(["policy", "pnl", "sharpe", "sortino", "max dd", "turnover", "exposure", "hit rate"],
-                      _policy_rows(stitched)))  # fmt: skip
+    out.append(
+        _table(
+            ["policy", "pnl", "sharpe", "sortino", "max dd", "turnover", "exposure", "hit rate"],
+            _policy_rows(stitched),
+        )
+    )
     out.append("<h2>Folds</h2>")
-    out.append(_table(["fold", "train start", "train end", "test start", "test end", "train dec.", "purged",
-                       "embargoed", "test dec.", "best fixed", "model pnl", "long pnl", "best fixed pnl",
-                       "random pnl", "model sharpe", "mean steps"], _fold_rows(result["folds"])))  # fmt: skip
-    for name, caption in (("folds", "PnL per fold"), ("steps", "Reasoning steps"), ("depth", "PnL at each fixed depth")):
+    out.append(
+        _table(
+            [
+                "fold",
+                "train start",
+                "train end",
+                "test start",
+                "test end",
+                "train dec.",
+                "purged",
+                "embargoed",
+                "test dec.",
+                "best fixed",
+                "model pnl",
+                "long pnl",
+                "best fixed pnl",
+                "random pnl",
+                "model sharpe",
+                "mean steps",
+            ],
+            _fold_rows(result["folds"]),
+        )
+    )
+    for name, caption in (
+        ("folds", "PnL per fold"),
+        ("steps", "Reasoning steps"),
+        ("depth", "PnL at each fixed depth"),
+    ):
         if name in images:
             encoded = base64.b64encode(images[name]).decode()
             out.append(f"<h3>{caption}</h3><img alt='{caption}' src='data:image/png;base64,{encoded}'>")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from trm_act import interrupts
 from trm_act.config import SECTIONS, ExperimentConfig
 from trm_act.files import write_json
 from trm_act.foldrun import FoldJob, is_finished, load_record, run_fold
@@ -93,7 +94,9 @@ class WalkForwardConfig:
             raise ValueError(
                 f"--trials {self.trials}: expected the number of recipes and seeds tried, an int >= 1"
             )
-        if self.sharpe_variance is not None and not (self.sharpe_variance >= 0 and np.isfinite(self.sharpe_variance)):
+        if self.sharpe_variance is not None and not (
+            self.sharpe_variance >= 0 and np.isfinite(self.sharpe_variance)
+        ):
             raise ValueError(
                 f"--sharpe-variance {self.sharpe_variance}: expected a finite variance >= 0 of annualised "
                 "Sharpe ratios, or leave it out to use the folds'"
@@ -122,7 +125,7 @@ class Plan:
             "walkforward": dataclasses.asdict(self.settings),
             "config": self.config.to_dict(),
             "symbols": list(self.market.frames),
-            "bars": int(len(self.calendar)),
+            "bars": len(self.calendar),
             "horizon": env.horizon,
             "label_horizon": env.effective_label_horizon,
             "stride": env.effective_stride,
@@ -174,13 +177,19 @@ def make_plan(config: ExperimentConfig, settings: WalkForwardConfig) -> Plan:
             "fold's data file; use hindsight or hmm (regime-model labels, fitted on each fold's training bars)"
         )
     market = load_market(config.env)
+    if market.universe and config.env.label_source == "hmm":
+        raise ValueError(
+            f"--env.label-source hmm fits one regime model to one instrument's bars, but {market.source} holds "
+            f"{len(market.frames)} instruments; use --env.label-source hindsight for a universe"
+        )
     calendar = market.calendar
     slices = _slices(market, calendar, config, settings, settings.folds)
     try:
         check_slices(slices, config.env, settings.folds, market.source)
     except ValueError as exc:
         feasible = next(
-            (k for k in range(settings.folds - 1, 1, -1) if _feasible(market, calendar, config, settings, k)), None
+            (k for k in range(settings.folds - 1, 1, -1) if _feasible(market, calendar, config, settings, k)),
+            None,
         )
         hint = f" (at most --folds {feasible} fits here)" if feasible else ""
         raise ValueError(f"{exc}{hint}") from None
@@ -194,7 +203,9 @@ def _slices(
     return [slice_fold(market, calendar, span, config.env, config.train_stride) for span in spans]
 
 
-def _feasible(market: Market, calendar: np.ndarray, config: ExperimentConfig, settings: WalkForwardConfig, k: int) -> bool:
+def _feasible(
+    market: Market, calendar: np.ndarray, config: ExperimentConfig, settings: WalkForwardConfig, k: int
+) -> bool:
     try:
         check_slices(_slices(market, calendar, config, settings, k), config.env, k, market.source)
     except ValueError:
@@ -250,7 +261,9 @@ def prepare_root(plan: Plan, root: Path) -> dict[str, Any]:
         check_same_plan(saved, new, root)
         new["walkforward"] = saved["walkforward"] | {k: new["walkforward"][k] for k in STATS_SETTINGS}
     elif root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists and holds no walk-forward ({PLAN_FILE} missing); pick another --run-name")
+        raise ValueError(
+            f"{root} exists and holds no walk-forward ({PLAN_FILE} missing); pick another --run-name"
+        )
     root.mkdir(parents=True, exist_ok=True)
     write_json(path, new)
     return new
@@ -283,7 +296,9 @@ def _worker_init() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # the parent reports; workers stay quiet
 
 
-def run_folds(plan: Plan, root: Path, folds: list[int], jobs: int, log: Any = None) -> dict[int, dict[str, Any]]:
+def run_folds(
+    plan: Plan, root: Path, folds: list[int], jobs: int, log: Any = None
+) -> dict[int, dict[str, Any]]:
     """Train and score ``folds`` (skipping finished ones), ``jobs`` at a time; returns their fold.json records.
 
     Each fold's data file is written first (by this process). With ``jobs`` > 1 every fold runs in its own
@@ -314,19 +329,38 @@ def run_folds(plan: Plan, root: Path, folds: list[int], jobs: int, log: Any = No
         for k in todo:
             log(f"fold {k}: training ({plan.config.train.steps} steps)")
             done(run_fold(plan.job(root, k, progress)))
+            if records[k]["status"] != "completed":  # a stop signal: start no further fold
+                break
         return records
-    log(f"training folds {', '.join(map(str, todo))}, {jobs} at a time ({plan.config.train.steps} steps each)")
-    with concurrent.futures.ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-    ) as pool:
-        futures = {pool.submit(run_fold, plan.job(root, k, False)): k for k in todo}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                done(future.result())
-            except Exception as exc:
-                for other in futures:
-                    other.cancel()
-                raise FoldError(futures[future], exc) from exc
+    log(
+        f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {plan.config.train.steps} steps each)"
+    )
+    # At most `jobs` folds are handed to the pool at a time, so that after a stop signal no queued fold starts.
+    # Workers receive a terminal's Ctrl-C (or a scheduler's SIGTERM to the job) themselves and save a checkpoint;
+    # here any stop signal raises at once, and leaving the pool waits for the running folds to stop.
+    pending = list(todo)
+    running: dict[concurrent.futures.Future, int] = {}
+    with (
+        concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        ) as pool,
+        interrupts.immediate(),
+    ):
+        while pending or running:
+            while pending and len(running) < jobs:
+                k = pending.pop(0)
+                running[pool.submit(run_fold, plan.job(root, k, False))] = k
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                k = running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:
+                    pending.clear()
+                    raise FoldError(k, exc) from exc
+                done(record)
+                if record["status"] != "completed":  # a stop signal reached the workers: start no other fold
+                    pending.clear()
     return records
 
 
@@ -387,7 +421,9 @@ def walk_forward(
     plan_json = prepare_root(plan, root)
     log(f"walk-forward directory: {root}  (tensorboard --logdir {root})")
     if fold is not None and not 0 <= fold < settings.folds:
-        raise ValueError(f"--fold {fold}: the walk-forward has folds 0..{settings.folds - 1}; pick one of them")
+        raise ValueError(
+            f"--fold {fold}: the walk-forward has folds 0..{settings.folds - 1}; pick one of them"
+        )
     if not stitch_only:
         wanted = [fold] if fold is not None else list(range(settings.folds))
         records = run_folds(plan, root, wanted, jobs or _cores(), log)
@@ -410,29 +446,64 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m trm_act.walkforward",
-        description=__doc__.splitlines()[0].split(": ", 1)[-1],
+        description="Walk-forward evaluation: each fold trains on the past only (purged, embargoed) and is "
+        "scored on its test span; the out-of-sample decisions are stitched and scored against long, best "
+        "fixed and random, with block-bootstrap intervals, PSR and DSR. See docs/walkforward.md.",
         add_help=False,
         allow_abbrev=False,
     )
     parser.add_argument("--folds", type=int, default=5, help="test folds K (default 5)")
-    parser.add_argument("--scheme", choices=SCHEMES, default="expanding",
-                        help="expanding: train on all past bars; rolling: on the last --train-bars (default expanding)")  # fmt: skip
-    parser.add_argument("--embargo", type=int, default=0,
-                        help="bars before each test fold no training decision may read (default 0: purging only)")  # fmt: skip
-    parser.add_argument("--train-bars", type=int, default=None,
-                        help="bars of the first (and every rolling) training span; default bars / (K + 1)")  # fmt: skip
-    parser.add_argument("--logdir", default="runs", help="parent directory of the walk-forward (default runs)")
+    parser.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        default="expanding",
+        help="expanding: train on all past bars; rolling: on the last --train-bars (default expanding)",
+    )
+    parser.add_argument(
+        "--embargo",
+        type=int,
+        default=0,
+        help="bars before each test fold no training decision may read (default 0: purging only)",
+    )
+    parser.add_argument(
+        "--train-bars",
+        type=int,
+        default=None,
+        help="bars of the first (and every rolling) training span; default bars / (K + 1)",
+    )
+    parser.add_argument(
+        "--logdir", default="runs", help="parent directory of the walk-forward (default runs)"
+    )
     parser.add_argument("--run-name", default=None, help="its directory name (default: the start time)")
-    parser.add_argument("--resume", default=None, metavar="DIR/NAME",
-                        help="continue a walk-forward with its saved settings (finished folds are kept)")  # fmt: skip
-    parser.add_argument("--fold", type=int, default=None, help="run fold k alone (e.g. one job of a job array)")
-    parser.add_argument("--jobs", type=int, default=None, help="folds trained at once (default: min(folds, cores))")
-    parser.add_argument("--trials", type=int, default=None,
-                        help="n_trials of the DSR: every recipe and seed tried (default: folds x 1 seed run)")  # fmt: skip
-    parser.add_argument("--sharpe-variance", type=float, default=None,
-                        help="variance of the trials' annualised Sharpe ratios for the DSR (default: the folds')")  # fmt: skip
-    parser.add_argument("--stitch-only", action="store_true",
-                        help="train nothing: stitch the finished folds and name the missing ones")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR/NAME",
+        help="continue a walk-forward with its saved settings (finished folds are kept)",
+    )
+    parser.add_argument(
+        "--fold", type=int, default=None, help="run fold k alone (e.g. one job of a job array)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="folds trained at once (default: min(folds, cores))"
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="n_trials of the DSR: every recipe and seed tried (default: folds x 1 seed run)",
+    )
+    parser.add_argument(
+        "--sharpe-variance",
+        type=float,
+        default=None,
+        help="variance of the trials' annualised Sharpe ratios for the DSR (default: the folds')",
+    )
+    parser.add_argument(
+        "--stitch-only",
+        action="store_true",
+        help="train nothing: stitch the finished folds and name the missing ones",
+    )
     return parser
 
 
@@ -473,7 +544,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, ExperimentConfig | 
 def _settings(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> WalkForwardConfig:
     values = dict(saved or {})
     if saved is None:
-        values |= {"folds": args.folds, "scheme": args.scheme, "embargo": args.embargo, "train_bars": args.train_bars}
+        values |= {
+            "folds": args.folds,
+            "scheme": args.scheme,
+            "embargo": args.embargo,
+            "train_bars": args.train_bars,
+        }
     for name in ("trials", "sharpe_variance"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -498,13 +574,17 @@ def main(argv: list[str] | None = None) -> int:
             saved = _read_json(plan_file)
             config = ExperimentConfig.from_dict(saved["config"], source=str(plan_file))
             if saved["data"] in ("DataFrame",) or saved["data"].startswith("dict of "):
-                raise ValueError(f"--resume {root}: it was run on in-memory data ({saved['data']}); rerun it from Python")
+                raise ValueError(
+                    f"--resume {root}: it was run on in-memory data ({saved['data']}); rerun it from Python"
+                )
             settings = _settings(args, saved["walkforward"])
         else:
             assert config is not None
             data = config.env.data
             if isinstance(data, str) and data != "synthetic":  # a resume from another directory finds it
-                config = dataclasses.replace(config, env=dataclasses.replace(config.env, data=os.path.abspath(data)))
+                config = dataclasses.replace(
+                    config, env=dataclasses.replace(config.env, data=os.path.abspath(data))
+                )
             settings = _settings(args)
             root = Path(args.logdir) / (args.run_name or time.strftime("%Y%m%d-%H%M%S"))
         result = walk_forward(
@@ -530,13 +610,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_FAILED
         raise
-    except (KeyboardInterrupt, WalkForwardStopped):
+    except (KeyboardInterrupt, WalkForwardStopped) as exc:
         print(
             f"interrupted; finished folds and checkpoints are kept. Continue with: "
             f"python -m trm_act.walkforward --resume {root}",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        signum = getattr(exc, "signum", None)
+        return interrupts.exit_code(signum) if signum else EXIT_INTERRUPTED
     if result is None:
         print(
             f"fold {args.fold} finished. When every fold has: python -m trm_act.walkforward --resume {root} "

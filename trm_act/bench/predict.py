@@ -1,6 +1,6 @@
 """Streaming decisions: per-bar latency and decisions/s, torch eager vs onnxruntime, 1 and 256 instruments.
 
-``python -m trm_act.bench predict [--run RUN] [--bars 1000] [--instruments 256] [--threads 1]``
+``python -m trm_act.bench predict [--run RUN] [--bars 500] [--instruments 256] [--threads 1]``
 
 Each engine is measured in the same process, on the same bars, one after the other:
 
@@ -32,9 +32,15 @@ BAR_P99_MS = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trm_act.bench predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default=None, help="run directory or checkpoint.pt (default: the default model)")
-    parser.add_argument("--bars", type=int, default=1000, help="decision bars per instrument (after the window)")
+    parser = argparse.ArgumentParser(
+        prog="python -m trm_act.bench predict", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--run", default=None, help="run directory or checkpoint.pt (default: the default model)"
+    )
+    parser.add_argument(
+        "--bars", type=int, default=500, help="decision bars per instrument (after the window)"
+    )
     parser.add_argument("--instruments", type=int, default=256, help="instruments in the batched measurement")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of torch and onnxruntime")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic bars")
@@ -66,7 +72,9 @@ def market_bars(n_instruments: int, n_bars: int, seed: int) -> list[list[dict[st
     for k in range(n_instruments):
         frame = generate_synthetic_market(SyntheticMarketConfig(seed=seed + k, n_bars=n_bars))
         frame = frame.drop(columns="regime")
-        out.append([{"timestamp": t, **row} for t, row in zip(frame.index, frame.to_dict("records"), strict=True)])
+        out.append(
+            [{"timestamp": t, **row} for t, row in zip(frame.index, frame.to_dict("records"), strict=True)]
+        )
     return out
 
 
@@ -131,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for batched, instruments in ((False, 1), (True, args.instruments)):
             for name, engine in engines.items():
-                measure(engine, [m[: policy.window + 2 * policy.stride] for m in markets[:instruments]], batched)
+                measure(
+                    engine, [m[: policy.window + 2 * policy.stride] for m in markets[:instruments]], batched
+                )
                 rows.append((name, instruments, measure(engine, markets[:instruments], batched)))
     load_after = os.getloadavg()
     config = policy.config
@@ -156,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, instruments, r in rows:
         if instruments == 1:
             verdict = "PASS" if r["p99_ms"] <= BAR_P99_MS else "FAIL"
-            print(f"{name}: p99 of one streaming update {r['p99_ms']:.3f} ms (bar {BAR_P99_MS:g} ms): {verdict}")
+            print(
+                f"{name}: p99 of one streaming update {r['p99_ms']:.3f} ms (bar {BAR_P99_MS:g} ms): {verdict}"
+            )
     return 0
 
 

@@ -74,7 +74,9 @@ def adapt(name: str) -> pd.DataFrame:
         return load_ohlcv(path)
     raw = pd.read_csv(path)
     stamps = pd.to_datetime(raw["Time"], format=options["time_format"])
-    return load_ohlcv(raw.drop(columns="Time").set_index(pd.DatetimeIndex(stamps, name="timestamp")), name=str(path))
+    return load_ohlcv(
+        raw.drop(columns="Time").set_index(pd.DatetimeIndex(stamps, name="timestamp")), name=str(path)
+    )
 
 
 def write_series(name: str, folder: Path) -> Path:
@@ -86,7 +88,9 @@ def write_series(name: str, folder: Path) -> Path:
         frame.to_csv(path, float_format="%.17g")
     reread = load_ohlcv(path)
     if not (reread.index.equals(frame.index) and (reread.to_numpy() == frame.to_numpy()).all()):
-        raise ValueError(f"{path}: differs from the {name} series shipped in gym-anytrading; delete it and rerun")
+        raise ValueError(
+            f"{path}: differs from the {name} series shipped in gym-anytrading; delete it and rerun"
+        )
     return path
 
 
@@ -119,7 +123,11 @@ def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float) 
         "diff": ci["total"],
         "diff_ci_low": ci["total_ci_low"],
         "diff_ci_high": ci["total_ci_high"],
-        "verdict": "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "not different",
+        "verdict": "better"
+        if ci["total_ci_low"] > 0
+        else "worse"
+        if ci["total_ci_high"] < 0
+        else "not different",
         "psr": stitched["psr"]["value"],
         "dsr": stitched["dsr"]["value"],
         "n_trials": stitched["dsr"]["n_trials"],
@@ -156,12 +164,20 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trm_act.bench real", description=__doc__.splitlines()[0])
     parser.add_argument("--series", default=",".join(SERIES), help=f"comma-separated, from {list(SERIES)}")
-    parser.add_argument("--recipes", default="default,seed_loss_hmm", help=f"comma-separated, from {list(SUPPORTED_RECIPES)}")
+    parser.add_argument(
+        "--recipes", default="default,seed_loss_hmm", help=f"comma-separated, from {list(SUPPORTED_RECIPES)}"
+    )
     parser.add_argument("--folds", type=int, default=3, help="walk-forward folds (default 3)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per fold (default 300; the CLI's is 1500)")
-    parser.add_argument("--embargo", type=int, default=0, help="bars kept out of training before each test fold")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps per fold (default 300; the CLI's is 1500)"
+    )
+    parser.add_argument(
+        "--embargo", type=int, default=0, help="bars kept out of training before each test fold"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (default 2)")
-    parser.add_argument("--out", default="runs/bench-real", help="directory for the runs, real.json and real.md")
+    parser.add_argument(
+        "--out", default="runs/bench-real", help="directory for the runs, real.json and real.md"
+    )
     parser.add_argument("--from-json", default=None, help="print the table of a saved real.json again")
     args = parser.parse_args(argv)
     args.series = [s.strip() for s in args.series.split(",") if s.strip()]
@@ -171,7 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--series: unknown series {unknown}; choose from {list(SERIES)}")
     unknown = [r for r in args.recipes if r not in SUPPORTED_RECIPES]
     if unknown:
-        parser.error(f"--recipes: {unknown} cannot run on real data here; choose from {list(SUPPORTED_RECIPES)}")
+        parser.error(
+            f"--recipes: {unknown} cannot run on real data here; choose from {list(SUPPORTED_RECIPES)}"
+        )
     if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.embargo < 0:
         parser.error("--folds must be >= 2, --steps and --jobs >= 1, --embargo >= 0")
     return args
@@ -191,10 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             data = write_series(series, out / "data")
             for recipe in args.recipes:
                 begun = time.perf_counter()
-                print(f"{series} / {recipe}: walk-forward ({args.folds} folds, {args.steps} steps)", file=sys.stderr)
+                print(
+                    f"{series} / {recipe}: walk-forward ({args.folds} folds, {args.steps} steps)",
+                    file=sys.stderr,
+                )
                 settings = WalkForwardConfig(folds=args.folds, embargo=args.embargo, trials=trials)
                 result = walk_forward(
-                    recipe_config(recipe, data, args.steps), settings, out / f"{series}-{recipe}", jobs=args.jobs
+                    recipe_config(recipe, data, args.steps),
+                    settings,
+                    out / f"{series}-{recipe}",
+                    jobs=args.jobs,
                 )
                 rows.append(summarize(series, recipe, result, time.perf_counter() - begun))
     except ValueError as exc:
@@ -204,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = {"folds": args.folds, "steps": args.steps, "embargo": args.embargo, "jobs": args.jobs}
     table = markdown(rows, argparse.Namespace(**budget))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "real.json").write_text(json.dumps({"rows": rows, "budget": budget, "wall_s": wall}, indent=2) + "\n")
+    (out / "real.json").write_text(
+        json.dumps({"rows": rows, "budget": budget, "wall_s": wall}, indent=2) + "\n"
+    )
     (out / "real.md").write_text(table + "\n")
     print(table)
     print(f"\nwall time {wall:.0f} s; tear sheets: {out}/<series>-<recipe>/report.html", file=sys.stderr)
