@@ -39,7 +39,7 @@ def test_readme_python_block_runs(index, tmp_path):
 RESULTS = Path(__file__).resolve().parents[1] / "trm_act" / "bench" / "results"
 
 
-@pytest.mark.parametrize("name", ["learn", "learn-validation", "learn-validation-labels"])
+@pytest.mark.parametrize("name", ["learn", "learn-validation", "learn-validation-labels", "learn-slow"])
 def test_readme_learning_tables_are_the_saved_benchmark_output(name):
     # The README quotes `python -m trm_act.bench learn ... --out trm_act/bench/results/<name>`; the table it
     # shows must be what that run's learn.json renders to (`--from-json` prints the same).
