@@ -14,54 +14,32 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
+import tiny_runs
+from tiny_runs import WINDOW, tiny_config, train_runs
 from trm_act.envs import (
     STRATEGIES,
-    SyntheticMarketConfig,
-    TradeReplayConfig,
     build_replay,
     generate_synthetic_market,
 )
 from trm_act.envs.features import compute_features
 
 from trm_act import Policy
-from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.export import export_onnx
-from trm_act.model import TRMConfig
 from trm_act.onnx import OnnxPolicy
 from trm_act.runtime import decisions_frame
-from trm_act.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW, HORIZON = 16, 4
 PROBABILITIES = [f"p_{s}" for s in STRATEGIES]
-
-
-def tiny_config(carry: str) -> ExperimentConfig:
-    return ExperimentConfig(
-        env=TradeReplayConfig(
-            window=WINDOW, horizon=HORIZON, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=3000)
-        ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, carry=carry, mixer="attention", attn_radius=2),
-        loss=LossConfig(lambda_reward=0.5),
-        train=TrainConfig(
-            steps=30, batch_size=8, warmup_steps=2, progress=False, eval_every=0, checkpoint_every=30
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run of each carry (30 steps), with banded attention (the default mixer)."""
-    out = {}
-    for carry in ("fresh", "belief"):
-        run_dir = tmp_path_factory.mktemp(f"run_{carry}")
-        Trainer(tiny_config(carry), run_dir).fit()
-        out[carry] = run_dir
-    return out
+    return train_runs(tmp_path_factory, mixer="attention", attn_radius=2)
 
 
 def market(seed: int = 7, n_bars: int = 800) -> pd.DataFrame:
-    return generate_synthetic_market(SyntheticMarketConfig(seed=seed, n_bars=n_bars)).drop(columns="regime")
+    return tiny_runs.market(seed, n_bars)
 
 
 def varied_halting(policy: Policy) -> Policy:

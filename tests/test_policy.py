@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_runs import HORIZON, WINDOW, market, tiny_config, train_runs
 from trm_act.envs import (
     STRATEGIES,
-    SyntheticMarketConfig,
     TradeReplayConfig,
     build_replay,
     example_csv,
-    generate_synthetic_market,
     load_ohlcv,
 )
 from trm_act.envs.features import compute_features
@@ -27,43 +26,17 @@ from trm_act.envs.features import compute_features
 from trm_act import Policy
 from trm_act.act import act_predict
 from trm_act.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.model import RecurrentTRM, TRMConfig
 from trm_act.runtime import decisions_frame
 from trm_act.stream_features import FeatureState, FeatureStream
-from trm_act.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW, HORIZON = 16, 4
-
-
-def tiny_config(carry: str) -> ExperimentConfig:
-    return ExperimentConfig(
-        env=TradeReplayConfig(
-            window=WINDOW, horizon=HORIZON, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=3000)
-        ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, carry=carry),
-        loss=LossConfig(lambda_reward=0.5),
-        train=TrainConfig(
-            steps=30, batch_size=8, warmup_steps=2, progress=False, eval_every=0, checkpoint_every=30
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run of each carry (30 steps)."""
-    out = {}
-    for carry in ("fresh", "belief"):
-        run_dir = tmp_path_factory.mktemp(f"run_{carry}")
-        Trainer(tiny_config(carry), run_dir).fit()
-        out[carry] = run_dir
-    return out
-
-
-def market(seed: int = 7, n_bars: int = 2000) -> pd.DataFrame:
-    """Bars no run has seen (another seed of the synthetic market)."""
-    return generate_synthetic_market(SyntheticMarketConfig(seed=seed, n_bars=n_bars)).drop(columns="regime")
+    return train_runs(tmp_path_factory)
 
 
 def varied_halting(policy: Policy, frame: pd.DataFrame) -> Policy:

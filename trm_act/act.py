@@ -14,6 +14,7 @@ Three pieces, each written once:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "act_step",
     "draw_min_steps",
     "first_halt_step",
+    "halt_rows",
     "halt_rule",
 ]
 
@@ -231,6 +233,49 @@ class ACTResult:
     """(B,) float32: the halt logit at the step each sample halted."""
 
 
+def halt_rows(
+    step: Callable[[torch.Tensor, TRMCarry], StepOutput],
+    x: torch.Tensor,
+    carry: TRMCarry,
+    max_steps: int,
+    num_classes: int,
+) -> ACTResult:
+    """Adaptive inference's loop: run ``step`` on encoded tokens x (B, W, D) from ``carry`` until each row
+    halts by :func:`halt_rule` (no exploration floor), dropping halted rows from later steps.
+
+    ``step`` is ``model.step`` in :func:`act_predict`; ``trm_act.policy`` passes a variant whose answer does not
+    depend on the rows beside it. Returns each row's answer, steps, halt logit and (belief mode) belief at the
+    step it halted.
+    """
+    b = x.shape[0]
+    logits = torch.zeros(b, num_classes, device=x.device)  # (B, C) filled as rows halt
+    halt_logits = torch.zeros(b, device=x.device)  # (B,)
+    beliefs = None if carry.belief is None else torch.empty_like(carry.belief)  # (B, D)
+    steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
+    active = torch.arange(b, device=x.device)  # (A,) original row of each active row
+    row_steps = 0
+    for s in range(1, max_steps + 1):
+        out = step(x, carry)
+        row_steps += active.numel()
+        halted = halt_rule(out.halt_logits, torch.full_like(active, s), max_steps)  # (A,)
+        rows = active[halted]  # (H,) original rows that stop now
+        logits[rows] = out.task_logits[halted]
+        halt_logits[rows] = out.halt_logits[halted]
+        if beliefs is not None:
+            beliefs[rows] = out.carry.proposal[halted]
+        steps[rows] = s
+        keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
+        if keep.numel() == 0:
+            break
+        if keep.numel() < active.numel():  # compact: later steps only see the active rows
+            active, x, carry = active[keep], x[keep], out.carry.select(keep)
+        else:
+            carry = out.carry
+    return ACTResult(
+        logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
+    )
+
+
 @torch.no_grad()
 def act_predict(
     model: RecurrentTRM,
@@ -285,32 +330,6 @@ def act_predict(
                 halt_logits=out.halt_logits,
             )
 
-        logits = torch.zeros(b, model.config.num_classes, device=x.device)  # (B, C) filled as rows halt
-        halt_logits = torch.zeros(b, device=x.device)  # (B,)
-        beliefs = None if carry.belief is None else torch.empty_like(carry.belief)  # (B, D)
-        steps = torch.full((b,), max_steps, dtype=torch.long, device=x.device)  # (B,)
-        active = torch.arange(b, device=x.device)  # (A,) original row of each active row
-        row_steps = 0
-        for s in range(1, max_steps + 1):
-            out = model.step(x, carry)
-            row_steps += active.numel()
-            step_count = torch.full_like(active, s)  # (A,)
-            halted = halt_rule(out.halt_logits, step_count, max_steps)  # (A,)
-            rows = active[halted]  # (H,) original rows that stop now
-            logits[rows] = out.task_logits[halted]
-            halt_logits[rows] = out.halt_logits[halted]
-            if beliefs is not None:
-                beliefs[rows] = out.carry.proposal[halted]
-            steps[rows] = s
-            keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
-            if keep.numel() == 0:
-                break
-            if keep.numel() < active.numel():  # compact: later steps only see the active rows
-                active, x, carry = active[keep], x[keep], out.carry.select(keep)
-            else:
-                carry = out.carry
-        return ACTResult(
-            logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
-        )
+        return halt_rows(model.step, x, carry, max_steps, model.config.num_classes)
     finally:
         model.train(was_training)

@@ -5,8 +5,8 @@ kept no EMA), the env options the features and windows were built with, and the 
 (:func:`trm_act.act.halt_rule` at the model's ``max_steps``, no exploration floor). ``decide``,
 ``stream`` and the decision cadence are :class:`trm_act.runtime.DecisionRuntime`'s (see that module).
 
-The halting loop here is :func:`trm_act.act.act_predict`'s (halted rows leave the batch after each
-step), with two differences that make a row's answer independent of the rows beside it, so that a
+The halting loop is :func:`trm_act.act.halt_rows`, :func:`trm_act.act.act_predict`'s (halted rows leave the
+batch after each step), with two differences that make a row's answer independent of the rows beside it, so that a
 stream (one row at a time) and ``decide`` (batches that shrink as rows halt) agree bit for bit:
 
 - a reasoning step never runs on a single row: on CPU, torch evaluates a (1, D) x (D, C) product (the
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trm_act.act import halt_rule
+from trm_act.act import halt_rows
 from trm_act.checkpoint import CheckpointError, checkpoint_path, corrupt, load_checkpoint
 from trm_act.model import RecurrentTRM, StepOutput, TRMCarry, TRMConfig
 from trm_act.runtime import DecisionRuntime, Outcome
@@ -95,32 +95,12 @@ class TorchEngine:
             if not self.has_belief:
                 raise ValueError("belief was given but the model has no belief (TRMConfig.carry='fresh')")
             carry = carry.with_belief(torch.from_numpy(belief).to(carry.belief))  # (B, D)
-        logits = torch.zeros(b, model.config.num_classes)  # (B, C) filled as rows halt
-        halt_logits = torch.zeros(b)  # (B,)
-        beliefs = torch.zeros(b, model.config.d_model) if self.has_belief else None  # (B, D)
-        steps = torch.full((b,), max_steps, dtype=torch.long)  # (B,)
-        active = torch.arange(b)  # (A,) original row of each active row
-        for s in range(1, max_steps + 1):
-            out = self._step(x, carry)
-            halted = halt_rule(out.halt_logits, torch.full_like(active, s), max_steps)  # (A,)
-            rows = active[halted]  # (H,) original rows that stop now
-            logits[rows] = out.task_logits[halted]
-            halt_logits[rows] = out.halt_logits[halted]
-            if beliefs is not None:
-                beliefs[rows] = out.carry.proposal[halted]
-            steps[rows] = s
-            keep = (~halted).nonzero().squeeze(1)  # (A',)
-            if keep.numel() == 0:
-                break
-            if keep.numel() < active.numel():  # compact: later steps only see the active rows
-                active, x, carry = active[keep], x[keep], out.carry.select(keep)
-            else:
-                carry = out.carry
+        result = halt_rows(self._step, x, carry, max_steps, model.config.num_classes)
         return Outcome(
-            logits=logits.numpy(),
-            steps=steps.numpy(),
-            halt_logits=halt_logits.numpy(),
-            belief=None if beliefs is None else beliefs.numpy(),
+            logits=result.task_logits.numpy(),
+            steps=result.steps.numpy(),
+            halt_logits=result.halt_logits.numpy(),
+            belief=None if result.belief is None else result.belief.numpy(),
         )
 
 
