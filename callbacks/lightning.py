@@ -210,7 +210,8 @@ class TRMLightningModule(pl.LightningModule):
             with its ``max_steps``.
         replay_config: ``trm_act.envs.TradeReplayConfig``; default: the embedded synthetic market.
         loss_config: ``trm_act.loss.LossConfig``; default: TRMLoss's (the seed's) hyperparameters.
-        lr, weight_decay: AdamW's.
+        lr: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
         batch_size: decision points per batch.
     """
 
