@@ -48,7 +48,7 @@ __all__ = ["TRMHFCallback", "TRMHFModel", "replay_dataset"]
 
 
 def replay_dataset(replay_config: Any = None, split: str = "train") -> ReplayDataset:
-    """A torch Dataset of ``{"obs", "labels", "strategy_pnl"}`` dicts over a trade replay's split.
+    """A torch Dataset of ``{"obs", "labels", "strategy_pnl", "label_pnl"}`` dicts over a trade replay's split.
 
     ``replay_config``: ``trm_act.envs.TradeReplayConfig``; default: the embedded synthetic market.
     The keys match :meth:`TRMHFModel.forward`'s arguments, so HF's default collator batches them.
@@ -59,12 +59,13 @@ def replay_dataset(replay_config: Any = None, split: str = "train") -> ReplayDat
 class TRMHFModel(nn.Module):
     """RecurrentTRM + TRMLoss with deep supervision, shaped for the HF Trainer (``model(**batch)``).
 
-    ``forward(obs, labels, strategy_pnl)`` runs ``config.max_steps`` reasoning steps from a fresh carry,
-    applies TRMLoss at each (see :func:`trm_act.callbacks._deep_supervision.deep_supervision`) and
-    returns ``{"loss": mean over steps, "logits": last step's task logits}``. In training mode it also
-    accumulates the step's TRM metrics (``loss/total``, ``loss/halt``, ``loss/task``,
-    ``loss/profit_weighted_task``, ``loss/reward``, ``halt/target_rate``, ``halt/rate``,
-    ``halt/mean_steps``, ``train/accuracy``, ``train/pnl``) for :meth:`pop_trm_metrics`.
+    ``forward(obs, labels, strategy_pnl, label_pnl)`` trains the batch as the trainer trains its slots:
+    ``config.max_steps`` iterations of one reasoning step on every decision with TRMLoss applied to it
+    (supervised with ``label_pnl``), halted decisions starting again from a fresh carry (see
+    :func:`trm_act.callbacks._deep_supervision.deep_supervision`). It returns ``{"loss": mean over iterations,
+    "logits": each decision's answer at its first halt}``. In training mode it also accumulates the TRM
+    metrics (``loss/*``, and ``halt/*``, ``train/accuracy``, ``train/pnl`` as defined in
+    :class:`trm_act.supervision.SupervisionStats`) for :meth:`pop_trm_metrics`.
 
     Args:
         config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay. Must match the replay's (window, n_features).
@@ -97,10 +98,14 @@ class TRMHFModel(nn.Module):
         return self.trm.config
 
     def forward(
-        self, obs: torch.Tensor, labels: torch.Tensor, strategy_pnl: torch.Tensor
+        self,
+        obs: torch.Tensor,
+        labels: torch.Tensor,
+        strategy_pnl: torch.Tensor,
+        label_pnl: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """obs (B, W, F), labels (B,) int, strategy_pnl (B, C) -> ``{"loss", "logits" (B, C)}``."""
-        loss, metrics, logits = deep_supervision(self.trm, self.loss_fn, obs, labels, strategy_pnl)
+        """obs (B, W, F), labels (B,) int, strategy_pnl and label_pnl (B, C) -> ``{"loss", "logits" (B, C)}``."""
+        loss, metrics, logits = deep_supervision(self.trm, self.loss_fn, obs, labels, strategy_pnl, label_pnl)
         if self.training:
             for tag, value in metrics.items():
                 self._sums[tag] = self._sums.get(tag, 0.0) + value

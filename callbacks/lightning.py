@@ -194,11 +194,13 @@ class TRMLightningCallback(pl.Callback):
 class TRMLightningModule(pl.LightningModule):
     """RecurrentTRM + TRMLoss with deep supervision over the reasoning steps, on trade-replay data.
 
-    Each batch runs ``model_config.max_steps`` reasoning steps from a fresh carry and applies TRMLoss at
-    every step (pnl = realized PnL of that step's argmax); the loss is the mean over steps (see
-    :func:`trm_act.callbacks._deep_supervision.deep_supervision`). ``training_step`` returns
+    Each batch trains as the trainer trains its slots: ``model_config.max_steps`` iterations, each one
+    reasoning step on every decision of the batch with TRMLoss applied to it (pnl = the supervision PnL of
+    that step's argmax), halted decisions starting again from a fresh carry; the loss is the mean over
+    iterations (see :func:`trm_act.callbacks._deep_supervision.deep_supervision`). ``training_step`` returns
     ``{"loss", "loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward",
-    "halt/target_rate", "halt/rate", "halt/mean_steps", "train/accuracy", "train/pnl"}``, which
+    "halt/target_rate", "halt/rate", "halt/logit_positive_rate", "halt/hazard/step_<s>", "halt/mean_steps",
+    "train/accuracy", "train/pnl"}`` (defined once, in :class:`trm_act.supervision.SupervisionStats`), which
     :class:`TRMLightningCallback` (added automatically through ``configure_callbacks``) writes to
     TensorBoard. The module provides its own ``train_dataloader`` over the replay's train split, shuffled;
     with several processes (``strategy="ddp"``) through a ``DistributedSampler`` of its own, so each rank
@@ -256,7 +258,7 @@ class TRMLightningModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss, metrics, _ = deep_supervision(
-            self.model, self.loss_fn, batch["obs"], batch["labels"], batch["strategy_pnl"]
+            self.model, self.loss_fn, batch["obs"], batch["labels"], batch["strategy_pnl"], batch.get("label_pnl")
         )
         # Progress bar only: TensorBoard gets the TRM tags from TRMLightningCallback, at one step semantics.
         self.log("loss", loss.detach(), prog_bar=True, logger=False)

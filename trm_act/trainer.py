@@ -28,7 +28,7 @@ import torch
 
 from trm_act import distributed, rundir
 from trm_act.act import ACTState, act_step
-from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo, component_scalars
+from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo
 from trm_act.charts import eval_images
 from trm_act.checkpoint import (
     LATEST,
@@ -46,6 +46,7 @@ from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM
 from trm_act.resume import apply_overrides, config_record, verify_config_json
+from trm_act.supervision import SupervisionStats, look_ahead, loss_tags, supervise_step
 
 # What each rank owns (its env slots and their carry); a checkpoint keeps rank zero's at the top level and
 # the other ranks' under "ranks", so that a resume with the same world size continues exactly.
@@ -103,65 +104,22 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
-class _WindowStats:
-    """Statistics aggregated between two log steps (committed trades, halting, throughput)."""
-
-    def __init__(self, max_steps: int) -> None:
-        self.max_steps = max_steps
-        self.reset()
+class _WindowStats(SupervisionStats):
+    """The supervision tags of the iterations between two log steps, plus throughput (``perf/*``)."""
 
     def reset(self) -> None:
-        self.rewards: list[np.ndarray] = []
-        self.correct: list[np.ndarray] = []
-        self.halt_steps: list[np.ndarray] = []
-        self.reached = np.zeros(self.max_steps + 1, dtype=np.int64)  # rows that completed step s
-        self.halted = np.zeros(self.max_steps + 1, dtype=np.int64)  # ... and halted there
-        self.iterations = 0
-        self.logit_positive: torch.Tensor | float = 0.0  # sum over iterations of the share of halt logits > 0
+        super().reset()
         self.started = time.perf_counter()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The window so far (not its wall-clock start), so a resumed run logs what an unbroken one would."""
-
-        def joined(parts: list[np.ndarray], dtype: Any) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
-
-        return {
-            "rewards": joined(self.rewards, np.float32),
-            "correct": joined(self.correct, np.bool_),
-            "halt_steps": joined(self.halt_steps, np.int64),
-            "reached": torch.from_numpy(self.reached.copy()),
-            "halted": torch.from_numpy(self.halted.copy()),
-            "iterations": self.iterations,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reset()
-        for name in ("rewards", "correct", "halt_steps"):
-            values = state[name].numpy()
-            setattr(self, name, [values] if values.size else [])
-        self.reached, self.halted = state["reached"].numpy().copy(), state["halted"].numpy().copy()
-        self.iterations = int(state["iterations"])
-
-    def scalars(self, batch_size: int) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def scalars(self, batch_size: int) -> dict[str, float]:  # type: ignore[override]
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        out["perf/steps_per_s"] = self.iterations / elapsed
-        out["perf/samples_per_s"] = self.iterations * batch_size / elapsed
+        out = {
+            "perf/steps_per_s": self.iterations / elapsed,
+            "perf/samples_per_s": self.iterations * batch_size / elapsed,
+        }
         if self.rewards:
-            rewards, steps = np.concatenate(self.rewards), np.concatenate(self.halt_steps)
-            out["train/pnl"] = float(rewards.mean())
-            out["train/accuracy"] = float(np.concatenate(self.correct).mean())
-            out["halt/mean_steps"] = float(steps.mean())
-            out["perf/decisions_per_s"] = len(rewards) / elapsed
-        if self.iterations:
-            # halt/rate: committed halts per reasoning step executed (every slot runs one step per iteration).
-            out["halt/rate"] = float(self.halted.sum() / self.reached.sum())
-            out["halt/logit_positive_rate"] = float(self.logit_positive) / self.iterations
-        for s in range(1, self.max_steps + 1):
-            if self.reached[s]:
-                out[f"halt/hazard/step_{s}"] = float(self.halted[s] / self.reached[s])
-        return out
+            out["perf/decisions_per_s"] = self.committed / elapsed
+        return out | super().scalars()
 
 
 class Trainer:
@@ -283,20 +241,11 @@ class Trainer:
                 exploration_prob=self.model_config.halt_exploration_prob,
                 generator=self.generator,
             )
-        actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
-        chosen_pnl = strategy_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
         next_logits = None
         if self.loss_fn.halt_target == "priced":
-            next_logits = self._look_ahead(obs, out, steps_done >= max_steps)
-        parts = self.loss_fn(
-            out.task_logits,
-            out.halt_logits,
-            labels,
-            chosen_pnl,
-            return_components=True,
-            strategy_pnl=strategy_pnl,
-            next_task_logits=next_logits,
-        )
+            with self._autocast():
+                next_logits = look_ahead(self.model, obs, out, steps_done >= max_steps)  # (B, C)
+        parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,31 +266,20 @@ class Trainer:
         halted_np = halted.cpu().numpy()  # (B,) bool
         actions_np = actions.cpu().numpy()
         steps_np = steps_done.cpu().numpy()
-        self.window.logit_positive += (out.halt_logits.detach() > 0).float().mean()  # stays on device
+        self.window.record_step(halted_np, steps_np, out.halt_logits, parts["halt_target_rate"])  # stays on device
         if halted_np.any():
-            self._record_halting(halted_np, actions_np, steps_np)
+            correct = actions_np[halted_np] == self.info["label"][halted_np]  # before the env moves the slots on
             self.obs, rewards, _, truncated, self.info = self.env.step_masked(actions_np, halted_np)
-            self.window.rewards.append(rewards[halted_np])  # the env's reward: realized PnL of the commit
+            # The env's reward: realized PnL of the commit.
+            self.window.record_commits(steps_np[halted_np], correct, rewards[halted_np])
             if getattr(self.model, "has_belief", False) and truncated.any():  # a new episode starts with no belief
                 self._reset_beliefs(truncated)
-        self._record_steps(halted_np, steps_np)
 
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
         self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
         if self.step % train.log_every == 0 or self.step == train.steps:
             return self.step_logs(*self._last_parts)
         return Logs()
-
-    @torch.no_grad()
-    def _look_ahead(self, obs: torch.Tensor, out: Any, at_cap: torch.Tensor) -> torch.Tensor:
-        """(B, C) task logits one more reasoning step would give, without gradient ("priced" halting).
-
-        HRM computes its continue target the same way; at the step cap there is no next step, so the
-        step's own logits stand in (gain 0).
-        """
-        with self._autocast():
-            ahead = self.model(obs, out.carry)
-        return torch.where(at_cap[:, None], out.task_logits.detach(), ahead.task_logits)  # (B, C)
 
     def _reset_beliefs(self, new_episode: np.ndarray) -> None:
         """Slots whose env started a new episode (another instrument, or a jump in time) forget their belief."""
@@ -356,7 +294,7 @@ class Trainer:
         if not torch.isfinite(parts["total_loss"]):
             raise NonFiniteLossError(f"non-finite loss ({parts['total_loss'].item()}) at step {self.step}")
         train = self.config.train
-        scalars = component_scalars(parts)
+        scalars = loss_tags(parts)
         scalars["train/lr"] = self.scheduler.get_last_lr()[0]
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
@@ -367,17 +305,6 @@ class Trainer:
         }
         self.window.reset()
         return Logs(scalars=scalars, histograms=histograms)
-
-    def _record_steps(self, halted: np.ndarray, steps: np.ndarray) -> None:
-        window = self.window
-        window.iterations += 1
-        window.reached += np.bincount(steps, minlength=window.max_steps + 1)[: window.max_steps + 1]
-        window.halted += np.bincount(steps[halted], minlength=window.max_steps + 1)[: window.max_steps + 1]
-
-    def _record_halting(self, halted: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> None:
-        """Accuracy and halting step of the slots that commit now (before the env moves them on)."""
-        self.window.correct.append(actions[halted] == self.info["label"][halted])
-        self.window.halt_steps.append(steps[halted])
 
     @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
