@@ -75,7 +75,7 @@ class TradeReplayConfig:
     the same for the true regime, i.e. the regime oracle's choice: a research control, clean supervision that
     real data never offers). label_pnl and rewards are unchanged."""
     label_states: int = 16
-    """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; README)."""
+    """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; docs/results.md)."""
     stride: int | None = None
     """Bars between consecutive decisions; None = horizon (non-overlapping trades: a true backtest)."""
     cost: float = 0.0005

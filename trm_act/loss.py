@@ -434,7 +434,7 @@ class LossConfig:
     lambda_profit: float = 1.0
     """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
     lambda_reward: float = 0.0
-    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; see README for the comparison)."""
+    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; docs/faq.md compares the two)."""
     confidence_threshold: float = 0.7
     """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
     halt_target: Literal["correct", "profitable", "priced"] = "correct"
