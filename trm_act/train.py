@@ -137,7 +137,7 @@ def _last_checkpoint(trainer: Any, run_dir: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (documented in the README under "Faults and resuming").
+    """Run the CLI; returns the exit status (documented in docs/faults.md, "Exit statuses").
 
     Under torchrun (``torchrun --nproc_per_node=N -m trm_act.train ...``) every rank runs this; the
     process group is set up by the Trainer and torn down here.
