@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from trm_act.envs import build_replay  # None: the embedded synthetic market
 
-from trm_act.loss import LossConfig, TRMLoss
+from trm_act.loss import LossConfig, TRMLoss, recipe_loss
 from trm_act.model import RecurrentTRM, TRMConfig
 
 from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
@@ -70,7 +70,7 @@ class TRMHFModel(nn.Module):
     Args:
         config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay. Must match the replay's (window, n_features).
         replay_config: the ``TradeReplayConfig`` the data comes from (used to size the default config).
-        loss_config: ``trm_act.loss.LossConfig``; default: TRMLoss's (the seed's) hyperparameters.
+        loss_config: ``trm_act.loss.LossConfig``; default: ``recipe_loss()``, the CLI's loss.
     """
 
     def __init__(
@@ -87,7 +87,7 @@ class TRMHFModel(nn.Module):
             resolved = resolve_model_config(config, build_replay(replay_config))
         self.trm = RecurrentTRM(resolved)
         self.loss_fn = TRMLoss.from_config(
-            LossConfig() if loss_config is None else loss_config, num_classes=resolved.num_classes
+            recipe_loss() if loss_config is None else loss_config, num_classes=resolved.num_classes
         )
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from trm_act.envs import build_replay  # None: the embedded synthetic market
 
 from trm_act.act import act_predict
-from trm_act.loss import LossConfig, TRMLoss
+from trm_act.config import TrainConfig
+from trm_act.loss import LossConfig, TRMLoss, recipe_loss
 from trm_act.model import RecurrentTRM, TRMConfig
 
 from ._deep_supervision import ReplayDataset, deep_supervision, resolve_model_config
@@ -211,8 +212,8 @@ class TRMLightningModule(pl.LightningModule):
         model_config: ``TRMConfig`` (or its dict); default: TRMConfig's defaults sized to the replay,
             with its ``max_steps``.
         replay_config: ``trm_act.envs.TradeReplayConfig``; default: the embedded synthetic market.
-        loss_config: ``trm_act.loss.LossConfig``; default: TRMLoss's (the seed's) hyperparameters.
-        lr: AdamW's learning rate.
+        loss_config: ``trm_act.loss.LossConfig``; default: ``recipe_loss()``, the CLI's loss.
+        lr: AdamW's learning rate; default: the CLI's (``TrainConfig.lr``).
         weight_decay: AdamW's weight decay.
         batch_size: decision points per batch.
     """
@@ -223,7 +224,7 @@ class TRMLightningModule(pl.LightningModule):
         replay_config: Any = None,
         *,
         loss_config: LossConfig | None = None,
-        lr: float = 1e-3,
+        lr: float = TrainConfig.lr,
         weight_decay: float = 0.0,
         batch_size: int = 64,
     ):
@@ -235,7 +236,7 @@ class TRMLightningModule(pl.LightningModule):
         self.replay = build_replay(replay_config)
         config = resolve_model_config(model_config, self.replay)
         self.model = RecurrentTRM(config)
-        loss_config = LossConfig() if loss_config is None else loss_config
+        loss_config = recipe_loss() if loss_config is None else loss_config
         self.loss_fn = TRMLoss.from_config(loss_config, num_classes=config.num_classes)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)

@@ -131,3 +131,10 @@ def test_pop_trm_metrics_averages_training_passes_only(dataset):
     metrics = model.pop_trm_metrics()
     assert metrics["loss/total"] == pytest.approx((first + second) / 2, rel=1e-6)
     assert model.pop_trm_metrics() == {}
+
+
+def test_the_model_defaults_to_the_clis_loss():
+    from trm_act.loss import TRMLoss, recipe_loss
+
+    model = TRMHFModel(SMALL_MODEL, SMALL_REPLAY)
+    assert model.loss_fn.extra_repr() == TRMLoss.from_config(recipe_loss()).extra_repr()

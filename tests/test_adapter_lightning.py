@@ -131,6 +131,16 @@ def test_forward_returns_the_logits_after_max_steps_reasoning_steps():
     torch.testing.assert_close(logits, out.task_logits)
 
 
+def test_the_module_defaults_to_the_clis_loss_and_learning_rate():
+    from trm_act.config import ExperimentConfig
+    from trm_act.loss import TRMLoss
+
+    module = TRMLightningModule(SMALL_MODEL, SMALL_REPLAY)
+    cli = ExperimentConfig()
+    assert module.loss_fn.extra_repr() == TRMLoss.from_config(cli.loss).extra_repr()
+    assert module.lr == cli.train.lr
+
+
 @pytest.mark.parametrize(("max_steps", "accumulate"), [(4, 1), (50, 1), (50, 2)])
 def test_max_steps_run_gets_the_finite_epoch_count_it_spans(tmp_path, max_steps, accumulate):
     # Lightning leaves max_epochs=-1 for a max_steps run and its Rich progress bar then reads "Epoch 1/-2".

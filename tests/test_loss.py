@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trm_act.envs import STRATEGIES
 
 from trm_act import (
     TRMLoss,
@@ -20,7 +22,7 @@ from trm_act import (
     halt_target,
     profit_weight,
 )
-from trm_act.loss import LossConfig, expected_pnl
+from trm_act.loss import LossConfig, expected_pnl, recipe_loss
 
 C = 8
 
@@ -455,8 +457,61 @@ def test_no_gradient_through_halt_target_or_profit_weight(seed, batch):
     torch.testing.assert_close(halt_a.grad, halt_b.grad)
 
 
+def test_the_seeds_defaults_are_written_once_in_loss_config():
+    """TRMLoss() and every loss function's keyword default read LossConfig's fields: one place for each value."""
+    import inspect
+
+    seed = LossConfig()
+    assert (seed.lambda_halt, seed.lambda_profit, seed.lambda_reward) == (0.01, 1.0, 0.0)
+    assert (seed.confidence_threshold, seed.halt_target, seed.pnl_scale) == (0.7, "correct", 0.05)
+    field_of = {
+        "confidence_threshold": "confidence_threshold",
+        "pnl_scale": "pnl_scale",
+        "target": "halt_target",
+        "step_cost": "halt_step_cost",
+        "lambda_halt": "lambda_halt",
+        "lambda_profit": "lambda_profit",
+        "lambda_reward": "lambda_reward",
+        "halt_target": "halt_target",
+        "halt_step_cost": "halt_step_cost",
+    }
+    functions = (
+        TRMLoss,
+        halt_target,
+        profit_weight,
+        compute_halt_loss,
+        compute_profit_weighted_loss,
+        compute_reward_loss,
+    )
+    checked = 0
+    for function in functions:
+        for name, parameter in inspect.signature(function).parameters.items():
+            if name in field_of:
+                assert parameter.default == getattr(seed, field_of[name]), (function.__name__, name)
+                checked += 1
+    assert checked == 16  # every such keyword of the six: none left out of the check
+    assert TRMLoss().num_classes == len(STRATEGIES) == class_weights_from_labels(torch.tensor([0])).numel()
+
+
+def test_the_recipe_is_the_seeds_loss_with_the_changes_it_lists():
+    seed, recipe = LossConfig(), recipe_loss()
+    changed = {
+        f.name: getattr(recipe, f.name)
+        for f in dataclasses.fields(LossConfig)
+        if getattr(recipe, f.name) != getattr(seed, f.name)
+    }
+    assert changed == {
+        "lambda_reward": 10.0,
+        "lambda_profit": 0.1,
+        "halt_target": "profitable",
+        "confidence_threshold": 0.9,
+        "lambda_halt": 0.5,
+    }
+    assert recipe_loss() is not recipe_loss()  # a fresh config each call: a caller may change its own
+
+
 def test_from_config_uses_the_configs_hyperparameters_and_defaults_match_the_seed():
-    from trm_act.loss import LossConfig, expected_pnl
+    from trm_act.loss import LossConfig
 
     assert TRMLoss().extra_repr() == TRMLoss.from_config(LossConfig()).extra_repr()
     loss_fn = TRMLoss.from_config(

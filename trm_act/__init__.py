@@ -16,6 +16,7 @@ from trm_act.envs import TradeReplayEnv
 if TYPE_CHECKING:
     from trm_act.act import act_predict
     from trm_act.loss import (
+        LossConfig,
         TRMLoss,
         class_weights_from_labels,
         compute_halt_loss,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         compute_task_loss,
         halt_target,
         profit_weight,
+        recipe_loss,
     )
     from trm_act.model import RecurrentTRM, TRMConfig
     from trm_act.policy import Policy
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first access (PEP 562).
 _LAZY = {
+    "LossConfig": "trm_act.loss",
     "TRMLoss": "trm_act.loss",
     "class_weights_from_labels": "trm_act.loss",
     "compute_halt_loss": "trm_act.loss",
@@ -40,6 +43,7 @@ _LAZY = {
     "compute_task_loss": "trm_act.loss",
     "halt_target": "trm_act.loss",
     "profit_weight": "trm_act.loss",
+    "recipe_loss": "trm_act.loss",
     "RecurrentTRM": "trm_act.model",
     "TRMConfig": "trm_act.model",
     "act_predict": "trm_act.act",
@@ -61,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "LossConfig",
     "Policy",
     "RecurrentTRM",
     "TRMConfig",
@@ -75,4 +80,5 @@ __all__ = [
     "compute_task_loss",
     "halt_target",
     "profit_weight",
+    "recipe_loss",
 ]

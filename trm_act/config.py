@@ -17,7 +17,7 @@ import tyro
 from trm_act.envs import STRATEGIES, TradeReplayConfig
 from trm_act.envs.features import N_FEATURES
 from trm_act.evaluation import EVAL_BATCH_SIZE
-from trm_act.loss import LossConfig
+from trm_act.loss import LossConfig, recipe_loss
 from trm_act.model import TRMConfig
 
 try:  # Python >= 3.11
@@ -152,23 +152,6 @@ def experiment_model() -> TRMConfig:
     )
 
 
-def experiment_loss() -> LossConfig:
-    # The CLI's recipe differs from TRMLoss's seed defaults (0.01 / 1.0 / 0.0, "confident and correct" at
-    # 0.7) on purpose, each choice measured on validation markets (README, "What the model learns"):
-    # - hindsight labels are noisy, so the expected-PnL term leads (lambda_reward 10) and the profit-weighted
-    #   label loss is a light regulariser (0.1);
-    # - "confident and correct" is almost never met against noisy labels, so the halt head learned never to
-    #   halt; "confident (> 0.9) and not losing" is reachable, and a stronger halt loss (0.5) teaches it
-    #   within a short run.
-    return LossConfig(
-        lambda_halt=0.5,
-        lambda_profit=0.1,
-        lambda_reward=10.0,
-        confidence_threshold=0.9,
-        halt_target="profitable",
-    )
-
-
 # Fields that follow from other sections; never read from flags or files (see ExperimentConfig).
 DERIVED_FIELDS = {"env": ("split",), "model": ("window", "n_features", "num_classes")}
 
@@ -185,7 +168,7 @@ class ExperimentConfig:
 
     env: TradeReplayConfig = field(default_factory=experiment_env)
     model: Annotated[TRMConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=experiment_model)
-    loss: Annotated[LossConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=experiment_loss)
+    loss: Annotated[LossConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=recipe_loss)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:

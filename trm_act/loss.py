@@ -12,7 +12,10 @@ Three terms, each a function of one reasoning step's outputs:
 (``+ lambda_reward * reward_loss`` with the optional expected-PnL term).
 
 Targets and weights are computed without gradient and in float32, so the loss is the same
-under bf16 autocast and on any device. This module imports only torch.
+under bf16 autocast and on any device. This module imports only torch (and ``trm_act.shapes``, plain numbers).
+
+Hyperparameters: ``LossConfig``'s defaults are the seed's loss (the only place they are written); the CLI's
+recipe is ``recipe_loss()``, which lists what it changes and why.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from trm_act.shapes import N_STRATEGIES
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -122,7 +127,7 @@ def _check_pnl_scale(pnl_scale: float) -> None:
     if not (isinstance(pnl_scale, (int, float)) and pnl_scale > 0 and pnl_scale != float("inf")):
         raise ValueError(
             f"pnl_scale must be a positive finite float (PnL at which the weight is 1 - tanh(1) ~ 0.24); "
-            f"got {pnl_scale!r}. The default is 0.05 (5% of capital)."
+            f"got {pnl_scale!r}. The default is {LossConfig.pnl_scale} ({LossConfig.pnl_scale:.0%} of capital)."
         )
 
 
@@ -151,6 +156,64 @@ def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -
     if reduction == "sum":
         return values.sum()
     return values.sum() / denominator if denominator is not None else values.mean()
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+
+
+@dataclass
+class LossConfig:
+    """TRMLoss hyperparameters. The defaults are the seed's loss, here only: ``TRMLoss()``, ``LossConfig()`` and
+    the loss functions' keyword defaults all read them. The CLI trains with :func:`recipe_loss`."""
+
+    lambda_halt: float = 0.01
+    """Weight of the halt loss (BCE toward 'confident and correct')."""
+    lambda_profit: float = 1.0
+    """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
+    lambda_reward: float = 0.0
+    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; docs/faq.md compares the two)."""
+    confidence_threshold: float = 0.7
+    """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
+    halt_target: Literal["correct", "profitable", "priced"] = "correct"
+    """When the halt head should fire (HALT_TARGETS): "correct" (confident and argmax == hindsight label; the
+    seed's rule), "profitable" (confident and the answer's realized PnL >= 0, which noisy labels cannot make
+    unreachable) or "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
+    than halt_step_cost)."""
+    halt_step_cost: float = 0.0
+    """PnL (fraction of capital) one more reasoning step must add to the answer's expected realized PnL to be worth
+    taking (halt_target="priced")."""
+    pnl_scale: float = 0.05
+    """PnL (fraction of capital) that sets the profit-weight and reward scale."""
+    class_weights: bool = False
+    """Weight the cross-entropy by inverse label frequency on the train split."""
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_halt", "lambda_profit", "lambda_reward"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
+        _check_threshold(self.confidence_threshold)
+        _check_halt_target(self.halt_target)
+        _check_step_cost(self.halt_step_cost)
+        _check_pnl_scale(self.pnl_scale)
+
+
+def recipe_loss() -> LossConfig:
+    """The CLI's loss (``python -m trm_act.train``) and the adapters' default: the seed's loss with these changes,
+    each chosen on validation markets (docs/results.md, "How the recipe was chosen"; docs/faq.md compares the
+    two). ``TRMLoss.from_config(recipe_loss())`` builds it."""
+    return LossConfig(
+        # Hindsight labels are noisy, so the expected-PnL term over all strategies leads ...
+        lambda_reward=10.0,
+        # ... and the profit-weighted label loss is a light regulariser.
+        lambda_profit=0.1,
+        # "Confident and correct" is almost never met against noisy labels, so the halt head learned never to halt;
+        # "confident and not losing money" is reachable ...
+        halt_target="profitable",
+        confidence_threshold=0.9,
+        # ... and a stronger halt loss teaches it within a short run.
+        lambda_halt=0.5,
+    )
 
 
 # ----------------------------------------------------------------------------- targets and weights
@@ -190,13 +253,13 @@ def expected_pnl(task_logits: Tensor, strategy_pnl: Tensor) -> Tensor:
 def halt_target(
     task_logits: Tensor,
     labels: Tensor,
-    confidence_threshold: float = 0.7,
+    confidence_threshold: float = LossConfig.confidence_threshold,
     *,
-    target: str = "correct",
+    target: str = LossConfig.halt_target,
     pnl: Tensor | None = None,
     strategy_pnl: Tensor | None = None,
     next_task_logits: Tensor | None = None,
-    step_cost: float = 0.0,
+    step_cost: float = LossConfig.halt_step_cost,
 ) -> Tensor:
     """The halt head's target for one reasoning step, (B,) float32 in {0, 1}, without gradient.
 
@@ -225,7 +288,7 @@ def halt_target(
 
 
 @torch.no_grad()
-def profit_weight(pnl: Tensor, pnl_scale: float = 0.05) -> Tensor:
+def profit_weight(pnl: Tensor, pnl_scale: float = LossConfig.pnl_scale) -> Tensor:
     """``1 - tanh(pnl / pnl_scale)``, in float32 and without gradient; (B,).
 
     Mathematically in (0, 2): losses weigh up to 2, gains down toward 0, zero PnL gives 1.
@@ -264,14 +327,14 @@ def compute_halt_loss(
     task_logits: Tensor,
     halt_logits: Tensor,
     labels: Tensor,
-    confidence_threshold: float = 0.7,
+    confidence_threshold: float = LossConfig.confidence_threshold,
     reduction: str = "mean",
     *,
-    target: str = "correct",
+    target: str = LossConfig.halt_target,
     pnl: Tensor | None = None,
     strategy_pnl: Tensor | None = None,
     next_task_logits: Tensor | None = None,
-    step_cost: float = 0.0,
+    step_cost: float = LossConfig.halt_step_cost,
 ) -> Tensor:
     """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
 
@@ -339,7 +402,7 @@ def compute_profit_weighted_loss(
     task_logits: Tensor,
     labels: Tensor,
     pnl: Tensor,
-    pnl_scale: float = 0.05,
+    pnl_scale: float = LossConfig.pnl_scale,
     class_weights: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
@@ -373,7 +436,9 @@ def _profit_weighted_loss(
     return _reduce(weighted, reduction, denominator)
 
 
-def compute_reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float = 0.05) -> Tensor:
+def compute_reward_loss(
+    task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float = LossConfig.pnl_scale
+) -> Tensor:
     """Negative expected realized PnL of the policy softmax(task_logits), in units of ``pnl_scale``.
 
     ``-mean_i sum_k softmax(task_logits)_ik * strategy_pnl_ik / pnl_scale``: full-information bandit
@@ -402,7 +467,7 @@ def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) ->
     return -(expected / pnl_scale).mean()
 
 
-def class_weights_from_labels(labels: Tensor, num_classes: int = 8) -> Tensor:
+def class_weights_from_labels(labels: Tensor, num_classes: int = N_STRATEGIES) -> Tensor:
     """Inverse-frequency class weights, float32 (num_classes,), with mean exactly 1.
 
     Seen classes get ``1 / count`` scaled so their mean is 1. A class absent from ``labels`` gets
@@ -423,42 +488,6 @@ def class_weights_from_labels(labels: Tensor, num_classes: int = 8) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- module
-
-
-@dataclass
-class LossConfig:
-    """TRMLoss hyperparameters; the defaults are the seed's loss (see TRMLoss)."""
-
-    lambda_halt: float = 0.01
-    """Weight of the halt loss (BCE toward 'confident and correct')."""
-    lambda_profit: float = 1.0
-    """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
-    lambda_reward: float = 0.0
-    """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; docs/faq.md compares the two)."""
-    confidence_threshold: float = 0.7
-    """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
-    halt_target: Literal["correct", "profitable", "priced"] = "correct"
-    """When the halt head should fire (HALT_TARGETS): "correct" (confident and argmax == hindsight label; the
-    seed's rule), "profitable" (confident and the answer's realized PnL >= 0, which noisy labels cannot make
-    unreachable) or "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
-    than halt_step_cost)."""
-    halt_step_cost: float = 0.0
-    """PnL (fraction of capital) one more reasoning step must add to the answer's expected realized PnL to be worth
-    taking (halt_target="priced")."""
-    pnl_scale: float = 0.05
-    """PnL (fraction of capital) that sets the profit-weight and reward scale."""
-    class_weights: bool = False
-    """Weight the cross-entropy by inverse label frequency on the train split."""
-
-    def __post_init__(self) -> None:
-        for name in ("lambda_halt", "lambda_profit", "lambda_reward"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
-        _check_threshold(self.confidence_threshold)
-        _check_halt_target(self.halt_target)
-        _check_step_cost(self.halt_step_cost)
-        _check_pnl_scale(self.pnl_scale)
 
 
 class TRMLoss(nn.Module):
@@ -489,7 +518,7 @@ class TRMLoss(nn.Module):
         class_weights: Tensor | None = None,
         confidence_threshold: float = LossConfig.confidence_threshold,
         pnl_scale: float = LossConfig.pnl_scale,
-        num_classes: int = 8,
+        num_classes: int = N_STRATEGIES,
         lambda_reward: float = LossConfig.lambda_reward,
         validate: bool = True,
         halt_target: str = LossConfig.halt_target,
@@ -528,7 +557,7 @@ class TRMLoss(nn.Module):
         cls,
         config: LossConfig,
         class_weights: Tensor | None = None,
-        num_classes: int = 8,
+        num_classes: int = N_STRATEGIES,
         validate: bool = True,
     ) -> TRMLoss:
         """A TRMLoss with ``config``'s hyperparameters (``config.class_weights`` is for the caller that
