@@ -1,62 +1,235 @@
-"""Every ```python block of README.md runs as written, each in a fresh interpreter and directory."""
+"""What README.md and the pages in docs/ show stays true.
+
+- Every ```python block runs as written, each in a fresh interpreter and directory. Fragments that need live
+  data or an exported run are fenced ```py instead, and are not run.
+- Every table a ``python -m trm_act.bench`` command printed is compared with the committed results it was rendered
+  from (``trm_act/bench/results/``), on the page where the table now appears.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "trm_act" / "bench" / "results"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
+
+# A fence may be indented inside a list item; its closing fence has the same indent.
+PYTHON_FENCE = re.compile(r"^( *)```python\n(.*?)^\1```", flags=re.S | re.M)
 
 
-def test_readme_has_python_blocks():
-    # Guards the regex: a README rewrite that changes the fences must not turn this file into a no-op.
-    assert len(BLOCKS) >= 5
+def page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=lambda i: f"block{i}")
-def test_readme_python_block_runs(index, tmp_path):
+def read(page: str) -> str:
+    return (ROOT / page).read_text(encoding="utf-8")
+
+
+def python_blocks() -> dict[str, str]:
+    """``{"page:index": code}``; a block repeated on another page (the README's quickstart) runs once."""
+    blocks: dict[str, str] = {}
+    for path in PAGES:
+        for index, match in enumerate(PYTHON_FENCE.finditer(path.read_text(encoding="utf-8"))):
+            code = textwrap.dedent(match.group(2))
+            if code not in blocks.values():
+                blocks[f"{page_name(path)}:{index}"] = code
+    return blocks
+
+
+BLOCKS = python_blocks()
+
+
+def test_the_pages_have_python_blocks():
+    # Guards the regex: a rewrite that changes the fences must not turn this file into a no-op.
+    pages = {key.split(":")[0] for key in BLOCKS}
+    assert sum(key.startswith("README.md:") for key in BLOCKS) >= 2
+    assert {"docs/data.md", "docs/integrations.md", "docs/model.md", "docs/thinking.md"} <= pages
+    assert len(BLOCKS) >= 10
+
+
+@pytest.mark.parametrize("key", list(BLOCKS))
+def test_python_block_runs(key, tmp_path):
     # A fresh directory per block: blocks that write runs/ write there, never into the checkout.
     env = os.environ | {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]],
+        [sys.executable, "-c", BLOCKS[key]],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode == 0, (
-        f"README python block {index} failed:\n{BLOCKS[index]}\n{result.stderr[-3000:]}"
-    )
+    assert result.returncode == 0, f"python block {key} failed:\n{BLOCKS[key]}\n{result.stderr[-3000:]}"
 
 
-RESULTS = Path(__file__).resolve().parents[1] / "trm_act" / "bench" / "results"
+# ----------------------------------------------------------------------------- bench tables
 
 
-@pytest.mark.parametrize("name", ["learn", "learn-validation", "learn-validation-labels", "learn-slow"])
-def test_readme_learning_tables_are_the_saved_benchmark_output(name):
-    # The README quotes `python -m trm_act.bench learn ... --out trm_act/bench/results/<name>`; the table it
-    # shows must be what that run's learn.json renders to (`--from-json` prints the same).
-    import json
+def learn_runs(name: str) -> list[dict]:
+    return json.loads((RESULTS / name / "learn.json").read_text())["runs"]
 
+
+def learn_table(name: str) -> str:
+    # What `python -m trm_act.bench learn --from-json trm_act/bench/results/<name>/learn.json` prints.
     from trm_act.bench.learn import markdown, summarize
 
-    runs = json.loads((RESULTS / name / "learn.json").read_text())["runs"]
-    table = markdown(summarize(runs), runs)
-    assert table in README.read_text(encoding="utf-8")
+    runs = learn_runs(name)
+    return markdown(summarize(runs), runs)
 
 
-def test_readme_label_table_is_what_bench_labels_prints():
-    # The README quotes `python -m trm_act.bench labels` (deterministic: the default synthetic market).
+def first_table(text: str) -> str:
+    """The caption and the first table of a bench output: everything up to the blank line after the table."""
+    lines = text.split("\n")
+    end = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("|") and (i + 1 == len(lines) or not lines[i + 1])
+    )
+    return "\n".join(lines[: end + 1])
+
+
+def labels_table() -> str:
+    # What `python -m trm_act.bench labels` prints (deterministic: the default synthetic market).
     from trm_act.bench.labels import HORIZONS, label_quality, markdown
     from trm_act.loss import LossConfig
 
     threshold = LossConfig().confidence_threshold
-    table = markdown([label_quality(h, threshold) for h in HORIZONS], threshold)
-    assert table in README.read_text(encoding="utf-8")
+    return markdown([label_quality(h, threshold) for h in HORIZONS], threshold)
+
+
+def real_table() -> str:
+    # What `python -m trm_act.bench real --from-json trm_act/bench/results/real/real.json` prints.
+    from trm_act.bench.real import markdown
+
+    saved = json.loads((RESULTS / "real" / "real.json").read_text())
+    return markdown(saved["rows"], argparse.Namespace(**saved["budget"]))
+
+
+def default_run_over_seeds() -> str:
+    """The default recipe's held-out figures per training seed, from the learning benchmark's `default` runs."""
+    held_out = sorted(
+        (run["seed"], market)
+        for run in learn_runs("learn")
+        if run["recipe"] == "default"
+        for market in run["markets"]
+        if market["market"] == "held-out"
+    )
+    lines = [
+        "| seed | held-out PnL | mean steps | PnL at exactly 1 / 2 / 3 / 4 steps | random | capture of the regime oracle |",
+        "|---:|---:|---:|:---|---:|---:|",
+    ]
+    for seed, m in held_out:
+        depth = " / ".join(f"{pnl:+.3f}" for pnl in m["pnl_by_fixed_steps"])
+        lines.append(
+            f"| {seed} | {m['pnl']:+.3f} | {m['mean_steps']:.2f} | {depth} | {m['random_pnl']:+.3f} | {m['capture']:.0%} |"
+        )
+    markets = [m for _, m in held_out]
+
+    def mean_se(key: str) -> tuple[float, float]:
+        values = np.array([m[key] for m in markets], dtype=np.float64)
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+    (pnl, pnl_se), (steps, steps_se), (capture, capture_se) = (
+        mean_se(k) for k in ("pnl", "mean_steps", "capture")
+    )
+    depth = " / ".join(
+        f"{np.mean(column):+.3f}" for column in zip(*(m["pnl_by_fixed_steps"] for m in markets), strict=True)
+    )
+    random = np.mean([m["random_pnl"] for m in markets])
+    lines.append(
+        f"| mean ± se | {pnl:+.3f} ± {pnl_se:.3f} | {steps:.2f} ± {steps_se:.2f} | {depth} | {random:+.3f} | "
+        f"{capture:.0%} ± {capture_se:.0%} |"
+    )
+    return "\n".join(lines)
+
+
+# Each bench table and the pages that show it.
+TABLES = {
+    "learn": (lambda: learn_table("learn"), ["docs/results.md"]),
+    "learn headline": (lambda: first_table(learn_table("learn")), ["README.md"]),
+    "learn-validation": (lambda: learn_table("learn-validation"), ["docs/results.md"]),
+    "learn-validation-labels": (lambda: learn_table("learn-validation-labels"), ["docs/results.md"]),
+    "learn-slow": (lambda: learn_table("learn-slow"), ["docs/results.md"]),
+    "labels": (labels_table, ["docs/results.md"]),
+    "real": (real_table, ["docs/walkforward.md"]),
+    "default run over seeds": (default_run_over_seeds, ["README.md"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "page"), [(name, page) for name, (_, pages) in TABLES.items() for page in pages]
+)
+def test_bench_table_is_the_saved_benchmark_output(name, page):
+    render, _ = TABLES[name]
+    assert render() in read(page), f"{page} does not show the {name} table as its committed results render it"
+
+
+def test_the_readme_headline_is_the_benchmarks_first_table():
+    # The README shows the caption and first table of the benchmark; docs/results.md shows the whole output.
+    full = learn_table("learn")
+    headline = first_table(full)
+    assert full.startswith(headline) and len(headline) < len(full)
+    assert (
+        headline.count("\n| ") == len({run["recipe"] for run in learn_runs("learn")}) + 1
+    )  # header + a row each
+
+
+# Lines that begin a bench table; wherever one appears, it must belong to a table checked on that page.
+TABLE_STARTS = re.compile(
+    r"^(\d+ seeds x \(|\| series \| recipe \| decisions \||\| label horizon \||\| seed \| held-out PnL \|)"
+)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=page_name)
+def test_no_page_shows_an_unchecked_copy_of_a_bench_table(path):
+    page = page_name(path)
+    checked = [render() for render, pages in TABLES.values() if page in pages]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if TABLE_STARTS.match(line):
+            assert any(line in table.splitlines() for table in checked), (
+                f"{page} shows a bench table that no test checks there ({line[:60]}...): add the page to TABLES"
+            )
+
+
+def test_the_default_run_printed_what_the_benchmark_saved_for_seed_0():
+    # The README's CLI output is seed 0 of the default recipe, as the spread table says: the benchmark's run
+    # of that seed on the same held-out split must hold the same figures.
+    run = next(r for r in learn_runs("learn") if r["recipe"] == "default" and r["seed"] == 0)
+    m = next(market for market in run["markets"] if market["market"] == "held-out")
+    text = read("README.md")
+    output = text[text.index("held-out test split:") :].split("```", 1)[0]
+
+    def row(label: str, pnl: float) -> None:
+        assert re.search(rf"^{re.escape(label)}\s+{re.escape(f'{pnl:+.3f}')}\s", output, flags=re.M), (
+            label,
+            pnl,
+        )
+
+    row(f"model (adaptive, {m['mean_steps']:.2f} steps)", m["pnl"])
+    row(f"model (fixed {run['max_steps']} steps)", m["fixed_max_pnl"])
+    row("regime oracle", m["regime_oracle_pnl"])
+    row("random", m["random_pnl"])
+    best_fixed = re.escape(f"{m['best_fixed_pnl']:+.3f}")
+    assert re.search(rf"^best fixed \(\w+\)\s+{best_fixed}\s", output, flags=re.M)
+    depth = ", ".join(f"{pnl:+.3f}" for pnl in m["pnl_by_fixed_steps"])
+    assert f"pnl when every decision runs exactly 1..{run['max_steps']} steps: {depth}\n" in output
+    assert f"model captures {m['capture']:.0%} of the regime oracle's PnL" in output
+
+
+def test_the_real_series_wall_time_is_the_saved_one():
+    saved = json.loads((RESULTS / "real" / "real.json").read_text())
+    assert f"Wall time {saved['wall_s']:.0f} s for the whole command" in read("docs/walkforward.md")
