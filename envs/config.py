@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import tyro
 
+from trm_act.shapes import WINDOW
+
 from .synthetic import RegimeSpec, SyntheticMarketConfig
 from .universe import is_glob
 
@@ -60,14 +62,15 @@ class TradeReplayConfig:
     skip_bad_files: bool = False
     """Skip instruments whose file fails validation (each is listed in a warning and in ReplayData.skipped)
     instead of stopping at the first; only for a universe."""
-    window: int = 32
+    window: int = WINDOW
     """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
     horizon: int = 8
     """Bars each trade lasts: a decision at bar t trades over bars t+1..t+horizon."""
-    label_horizon: int | None = None
+    label_horizon: int | None = 32
     """Bars over which the hindsight label is scored (info["label"], info["label_pnl"]); None = horizon.
     A longer label horizon names the strategy that suits the prevailing market state rather than the luckiest
-    one over the next few bars. Rewards are always the realized PnL over `horizon`."""
+    one over the next few bars: an 8-bar label is mostly luck within a regime, a 32-bar one names the strategy
+    that suits the regime (chosen on validation markets). Rewards are always the realized PnL over `horizon`."""
     label_source: Literal["hindsight", "hmm", "regime"] = "hindsight"
     """What info["label"] names: "hindsight" (the argmax of the label PnL); "hmm" (the strategy with the best mean
     PnL, on the train split, in the decision's state of a Markov-switching AR(1) model of ret and volume_z fitted
@@ -85,8 +88,10 @@ class TradeReplayConfig:
     """Which decisions the episodes visit: "train", "test" (the last test_fraction of bars) or "all"."""
     test_fraction: float = 0.2
     """Fraction of bars, at the end of the series, held out as the test split."""
-    episode_length: int | None = None
-    """Decision points per episode (episode_length - 1 steps); None = the whole split, start to end."""
+    episode_length: int | None = 64
+    """Decision points per episode (episode_length - 1 steps), from a random start; None = the whole split,
+    start to end. 64-decision episodes at random starts let a vector env's sub-envs cover the whole train
+    split."""
     synthetic: SyntheticMarketConfig = field(default_factory=SyntheticMarketConfig)
     """Options of the synthetic market (used when data == "synthetic"); a dict of its fields also works."""
 

@@ -31,6 +31,7 @@ from .regime_filter import filter_regimes
 from .regimes import fit_regime_hmm, most_probable_states
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
 from .synthetic import RegimeSpec, SyntheticMarketConfig, generate_synthetic_market
+from .timing import FEATURES, LABELS, PARSE, phase
 from .universe import Universe, is_universe, load_universe, universe_files
 
 SYNTHETIC_BARS_PER_YEAR = 252.0
@@ -91,10 +92,11 @@ def _market_from_frame(
     o, h, low, c, v = (
         ohlcv[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume")
     )
-    features = compute_features(o, h, low, c, v)  # (T, F)
-    _check_finite(features, "feature", FEATURE_NAMES, source)
-    positions = strategy_positions(o, h, low, c)  # (T, S)
-    _check_finite(positions, "position of strategy", STRATEGIES, source)
+    with phase(FEATURES):
+        features = compute_features(o, h, low, c, v)  # (T, F)
+        _check_finite(features, "feature", FEATURE_NAMES, source)
+        positions = strategy_positions(o, h, low, c)  # (T, S)
+        _check_finite(positions, "position of strategy", STRATEGIES, source)
     return _Market(
         source=source,
         timestamps=pd.DatetimeIndex(ohlcv.index),
@@ -146,7 +148,8 @@ def _market_from_universe(universe: Universe, source: str) -> _Market:
 
 @functools.lru_cache(maxsize=8)
 def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
-    frame = generate_synthetic_market(config)
+    with phase(PARSE):  # generating the bars stands in for reading them
+        frame = generate_synthetic_market(config)
     return _market_from_frame(
         frame,
         "synthetic",
@@ -160,7 +163,8 @@ def _synthetic_market(config: SyntheticMarketConfig) -> _Market:
 @functools.lru_cache(maxsize=8)
 def _csv_market(path: str, mtime_ns: int, size: int, name: str) -> _Market:
     del mtime_ns, size  # part of the cache key only: an edited file is read again
-    ohlcv = load_ohlcv(path, name=name)
+    with phase(PARSE):
+        ohlcv = load_ohlcv(path, name=name)
     per_year = bars_per_year(pd.DatetimeIndex(ohlcv.index))
     return _market_from_frame(ohlcv, name, None, None, per_year, Path(name).stem)
 
@@ -170,18 +174,22 @@ def _universe_market(
     data: str, files: tuple[tuple[str, int, int], ...], skip: bool, min_bars: int
 ) -> _Market:
     del files  # part of the cache key only: (path, mtime, size) of every file, so edits are read again
-    return _market_from_universe(load_universe(data, skip_bad_files=skip, min_bars=min_bars), data)
+    with phase(PARSE):
+        universe = load_universe(data, skip_bad_files=skip, min_bars=min_bars)
+    return _market_from_universe(universe, data)
 
 
 def _market(config: TradeReplayConfig) -> _Market:
     data = config.data
     min_bars = config.window + config.horizon + 1
     if isinstance(data, pd.DataFrame):
-        ohlcv = load_ohlcv(data)
+        with phase(PARSE):
+            ohlcv = load_ohlcv(data)
         per_year = bars_per_year(pd.DatetimeIndex(ohlcv.index))
         return _market_from_frame(ohlcv, "DataFrame", None, None, per_year, "DataFrame")
     if isinstance(data, dict):
-        universe = load_universe(data, skip_bad_files=config.skip_bad_files, min_bars=min_bars)
+        with phase(PARSE):
+            universe = load_universe(data, skip_bad_files=config.skip_bad_files, min_bars=min_bars)
         return _market_from_universe(universe, f"dict of {len(data)} DataFrames")
     if isinstance(data, str) and data == "synthetic":
         return _synthetic_market(config.synthetic)
@@ -629,6 +637,7 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.label_source,
         config.label_states,
     )
-    if isinstance(config.data, pd.DataFrame | dict):
-        return _build(market, *args)
-    return _build_cached(market, *args)
+    with phase(LABELS):  # trade PnL and labels of every decision (a cached build costs nothing)
+        if isinstance(config.data, pd.DataFrame | dict):
+            return _build(market, *args)
+        return _build_cached(market, *args)

@@ -151,9 +151,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     ## Arguments
 
     ```python
-    gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, label_horizon=None,
+    gymnasium.make("trm_act/TradeReplay-v0", data="synthetic", window=32, horizon=8, label_horizon=32,
                    label_source="hindsight", stride=None, cost=0.0005, split="train", test_fraction=0.2,
-                   episode_length=None, synthetic=SyntheticMarketConfig(), skip_bad_files=False)
+                   episode_length=64, synthetic=SyntheticMarketConfig(), skip_bad_files=False)
     ```
 
     Every option is a keyword and a field of ``TradeReplayConfig`` (which holds the defaults and the checks);

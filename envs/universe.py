@@ -234,7 +234,7 @@ def _load_long(path: Path, collector: _Collector) -> None:
     frame = _read_table(path)
     column = symbol_column(frame.columns, str(path))
     if column is None:  # a Parquet file without a symbol column is one instrument
-        collector.add(path.stem, str(path), lambda: load_ohlcv(frame, name=str(path)))
+        collector.add(path.stem, str(path), lambda frame=frame: load_ohlcv(frame, name=str(path)))
         return
     raw = frame[column]
     missing = np.flatnonzero(raw.isna().to_numpy() | (raw.astype(str).str.strip() == "").to_numpy())
@@ -247,14 +247,18 @@ def _load_long(path: Path, collector: _Collector) -> None:
     codes, names = pd.factorize(raw.astype(str), sort=True)  # (N,), (K,)
     order = np.argsort(codes, kind="stable")  # (N,) rows grouped by symbol, file order within a symbol
     bounds = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=len(names)))))  # (K+1,)
+    # One gather for the whole file, then a slice per symbol: gathering each symbol's rows from the whole file
+    # cost 4.7 s for 500 symbols x 5,000 rows (pandas' Arrow-backed text columns scan the file per gather).
+    grouped = frame.take(order)
+    del frame, raw
     is_csv = path.suffix.lower() != ".parquet"
     for k, symbol in enumerate(names):
         rows = order[bounds[k] : bounds[k + 1]]  # (n_k,) file rows of this symbol
         source = f"{path} (symbol {symbol!r})"
 
-        def load(rows: np.ndarray = rows, source: str = source) -> pd.DataFrame:
+        def load(k: int = k, rows: np.ndarray = rows, source: str = source) -> pd.DataFrame:
             try:
-                return load_ohlcv(frame.iloc[rows], name=source)
+                return load_ohlcv(grouped.iloc[bounds[k] : bounds[k + 1]], name=source)
             except ValueError as exc:
                 raise _at_file_rows(exc, rows, is_csv) from exc
 

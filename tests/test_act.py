@@ -443,7 +443,7 @@ def test_learning_more_steps_pay_and_halting_adapts_to_difficulty():
     max_steps, batch = 5, 128
     config = TRMConfig(
         window=8, n_features=9, d_model=32, n_heads=4, n_layers=1, n_latent=1, n_cycles=1,
-        mixer="attention", attn_radius=1, pool="last", max_steps=max_steps,
+        mixer="attention", attn_radius=1, pool="last", max_steps=max_steps, norm="post",
     )  # fmt: skip
     model = RecurrentTRM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)

@@ -265,15 +265,16 @@ def test_help_documents_every_flag_with_choices_and_clean_docs():
 
 
 def test_help_shows_the_defaults_a_run_uses():
-    """The experiment's defaults (e.g. banded attention, radius 2), not each config class's own (0)."""
+    """The experiment's defaults: the config classes' own, except the loss, the recipe (lambda_reward 10, not 0)."""
     from trm_act.config import ExperimentConfig
+    from trm_act.loss import LossConfig
     from trm_act.model import TRMConfig
 
     defaults = ExperimentConfig()
     # One column (tyro sets the groups side by side from 140 columns on), so that each flag's text follows it.
     text = " ".join(help_text(columns=120).split())
-    assert (defaults.model.attn_radius, TRMConfig().attn_radius) == (2, 0)
-    assert defaults.loss.lambda_reward == 10.0
+    assert (defaults.model.attn_radius, TRMConfig().attn_radius) == (2, 2)
+    assert (defaults.loss.lambda_reward, LossConfig().lambda_reward) == (10.0, 0.0)
     assert f"(default: {defaults.model.attn_radius})" in text.split("--attn-radius INT")[1][:300]
     assert f"(default: {defaults.env.window})" in text.split("--env.window INT")[1][:200]
     assert f"(default: {defaults.model.max_steps})" in text.split("--max-steps INT")[1][:200]

@@ -71,18 +71,24 @@ def test_check_env_passes_without_warnings(tmp_path, source, episode_length):
 
 
 def test_spaces_and_info():
-    env = TradeReplayEnv(**SMALL)
+    env = TradeReplayEnv(episode_length=None, **SMALL)  # the whole split: the episode starts at its first decision
     obs, info = env.reset(seed=0)
     assert env.action_space == gym.spaces.Discrete(8)
     assert obs.dtype == np.float32 and obs.shape == (32, env.replay.n_features) == env.observation_space.shape
     assert env.observation_space.contains(obs)
-    assert set(info) == {"label", "strategy_pnl", "t", "decision", "regime"}
+    # Labels over 32 bars by default (trades over 8): info also holds label_pnl, each strategy's PnL over 32 bars.
+    assert set(info) == {"label", "strategy_pnl", "label_pnl", "t", "decision", "regime"}
     assert type(info["label"]) is int and type(info["t"]) is int and type(info["regime"]) is int
-    assert info["strategy_pnl"].dtype == np.float64 and info["strategy_pnl"].shape == (8,)
+    for key in ("strategy_pnl", "label_pnl"):
+        assert info[key].dtype == np.float64 and info[key].shape == (8,)
     assert info["t"] == env.replay.decision_bars[info["decision"]] == 32
-    assert info["label"] == int(np.argmax(info["strategy_pnl"]))
+    assert info["label"] == int(np.argmax(info["label_pnl"]))
     # The observation is the features of bars t-window+1..t.
     np.testing.assert_array_equal(obs, env.replay.features[info["t"] - 31 : info["t"] + 1])
+    # Labels over the trade's own horizon: no label_pnl, and the label is the best trade's strategy.
+    _, info = TradeReplayEnv(episode_length=None, label_horizon=None, **SMALL).reset(seed=0)
+    assert set(info) == {"label", "strategy_pnl", "t", "decision", "regime"}
+    assert info["label"] == int(np.argmax(info["strategy_pnl"]))
 
 
 def test_csv_env_has_no_regime(tmp_path):
@@ -128,7 +134,7 @@ def test_numpy_actions_accepted(action):
 
 @pytest.mark.parametrize("split", ["train", "test", "all"])
 def test_full_split_episode_visits_every_decision_once(split):
-    env = TradeReplayEnv(split=split, **SMALL)
+    env = TradeReplayEnv(split=split, episode_length=None, **SMALL)
     _, infos, rewards = run_episode(env, [0] * 10_000, seed=0)
     decisions = [info["decision"] for info in infos]
     np.testing.assert_array_equal(decisions, env.replay.split_indices(split))
@@ -163,10 +169,10 @@ def test_constant_action_rewards_sum_to_independent_pnl(tmp_path, source, action
     if source == "csv":
         path = csv_file(tmp_path)
         close = pd.read_csv(path)["Close"].to_numpy()
-        env = TradeReplayEnv(data=path, cost=cost, horizon=horizon, split="all")
+        env = TradeReplayEnv(data=path, cost=cost, horizon=horizon, split="all", episode_length=None)
     else:
         close = generate_synthetic_market(SMALL["synthetic"])["close"].to_numpy()
-        env = TradeReplayEnv(cost=cost, horizon=horizon, split="all", **SMALL)
+        env = TradeReplayEnv(cost=cost, horizon=horizon, split="all", episode_length=None, **SMALL)
     _, infos, rewards = run_episode(env, [action] * 100_000, seed=0)
     traded = np.array([info["t"] for info in infos[:-1]])  # decision bars the agent acted on
     assert len(traded) > 100
@@ -320,7 +326,7 @@ def test_vector_env_matches_single_envs(episode_length, split, steps):
 
 
 def test_vector_env_episode_end_of_full_split():
-    vec = TradeReplayVectorEnv(2, split="test", **SMALL)
+    vec = TradeReplayVectorEnv(2, split="test", episode_length=None, **SMALL)
     start, stop = vec.replay.split_range("test")
     vec.reset(seed=0)
     for _ in range(stop - start - 2):
@@ -431,7 +437,7 @@ def test_make_forms_in_fresh_interpreter(code):
     code += "; obs, info = env.reset(seed=0); print(obs.shape, sorted(info))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "(32, 10) ['decision', 'label', 'regime', 'strategy_pnl', 't']" in result.stdout
+    assert "(32, 10) ['decision', 'label', 'label_pnl', 'regime', 'strategy_pnl', 't']" in result.stdout
 
 
 @pytest.mark.parametrize("mode", ["human", "rgb_array_list", "ansi"])

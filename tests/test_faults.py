@@ -285,7 +285,7 @@ def test_stale_temp_files_are_removed_and_files_get_normal_modes(run_copy, cli):
     assert status == 0, lines
     assert not stale.exists()
     assert not list(run_copy.glob(".*.tmp"))
-    for name in ("checkpoint.pt", "config.json", "metrics.json"):
+    for name in ("checkpoint.pt", "config.json", "metrics.json", "timings.json"):
         assert (run_copy / name).stat().st_mode & 0o777 == 0o644, name
 
 
@@ -511,3 +511,25 @@ def test_first_log_after_a_resume_equals_the_unbroken_run(tmp_path):
     assert min(after.logged) == 8
     assert "train/pnl" in after.logged[8] and "halt/hazard/step_1" in after.logged[8]
     assert after.logged[8] == full.logged[8]
+
+
+# ---------------------------------------------------------------------------- the large-CSV benchmark
+
+
+def test_bench_memory_prints_each_phase_of_the_run_from_its_timings(capsys):
+    from trm_act.envs.timing import PHASES
+
+    from trm_act.bench.memory import main as bench_memory
+
+    assert bench_memory(["--rows", "4000", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    for name in (*PHASES, "start-up and other", "**total (wall)**", "peak RSS"):
+        assert name in rows, out
+    seconds = [float(cell.strip(" s*")) for cell in rows["**total (wall)**"].split("|")[2:4]]
+    parts = [
+        sum(float(rows[name].split("|")[column].strip(" s")) for name in (*PHASES, "start-up and other"))
+        for column in (2, 3)
+    ]
+    assert parts == pytest.approx(seconds, abs=0.2)  # the phases and the rest add up to the wall time
+    assert "slowest phase:" in out and "the bar of 90 s" in out and "the bar of 1.5 GiB" in out

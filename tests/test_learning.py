@@ -21,7 +21,7 @@ def _replay(**options):
 
 
 def test_label_horizon_scores_labels_over_it_and_leaves_rewards_alone():
-    short, long = _replay(), _replay(label_horizon=32)
+    short, long = _replay(label_horizon=None), _replay(label_horizon=32)  # None: labels over the trade's horizon
     np.testing.assert_array_equal(long.strategy_pnl, short.strategy_pnl)  # rewards: still over `horizon`
     assert short.label_pnl is short.strategy_pnl
     bars = long.decision_bars
@@ -56,7 +56,7 @@ def test_label_pnl_in_info_only_with_a_label_horizon():
     assert info["label"] == int(np.argmax(info["label_pnl"]))
     _, reward, *_ = env.step(2)
     assert reward == env.replay.strategy_pnl[d, 2]  # the reward is the trade's realized PnL
-    assert "label_pnl" not in TradeReplayEnv(window=16, synthetic=SMALL).reset(seed=0)[1]
+    assert "label_pnl" not in TradeReplayEnv(window=16, synthetic=SMALL, label_horizon=None).reset(seed=0)[1]
     vector = TradeReplayVectorEnv(3, window=16, synthetic=SMALL, label_horizon=24)
     _, infos = vector.reset(seed=0)
     np.testing.assert_array_equal(infos["label_pnl"], vector.replay.label_pnl[infos["decision"]])

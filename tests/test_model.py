@@ -240,7 +240,8 @@ def test_returned_carry_is_detached_and_no_gradient_reaches_the_previous_step(mi
 @pytest.mark.parametrize("n_cycles", [1, 3])
 @pytest.mark.parametrize("mixer", MIXER_NAMES)
 def test_only_the_last_cycle_carries_gradient(mixer, n_cycles):
-    model = make_model(mixer=mixer, n_cycles=n_cycles, n_latent=2, n_layers=2)
+    # TRM's own layout (post-norm blocks, mean pooling), which the hand-written cycle below spells out.
+    model = make_model(mixer=mixer, n_cycles=n_cycles, n_latent=2, n_layers=2, norm="post", pool="mean")
     config = model.config
     obs = make_obs(config)
     calls = {"grad": 0, "no_grad": 0}

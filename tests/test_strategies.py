@@ -84,6 +84,24 @@ def test_trade_pnl_equals_reference(monkeypatch, horizon, stride, cost, block):
     assert trade_pnl(positions, c, decision_bars[:0], horizon, cost).shape == (0, 8)
 
 
+@pytest.mark.parametrize("stride", [1, 4])
+def test_evenly_spaced_decisions_read_strided_views_with_bit_identical_pnl(monkeypatch, stride):
+    bars = generate_synthetic_market(SyntheticMarketConfig(n_bars=3000, seed=7))
+    o, h, low, c = (bars[k].to_numpy() for k in ("open", "high", "low", "close"))
+    positions = strategy_positions(o, h, low, c)  # (T, 8)
+    even = np.arange(5, 3000 - 16, stride)  # (D,) as a replay lays its decisions out
+    assert isinstance(strategies._shifted(even)(3), slice)
+    fast = trade_pnl(positions, c, even, 16, 5e-4)
+    monkeypatch.setattr(strategies, "_shifted", lambda bars: lambda k: bars + k)  # the gathering path
+    np.testing.assert_array_equal(fast, trade_pnl(positions, c, even, 16, 5e-4))
+    monkeypatch.undo()
+    uneven = np.sort(np.random.default_rng(0).choice(np.arange(1, 3000 - 16), 500, replace=False))  # (D,)
+    assert not isinstance(strategies._shifted(uneven)(3), slice)
+    np.testing.assert_allclose(
+        trade_pnl(positions, c, uneven, 16, 5e-4), reference_trade_pnl(positions, c, uneven, 16, 5e-4), rtol=1e-12
+    )
+
+
 @pytest.mark.parametrize("what", ["features", "pnl"])
 def test_replay_build_refuses_non_finite_values(monkeypatch, what):
     frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=300, seed=1)).drop(columns="regime")
@@ -107,8 +125,8 @@ def test_replay_build_refuses_non_finite_values(monkeypatch, what):
 
         monkeypatch.setattr(replay_module, "trade_pnl", poisoned)
         message = r"DataFrame: row 112: PnL of strategy 'vol_target' is -inf"  # decision 10 = bar 32 + 10 * 8
-    with pytest.raises(ValueError, match=message):
-        build_replay(TradeReplayConfig(data=frame))
+    with pytest.raises(ValueError, match=message):  # labels over the trade's horizon: one trade_pnl call
+        build_replay(TradeReplayConfig(data=frame, label_horizon=None))
 
 
 @pytest.mark.parametrize("t", [60, 333, 1200])
@@ -126,7 +144,12 @@ def test_positions_are_causal(t):
 
 
 def test_labels_are_argmax_with_ties_to_lowest(replay):
-    np.testing.assert_array_equal(replay.labels, np.argmax(replay.strategy_pnl, axis=1))
+    # By default labels score each strategy over label_horizon = 32 bars (label_pnl); trades last 8 (strategy_pnl).
+    assert replay.label_pnl is not replay.strategy_pnl
+    np.testing.assert_array_equal(replay.labels, np.argmax(replay.label_pnl, axis=1))
+    own = build_replay(TradeReplayConfig(label_horizon=None, synthetic={"n_bars": 3000}))  # the trade's horizon
+    assert own.label_pnl is own.strategy_pnl
+    np.testing.assert_array_equal(own.labels, np.argmax(own.strategy_pnl, axis=1))
     # Constant prices at zero cost: every strategy earns exactly 0, so the label is 0 (flat).
     frame = pd.DataFrame(
         {"open": 10.0, "high": 10.0, "low": 10.0, "close": 10.0, "volume": 100.0},

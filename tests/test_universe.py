@@ -192,7 +192,7 @@ def test_single_env_symbol_and_episodes_stay_in_one_instrument(frames):
 
 
 def test_whole_split_episodes_pick_an_instrument(frames):
-    env = TradeReplayEnv(config=TradeReplayConfig(data=frames, **SMALL))
+    env = TradeReplayEnv(config=TradeReplayConfig(data=frames, episode_length=None, **SMALL))
     starts = {env.reset(seed=s)[1]["decision"] for s in range(20)}
     assert starts <= set(env.replay.split_ranges("train")[:, 0].tolist()) and len(starts) == 3
 
@@ -220,7 +220,7 @@ def test_vector_env_symbol_array_and_gathered_observations(frames, monkeypatch):
 def test_single_csv_names_its_symbol_by_the_file_stem(frames, tmp_path):
     path = tmp_path / "AAA.csv"
     frames["AAA"].to_csv(path, index_label="Date")
-    env = TradeReplayEnv(data=str(path), **SMALL)
+    env = TradeReplayEnv(data=str(path), episode_length=None, **SMALL)  # 63 train decisions: the whole split
     assert env.reset(seed=0)[1]["symbol"] == "AAA" and not env.replay.universe
 
 
@@ -372,3 +372,29 @@ def test_cli_trains_on_a_directory_of_csvs(frames, tmp_path):
     pooled = sum(row["model_pnl"] for row in metrics["per_instrument"].values())
     assert pooled == pytest.approx(metrics["model"]["pnl"], abs=1e-9)
     assert "3 instruments, calendar cutoff" in result.stdout
+
+
+def test_long_csv_of_the_universe_benchmark_reads_back_as_the_universe(frames, tmp_path):
+    from trm_act.bench.universe import write_long_csv
+
+    path = tmp_path / "long.csv"
+    write_long_csv(frames, path)
+    loaded = load_universe(path)
+    assert list(loaded.frames) == sorted(frames)
+    for symbol, frame in frames.items():
+        back = loaded.frames[symbol]
+        np.testing.assert_array_equal(back.index, frame.index)
+        np.testing.assert_allclose(back["close"], frame["close"], rtol=1e-6)
+
+
+def test_bench_universe_reports_the_end_to_end_training_run(capsys):
+    from trm_act.bench.universe import main as bench_universe
+
+    argv = ["--instruments", "3", "--bars", "600", "--num-envs", "8", "--seconds", "0.01", "--rounds", "1"]
+    assert bench_universe([*argv, "--train-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    run = next(line for line in out.splitlines() if "python -m trm_act.train --data <long csv> --steps 2" in line)
+    wall = float(run.split("|")[2].strip(" s"))
+    total = next(line for line in out.splitlines() if line.startswith("| **total (wall)**"))
+    assert float(total.split("|")[2].strip(" s*")) == pytest.approx(wall, abs=0.06)
+    assert "| evaluation |" in out and "| labels |" in out and "| peak RSS |" in out

@@ -72,6 +72,13 @@ class TrainConfig:
     eval_every: int | None = None
     """Evaluate on the held-out split every N steps (0 = only at the end; None = steps // 4, so a run draws
     4 points per eval chart; an evaluation of the 999 test decisions takes well under a second)."""
+    eval_sample: int | None = 1024
+    """Held-out decisions each periodic evaluation scores: a fixed, seeded sample (train.seed), the same decisions
+    every time and in a resumed run; 0 or None = all. The final evaluation (metrics.json) scores all of them.
+    With a belief the sample is contiguous runs of each instrument's decisions, each walked after its burn-in.
+    1024 is about the default market's whole test split (999 decisions, all scored), so a periodic evaluation of
+    big data is as informative as the default run's and costs as little: a 2,000,000-row CSV at horizon 16 has
+    25,000 test decisions, ~30 s per evaluation of them all on one thread."""
     checkpoint_every: int = 250
     """Write a checkpoint every N steps (and always at the end or on Ctrl-C)."""
     log_every: int = 25
@@ -92,9 +99,9 @@ class TrainConfig:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"train.{name} must be a positive int; got {value!r}.")
-        for name in ("warmup_steps", "eval_every", "eval_burn_in"):
+        for name in ("warmup_steps", "eval_every", "eval_burn_in", "eval_sample"):
             value = getattr(self, name)
-            if name == "eval_every" and value is None:
+            if name in ("eval_every", "eval_sample") and value is None:
                 continue
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"train.{name} must be an int >= 0; got {value!r}.")

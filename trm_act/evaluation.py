@@ -20,13 +20,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from trm_act.act import act_predict
+from trm_act.act import act_predict, halt_rule
 from trm_act.envs import STRATEGIES, ReplayData
 
 EVAL_BATCH_SIZE = 512
 """Rows per forward pass at evaluation. On the 2,000,000-bar CSV of ``bench memory`` 2048 rows raised the run's
 peak RSS from 1.24 to 1.43 GiB (torch's intermediates for 2048 rows) and evaluated no faster on one CPU thread
 (34-36 s against 31-33 s per evaluation); on a GPU, larger batches pay (``--eval-batch-size``)."""
+
+TIMED_DECISIONS = 2048
+"""A split of more decisions than this, scored by a model with a fresh carry, is run once, at full depth (see
+:func:`predict_full_depth`), instead of once adaptively and once at fixed depth; the adaptive and fixed-depth wall
+times are then measured on a fixed sample of this many decisions (``model.timed_decisions`` in the metrics). On the
+2,000,000-row CSV of ``bench memory`` (25,000 test decisions) this halves the final evaluation."""
 
 
 def trading_metrics(
@@ -96,19 +102,61 @@ def plan_walk(streams: np.ndarray, chunk: int, burn_in: int) -> Walk:
     sorted_streams = streams[order]
     stream_start = np.flatnonzero(np.r_[True, sorted_streams[1:] != sorted_streams[:-1]])  # (S,)
     stream_end = np.r_[stream_start[1:], len(order)]  # (S,)
-    begins, ends, burns = [], [], []
-    for lo, hi in zip(stream_start.tolist(), stream_end.tolist(), strict=True):
-        b = np.arange(lo, hi, chunk)  # (C_s,) first scored decision of each chunk
-        begins.append(b)
-        ends.append(np.minimum(b + chunk, hi))
-        burns.append(np.minimum(b - lo, burn_in))
-    return Walk(order, np.concatenate(begins), np.concatenate(ends), np.concatenate(burns))
+    # Without a Python loop over streams (a fresh carry makes every decision a stream of its own):
+    counts = -(-(stream_end - stream_start) // chunk)  # (S,) chunks of each stream
+    first = np.repeat(stream_start, counts)  # (C,) first decision of each chunk's stream
+    before = np.repeat(np.cumsum(counts) - counts, counts)  # (C,) chunks of the streams before this chunk's
+    within = np.arange(int(counts.sum())) - before  # (C,) chunk number within its stream
+    begin = first + within * chunk  # (C,) first scored decision of each chunk
+    end = np.minimum(begin + chunk, np.repeat(stream_end, counts))  # (C,)
+    return Walk(order, begin, end, np.minimum(begin - first, burn_in))
 
 
 def walk_chunk(n: int, batch_size: int, burn_in: int) -> int:
     """Decisions per chunk: enough chunks to fill a batch of ``batch_size`` rows, but at least 2 x ``burn_in``
     decisions each, so the replayed burn-in adds at most half again to the rows run."""
     return max(-(-n // batch_size), 2 * burn_in, 1)
+
+
+def evaluation_walk(
+    model: torch.nn.Module, replay: ReplayData, indices: np.ndarray, batch_size: int, burn_in: int
+) -> Walk:
+    """The walk :func:`predict` runs over decisions ``indices`` (N,): one chunk per decision with a fresh carry;
+    with a belief (``model.has_belief``), contiguous chunks of each instrument's decisions (:func:`walk_chunk`),
+    each after up to ``burn_in`` unscored decisions of its own instrument."""
+    if not getattr(model, "has_belief", False):
+        return plan_walk(np.arange(len(indices)), 1, 0)
+    chunk = walk_chunk(len(indices), batch_size, burn_in)
+    return plan_walk(replay.symbol_index[indices], chunk, burn_in)
+
+
+def sample_walk(walk: Walk, size: int, seed: int) -> Walk:
+    """A fixed, seeded sample of ``walk``'s chunks that scores exactly ``size`` decisions (the whole walk when it
+    scores no more than that).
+
+    Chunks are drawn in a random order from ``numpy.random.default_rng(seed)`` until they cover ``size``
+    decisions; the last one drawn is cut short. With a fresh carry every chunk is one decision, so this is a
+    uniform sample of decisions. With a belief a drawn chunk is walked exactly as the whole walk walks it (same
+    burn-in, same start), so each sampled decision gets the answer the whole walk would give it. The sample
+    depends only on the walk and the seed: every call (and a resumed run) scores the same decisions.
+    """
+    lengths = walk.end - walk.begin  # (C,) decisions each chunk scores
+    if size >= int(lengths.sum()):
+        return walk
+    drawn = np.random.default_rng(seed).permutation(len(lengths))  # (C,)
+    covered = np.cumsum(lengths[drawn])  # (C,) decisions scored by the first i + 1 chunks drawn
+    k = int(np.searchsorted(covered, size)) + 1  # chunks needed to cover size decisions
+    end = walk.end.copy()
+    end[drawn[k - 1]] -= int(covered[k - 1]) - size  # cut the last chunk drawn to size decisions in all
+    chosen = np.sort(drawn[:k])  # (k,) in walk order
+    return Walk(walk.order, walk.begin[chosen], end[chosen], walk.burn[chosen])
+
+
+def walk_positions(walk: Walk) -> np.ndarray:
+    """(M,) sorted positions (into the ``indices`` the walk was planned on) of the decisions ``walk`` scores."""
+    lengths = walk.end - walk.begin  # (C,)
+    first = np.repeat(walk.begin - np.cumsum(lengths) + lengths, lengths)  # (M,) begin - decisions before it
+    return np.sort(walk.order[first + np.arange(int(lengths.sum()))])
 
 
 class Prediction(NamedTuple):
@@ -136,6 +184,7 @@ def predict(
     device: torch.device,
     bf16: bool = False,
     burn_in: int = 0,
+    walk: Walk | None = None,
 ) -> Prediction:
     """ACT inference on decisions ``indices`` (N,) of ``replay``, walked in time order per instrument.
 
@@ -144,12 +193,14 @@ def predict(
     chunks that run side by side, each starting ``burn_in`` decisions early from the initial belief; the
     burn-in decisions are not scored. Observations are built one lockstep batch at a time, never the whole
     split's (N, W, F) at once. Returns the answers in the order of ``indices``.
+
+    ``walk`` (default: ``evaluation_walk(model, replay, indices, batch_size, burn_in)``) runs only some chunks,
+    e.g. a :func:`sample_walk`; the decisions it does not score (not in ``walk_positions(walk)``) answer 0.
     """
     n = len(indices)
     has_belief = bool(getattr(model, "has_belief", False))
-    streams = replay.symbol_index[indices] if has_belief else np.arange(n)  # (N,)
-    chunk, burn_in = (walk_chunk(n, batch_size, burn_in), burn_in) if has_belief else (1, 0)
-    walk = plan_walk(streams, chunk, burn_in)
+    if walk is None:
+        walk = evaluation_walk(model, replay, indices, batch_size, burn_in)
     actions = np.zeros(n, dtype=np.int64)
     steps = np.zeros(n, dtype=np.int64)
     step_actions = None if has_belief or adaptive else np.zeros((max_steps, n), dtype=np.int64)
@@ -182,6 +233,66 @@ def predict(
             if step_actions is not None:
                 step_actions[:, at[scored]] = result.step_actions.cpu().numpy()[:, scored]
     return Prediction(actions, steps, seconds, step_actions)
+
+
+@torch.no_grad()
+def predict_full_depth(
+    model: torch.nn.Module,
+    replay: ReplayData,
+    indices: np.ndarray,
+    *,
+    max_steps: int,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> tuple[Prediction, Prediction]:
+    """Adaptive and fixed-depth answers of a fresh-carry model on decisions ``indices`` (N,), from one pass.
+
+    Every row runs ``max_steps`` reasoning steps, as ``act_predict(adaptive=False)`` runs them (in the same
+    batches as :func:`predict`, so the fixed-depth answers are the same to the bit). A row's adaptive answer is
+    its answer at the first step where :func:`trm_act.act.halt_rule` fires, the step at which an adaptive batch
+    drops it; it can differ from ``predict(adaptive=True)``'s only where a halt logit lies within float rounding
+    of 0 (the shrinking batches of an adaptive pass round the halt head differently: see ``trm_act.policy``).
+    Returns ``(adaptive, fixed)``; both hold the pass's wall time.
+    """
+    if getattr(model, "has_belief", False):
+        raise ValueError(
+            "predict_full_depth needs a fresh carry (a belief carried adaptively differs from one carried at "
+            "full depth); use predict(adaptive=True) and predict(adaptive=False)"
+        )
+    n = len(indices)
+    step_actions = np.zeros((max_steps, n), dtype=np.int64)
+    halt_steps = np.zeros(n, dtype=np.int64)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    seconds = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for lo in range(0, n, batch_size):
+            obs = torch.from_numpy(replay.observations(indices[lo : lo + batch_size])).to(device)  # (B, W, F)
+            b = obs.shape[0]
+            _sync(device)
+            start = time.perf_counter()  # time the model only, as predict does
+            with autocast:
+                x = model.encode(obs)  # (B, W, D)
+                carry = model.init_carry(b, device=x.device)
+                answers = []
+                halted_at = torch.zeros(b, dtype=torch.long, device=x.device)  # (B,) 0 = not yet
+                for s in range(1, max_steps + 1):
+                    out = model.step(x, carry)
+                    carry = out.carry
+                    answers.append(out.task_logits.argmax(-1))  # (B,)
+                    stops = halt_rule(out.halt_logits, torch.full_like(halted_at, s), max_steps)  # (B,)
+                    halted_at = torch.where((halted_at == 0) & stops, s, halted_at)
+            _sync(device)
+            seconds += time.perf_counter() - start
+            step_actions[:, lo : lo + b] = torch.stack(answers).cpu().numpy()  # (S, B)
+            halt_steps[lo : lo + b] = halted_at.cpu().numpy()
+    finally:
+        model.train(was_training)
+    adaptive = step_actions[halt_steps - 1, np.arange(n)]  # (N,) the answer at each row's halting step
+    fixed = Prediction(step_actions[-1].copy(), np.full(n, max_steps, dtype=np.int64), seconds, step_actions)
+    return Prediction(adaptive, halt_steps, seconds, None), fixed
 
 
 def _sync(device: torch.device) -> None:
@@ -238,17 +349,56 @@ def evaluate(
     seed: int = 0,
     split: str = "test",
     burn_in: int = 64,
+    sample: int | None = None,
 ) -> EvalReport:
     """Score the model (adaptive and fixed max steps) and every baseline on ``split`` (default: held out).
 
     ``split="all"`` scores a whole market the model never saw (e.g. a synthetic market of another seed).
     A model with a belief walks each instrument's decisions in time order (see :func:`predict`;
     ``burn_in`` decisions per parallel chunk).
+
+    ``sample`` (None or 0 = all): score only that many of the split's decisions, a fixed sample drawn with
+    ``seed`` (:func:`sample_walk`: the same decisions on every call), as the trainer's periodic evaluations do;
+    every figure, the baselines' too, is then over the sample, and ``test_split`` says so (``sampled_from``).
     """
     test_idx = replay.split_indices(split)
     if replay.n_symbols > 1:  # pool the instruments' decisions in time order: one calendar equity curve
         times = replay.timestamps[replay.decision_bars[test_idx]].asi8  # (N,)
         test_idx = test_idx[np.argsort(times, kind="stable")]
+    split_decisions = len(test_idx)
+    walk = evaluation_walk(model, replay, test_idx, batch_size, burn_in)
+    kept = None  # (M,) positions in test_idx of the sampled decisions; None = all of them
+    if sample and sample < split_decisions:
+        walk = sample_walk(walk, sample, seed)
+        kept = walk_positions(walk)
+
+    def run(depth: int, adaptive: bool) -> Prediction:
+        out = predict(
+            model, replay, test_idx, max_steps=depth, adaptive=adaptive, batch_size=batch_size,
+            device=device, bf16=bf16, burn_in=burn_in, walk=walk,
+        )  # fmt: skip
+        if kept is None:
+            return out
+        step_actions = None if out.step_actions is None else out.step_actions[:, kept]
+        return out._replace(actions=out.actions[kept], steps=out.steps[kept], step_actions=step_actions)
+
+    timed = None  # decisions the wall times are measured on, when not all of them
+    if kept is None and split_decisions > TIMED_DECISIONS and not getattr(model, "has_belief", False):
+        # One pass at full depth gives both answers; the wall times come from both kinds of pass on a sample.
+        adaptive, fixed = predict_full_depth(
+            model, replay, test_idx, max_steps=max_steps, batch_size=batch_size, device=device, bf16=bf16
+        )
+        timed, walk = TIMED_DECISIONS, sample_walk(walk, TIMED_DECISIONS, seed)
+        adaptive = adaptive._replace(seconds=run(max_steps, adaptive=True).seconds)
+        fixed = fixed._replace(seconds=run(max_steps, adaptive=False).seconds)
+    else:
+        adaptive, fixed = run(max_steps, adaptive=True), run(max_steps, adaptive=False)
+    adaptive_actions, adaptive_steps, adaptive_s, _ = adaptive
+    fixed_actions, fixed_steps, fixed_s, step_actions = fixed
+    if step_actions is None:  # a belief carried at depth k differs from depth max_steps': walk each depth
+        step_actions = [run(k, adaptive=False).actions for k in range(1, max_steps)] + [fixed_actions]
+    if kept is not None:
+        test_idx = test_idx[kept]  # (M,) still in time order
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
     labels = replay.labels[test_idx]  # (N,)
     periods = replay.bars_per_year / replay.stride
@@ -256,19 +406,6 @@ def evaluate(
 
     def score(actions: np.ndarray) -> dict[str, float]:
         return trading_metrics(pnl_matrix[rows, actions], actions, labels, periods)
-
-    walk_args = {"batch_size": batch_size, "device": device, "bf16": bf16, "burn_in": burn_in}
-    adaptive_actions, adaptive_steps, adaptive_s, _ = predict(
-        model, replay, test_idx, max_steps=max_steps, adaptive=True, **walk_args
-    )
-    fixed_actions, fixed_steps, fixed_s, step_actions = predict(
-        model, replay, test_idx, max_steps=max_steps, adaptive=False, **walk_args
-    )
-    if step_actions is None:  # a belief carried at depth k differs from depth max_steps': walk each depth
-        step_actions = [
-            predict(model, replay, test_idx, max_steps=k, adaptive=False, **walk_args).actions
-            for k in range(1, max_steps)
-        ] + [fixed_actions]
 
     model_metrics: dict[str, Any] = score(adaptive_actions)
     model_metrics |= {
@@ -283,6 +420,8 @@ def evaluate(
         "pnl_by_fixed_steps": [score(actions)["pnl"] for actions in step_actions],
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
+    if timed is not None:  # the wall times are those of a fixed sample of the decisions (TIMED_DECISIONS)
+        model_metrics["timed_decisions"] = timed
     if replay.bar_regimes is not None:
         model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)
@@ -305,6 +444,8 @@ def evaluate(
             "periods_per_year": periods,
         },
     }
+    if kept is not None:
+        metrics["test_split"]["sampled_from"] = split_decisions
     if replay.universe:
         metrics["test_split"] |= {
             "instruments": replay.n_symbols,
@@ -460,8 +601,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
         if "instruments" in split
         else f"bars {split['first_bar']}..{split['last_bar']}"
     )
+    decisions = f"{split['decisions']} decisions"
+    if "sampled_from" in split:  # a periodic evaluation's fixed sample
+        decisions = f"a fixed sample of {split['decisions']} of its {split['sampled_from']} decisions"
     lines = [
-        f"held-out test split: {split['decisions']} decisions ({where})",
+        f"held-out test split: {decisions} ({where})",
         header,
         "-" * len(header),
     ]
@@ -475,6 +619,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
         f"halting: mean {model['mean_steps']:.2f} of {model['max_steps']} steps; inference "
         f"{model['wall_time_s'] * 1e3:.1f} ms adaptive vs {fixed['wall_time_s'] * 1e3:.1f} ms fixed "
         f"({model['time_ratio_adaptive_vs_fixed']:.2f}x)"
+        + (f" on a fixed sample of {model['timed_decisions']} decisions" if "timed_decisions" in model else "")
     )
     if len(model["pnl_by_fixed_steps"]) > 1:
         depths = ", ".join(f"{pnl:+.3f}" for pnl in model["pnl_by_fixed_steps"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 # Files of a run directory written through ``atomic_write``; only their temp files are cleaned up.
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.json")
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.json", "timings.json")
 
 
 def _file_mode() -> int:

@@ -163,8 +163,8 @@ def _reduce(values: Tensor, reduction: str, denominator: Tensor | None = None) -
 
 @dataclass
 class LossConfig:
-    """TRMLoss hyperparameters. The defaults are the seed's loss, here only: ``TRMLoss()``, ``LossConfig()`` and
-    the loss functions' keyword defaults all read them. The CLI trains with :func:`recipe_loss`."""
+    """TRMLoss hyperparameters. The defaults are the seed's loss, written here only: TRMLoss(), LossConfig() and
+    the loss functions' keyword defaults all read them. The CLI trains the preset recipe_loss()."""
 
     lambda_halt: float = 0.01
     """Weight of the halt loss (BCE toward 'confident and correct')."""

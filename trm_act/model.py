@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
+from trm_act.shapes import N_FEATURES, N_STRATEGIES, WINDOW
+
 __all__ = ["CARRIES", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
 
 
@@ -126,40 +128,44 @@ class Block(nn.Module):
 
 @dataclass
 class TRMConfig:
-    """Hyperparameters of RecurrentTRM. Defaults train ~1-2k steps in ~2 minutes on 2 CPU cores."""
+    """Hyperparameters of RecurrentTRM. The defaults are the model that python -m trm_act.train trains, chosen on
+    validation markets (docs/results.md, "How the recipe was chosen") and sized so that the default run finishes
+    within minutes on 2 CPU cores."""
 
-    # window, n_features and num_classes follow the data; the CLI derives them from the env (no flags).
-    window: Annotated[int, tyro.conf.Suppress] = 32
+    # window, n_features and num_classes follow the data; the CLI derives them from the env (no flags). Their
+    # defaults are the trade-replay env's shape (trm_act.shapes), so TRMConfig() reads its observations as they are.
+    window: Annotated[int, tyro.conf.Suppress] = WINDOW
     """Bars per observation (the W of obs (B, W, F)); one token per bar."""
-    n_features: Annotated[int, tyro.conf.Suppress] = 8
+    n_features: Annotated[int, tyro.conf.Suppress] = N_FEATURES
     """Features per bar (the F of obs (B, W, F)); must match the environment's observation."""
-    num_classes: Annotated[int, tyro.conf.Suppress] = 8
+    num_classes: Annotated[int, tyro.conf.Suppress] = N_STRATEGIES
     """Width of the task head: one logit per strategy."""
     d_model: int = 32
     """Token width of the encoder, the latent z and the answer y."""
     n_layers: int = 2
     """Blocks in the single shared network net (TRM uses 2)."""
-    norm: Literal["post", "pre"] = "post"
+    norm: Literal["post", "pre"] = "pre"
     """Where each block normalises: "post" (TRM: h = norm(h + f(h))) or "pre" (h = h + f(norm(h)); y and z are
-    normalised once per reasoning step, where they are handed on, so that the recursion keeps unit scale)."""
-    mixer: Literal["attention", "mlp"] = "mlp"
-    """Token mixer in each block, one of MIXERS: "mlp" (MLP-mixer over the window; cheaper) or "attention"."""
+    normalised once per reasoning step, where they are handed on, so that the recursion keeps unit scale). "pre"
+    keeps the features' scale in the residual stream, which TRM's post-norm rescales at every token."""
+    mixer: Literal["attention", "mlp"] = "attention"
+    """Token mixer in each block, one of MIXERS: "attention" or "mlp" (MLP-mixer over the window; cheaper)."""
     n_heads: int = 4
     """Attention heads (mixer="attention" only); must divide d_model."""
-    attn_radius: int = 0
-    """Local attention: a bar attends to bars at most this far away (0 = the whole window). Like n_heads it
-    only matters for mixer="attention": the MLP mixer always mixes the whole window, so --mixer mlp works
-    with the CLI's default radius as it is."""
+    attn_radius: int = 2
+    """Local attention: a bar attends to bars at most this far away (0 = the whole window), so what the decision
+    bar has read grows with every reasoning step. Only for mixer="attention" (the MLP mixer mixes all bars)."""
     mlp_ratio: float = 2.0
     """Hidden width of the MLPs as a multiple of d_model (channel MLP) or of window (token MLP)."""
     n_latent: int = 1
     """n: latent updates z = net(x + y + z) per cycle, before each answer update y = net(y + z)."""
     n_cycles: int = 2
     """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient."""
-    max_steps: int = 8
+    max_steps: int = 4
     """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
-    pool: Literal["mean", "last"] = "mean"
-    """How y is pooled over the window for the heads: "mean" or "last" (the decision bar)."""
+    pool: Literal["mean", "last"] = "last"
+    """How y is pooled over the window for the heads: "last" (the decision bar, what the banded attention grows
+    around) or "mean"."""
     halt_bias_init: float = -5.0
     """Initial bias of the halt head (TRM: -5), so that halting is learned rather than assumed."""
     halt_exploration_prob: float = 0.1
@@ -243,6 +249,17 @@ class TRMConfig:
     def to_dict(self) -> dict[str, object]:
         """Plain dict of the fields (for checkpoints and logged hyperparameters)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> TRMConfig:
+        """The config a checkpoint saved (``to_dict``). A field the saving version did not have takes the value
+        that version built (``ABSENT_FIELDS``), not today's default, so an old model is rebuilt as it trained."""
+        return cls(**{**{k: v for k, v in ABSENT_FIELDS.items() if k not in values}, **values})
+
+
+# The value a config saved before a field existed stands for: that version's behaviour, which may differ from
+# the field's default today (an old post-norm model must not be rebuilt pre-norm).
+ABSENT_FIELDS: dict[str, object] = {"norm": "post", "carry": "fresh"}
 
 
 def _rows_where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,7 @@ class Policy(DecisionRuntime):
                 file, f"its model config has option(s) {unknown} this version of trm_act does not know"
             )
         try:
-            model = RecurrentTRM(TRMConfig(**config))
+            model = RecurrentTRM(TRMConfig.from_dict(config))  # an older checkpoint lacks newer fields
             weights = state["ema"] if state["ema"] is not None else state["model"]
             model.load_state_dict(weights)
             policy = cls(model, env)

@@ -40,6 +40,7 @@ from trm_act.checkpoint import (
 )
 from trm_act.config import WARN_BATCH_SIZE, ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
+from trm_act.envs.timing import EVALUATION, TRAINING, WRITING, PhaseTimes
 from trm_act.evaluation import EvalReport, evaluate, format_summary
 from trm_act.files import write_json
 from trm_act.interrupts import GracefulInterrupt
@@ -158,9 +159,14 @@ class Trainer:
                 stacklevel=2,
             )
 
+        # Wall time per phase of this process's run: the data pipeline's phases (parse, features, labels) as the
+        # envs build, then training, evaluation and writing; written to timings.json and printed by summary().
+        self.timings = PhaseTimes()
+        self._started = time.perf_counter()
         train_env = dataclasses.replace(config.env, split="train", stride=config.train_stride)
-        self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
-        self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
+        with self.timings.recording():
+            self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
+            self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
 
         self.model_config = config.model  # window / n_features / num_classes derived by ExperimentConfig
         # `model`: any module with RecurrentTRM's step interface (the learning benchmark's MLP control).
@@ -346,10 +352,12 @@ class Trainer:
                     # any rank is agreed on by all: one int all-reduce per step (DDP already syncs every step).
                     stop = self._agree_stop(interrupt, keep_going=True)
                     while self.step < train.steps and not stop:
-                        logs = self.train_step()
+                        with self.timings.phase(TRAINING):
+                            logs = self.train_step()
                         if interrupt.requested and not logs.scalars:  # the last step before a stop is logged
                             logs = self.step_logs(*self._last_parts)
-                        keep_going = self.callbacks.on_step_end(self.step, logs)
+                        with self.timings.phase(WRITING):  # TensorBoard scalars, the progress bar
+                            keep_going = self.callbacks.on_step_end(self.step, logs)
                         stop = self._agree_stop(interrupt, keep_going)
                         if stop:
                             break
@@ -366,6 +374,7 @@ class Trainer:
                     distributed.write_weights_digest(self.model, self.dist)
                 if status == "completed":
                     self.last_report = self.evaluate(final=True)
+                    self._write_json("timings.json", self.timing_record())
             except BaseException as exc:
                 status = "diverged" if isinstance(exc, NonFiniteLossError) else "failed"
                 if isinstance(exc, KeyboardInterrupt):
@@ -388,7 +397,10 @@ class Trainer:
     def evaluate(self, final: bool = False) -> EvalReport | None:
         """Held-out evaluation with adaptive halting (EMA weights when enabled); logs ``eval/*``.
 
-        Under torchrun it runs on rank zero while the other ranks wait at a barrier (they return None).
+        A periodic evaluation (``final=False``) scores a fixed, seeded sample of ``train.eval_sample`` held-out
+        decisions (the same ones every time, and in a resumed run: see :func:`trm_act.evaluation.sample_walk`);
+        the final one (``final=True``) scores them all and writes ``metrics.json``. Under torchrun it runs on
+        rank zero while the other ranks wait at a barrier (they return None).
         """
         report = self._evaluate(final) if self.dist.is_zero else None
         distributed.barrier(self.dist)
@@ -396,24 +408,28 @@ class Trainer:
 
     def _evaluate(self, final: bool) -> EvalReport:
         model = self.ema if self.ema is not None else self.model
-        report = evaluate(
-            model,
-            self.eval_replay,
-            max_steps=self.model_config.max_steps,
-            device=self.device,
-            batch_size=self.config.train.eval_batch_size,
-            bf16=self.config.train.bf16,
-            seed=self.config.train.seed,
-            burn_in=self.config.train.eval_burn_in,
-        )
-        logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
-        logs.images = eval_images(
-            report.equity, report.steps, self.model_config.max_steps, report.steps_by_regime, self.step
-        )
-        if final:
-            logs.curves = report.equity
-            self._write_json("metrics.json", report.metrics)
-        self.callbacks.on_eval_end(self.step, logs)
+        train = self.config.train
+        with self.timings.phase(EVALUATION):
+            report = evaluate(
+                model,
+                self.eval_replay,
+                max_steps=self.model_config.max_steps,
+                device=self.device,
+                batch_size=train.eval_batch_size,
+                bf16=train.bf16,
+                seed=train.seed,
+                burn_in=train.eval_burn_in,
+                sample=None if final else train.eval_sample,
+            )
+        with self.timings.phase(WRITING):
+            logs = Logs(scalars=report.scalars(), histograms={"eval/steps": report.steps})
+            logs.images = eval_images(
+                report.equity, report.steps, self.model_config.max_steps, report.steps_by_regime, self.step
+            )
+            if final:
+                logs.curves = report.equity
+                self._write_json("metrics.json", report.metrics)
+            self.callbacks.on_eval_end(self.step, logs)
         return report
 
     def _write_json(self, name: str, data: Any) -> None:
@@ -421,12 +437,22 @@ class Trainer:
             return
         path = self.run_dir / name
         try:
-            write_json(path, data)
+            with self.timings.phase(WRITING):
+                write_json(path, data)
         except OSError as exc:
             raise RunWriteError(path, exc) from None
 
     def summary(self) -> str:
-        return format_summary(self.last_report.metrics) if self.last_report else "no evaluation yet"
+        """The held-out results (``format_summary``) and the wall time of each phase of this process's run."""
+        if self.last_report is None:
+            return "no evaluation yet"
+        return f"{format_summary(self.last_report.metrics)}\n{self.timings.format()}"
+
+    def timing_record(self) -> dict[str, Any]:
+        """What ``timings.json`` holds: wall seconds per phase of this process's run (see
+        :mod:`trm_act.envs.timing`; a resumed run records its own process only) and ``wall_s``, the seconds
+        since the trainer was created; the difference is set-up that no phase names (model, callbacks)."""
+        return {"phases": self.timings.as_dict(), "wall_s": time.perf_counter() - self._started}
 
     def hparams(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -540,7 +566,8 @@ class Trainer:
         state = self.state_dict()  # a collective under torchrun: every rank takes part
         try:
             if self.dist.is_zero:
-                save_checkpoint(path, state)
+                with self.timings.phase(WRITING):
+                    save_checkpoint(path, state)
         except OSError as exc:
             raise RunWriteError(path, exc) from None
         self.checkpoint_step = self.step
