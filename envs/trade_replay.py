@@ -173,7 +173,9 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     ## Version History
 
     * v0: initial release; universes of instruments and ``info["symbol"]`` added without a version bump
-      (single-market episodes are unchanged).
+      (single-market episodes are unchanged). The defaults later became what ``python -m trm_act.train`` trains:
+      64-decision episodes from random starts and labels over 32 bars (``episode_length=None, label_horizon=None``
+      give the whole split and labels over the trade's horizon, the earlier defaults).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
