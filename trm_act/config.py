@@ -132,33 +132,6 @@ class TrainConfig:
         return self.steps // EVALS_PER_RUN if self.eval_every is None else self.eval_every
 
 
-def experiment_env() -> TradeReplayConfig:
-    # 64-decision episodes at random starts let the slots cover the whole train split. A 32-bar window gives
-    # local attention (experiment_model) more past to reach with each extra reasoning step; 16 and 24 bars
-    # captured less of the regime oracle on the validation markets, 64 bars barely more at twice the cost.
-    # Labels over 32 bars (trades and rewards stay 8 bars): an 8-bar hindsight label is mostly luck within
-    # a regime, a 32-bar one names the strategy that suits the regime (chosen on validation markets; README).
-    return TradeReplayConfig(window=32, episode_length=64, label_horizon=32)
-
-
-def experiment_model() -> TRMConfig:
-    # Sized so the default run finishes well inside 180 s on 2 CPU cores (measured; see README). Chosen on the
-    # validation markets (README, "What the model learns"):
-    # - pre-norm blocks keep the features' scale in the residual stream (TRM's post-norm rescales every token);
-    # - banded attention (each bar sees bars at most 2 away) grows what the decision bar has read with every
-    #   reasoning step, and the heads read that bar (pool="last").
-    return TRMConfig(
-        d_model=32,
-        mixer="attention",
-        n_heads=4,
-        attn_radius=2,
-        norm="pre",
-        pool="last",
-        n_latent=1,
-        max_steps=4,
-    )
-
-
 # Fields that follow from other sections; never read from flags or files (see ExperimentConfig).
 DERIVED_FIELDS = {"env": ("split",), "model": ("window", "n_features", "num_classes")}
 
@@ -167,14 +140,17 @@ DERIVED_FIELDS = {"env": ("split",), "model": ("window", "n_features", "num_clas
 class ExperimentConfig:
     """Everything a run needs; saved as ``config.json`` in the run directory and inside checkpoints.
 
+    Each section defaults to its config class's defaults, except the loss: ``LossConfig()`` is the seed's loss and
+    the CLI trains ``recipe_loss()``. So ``TRMConfig()`` and ``TradeReplayConfig()`` are what a default run trains.
+
     The model's input shape and output width follow the data: ``model.window`` = ``env.window``,
     ``model.n_features`` = the env's feature count and ``model.num_classes`` = the 8 strategies, set
     here in ``__post_init__``. ``env.split`` is chosen by the trainer (train for training, test for
     evaluation).
     """
 
-    env: TradeReplayConfig = field(default_factory=experiment_env)
-    model: Annotated[TRMConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=experiment_model)
+    env: TradeReplayConfig = field(default_factory=TradeReplayConfig)
+    model: Annotated[TRMConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TRMConfig)
     loss: Annotated[LossConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=recipe_loss)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
