@@ -62,7 +62,7 @@ def test_cli_run_writes_events_checkpoint_config_and_metrics(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["train"]["steps"] == 20 and config["model"]["max_steps"] == 3
     assert config.pop("history") == []  # no resume changes
-    assert config.pop("runtime") == {"world_size": 1, "threads": 1}  # a plain run: one process, one thread
+    assert config.pop("runtime") == {"world_size": 1, "threads": 1, "compiled": False}  # one process, one thread, eager (a short run)
     checkpoint = load_checkpoint(tiny_run)
     assert checkpoint["step"] == 20 and checkpoint["config"] == config
 

@@ -140,8 +140,10 @@ class ACTState:
         (``max_steps`` defaults to ``model.config.max_steps``)."""
         device = device if device is not None else model.y_init.device
         max_steps = model.config.max_steps if max_steps is None else max_steps
+        # Materialised, not init_carry's broadcast views: every later carry is a dense tensor, and a compiled
+        # step would otherwise build a second graph for the first step's zero strides.
         return cls(
-            carry=model.init_carry(batch_size, device=device),
+            carry=model.init_carry(batch_size, device=device).map(torch.Tensor.contiguous),
             steps=torch.zeros(batch_size, dtype=torch.long, device=device),
             min_steps=draw_min_steps(
                 batch_size, max_steps, exploration_prob, generator=generator, device=device

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -90,6 +90,10 @@ class TrainConfig:
     threads: int | None = None
     """torch intra-op threads per process; None = 1 (measured: on 2 shared cores torch's one thread per core
     thrashes, and on idle cores 2 threads gave only +15%). Under torchrun at most cores / local processes."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
+    (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
+    run on a machine spends ~30 s compiling, later runs load the cached kernels in ~3 s (README, speed)."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "train_stride", "checkpoint_every", "log_every", "eval_batch_size")
@@ -111,6 +115,8 @@ class TrainConfig:
                 f"over that many slots, and a batch of 1 collapses (held-out PnL 0.000). Use --batch-size "
                 f">= {MIN_BATCH_SIZE} (32 or more learns reliably; the default is 128)."
             )
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"train.compile must be 'auto', 'on' or 'off'; got {self.compile!r}.")
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):

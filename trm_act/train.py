@@ -190,6 +190,9 @@ def _main(argv: list[str] | None) -> int:
             )
             if zero:
                 print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})", file=sys.stderr)
+                if trainer.compiled:
+                    print(f"torch.compile {trainer.compile_reason}: the first steps build the kernels "
+                          "(~30 s on a first run, seconds once cached)", file=sys.stderr)
             fitting = True
             report = trainer.fit()
     except ValueError as exc:

@@ -38,6 +38,7 @@ from trm_act.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from trm_act.compiled import compile_decision
 from trm_act.config import WARN_BATCH_SIZE, ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
 from trm_act.envs.timing import EVALUATION, TRAINING, WRITING, PhaseTimes
@@ -177,6 +178,12 @@ class Trainer:
         self.forward_model: torch.nn.Module = (
             distributed.wrap(self.model, self.device) if self.dist.distributed else self.model
         )
+        # The training step only: evaluation runs the EMA copy eagerly at shapes that change with the data.
+        self.compiled, self.compile_reason = compile_decision(
+            train.compile, train.steps, self.device, self.dist.distributed
+        )
+        if self.compiled:
+            self.forward_model = torch.compile(self.forward_model, dynamic=False)
 
         class_weights = None
         if config.loss.class_weights:
@@ -464,9 +471,9 @@ class Trainer:
                     flat[f"{section}.{key}"] = value
         return flat | {f"runtime.{key}": value for key, value in self.runtime().items()}
 
-    def runtime(self) -> dict[str, int]:
+    def runtime(self) -> dict[str, int | bool]:
         """How this run is launched (recorded in ``config.json`` and the hparams; not a setting)."""
-        return {"world_size": self.dist.world_size, "threads": self.threads}
+        return {"world_size": self.dist.world_size, "threads": self.threads, "compiled": self.compiled}
 
     # ------------------------------------------------------------------ checkpoints
 

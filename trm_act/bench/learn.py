@@ -347,7 +347,10 @@ def run_one(
                 "by_regime": model_metrics.get("by_regime"),
             }
         )
-    return {"recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "markets": rows}
+    return {
+        "recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "compiled": trainer.compiled,
+        "markets": rows,
+    }  # fmt: skip
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -546,6 +549,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the CLI default)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), default="auto",
+        help="torch.compile the training step, as train.compile (auto: as the CLI does; the learn.json files "
+        "committed before issue 24 were trained eagerly, learn-compiled compares both)",
+    )  # fmt: skip
     parser.add_argument("--out", default="runs/bench-learn", help="directory for learn.json and learn.md")
     parser.add_argument(
         "--validation",
@@ -587,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ExperimentConfig()
     synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None)
     config = dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=args.compile))
     if args.steps is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=args.steps))
     jobs = [(recipe, seed) for recipe in args.recipes for seed in range(args.seeds)]

@@ -3,7 +3,8 @@
 One run measures, side by side, samples/s (slots x steps per second, all ranks together) of the default
 experiment config for:
 
-- 1 and 2 intra-op threads, fp32 and bf16 autocast, in this process;
+- the eager step (commit 1d55271's step, the peer) and the ``torch.compile`` step (issue 24's bar: 2x the
+  eager samples/s on 1 thread fp32), each at 1 and 2 intra-op threads, fp32 and bf16 autocast;
 - 1 and 2 processes under torchrun (``python -m torch.distributed.run --standalone``), one thread each,
   gloo DDP, with the scaling efficiency ``samples/s(2) / (2 x samples/s(1))``.
 
@@ -39,12 +40,16 @@ from trm_act.config import ExperimentConfig
 from trm_act.envs import SyntheticMarketConfig
 
 RESULT_PREFIX = "RESULT "  # the worker's JSON line on stdout
+SPEEDUP_BAR = 2.0  # issue 24: compiled vs commit 1d55271's eager step, 1 thread fp32
 
 
-def bench_config(quick: bool, bf16: bool, threads: int) -> ExperimentConfig:
-    """The default experiment config (or a tiny one with ``quick``) with the given dtype and threads."""
+def bench_config(quick: bool, bf16: bool, threads: int, compiled: bool = False) -> ExperimentConfig:
+    """The default experiment config (or a tiny one with ``quick``) with the given dtype, threads and step
+    (``compiled``: torch.compile; otherwise the eager step, which is commit 1d55271's step)."""
     config = ExperimentConfig()
-    train = dataclasses.replace(config.train, bf16=bf16, threads=threads, device="cpu", progress=False)
+    train = dataclasses.replace(
+        config.train, bf16=bf16, threads=threads, device="cpu", progress=False, compile="on" if compiled else "off"
+    )
     if not quick:
         return dataclasses.replace(config, train=train)
     env = dataclasses.replace(
@@ -57,11 +62,11 @@ def bench_config(quick: bool, bf16: bool, threads: int) -> ExperimentConfig:
     )
 
 
-def _model_only_step(trainer: Any) -> None:
+def _model_only_step(trainer: Any, model: torch.nn.Module | None = None) -> None:
     """The model's forward and backward on the trainer's current batch and carry, nothing else."""
     obs = torch.from_numpy(trainer.obs).to(trainer.device)  # (B, W, F)
     with trainer._autocast():
-        out = trainer.forward_model(obs, trainer.state.carry)
+        out = (model or trainer.forward_model)(obs, trainer.state.carry)
     (out.task_logits.sum() + out.halt_logits.sum()).backward()
     trainer.optimizer.zero_grad(set_to_none=True)
 
@@ -79,8 +84,10 @@ def measure(
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, Path(folder) / "run")  # builds only; nothing is written before fit
     trainer.loss_fn.validate = validate_loss
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for _ in range(warmup):  # a compiled step builds (or loads) its kernels here
         trainer.train_step()
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
@@ -92,8 +99,8 @@ def measure(
         _model_only_step(trainer)
     model_s = (time.perf_counter() - start) / steps
 
-    with FlopCounterMode(display=False) as counter:
-        _model_only_step(trainer)
+    with FlopCounterMode(display=False) as counter:  # the eager model's FLOPs: the work asked for
+        _model_only_step(trainer, trainer.model)
     flops = counter.get_total_flops()
 
     start = time.perf_counter()
@@ -107,6 +114,7 @@ def measure(
         "samples_per_step": float(config.train.batch_size),
         "stop_sync_s": stop_sync_s,
         "threads": float(trainer.threads),
+        "warmup_s": warmup_s,
     }
 
 
@@ -194,15 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for bf16 in (False, True):
         for threads in (1, 2):
-            dtype = "bf16" if bf16 else "fp32"
-            config = bench_config(args.quick, bf16=bf16, threads=threads)
-            result = measure(config, args.steps, args.warmup)
-            rows.append(row(f"1 process, {threads} thread(s), {dtype}", [result], peaks[(threads, dtype)]))
+            # --quick compiles one row only: a compile takes tens of seconds even for the tiny config
+            for compiled in (False, True) if not (args.quick and (bf16 or threads > 1)) else (False,):
+                dtype = "bf16" if bf16 else "fp32"
+                config = bench_config(args.quick, bf16=bf16, threads=threads, compiled=compiled)
+                result = measure(config, args.steps, args.warmup)
+                step = "compiled" if compiled else "eager (1d55271)"
+                rows.append(row(f"{step}, {threads} thread(s), {dtype}", [result], peaks[(threads, dtype)]))
+                rows[-1]["warmup_s"] = result["warmup_s"]
     checked = measure(bench_config(args.quick, bf16=False, threads=1), args.steps, args.warmup, True)
-    rows.append(row("1 process, 1 thread(s), fp32, TRMLoss checks on", [checked], peaks[(1, "fp32")]))
+    rows.append(row("eager, 1 thread(s), fp32, TRMLoss checks on", [checked], peaks[(1, "fp32")]))
     for nproc in (1, 2):
         ranks = run_processes(nproc, args)
-        rows.append(row(f"{nproc} process(es) x 1 thread, fp32 (torchrun)", ranks, peaks[(1, "fp32")]))
+        rows.append(row(f"eager, {nproc} process(es) x 1 thread, fp32 (torchrun)", ranks, peaks[(1, "fp32")]))
 
     base = rows[0]["samples_per_s"]
     print(
@@ -210,19 +222,30 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{t} thread(s) {d} {p / 1e9:.1f} GFLOP/s" for (t, d), p in peaks.items())
     )
     print()
-    print("| run | samples/s | vs 1 thread fp32 | outside fwd/bwd | model GFLOP/s | of matmul peak |")
+    print("| run | samples/s | vs eager 1 thread fp32 | outside fwd/bwd | model GFLOP/s | of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['name']} | {r['samples_per_s']:,.0f} | {r['samples_per_s'] / base:.2f}x | "
             f"{r['outside']:.0%} | {r['gflops']:.1f} | {r['peak_share']:.0%} |"
         )
-    one, two = rows[-2], rows[-1]
+    speedup = rows[1]["samples_per_s"] / base
     print()
     print(
-        f"TRMLoss input checks off (the trainer) vs on: {base / rows[4]['samples_per_s']:.2f}x the samples/s "
+        f"compiled vs eager (commit 1d55271's step), 1 thread fp32: {speedup:.2f}x the samples/s "
+        f"(bar {SPEEDUP_BAR:.0f}x: {'PASS' if speedup >= SPEEDUP_BAR else 'FAIL'}); compile + "
+        f"{args.warmup} warm-up steps took {rows[1]['warmup_s']:.1f} s (eager: {rows[0]['warmup_s']:.1f} s; "
+        "a first run on a machine compiles, later runs load inductor's cache)"
+    )
+    print(
+        f"1 thread fp32 at {peaks[(1, 'fp32')] / 1e9:.0f} GFLOP/s matmul peak: the compiled step reaches "
+        f"{rows[1]['peak_share']:.0%} of it, the eager step {rows[0]['peak_share']:.0%}"
+    )
+    print(
+        f"TRMLoss input checks off (the trainer) vs on: {base / rows[-3]['samples_per_s']:.2f}x the samples/s "
         "(on a GPU each check is also a host sync)"
     )
+    one, two = rows[-2], rows[-1]
     print()
     print(
         f"scaling efficiency, 2 processes vs 1 (torchrun): {two['samples_per_s'] / (2 * one['samples_per_s']):.0%}"
