@@ -552,3 +552,11 @@ def test_without_matplotlib_the_tear_sheet_draws_the_equity_curves_as_svg(tmp_pa
     html = (root / "report.html").read_text()
     assert "<svg" in html and "<polyline" in html and "matplotlib is not installed" in html
     assert "data:image/png" not in html and not (root / "figures").exists()
+
+
+def test_the_tear_sheet_shows_dates_for_daily_bars_and_times_for_intraday_ones():
+    from trm_act.tearsheet import _stamp
+
+    assert _stamp("2008-08-15T00:00:00") == "2008-08-15"
+    assert _stamp("2008-08-15 00:00:00") == "2008-08-15"
+    assert _stamp("2008-08-15T13:30:00") == "2008-08-15 13:30:00"

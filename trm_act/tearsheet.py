@@ -192,6 +192,15 @@ def _fmt(value: Any, spec: str = "+.3f") -> str:
     return html.escape(str(value))
 
 
+def _stamp(value: Any) -> str:
+    """An ISO timestamp as the table shows it: the date alone for a midnight (daily bars), else date and time."""
+    text = str(value)
+    for midnight in ("T00:00:00", " 00:00:00"):
+        if text.endswith(midnight):
+            return html.escape(text[: -len(midnight)])
+    return html.escape(text.replace("T", " "))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
@@ -233,10 +242,10 @@ def _fold_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 str(f["fold"]),
-                _fmt(f["train_start"]),
-                _fmt(f["train_end"]),
-                _fmt(f["test_start"]),
-                _fmt(f["test_end"]),
+                _stamp(f["train_start"]),
+                _stamp(f["train_end"]),
+                _stamp(f["test_start"]),
+                _stamp(f["test_end"]),
                 str(f.get("train_decisions", "")),
                 str(f.get("purged", "")),
                 str(f.get("embargoed", "")),
