@@ -67,52 +67,21 @@ class RegimeSpec:
         return self.volatility / _innovation_scale(self.ar)
 
 
+# The regime tables list one regime a line, RegimeSpec's fields in order:
+#   name, drift, volatility, ar, mean_duration, volume_level, favours.
+
 # Calibrated so that, at the default cost, each regime's best strategy (by mean PnL) is `favours`,
 # and the hindsight label distribution stays spread out (no class above 50%).
+# fmt: off
 DEFAULT_REGIMES: tuple[RegimeSpec, ...] = (
-    RegimeSpec(
-        "bull", drift=0.0012, volatility=0.010, ar=(), mean_duration=150, volume_level=-0.1, favours="long"
-    ),
-    RegimeSpec(
-        "bear", drift=-0.0018, volatility=0.018, ar=(), mean_duration=100, volume_level=0.45, favours="short"
-    ),
-    RegimeSpec(
-        "range",
-        drift=0.0,
-        volatility=0.008,
-        ar=(-0.45,),
-        mean_duration=120,
-        volume_level=-0.3,
-        favours="mean_reversion",
-    ),
-    RegimeSpec(
-        "swing",
-        drift=0.0,
-        volatility=0.013,
-        ar=(0.35,),
-        mean_duration=120,
-        volume_level=0.25,
-        favours="momentum",
-    ),
-    RegimeSpec(
-        "chop",
-        drift=0.0,
-        volatility=0.024,
-        ar=(0.25, -0.2, -0.3, -0.3, -0.3),
-        mean_duration=80,
-        volume_level=0.8,
-        favours="flat",
-    ),
-    RegimeSpec(
-        "quiet",
-        drift=0.0005,
-        volatility=0.004,
-        ar=(),
-        mean_duration=150,
-        volume_level=-0.6,
-        favours="vol_target",
-    ),
+    RegimeSpec("bull",   0.0012, 0.010, (),                             150, -0.1,  "long"),
+    RegimeSpec("bear",  -0.0018, 0.018, (),                             100,  0.45, "short"),
+    RegimeSpec("range",  0.0,    0.008, (-0.45,),                       120, -0.3,  "mean_reversion"),
+    RegimeSpec("swing",  0.0,    0.013, (0.35,),                        120,  0.25, "momentum"),
+    RegimeSpec("chop",   0.0,    0.024, (0.25, -0.2, -0.3, -0.3, -0.3),  80,  0.8,  "flat"),
+    RegimeSpec("quiet",  0.0005, 0.004, (),                             150, -0.6,  "vol_target"),
 )
+# fmt: on
 
 
 # A market where evidence is slow: the regimes share volatility and volume level, so only the drift and the
@@ -127,32 +96,14 @@ DEFAULT_REGIMES: tuple[RegimeSpec, ...] = (
 # - with 600-bar regimes the filter bound (:mod:`.regime_filter`) earns 46% of the regime oracle's held-out PnL
 #   pooled over seeds 0-47, the same filter over the last 32 bars alone 17% (per seed the share varies widely:
 #   a test split holds about 13 regimes).
+# fmt: off
 SLOW_REGIMES: tuple[RegimeSpec, ...] = (
-    RegimeSpec(
-        "bull", drift=0.0005, volatility=0.01, ar=(), mean_duration=600, volume_level=0.0, favours="long"
-    ),
-    RegimeSpec(
-        "bear", drift=-0.0005, volatility=0.01, ar=(), mean_duration=600, volume_level=0.0, favours="short"
-    ),
-    RegimeSpec(
-        "trend",
-        drift=0.0,
-        volatility=0.01,
-        ar=(0.3,),
-        mean_duration=600,
-        volume_level=0.0,
-        favours="momentum",
-    ),
-    RegimeSpec(
-        "revert",
-        drift=0.0,
-        volatility=0.01,
-        ar=(-0.12,),
-        mean_duration=600,
-        volume_level=0.0,
-        favours="mean_reversion",
-    ),
+    RegimeSpec("bull",    0.0005, 0.01, (),       600, 0.0, "long"),
+    RegimeSpec("bear",   -0.0005, 0.01, (),       600, 0.0, "short"),
+    RegimeSpec("trend",   0.0,    0.01, (0.3,),   600, 0.0, "momentum"),
+    RegimeSpec("revert",  0.0,    0.01, (-0.12,), 600, 0.0, "mean_reversion"),
 )
+# fmt: on
 
 REGIME_PRESETS: dict[str, tuple[RegimeSpec, ...]] = {"default": DEFAULT_REGIMES, "slow": SLOW_REGIMES}
 """The built-in regime tables, by ``SyntheticMarketConfig.preset``."""
