@@ -26,13 +26,13 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from ._frameworks import missing_framework
+
 try:
     from transformers import Trainer, TrainerCallback
     from transformers.integrations import TensorBoardCallback
 except ImportError as exc:  # pragma: no cover - exercised by tests with the import blocked
-    raise ImportError(
-        'trm_act.callbacks.hf needs Hugging Face transformers; install it with: pip install "trm-act[hf]"'
-    ) from exc
+    raise missing_framework("hf", "Hugging Face transformers") from exc
 
 import torch
 from torch import nn

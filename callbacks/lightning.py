@@ -24,13 +24,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ._frameworks import missing_framework
+
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 except ImportError as exc:  # pragma: no cover - exercised by tests with the import blocked
-    raise ImportError(
-        'trm_act.callbacks.lightning needs PyTorch Lightning; install it with: pip install "trm-act[lightning]"'
-    ) from exc
+    raise missing_framework("lightning", "PyTorch Lightning") from exc
 
 import torch
 import torch.distributed as dist

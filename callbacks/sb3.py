@@ -18,14 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ._frameworks import missing_framework
+
 try:
     from gymnasium import spaces
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import VecEnv
 except ImportError as exc:  # pragma: no cover - exercised by tests with the import blocked
-    raise ImportError(
-        'trm_act.callbacks.sb3 needs Stable-Baselines3; install it with: pip install "trm-act[sb3]"'
-    ) from exc
+    raise missing_framework("sb3", "Stable-Baselines3") from exc
 
 import numpy as np
 
