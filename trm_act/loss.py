@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -352,38 +352,31 @@ def compute_halt_loss(
         _check_pnl(pnl, batch)
     if target == "priced":
         _check_strategy_pnl(strategy_pnl, batch, width)
-        if _check_logits(next_task_logits, width, "next_task_logits")[0] != batch:
-            raise ValueError(f"next_task_logits must have the batch of task_logits ({batch}); got {tuple(next_task_logits.shape)}.")
-    return _halt_loss(
-        task_logits, halt_logits, labels, confidence_threshold, reduction, target, pnl, strategy_pnl,
-        next_task_logits, step_cost,
-    )
-
-
-def _halt_loss(
-    task_logits: Tensor,
-    halt_logits: Tensor,
-    labels: Tensor,
-    confidence_threshold: float,
-    reduction: str,
-    target_kind: str = "correct",
-    pnl: Tensor | None = None,
-    strategy_pnl: Tensor | None = None,
-    next_task_logits: Tensor | None = None,
-    step_cost: float = 0.0,
-) -> Tensor:
-    target = halt_target(
+        _check_next_task_logits(next_task_logits, batch, width)
+    targets = halt_target(
         task_logits,
         labels,
         confidence_threshold,
-        target=target_kind,
+        target=target,
         pnl=pnl,
         strategy_pnl=strategy_pnl,
         next_task_logits=next_task_logits,
         step_cost=step_cost,
     )  # (B,)
+    return _halt_loss(halt_logits, targets, reduction)
+
+
+def _halt_loss(halt_logits: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """BCE-with-logits of the halt head against ``target`` (B,), the float32 output of :func:`halt_target`."""
     flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
     return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
+
+
+def _check_next_task_logits(next_task_logits: Tensor, batch: int, width: int) -> None:
+    if _check_logits(next_task_logits, width, "next_task_logits")[0] != batch:
+        raise ValueError(
+            f"next_task_logits must have the batch of task_logits ({batch}); got {tuple(next_task_logits.shape)}."
+        )
 
 
 def _check_halt_logits(halt_logits: Tensor, batch: int) -> None:
@@ -562,18 +555,10 @@ class TRMLoss(nn.Module):
     ) -> TRMLoss:
         """A TRMLoss with ``config``'s hyperparameters (``config.class_weights`` is for the caller that
         has the labels: pass the weights themselves as ``class_weights``)."""
-        return cls(
-            lambda_halt=config.lambda_halt,
-            lambda_profit=config.lambda_profit,
-            lambda_reward=config.lambda_reward,
-            confidence_threshold=config.confidence_threshold,
-            halt_target=config.halt_target,
-            halt_step_cost=config.halt_step_cost,
-            pnl_scale=config.pnl_scale,
-            class_weights=class_weights,
-            num_classes=num_classes,
-            validate=validate,
-        )
+        hyperparameters = {
+            f.name: getattr(config, f.name) for f in fields(config) if f.name != "class_weights"
+        }
+        return cls(**hyperparameters, class_weights=class_weights, num_classes=num_classes, validate=validate)
 
     def forward(
         self,
@@ -607,17 +592,21 @@ class TRMLoss(nn.Module):
             labels = _check_labels(labels, batch, self.num_classes)
             _check_halt_logits(halt_logits, batch)
             _check_pnl(pnl, batch)
-            if next_task_logits is not None and _check_logits(next_task_logits, self.num_classes, "next_task_logits")[0] != batch:
-                raise ValueError(
-                    f"next_task_logits must have the batch of task_logits ({batch}); got {tuple(next_task_logits.shape)}."
-                )
+            if next_task_logits is not None:
+                _check_next_task_logits(next_task_logits, batch, self.num_classes)
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
-        halt_args = (
-            self.confidence_threshold, "mean", self.halt_target, pnl, strategy_pnl, next_task_logits,
-            self.halt_step_cost,
-        )  # fmt: skip
-        halt_loss = _halt_loss(task_logits, halt_logits, labels, *halt_args)
+        target = halt_target(
+            task_logits,
+            labels,
+            self.confidence_threshold,
+            target=self.halt_target,
+            pnl=pnl,
+            strategy_pnl=strategy_pnl,
+            next_task_logits=next_task_logits,
+            step_cost=self.halt_step_cost,
+        )  # (B,) without gradient
+        halt_loss = _halt_loss(halt_logits, target, "mean")
         profit_loss = _profit_weighted_loss(
             task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
@@ -632,22 +621,12 @@ class TRMLoss(nn.Module):
 
         with torch.no_grad():
             task_loss = _task_loss(task_logits, labels, self.class_weights, "mean")
-            target_rate = halt_target(
-                task_logits,
-                labels,
-                self.confidence_threshold,
-                target=self.halt_target,
-                pnl=pnl,
-                strategy_pnl=strategy_pnl,
-                next_task_logits=next_task_logits,
-                step_cost=self.halt_step_cost,
-            ).mean()
         components: dict[str, Tensor | float] = {
             "total_loss": total,
             "halt_loss": halt_loss.detach(),
             "task_loss": task_loss,
             "profit_weighted_task_loss": profit_loss.detach(),
-            "halt_target_rate": target_rate,
+            "halt_target_rate": target.mean(),
             "lambda_halt": self.lambda_halt,
             "lambda_profit": self.lambda_profit,
         }
