@@ -113,7 +113,6 @@ class OnnxPolicy(DecisionRuntime):
 
     def __init__(self, engine: OnnxEngine, env: Any) -> None:
         super().__init__(engine, env)
-        self.max_steps = engine.max_steps
         self.source: str | None = None
 
     @classmethod
@@ -162,9 +161,5 @@ class OnnxPolicy(DecisionRuntime):
         policy.source = str(directory)
         return policy
 
-    def __repr__(self) -> str:
-        carry = "belief" if self.has_belief else "fresh"
-        return (
-            f"OnnxPolicy(source={self.source!r}, window={self.window}, carry={carry}, decides every "
-            f"{self.stride} bar(s), max_steps={self.max_steps})"
-        )
+    def _repr_fields(self) -> list[str]:
+        return [f"source={self.source!r}"]

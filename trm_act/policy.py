@@ -124,7 +124,6 @@ class Policy(DecisionRuntime):
         super().__init__(TorchEngine(model, max_steps), env)
         self.model = self.engine.model
         self.config: TRMConfig = model.config
-        self.max_steps = self.engine.max_steps
         self.source: str | None = None
         """The checkpoint file the policy was loaded from (None when built from a model)."""
         self.step: int | None = None
@@ -173,9 +172,5 @@ class Policy(DecisionRuntime):
         policy.weights = "ema" if state["ema"] is not None else "model"
         return policy
 
-    def __repr__(self) -> str:
-        carry = "belief" if self.has_belief else "fresh"
-        return (
-            f"Policy(source={self.source!r}, step={self.step}, weights={self.weights}, window={self.window}, "
-            f"carry={carry}, decides every {self.stride} bar(s), max_steps={self.max_steps})"
-        )
+    def _repr_fields(self) -> list[str]:
+        return [f"source={self.source!r}", f"step={self.step}", f"weights={self.weights}"]

@@ -83,6 +83,7 @@ class Engine(Protocol):
     window: int
     n_features: int
     has_belief: bool
+    max_steps: int
 
     def initial_belief(self) -> np.ndarray | None:
         """(D,) float32 belief before an instrument's first decision (None without a belief)."""
@@ -244,9 +245,26 @@ class DecisionRuntime:
             )
         self.window = engine.window
         self.has_belief = engine.has_belief
+        self.max_steps = engine.max_steps
+        """The most reasoning steps a decision takes."""
         self.stride = decision_stride(self.env, self.has_belief)
         """Bars between decisions (1 with a fresh carry; see the module docstring)."""
         self.strategies: tuple[str, ...] = STRATEGIES
+
+    def _repr_fields(self) -> list[str]:
+        """The fields the repr names first: where the engine comes from (the subclasses say)."""
+        return []
+
+    def __repr__(self) -> str:
+        carry = "belief" if self.has_belief else "fresh"
+        fields = [
+            *self._repr_fields(),
+            f"window={self.window}",
+            f"carry={carry}",
+            f"decides every {self.stride} bar(s)",
+            f"max_steps={self.max_steps}",
+        ]
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     # ------------------------------------------------------------------ whole histories
 
