@@ -26,7 +26,17 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
+from trm_act.tables import Column, score_table
+
 EXIT_USAGE, EXIT_IO = 2, 1
+
+BACKTEST_COLUMNS = (
+    Column("pnl", "pnl", 8, "+.3f"),
+    Column("sharpe", "sharpe", 7, ".2f"),
+    Column("max_dd", "max_drawdown", 7, ".3f"),
+    Column("hit_rate", "hit_rate", 8, ".3f"),
+)
+"""The columns of the backtest table."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,20 +150,12 @@ def format_backtest(result: dict[str, Any], max_steps: int) -> str:
         ("long", scores["long"]),
         (f"best fixed in hindsight ({scores['best_fixed']['strategy']})", scores["best_fixed"]),
     ]
-    width = max(len(name) for name, _ in rows)
-    header = f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'max_dd':>7}  {'hit_rate':>8}"
     where = f"{result['instruments']} instruments, " if result["instruments"] > 1 else ""
     lines = [
         f"backtest: {result['trades']} trades of {result['horizon']} bars every {result['stride']} bars "
         f"({where}{result['first']} .. {result['last']}), cost {result['cost']:g} per unit of position change",
-        header,
-        "-" * len(header),
+        *score_table(rows, BACKTEST_COLUMNS),
     ]
-    for name, row in rows:
-        lines.append(
-            f"{name:<{width}}  {row['pnl']:>+8.3f}  {row['sharpe']:>7.2f}  {row['max_drawdown']:>7.3f}  "
-            f"{row['hit_rate']:>8.3f}"
-        )
     return "\n".join(lines)
 
 

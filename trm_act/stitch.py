@@ -16,11 +16,21 @@ import numpy as np
 
 from trm_act import stats
 from trm_act.envs import STRATEGIES
+from trm_act.tables import Column, score_table
 
 BENCHMARKS = ("long", "best_fixed", "random")
 """Benchmarks named in every fold entry and in ``stitched`` (each fixed strategy is there too)."""
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
+TABLE_COLUMNS = (
+    Column("pnl", "pnl", 8, "+.3f"),
+    Column("sharpe", "sharpe", 7, ".2f"),
+    Column("sortino", "sortino", 7, ".2f"),
+    Column("max_dd", "max_drawdown", 6, ".3f"),
+    Column("turnover", "turnover", 8, ".4f"),
+    Column("exposure", "exposure", 8, ".3f"),
+)
+"""The columns of :func:`format_table`'s stitched figures."""
 
 METHODS: dict[str, str] = {
     "stitching": "Each fold trains on bars before its test span only and is scored on the decisions of its test "
@@ -321,23 +331,12 @@ def format_table(result: dict[str, Any]) -> str:
         ("flat", stitched["flat"]),
         ("random", stitched["random"]),
     ]
-    width = max(len(name) for name, _ in rows)
-    header = (
-        f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'sortino':>7}  {'max_dd':>6}  {'turnover':>8}  "
-        f"{'exposure':>8}"
-    )
     folds = ", ".join(str(k) for k in stitched["folds"])
     lines = [
         f"walk-forward ({result['scheme']}, embargo {result['embargo']}): {stitched['decisions']} out-of-sample "
         f"decisions from folds {folds} of {result['folds_planned']}",
-        header,
-        "-" * len(header),
+        *score_table(rows, TABLE_COLUMNS),
     ]
-    for name, row in rows:
-        lines.append(
-            f"{name:<{width}}  {row['pnl']:>+8.3f}  {row['sharpe']:>7.2f}  {row['sortino']:>7.2f}  "
-            f"{row['max_drawdown']:>6.3f}  {row['turnover']:>8.4f}  {row['exposure']:>8.3f}"
-        )
     for name in ("long", "best_fixed"):
         ci = stitched[f"model_minus_{name}"]
         if ci is None:
