@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
+from trm_act.cli import report_user_mistake
 from trm_act.tables import Column, score_table
 
 EXIT_USAGE, EXIT_IO = 2, 1
@@ -212,9 +212,7 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         print(format_backtest(result, policy.max_steps))
     except ValueError as exc:
-        if os.environ.get("TRM_ACT_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_mistake(exc)
         return EXIT_USAGE
     return 0
 

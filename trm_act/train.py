@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import os
 import re
 import signal
 import sys
@@ -27,6 +26,7 @@ import tyro
 from trm_act import distributed, interrupts
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import existing_checkpoint
+from trm_act.cli import report_user_mistake
 from trm_act.config import SECTIONS, ExperimentConfig, load_config_file
 from trm_act.rundir import check_new_run_dir, owned
 
@@ -196,9 +196,7 @@ def _main(argv: list[str] | None) -> int:
             fitting = True
             report = trainer.fit()
     except ValueError as exc:
-        if os.environ.get("TRM_ACT_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_mistake(exc)
         return EXIT_USAGE
     except NonFiniteLossError as exc:
         advice = (

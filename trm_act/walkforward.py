@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from trm_act import interrupts
+from trm_act.cli import report_user_mistake
 from trm_act.config import SECTIONS, ExperimentConfig
 from trm_act.files import write_json
 from trm_act.foldrun import FoldJob, is_finished, load_record, run_fold
@@ -591,9 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             config, settings, root, jobs=args.jobs, fold=args.fold, stitch_only=args.stitch_only
         )
     except ValueError as exc:
-        if os.environ.get("TRM_ACT_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+        report_user_mistake(exc)
         return EXIT_USAGE
     except FoldError as exc:
         from trm_act.trainer import NonFiniteLossError
