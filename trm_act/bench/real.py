@@ -108,31 +108,29 @@ def recipe_config(recipe: str, data: Path, steps: int) -> ExperimentConfig:
 def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
     """One row of the table: the stitched model against long, best fixed and flat."""
     stitched = result["stitched"]
+    model, dsr = stitched["model"], stitched["dsr"]
     better = "long" if stitched["long"]["pnl"] >= stitched["best_fixed"]["pnl"] else "best_fixed"
     ci = stitched[f"model_minus_{better}"]
+    low, high = ci["total_ci_low"], ci["total_ci_high"]
     return {
         "series": series,
         "recipe": recipe,
         "decisions": stitched["decisions"],
-        "model_pnl": stitched["model"]["pnl"],
-        "model_sharpe": stitched["model"]["sharpe"],
+        "model_pnl": model["pnl"],
+        "model_sharpe": model["sharpe"],
         "long_pnl": stitched["long"]["pnl"],
         "best_fixed_pnl": stitched["best_fixed"]["pnl"],
         "flat_pnl": stitched["flat"]["pnl"],
         "better_benchmark": better,
         "diff": ci["total"],
-        "diff_ci_low": ci["total_ci_low"],
-        "diff_ci_high": ci["total_ci_high"],
-        "verdict": "better"
-        if ci["total_ci_low"] > 0
-        else "worse"
-        if ci["total_ci_high"] < 0
-        else "not different",
+        "diff_ci_low": low,
+        "diff_ci_high": high,
+        "verdict": "better" if low > 0 else "worse" if high < 0 else "not different",
         "psr": stitched["psr"]["value"],
-        "dsr": stitched["dsr"]["value"],
-        "n_trials": stitched["dsr"]["n_trials"],
-        "mean_steps": stitched["model"]["mean_steps"],
-        "max_steps": stitched["model"]["max_steps"],
+        "dsr": dsr["value"],
+        "n_trials": dsr["n_trials"],
+        "mean_steps": model["mean_steps"],
+        "max_steps": model["max_steps"],
         "seconds": seconds,
     }
 
