@@ -153,6 +153,11 @@ class Block(nn.Module):
         return h
 
 
+def _is_int_at_least(value: object, low: int) -> bool:
+    """Whether ``value`` is an int (a bool is not) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 @dataclass
 class TRMConfig:
     """Hyperparameters of RecurrentTRM. The defaults are the model that python -m trm_act.train trains, chosen on
@@ -217,40 +222,27 @@ class TRMConfig:
             "max_steps",
         ):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int_at_least(value, 1):
                 raise ValueError(
                     f"TRMConfig.{name} must be an integer >= 1, got {value!r}; pass a positive int."
                 )
-        if (
-            isinstance(self.attn_radius, bool)
-            or not isinstance(self.attn_radius, int)
-            or self.attn_radius < 0
-        ):
+        if not _is_int_at_least(self.attn_radius, 0):
             raise ValueError(
                 f"TRMConfig.attn_radius must be an integer >= 0 (0 = global attention), got {self.attn_radius!r}."
             )
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 2
-        ):
+        if not _is_int_at_least(self.num_classes, 2):
             raise ValueError(f"TRMConfig.num_classes must be an integer >= 2, got {self.num_classes!r}.")
-        if self.mixer not in MIXERS:
-            raise ValueError(
-                f"TRMConfig.mixer={self.mixer!r} is not a known mixer; choose one of {sorted(MIXERS)}."
-            )
-        if self.norm not in NORMS:
-            raise ValueError(
-                f"TRMConfig.norm={self.norm!r} is not a known placement; choose one of {list(NORMS)}."
-            )
-        if self.carry not in CARRIES:
-            raise ValueError(
-                f"TRMConfig.carry={self.carry!r} is not a known carry; choose one of {list(CARRIES)}."
-            )
-        if self.pool not in POOLINGS:
-            raise ValueError(
-                f"TRMConfig.pool={self.pool!r} is not a known pooling; choose one of {list(POOLINGS)}."
-            )
+        for name, choices, kind in (
+            ("mixer", sorted(MIXERS), "mixer"),
+            ("norm", list(NORMS), "placement"),
+            ("carry", list(CARRIES), "carry"),
+            ("pool", list(POOLINGS), "pooling"),
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(
+                    f"TRMConfig.{name}={value!r} is not a known {kind}; choose one of {choices}."
+                )
         if self.mixer == "attention" and self.d_model % self.n_heads:
             raise ValueError(
                 f"TRMConfig.n_heads={self.n_heads} must divide d_model={self.d_model}; "
