@@ -74,16 +74,23 @@ def parse_args(argv: list[str] | None) -> Args:
 
 
 def _one_line(panel: str) -> str:
-    """tyro's error panel (a box with the message, hints and a --help pointer) as its message only."""
-    lines = panel.splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.lstrip().startswith("╭")), 0)
+    """tyro's error panel (a box with the message, hints and a --help pointer) as its message only.
+
+    tyro draws the box only when stdout's encoding is "utf-8" (``tyro._fmtlib``); under another one (LANG=C, a
+    Windows console, pytest's capture) the title is followed by a rule of dashes and the box has no sides.
+    """
+    lines = [line.strip().strip("│").strip() for line in panel.splitlines()]
+    start = next((i + 1 for i, text in enumerate(lines) if text.startswith("╭") or _is_rule(text)), 0)
     message = []
-    for line in lines[start:]:
-        text = line.strip().strip("│").strip()
-        if not text or set(text) <= set("─╰╯") or text.startswith("For full helptext"):
+    for text in lines[start:]:
+        if not text or _is_rule(text) or text.startswith("For full helptext"):
             break
         message.append(text)
     return " ".join(message) or "invalid arguments (see --help)"
+
+
+def _is_rule(text: str) -> bool:
+    return bool(text) and set(text) <= set("─╰╯-")
 
 
 def _flag_message(message: str, argv: list[str]) -> str:
