@@ -1,4 +1,5 @@
-"""End to end: the real CLI in a subprocess, its event file, a real TensorBoard server, Ctrl-C, CSVs."""
+"""End to end: the real CLI in a subprocess, its event file, a real TensorBoard server, Ctrl-C; CSVs, config
+files, resume refusals, user mistakes and --help through ``main(argv)`` in process."""
 
 from __future__ import annotations
 
@@ -7,42 +8,27 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import python, start, tiny_flags, wait_for_steps, write_bars
 from tb_events import REQUIRED_SCALARS, read_events
-from trm_act.envs import SyntheticMarketConfig, generate_synthetic_market
 
 from trm_act.checkpoint import load_checkpoint
 
 # A tiny but complete run: small market, small model, a few dozen optimizer steps.
-TINY = [
-    "--env.synthetic.n-bars", "1500", "--env.window", "16", "--env.horizon", "4", "--env.episode-length", "8",
-    "--d-model", "16", "--n-heads", "2", "--max-steps", "3", "--n-latent", "1",
-    "--batch-size", "8", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "5", "--no-progress",
-]  # fmt: skip
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trm_act.train", "--env", "trade-replay", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+TINY = tiny_flags(env__synthetic__n_bars=1500, log_every=5, checkpoint_every=5)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
+    """The real CLI end to end, in its own process, as a user starts it."""
     root = tmp_path_factory.mktemp("cli")
-    result = run_cli(*TINY, "--steps", "20", "--logdir", str(root / "runs"), "--run-name", "tiny", cwd=root)
+    argv = ["-m", "trm_act.train", "--env", "trade-replay", *TINY, "--steps", "20"]
+    result = python(*argv, "--logdir", str(root / "runs"), "--run-name", "tiny", cwd=root, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "held-out test split" in result.stdout and "regime oracle" in result.stdout
     return root / "runs" / "tiny"
@@ -80,11 +66,9 @@ def get_json(url: str):
 
 def test_tensorboard_server_serves_the_logged_scalars(tiny_run):
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tiny_run.parent), "--port", str(port),
-         "--host", "127.0.0.1", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server = start(
+        "-m", "tensorboard.main", "--logdir", str(tiny_run.parent), "--port", str(port),
+        "--host", "127.0.0.1", "--reload_interval", "1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -110,20 +94,16 @@ def test_tensorboard_server_serves_the_logged_scalars(tiny_run):
 
 
 def test_sigint_leaves_a_loadable_checkpoint_and_readable_events(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trm_act.train", *TINY, "--steps", "100000", "--checkpoint-every", "1000",
-         "--logdir", str(tmp_path), "--run-name", "ctrlc"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    # Every step logs: the step that a stop ends on is then logged wherever the signal lands (when it lands in a
+    # step's callbacks, the trainer stops after that step without logging it unless it is a log step; a test in
+    # test_faults checks the stop of a step that does not log).
+    flags = tiny_flags(env__synthetic__n_bars=1500, log_every=1, checkpoint_every=1000, progress=True)
+    process = start("-m", "trm_act.train", *flags, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "ctrlc")
     run_dir = tmp_path / "ctrlc"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(run_dir.glob("events.out.tfevents.*")):
-        time.sleep(0.2)
-    time.sleep(3.0)  # let it train a few dozen steps
+    seen = wait_for_steps(process, 5, total=100000)  # its progress bar: a few steps trained
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=60)
+    stderr = seen + rest
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
 
@@ -133,25 +113,22 @@ def test_sigint_leaves_a_loadable_checkpoint_and_readable_events(tmp_path):
     assert steps and steps[-1] == checkpoint["step"]  # every step up to the interrupt was flushed
 
 
-def test_resume_from_the_cli_continues_to_the_configured_steps(tmp_path):
-    first = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
+def test_resume_from_the_cli_continues_to_the_configured_steps(tmp_path, train_cli):
+    first = train_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    again = run_cli("--resume", str(tmp_path / "r"), "--max-steps", "4", cwd=tmp_path)
+    again = train_cli("--resume", str(tmp_path / "r"), "--max-steps", "4", cwd=tmp_path)
     assert again.returncode == 2 and "model.max_steps cannot change when resuming" in again.stderr
-    taken = run_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
+    taken = train_cli(*TINY, "--steps", "10", "--logdir", str(tmp_path), "--run-name", "r", cwd=tmp_path)
     assert taken.returncode == 2 and "already holds a run" in taken.stderr
 
 
 def write_csv(path: Path, n_bars: int = 1500) -> Path:
-    frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=n_bars, seed=3))
-    frame = frame.drop(columns=[c for c in frame.columns if c.lower() == "regime"])
-    frame.to_csv(path, index=not any(c.lower() in ("date", "time", "timestamp") for c in frame.columns))
-    return path
+    return write_bars(path, n_bars, seed=3)  # timestamps in the first column
 
 
-def test_cli_trains_on_a_csv(tmp_path):
+def test_cli_trains_on_a_csv(tmp_path, train_cli):
     csv = write_csv(tmp_path / "prices.csv")
-    result = run_cli(
+    result = train_cli(
         *TINY,
         "--steps",
         "6",
@@ -191,14 +168,26 @@ def test_cli_trains_on_a_csv(tmp_path):
         (["--window", "8"], "Unrecognized options: --window"),  # derived/nested fields have no flat flag
     ],
 )
-def test_user_mistakes_exit_with_one_line(tmp_path, args, message):
-    result = run_cli(*TINY, "--steps", "2", "--logdir", str(tmp_path), *args, cwd=tmp_path, timeout=120)
+def test_user_mistakes_exit_with_one_line(tmp_path, train_cli, args, message):
+    result = train_cli(*TINY, "--steps", "2", "--logdir", str(tmp_path), *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
 
 
-def test_broken_csv_names_file_column_and_row(tmp_path):
+def test_tyros_error_panel_becomes_its_message_on_any_terminal_encoding():
+    from trm_act.train import _one_line
+
+    message = "Error parsing train: train.lr must be > 0; got -1.0."
+    boxed = (  # stdout in UTF-8
+        "╭─ Value error ─────╮\n"
+        f"│ {message} │\n│ ───────────────── │\n│ For full helptext, see -c --help │\n╰───────────────────╯\n"
+    )
+    dashed = f" Value error \n ------------- \n  {message}  \n  -------------\n  For full helptext, see -c --help \n \n"
+    assert _one_line(boxed) == _one_line(dashed) == message
+
+
+def test_broken_csv_names_file_column_and_row(tmp_path, train_cli):
     csv = write_csv(tmp_path / "broken.csv", n_bars=400)
     lines = csv.read_text().splitlines()
     header = lines[0].split(",")
@@ -207,17 +196,15 @@ def test_broken_csv_names_file_column_and_row(tmp_path):
     row[close] = "nan"
     lines[101] = ",".join(row)
     csv.write_text("\n".join(lines) + "\n")
-    result = run_cli(
-        *TINY, "--steps", "2", "--data", str(csv), "--logdir", str(tmp_path), cwd=tmp_path, timeout=120
-    )
+    result = train_cli(*TINY, "--steps", "2", "--data", str(csv), "--logdir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "broken.csv" in result.stderr and "close" in result.stderr.lower() and "100" in result.stderr
 
 
-def test_config_file_sets_fields_and_flags_override_it(tmp_path):
+def test_config_file_sets_fields_and_flags_override_it(tmp_path, train_cli):
     config = tmp_path / "exp.toml"
     config.write_text('[train]\nsteps = 4\nlr = 0.002\n\n[model]\nmixer = "mlp"\n')
-    result = run_cli(
+    result = train_cli(
         *TINY,
         "--config",
         str(config),
@@ -234,16 +221,21 @@ def test_config_file_sets_fields_and_flags_override_it(tmp_path):
     assert saved["train"]["steps"] == 4 and saved["model"]["mixer"] == "mlp" and saved["train"]["lr"] == 0.003
 
 
-def help_text(columns: int = 200) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "trm_act.train", "--help"],
-        capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": str(columns)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout + result.stderr
+@pytest.fixture
+def help_text(call_main, monkeypatch):
+    """``python -m trm_act.train --help`` on a terminal ``columns`` wide."""
+    from trm_act.train import main
+
+    def text(columns: int = 200) -> str:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        result = call_main(main, "--help")
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    return text
 
 
-def test_help_documents_every_flag_with_choices_and_clean_docs():
+def test_help_documents_every_flag_with_choices_and_clean_docs(help_text):
     text = help_text()
     for flag in ("--data", "--steps", "--batch-size", "--max-steps", "--logdir", "--run-name", "--seed", "--device",
                  "--resume", "--config", "--lambda-halt", "--lambda-profit", "--lambda-reward", "--pnl-scale",
@@ -264,7 +256,7 @@ def test_help_documents_every_flag_with_choices_and_clean_docs():
     assert ":class:" not in text and "``" not in text
 
 
-def test_help_shows_the_defaults_a_run_uses():
+def test_help_shows_the_defaults_a_run_uses(help_text):
     """The experiment's defaults: the config classes' own, except the loss, the recipe (lambda_reward 10, not 0)."""
     from trm_act.config import ExperimentConfig
     from trm_act.loss import LossConfig

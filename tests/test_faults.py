@@ -15,55 +15,41 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import FakeClock, start, tiny_flags, wait_for_steps
+from helpers import tiny_config as helpers_tiny_config
+from tb_events import read_events
 from trm_act.callbacks import Callback, TensorBoardCallback
-from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig
 
 from trm_act import checkpoint as checkpoint_module
 from trm_act import interrupts
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
-from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
+from trm_act.config import ExperimentConfig
 from trm_act.files import write_json
 from trm_act.interrupts import STOP_SIGNALS, GracefulInterrupt, Interrupted, exit_code
-from trm_act.model import TRMConfig
 from trm_act.resume import apply_overrides
 from trm_act.train import main
 from trm_act.trainer import MAX_ABS_WEIGHT, NonFiniteLossError, Trainer
 
-TINY = [
-    "--env.synthetic.n-bars", "3000", "--env.window", "16", "--env.horizon", "4", "--env.episode-length", "8",
-    "--d-model", "16", "--n-heads", "2", "--max-steps", "3", "--n-latent", "1",
-    "--batch-size", "8", "--warmup-steps", "2", "--log-every", "2", "--no-progress",
-]  # fmt: skip
+TINY = tiny_flags(log_every=2)
 
 
 def tiny_config(**train) -> ExperimentConfig:
-    defaults = {"steps": 12, "batch_size": 8, "log_every": 4, "checkpoint_every": 4, "warmup_steps": 2}
-    return ExperimentConfig(
-        env=TradeReplayConfig(
-            window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=3000)
-        ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, n_latent=1, n_cycles=2),
-        loss=LossConfig(lambda_reward=0.5),
-        train=TrainConfig(**(defaults | train | {"progress": False})),
-    )
+    return helpers_tiny_config(n_bars=3000, **train)
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
+def cli(call_main):
     """Run ``main(argv)`` in process; returns (exit status, stderr lines that are not blank)."""
-    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main sets a one-line format
 
     def run(*argv: str) -> tuple[int, list[str]]:
-        capsys.readouterr()
-        status = main(list(argv))
-        return status, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        result = call_main(main, *argv)
+        return result.returncode, [line for line in result.stderr.splitlines() if line.strip()]
 
     return run
 
@@ -95,18 +81,13 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 
 def test_sigterm_to_the_cli_checkpoints_exits_143_and_resume_continues(tmp_path, cli):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trm_act.train", *TINY, "--steps", "100000", "--checkpoint-every", "1000",
-         "--logdir", str(tmp_path), "--run-name", "term"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    flags = tiny_flags(log_every=2, checkpoint_every=1000, progress=True)
+    process = start("-m", "trm_act.train", *flags, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "term")
     run_dir = tmp_path / "term"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(run_dir.glob("events.out.tfevents.*")):
-        time.sleep(0.1)
-    time.sleep(1.0)  # a few steps
+    seen = wait_for_steps(process, 3, total=100000)  # its progress bar: a few steps trained
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=60)
+    stderr = seen + rest
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr and f"--resume {run_dir}" in stderr
     step = load_checkpoint(run_dir)["step"]
@@ -124,23 +105,13 @@ def test_sigterm_to_the_cli_checkpoints_exits_143_and_resume_continues(tmp_path,
 def test_first_signal_requests_a_stop_and_a_second_interrupts_at_once(signum):
     interrupt = GracefulInterrupt()
     with interrupt.installed():
-        os.kill(os.getpid(), signum)
-        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+        signal.raise_signal(signum)  # its Python handler has run when raise_signal returns
         assert interrupt.requested and interrupt.signum == signum
         with pytest.raises(Interrupted) as raised:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1.0)
+            signal.raise_signal(signal.SIGTERM)
     assert raised.value.signum == signal.SIGTERM
     assert exit_code(signum) == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}[signum]
     assert signal.getsignal(signum) is not None  # the previous handler is back
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(
@@ -152,7 +123,7 @@ class FakeClock:
     ],
 )
 def test_one_echo_of_the_first_signal_is_absorbed_within_the_window(second, after_s, absorbed):
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     interrupt = GracefulInterrupt(echo_window_s=2.0, clock=clock)
     interrupt.handle(signal.SIGTERM)
     clock.now += after_s
@@ -182,13 +153,28 @@ def test_sighup_in_training_stops_after_the_step_with_a_checkpoint(tmp_path):
     class HangUp(Callback):
         def on_step_end(self, step, logs):
             if step == 3:
-                os.kill(os.getpid(), signal.SIGHUP)
-                time.sleep(0.05)
+                signal.raise_signal(signal.SIGHUP)
 
     trainer = Trainer(tiny_config(), tmp_path, [HangUp()])
     assert trainer.fit() is None
     assert trainer.stop_signal == signal.SIGHUP and trainer.step == 3
     assert load_checkpoint(tmp_path)["step"] == 3 and trainer.checkpoint_step == 3
+
+
+def test_the_step_a_signal_stops_on_is_logged_off_the_log_grid(tmp_path, monkeypatch):
+    # The Ctrl-C test of test_cli logs every step; here the stop lands on a step that logs nothing by itself.
+    train_step = Trainer.train_step
+
+    def ctrl_c_during_step_3(self):
+        logs = train_step(self)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)
+        return logs
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_during_step_3)
+    trainer = Trainer(tiny_config(log_every=4), tmp_path, [TensorBoardCallback(tmp_path)])
+    assert trainer.fit() is None and trainer.stop_signal == signal.SIGINT and trainer.step == 3
+    assert [e.step for e in read_events(tmp_path).Scalars("loss/total")] == [3] == [load_checkpoint(tmp_path)["step"]]
 
 
 def test_ctrl_c_during_start_up_prints_one_honest_line(tmp_path, cli, monkeypatch):
@@ -197,8 +183,7 @@ def test_ctrl_c_during_start_up_prints_one_honest_line(tmp_path, cli, monkeypatc
     parse = train_module.parse_args
 
     def interrupted(argv):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1.0)
+        signal.raise_signal(signal.SIGINT)  # raises at once: start-up stops on the first signal
         return parse(argv)
 
     monkeypatch.setattr(train_module, "parse_args", interrupted)

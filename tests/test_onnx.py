@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +11,8 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-import tiny_runs
-from tiny_runs import WINDOW, tiny_config, train_runs
+from helpers import WINDOW, bars, python, tiny_runs
+from helpers import tiny_run_config as tiny_config
 from trm_act.envs import (
     STRATEGIES,
     build_replay,
@@ -28,7 +25,6 @@ from trm_act.export import export_onnx
 from trm_act.onnx import OnnxPolicy
 from trm_act.runtime import decisions_frame
 
-REPO = Path(__file__).resolve().parents[1]
 PROBABILITIES = [f"p_{s}" for s in STRATEGIES]
 
 
@@ -37,11 +33,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run of each carry (30 steps), with the default banded attention, post-norm and mean-pooled:
     the model these tests' absolute tolerances (1e-5) were set on. (Pre-norm, the default, carries larger values
     through the recursion: its halt logits reach ~35, where float32 rounding differs by ~3e-5.)"""
-    return train_runs(tmp_path_factory, mixer="attention", attn_radius=2, norm="post", pool="mean")
+    return tiny_runs(tmp_path_factory, mixer="attention", attn_radius=2, norm="post", pool="mean")
 
 
 def market(seed: int = 7, n_bars: int = 800) -> pd.DataFrame:
-    return tiny_runs.market(seed, n_bars)
+    return bars(n_bars, seed)
 
 
 def varied_halting(policy: Policy) -> Policy:
@@ -127,34 +123,22 @@ def test_the_onnx_runtime_runs_without_torch(runs, tmp_path):
         "print(' '.join(map(str, decisions['action'])))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None))\n"
     )
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
+    result = python("-c", code, cwd=tmp_path)  # a fresh interpreter, where torch cannot be imported
     assert result.returncode == 0, result.stderr
     actions, loaded = result.stdout.splitlines()
     assert actions == " ".join(map(str, expected["action"]))
     assert loaded == "[]"
 
 
-def test_export_cli_writes_and_checks_the_graphs_and_refuses_bad_runs(runs, tmp_path):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+def test_export_cli_writes_and_checks_the_graphs_and_refuses_bad_runs(runs, tmp_path, call_main):
+    from trm_act.export import main
+
     out = tmp_path / "exported"
-    result = subprocess.run(
-        [sys.executable, "-m", "trm_act.export", "--run", str(runs["fresh"]), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = call_main(main, "--run", str(runs["fresh"]), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "onnxruntime matches torch" in result.stdout
     assert {p.name for p in out.iterdir()} == {"encoder.onnx", "step.onnx", "policy.json"}
-    result = subprocess.run(
-        [sys.executable, "-m", "trm_act.export", "--run", str(tmp_path / "nowhere"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = call_main(main, "--run", str(tmp_path / "nowhere"), "--out", str(out))
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     with pytest.raises(ValueError, match=r"no policy\.json") as exc:
         OnnxPolicy.load(tmp_path)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_runs import HORIZON, WINDOW, market, tiny_config, train_runs
+from helpers import HORIZON, REPO, WINDOW, python
+from helpers import bars as market
+from helpers import tiny_run_config as tiny_config
 from trm_act.envs import (
     STRATEGIES,
     TradeReplayConfig,
@@ -30,13 +29,11 @@ from trm_act.model import RecurrentTRM, TRMConfig
 from trm_act.runtime import decisions_frame
 from trm_act.stream_features import FeatureState, FeatureStream
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """A tiny trained run of each carry (30 steps)."""
-    return train_runs(tmp_path_factory)
+@pytest.fixture
+def runs(trained_runs) -> dict[str, Path]:
+    """A tiny trained run of each carry (30 steps), shared by the suite."""
+    return trained_runs
 
 
 def varied_halting(policy: Policy, frame: pd.DataFrame) -> Policy:
@@ -80,7 +77,8 @@ def test_the_design_names_import_from_the_package_and_import_trm_act_stays_light
     code = (
         "import sys, trm_act; print(sorted(m for m in ('torch', 'onnxruntime', 'onnx') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    out = python("-c", code, cwd=REPO)  # a fresh interpreter: what importing trm_act alone loads
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
@@ -399,25 +397,21 @@ def test_checkpoints_of_another_format_or_version_are_refused_in_one_line(runs, 
 # ---------------------------------------------------------------------- python -m trm_act.predict
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "trm_act.predict", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def predict_cli(call_main, tmp_path):
+    """``python -m trm_act.predict <argv>`` in ``tmp_path``, run in process."""
+    from trm_act.predict import main
+
+    return lambda *argv: call_main(main, *argv, cwd=tmp_path)
 
 
-def test_predict_writes_the_decisions_and_backtests_them(runs, tmp_path):
+def test_predict_writes_the_decisions_and_backtests_them(runs, tmp_path, predict_cli):
     frame = market(seed=5, n_bars=1500)
     frame.to_csv(tmp_path / "new.csv", index_label="Date")
-    result = _run(["--run", str(runs["belief"]), "--data", "new.csv", "--out", "out/decisions.csv"], tmp_path)
+    result = predict_cli("--run", str(runs["belief"]), "--data", "new.csv", "--out", "out/decisions.csv")
     assert result.returncode == 1 and result.stderr.startswith("error: cannot write")  # no out/ directory
     assert result.stderr.count("\n") == 1
-    result = _run(["--run", str(runs["belief"]), "--data", "new.csv", "--out", "decisions.csv"], tmp_path)
+    result = predict_cli("--run", str(runs["belief"]), "--data", "new.csv", "--out", "decisions.csv")
     assert result.returncode == 0, result.stderr
     written = pd.read_csv(tmp_path / "decisions.csv", index_col="timestamp", parse_dates=True)
     policy = Policy.load(runs["belief"])
@@ -469,16 +463,3 @@ def test_predict_reports_user_mistakes_in_one_line(runs, tmp_path, capsys, monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the clean path warns about nothing
         Policy.load(runs["fresh"]).decide(market(n_bars=100))
-
-
-def test_the_docs_example_trains_loads_and_decides_on_an_unseen_csv(tmp_path):
-    # docs/policy.md's first python block is the README-ready "train, load, decide" example.
-    text = (REPO / "docs" / "policy.md").read_text(encoding="utf-8")
-    block = text.split("```python\n", 1)[1].split("```", 1)[0]
-    assert len(block.strip().splitlines()) == 5
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "halt_logit" in result.stdout and (tmp_path / "runs" / "demo" / "checkpoint.pt").is_file()
