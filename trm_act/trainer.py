@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trm_act import distributed, rundir
+from trm_act import distributed, rundir, runstate
 from trm_act.act import ACTState, act_step
 from trm_act.callbacks import Callback, CallbackList, Logs, RunInfo
 from trm_act.charts import eval_images
-from trm_act.checkpoint import (
-    LATEST,
-    CheckpointError,
-    checkpoint_path,
-    corrupt,
-    load_checkpoint,
-    save_checkpoint,
-)
 from trm_act.compiled import compile_decision
 from trm_act.config import WARN_BATCH_SIZE, ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
@@ -47,42 +39,14 @@ from trm_act.files import write_json
 from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM
-from trm_act.resume import apply_overrides, config_record, verify_config_json
-from trm_act.supervision import SupervisionStats, look_ahead, loss_tags, supervise_step
+from trm_act.resume import config_record
 
-# What each rank owns (its env slots and their carry); a checkpoint keeps rank zero's at the top level and
-# the other ranks' under "ranks", so that a resume with the same world size continues exactly.
-RANK_KEYS = ("rng", "env", "act", "obs", "info", "window")
-
-# A checkpoint is kept only while every weight satisfies |w| <= MAX_ABS_WEIGHT. Healthy runs of this
-# model stay below ~10 (LayerNorm-scaled activations, weight decay); weights that have run off past
-# 1e4 mean divergence that a resumed run would inherit, even while the loss is still finite.
-MAX_ABS_WEIGHT = 1e4
-
-# Keys every checkpoint payload holds (a file missing one is refused as corrupt, not half-loaded).
-CHECKPOINT_KEYS = (
-    "config", "model_config", "history", "step", "model", "ema", "optimizer", "scheduler",
-    "rng", "env", "act", "obs", "info", "window",
-)  # fmt: skip
-
-
-def _param_groups(model: RecurrentTRM, lr: float, halt_lr_scale: float) -> list[dict[str, Any]]:
-    halt = list(model.halt_head.parameters())
-    halt_ids = {id(p) for p in halt}
-    rest = [p for p in model.parameters() if id(p) not in halt_ids]
-    return [{"params": rest, "lr": lr}, {"params": halt, "lr": lr * halt_lr_scale}]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf, or weights beyond MAX_ABS_WEIGHT); the last good checkpoint is kept."""
-
-
-class RunWriteError(RuntimeError):
-    """Writing a run file failed (disk full, permission); ``Trainer.checkpoint_step`` is the last good one."""
-
-    def __init__(self, path: Path, error: OSError) -> None:
-        super().__init__(f"cannot write {path}: {error.strerror or error}")
-        self.path, self.error = path, error
+# Re-exported: tests/test_faults.py and tests/test_distributed.py import them from here.
+from trm_act.runstate import MAX_ABS_WEIGHT as MAX_ABS_WEIGHT
+from trm_act.runstate import RANK_KEYS as RANK_KEYS
+from trm_act.runstate import SIGNAL_STOP, NonFiniteLossError, RunWriteError, param_groups
+from trm_act.supervision import look_ahead, loss_tags, supervise_step
+from trm_act.windowstats import WindowStats
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,24 +68,6 @@ def lr_lambda(warmup_steps: int, total_steps: int):
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-class _WindowStats(SupervisionStats):
-    """The supervision tags of the iterations between two log steps, plus throughput (``perf/*``)."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.started = time.perf_counter()
-
-    def scalars(self, batch_size: int) -> dict[str, float]:  # type: ignore[override]
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        out = {
-            "perf/steps_per_s": self.iterations / elapsed,
-            "perf/samples_per_s": self.iterations * batch_size / elapsed,
-        }
-        if self.rewards:
-            out["perf/decisions_per_s"] = self.committed / elapsed
-        return out | super().scalars()
 
 
 class Trainer:
@@ -195,7 +141,7 @@ class Trainer:
         ).to(self.device)
 
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, train.lr, train.halt_lr_scale),
+            param_groups(self.model, train.lr, train.halt_lr_scale),
             weight_decay=train.weight_decay,
             betas=(0.9, 0.95),
         )
@@ -216,7 +162,7 @@ class Trainer:
             exploration_prob=self.model_config.halt_exploration_prob,
             generator=self.generator,
         )
-        self.window = _WindowStats(self.model_config.max_steps)
+        self.window = WindowStats(self.model_config.max_steps)
         self.last_report: EvalReport | None = None
         self.checkpoint_step: int | None = None  # step of the last checkpoint written or loaded
         self.history: list[dict[str, Any]] = []  # config changes made on resume
@@ -313,7 +259,7 @@ class Trainer:
             scalars["train/grad_norm"] = float(grad_norm)
         scalars |= self.window.scalars(train.batch_size)
         histograms = {
-            "halt/steps": np.concatenate(self.window.halt_steps) if self.window.halt_steps else np.array([]),
+            "halt/steps": self.window.steps_histogram(),
             "loss/profit_weight": profit_weight(chosen_pnl, self.loss_fn.pnl_scale).cpu().numpy(),
         }
         self.window.reset()
@@ -357,7 +303,7 @@ class Trainer:
                     )
                     # Every rank must take the same steps (each one is a DDP all-reduce), so a stop seen by
                     # any rank is agreed on by all: one int all-reduce per step (DDP already syncs every step).
-                    stop = self._agree_stop(interrupt, keep_going=True)
+                    stop = runstate.agree_stop(interrupt, True, self.device)
                     while self.step < train.steps and not stop:
                         with self.timings.phase(TRAINING):
                             logs = self.train_step()
@@ -365,7 +311,7 @@ class Trainer:
                             logs = self.step_logs(*self._last_parts)
                         with self.timings.phase(WRITING):  # TensorBoard scalars, the progress bar
                             keep_going = self.callbacks.on_step_end(self.step, logs)
-                        stop = self._agree_stop(interrupt, keep_going)
+                        stop = runstate.agree_stop(interrupt, keep_going, self.device)
                         if stop:
                             break
                         if self.step % train.checkpoint_every == 0 and self.step < train.steps:
@@ -373,8 +319,8 @@ class Trainer:
                         every = train.eval_interval
                         if every and self.step % every == 0 and self.step < train.steps:
                             self.evaluate()
-                    if stop >= _SIGNAL_STOP:
-                        status, self.stop_signal = "interrupted", stop - _SIGNAL_STOP
+                    if stop >= SIGNAL_STOP:
+                        status, self.stop_signal = "interrupted", stop - SIGNAL_STOP
                     elif self.step < train.steps:
                         status = "stopped"
                     self.save()
@@ -394,12 +340,6 @@ class Trainer:
                     {"status": status, "step": self.step, "run_dir": str(self.run_dir)}
                 )
         return self.last_report if status == "completed" else None
-
-    def _agree_stop(self, interrupt: GracefulInterrupt, keep_going: bool) -> int:
-        """0 to go on; 1 when a callback stopped; _SIGNAL_STOP + signum on a stop signal; the same on
-        every rank (the largest code of any rank)."""
-        code = _SIGNAL_STOP + int(interrupt.signum or 0) if interrupt.requested else int(not keep_going)
-        return distributed.max_over_ranks(code, self.device)
 
     def evaluate(self, final: bool = False) -> EvalReport | None:
         """Held-out evaluation with adaptive halting (EMA weights when enabled); logs ``eval/*``.
@@ -481,76 +421,13 @@ class Trainer:
         """Everything needed to continue exactly: weights, optimizer, RNGs, env cursors, ACT carry.
 
         Under torchrun every rank must call it (it gathers the other ranks' RANK_KEYS to rank zero, under
-        "ranks"); the result is complete on rank zero only.
+        "ranks"); the result is complete on rank zero only. See :mod:`trm_act.runstate`.
         """
-        own = self._rank_state()
-        gathered = distributed.gather_to_zero(own, self.dist)
-        return {
-            "config": self.config.to_dict(),
-            "model_config": dataclasses.asdict(self.model_config),
-            "history": copy.deepcopy(self.history),
-            "step": self.step,
-            "world_size": self.dist.world_size,
-            "model": self.model.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            **own,
-            "ranks": gathered[1:] if gathered is not None else None,
-        }
-
-    def _rank_state(self) -> dict[str, Any]:
-        """This rank's slots: RNGs, env cursors, ACT carry, current observations and the log window."""
-        return {
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state().cpu()},
-            "env": self.env.state_dict(),
-            "act": {key: value.cpu() for key, value in self.state.state_dict().items()},
-            "obs": torch.from_numpy(self.obs.copy()),
-            "info": {
-                key: torch.from_numpy(np.asarray(value))
-                for key, value in self.info.items()
-                if _array_like(value)
-            },
-            "window": self.window.state_dict(),
-        }
+        return runstate.state_dict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict``; raises CheckpointError when it was written by another world size."""
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.dist.world_size:
-            raise CheckpointError(
-                f"checkpoint was written by {saved_world} process(es) and this run has {self.dist.world_size}; "
-                f"the env state is not re-sharded, so resume with the same world size "
-                f"(torchrun --nproc_per_node={saved_world}, or plain python for 1)."
-            )
-        if self.dist.rank > 0:
-            state = {**state, **state["ranks"][self.dist.rank - 1]}
-        self.step = int(state["step"])
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_optimizer_config()
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"].to(self.generator.device))
-        self.env.load_state_dict(state["env"])
-        self.state = ACTState.from_state_dict(state["act"], self.device)
-        self.obs = state["obs"].numpy()
-        self.info = {key: value.numpy() for key, value in state["info"].items()}
-        self.window.load_state_dict(state["window"])
-        self.history = list(state["history"])
-        self.checkpoint_step = self.step
-
-    def _apply_optimizer_config(self) -> None:
-        """Make the loaded optimizer and schedule follow ``config.train`` (it may differ after --resume --lr)."""
-        train = self.config.train
-        base = [group["lr"] for group in _param_groups(self.model, train.lr, train.halt_lr_scale)]
-        self.scheduler.base_lrs = base
-        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group, lr in zip(self.optimizer.param_groups, base, strict=True):
-            group["initial_lr"], group["lr"] = lr, lr * factor
-            group["weight_decay"] = train.weight_decay
+        runstate.load_state_dict(self, state)
 
     def save(self) -> Path:
         """Atomically write the checkpoint, then ``config.json``; never keep diverged weights.
@@ -558,28 +435,7 @@ class Trainer:
         Raises NonFiniteLossError when the last loss or a weight is non-finite, or a weight is beyond
         MAX_ABS_WEIGHT (the previous checkpoint stays), RunWriteError when the disk refuses the write.
         """
-        # Losses differ by rank: all ranks refuse together, or rank zero would wait in the gather below.
-        loss_bad = self._last_loss is not None and not bool(torch.isfinite(self._last_loss))
-        if distributed.max_over_ranks(int(loss_bad), self.device):
-            raise NonFiniteLossError(f"non-finite loss at step {self.step}; not saved")
-        largest = max(float(p.detach().abs().max()) for p in self.model.parameters())
-        if not math.isfinite(largest):
-            raise NonFiniteLossError(f"non-finite weights at step {self.step}; not saved")
-        if largest > MAX_ABS_WEIGHT:
-            raise NonFiniteLossError(
-                f"weights reached |w| = {largest:.3g} > {MAX_ABS_WEIGHT:g} at step {self.step}; not saved"
-            )
-        path = self.run_dir / LATEST
-        state = self.state_dict()  # a collective under torchrun: every rank takes part
-        try:
-            if self.dist.is_zero:
-                with self.timings.phase(WRITING):
-                    save_checkpoint(path, state)
-        except OSError as exc:
-            raise RunWriteError(path, exc) from None
-        self.checkpoint_step = self.step
-        self._write_json("config.json", config_record(self.config, self.history, self.runtime()))
-        return path
+        return runstate.save(self)
 
     @classmethod
     def from_checkpoint(
@@ -595,53 +451,9 @@ class Trainer:
         (``{"train": {"lr": ...}}``, see ``trm_act.resume.RESUMABLE``) change the optimisation and are
         recorded in the run's config history.
         """
-        file = checkpoint_path(path)
-        state = load_checkpoint(file)
-        missing = [key for key in CHECKPOINT_KEYS if key not in state]
-        if missing:
-            raise corrupt(file, f"missing {', '.join(missing)} (not written by this version of trm_act)")
-        if not isinstance(state["config"], dict) or not isinstance(state["history"], list):
-            raise corrupt(file, "its config or history is not a table")
-        try:
-            config = ExperimentConfig.from_dict(state["config"], source=f"checkpoint {file}")
-        except (ValueError, TypeError) as exc:
-            raise corrupt(file, f"its config is invalid: {exc}") from None
-        run_dir = file.parent
-        verify_config_json(run_dir / "config.json", config.to_dict(), state["history"], file)
-        step = int(state["step"])
-        config, changes = apply_overrides(config, overrides or {}, step)
-        trainer = cls(config, run_dir, callbacks)
-
-        saved_model = state["model_config"]
-        built = dataclasses.asdict(trainer.model_config)
-        different = sorted(k for k in built.keys() | saved_model.keys() if built.get(k) != saved_model.get(k))
-        if different:
-            name = different[0]
-            raise CheckpointError(
-                f"checkpoint {file} was trained with model.{name}={saved_model.get(name)!r} but this run "
-                f"builds {built.get(name)!r} (from --data or the config); resume with the data it was trained on."
-            )
-        try:
-            trainer.load_state_dict(state)
-        except CheckpointError:
-            raise
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise corrupt(
-                file, f"its state does not fit this trainer ({type(exc).__name__}: {exc})"
-            ) from None
-        if changes:
-            trainer.history.append({"step": step, "changes": changes})
-        return trainer
+        return runstate.from_checkpoint(cls, path, callbacks, overrides)
 
     @property
     def finished(self) -> bool:
         """True when the run has reached ``config.train.steps``."""
         return self.step >= self.config.train.steps
-
-
-# Stop codes agreed by all ranks (see Trainer._agree_stop): a signal outranks a callback's stop.
-_SIGNAL_STOP = 1000
-
-
-def _array_like(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and value.dtype != object
