@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -13,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import bars
 from trm_act.envs import (
-    SyntheticMarketConfig,
     TradeReplayConfig,
     TradeReplayEnv,
     TradeReplayVectorEnv,
     build_replay,
-    generate_synthetic_market,
 )
 from trm_act.envs import replay as replay_module
 from trm_act.envs.universe import MissingDependencyError, load_universe
@@ -31,8 +28,7 @@ SMALL = {"window": 16, "horizon": 4, "test_fraction": 0.25}
 
 
 def market(seed: int, n_bars: int, start: str) -> pd.DataFrame:
-    frame = generate_synthetic_market(SyntheticMarketConfig(seed=seed, n_bars=n_bars, start_date=start))
-    return frame.drop(columns="regime")
+    return bars(n_bars, seed, start_date=start)
 
 
 @pytest.fixture(scope="module")
@@ -336,33 +332,17 @@ def test_evaluation_pools_and_tables_per_instrument(frames):
     assert metrics["test_split"]["instruments"] == 3 and metrics["test_split"]["skipped_files"] == []
 
 
-def test_cli_trains_on_a_directory_of_csvs(frames, tmp_path):
+def test_cli_trains_on_a_directory_of_csvs(frames, tmp_path, train_cli):
     folder = write_dir(frames, tmp_path / "prices")
     config = tmp_path / "small.toml"
     config.write_text(
         "[env]\nwindow = 16\nhorizon = 4\nepisode_length = 8\n\n"
         "[model]\nd_model = 16\nn_heads = 2\nmax_steps = 3\nn_latent = 1\n\n[train]\nwarmup_steps = 2\n"
     )
-    command = [sys.executable, "-m", "trm_act.train", "--config", str(config), "--data", str(folder)]
-    command += [
-        "--steps",
-        "20",
-        "--batch-size",
-        "8",
-        "--no-progress",
-        "--logdir",
-        str(tmp_path),
-        "--run-name",
-        "u",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
+    result = train_cli(
+        "--config", str(config), "--data", str(folder), "--steps", "20", "--batch-size", "8", "--no-progress",
+        "--logdir", str(tmp_path), "--run-name", "u", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "u" / "metrics.json").read_text())
     for key in ("pnl", "mean_steps", "max_steps"):

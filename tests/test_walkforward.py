@@ -5,18 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import bars, tiny_flags
 from trm_act.callbacks import TensorBoardCallback
-from trm_act.envs import SyntheticMarketConfig, build_replay, generate_synthetic_market
+from trm_act.envs import build_replay
 
 from trm_act import foldrun, stats, walkforward
 from trm_act.checkpoint import load_checkpoint
@@ -25,35 +23,9 @@ from trm_act.folds import boundary_fraction, fold_env, plan_folds, write_fold_cs
 from trm_act.walkforward import WalkForwardConfig, make_plan, walk_forward
 
 # A tiny but complete recipe: small windows, a small model, a few optimizer steps.
-TINY_FLAGS = [
-    "--env.window",
-    "16",
-    "--env.horizon",
-    "4",
-    "--env.label-horizon",
-    "8",
-    "--env.episode-length",
-    "8",
-    "--d-model",
-    "16",
-    "--n-heads",
-    "2",
-    "--max-steps",
-    "3",
-    "--n-latent",
-    "1",
-    "--batch-size",
-    "8",
-    "--warmup-steps",
-    "2",
-    "--log-every",
-    "5",
-    "--checkpoint-every",
-    "5",
-    "--eval-every",
-    "0",
-    "--no-progress",
-]
+TINY_FLAGS = tiny_flags(
+    env__synthetic__n_bars=None, env__label_horizon=8, log_every=5, checkpoint_every=5, eval_every=0
+)
 
 
 def tiny_config(data: str | Path, steps: int = 15, **env: object) -> ExperimentConfig:
@@ -78,8 +50,7 @@ def tiny_config(data: str | Path, steps: int = 15, **env: object) -> ExperimentC
 
 
 def market_frame(n_bars: int = 3000, seed: int = 0) -> pd.DataFrame:
-    frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=n_bars, seed=seed))
-    return frame.drop(columns="regime").rename_axis("timestamp")
+    return bars(n_bars, seed)  # indexed by "timestamp"
 
 
 def rewrite_from(frame: pd.DataFrame, row: int) -> pd.DataFrame:
@@ -441,19 +412,14 @@ def test_a_universe_walks_forward_with_one_calendar(tmp_path, universe_dir):
 # ---------------------------------------------------------------------------------------------- command line
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "trm_act.walkforward", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+@pytest.fixture
+def run_cli(call_main, tmp_path):
+    """``python -m trm_act.walkforward <args>`` in ``tmp_path``, run in process (its folds in their own)."""
+    return lambda *args: call_main(walkforward.main, *args, cwd=tmp_path)
 
 
-def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
+@pytest.mark.slow
+def test_cli_end_to_end_in_parallel_processes_then_resume(run_cli, tmp_path, market_csv):
     result = run_cli(
         "--data",
         str(market_csv),
@@ -466,7 +432,6 @@ def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
         "runs",
         "--run-name",
         "cli",
-        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "training folds 0, 1 (2 at a time, 20 steps each)" in result.stderr
@@ -477,12 +442,12 @@ def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
     config = json.loads((root / "fold-0" / "config.json").read_text())
     assert config["env"]["data"] == str((root / "data" / "fold-0.csv").resolve())
 
-    again = run_cli("--resume", "runs/cli", cwd=tmp_path)
+    again = run_cli("--resume", "runs/cli")
     assert again.returncode == 0, again.stderr
     assert "training" not in again.stderr  # nothing left to train: stitched again
     assert json.loads((root / "walkforward.json").read_text())["stitched"] == saved["stitched"]
 
-    refused = run_cli("--resume", "runs/cli", "--steps", "5", cwd=tmp_path)
+    refused = run_cli("--resume", "runs/cli", "--steps", "5")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert (
         refused.stderr.startswith("error: --resume continues the saved walk-forward")
@@ -490,8 +455,8 @@ def test_cli_end_to_end_in_parallel_processes_then_resume(tmp_path, market_csv):
     )
 
 
-def test_cli_mistakes_are_one_line_errors(tmp_path, market_csv):
-    result = run_cli("--data", str(market_csv), "--folds", "1", cwd=tmp_path, timeout=120)
+def test_cli_mistakes_are_one_line_errors(run_cli, market_csv):
+    result = run_cli("--data", str(market_csv), "--folds", "1")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "error: --folds 1: a walk-forward needs at least 2 folds (one train/test split is what python -m "
