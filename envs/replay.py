@@ -27,7 +27,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .config import SPLITS, TradeReplayConfig
 from .features import FEATURE_NAMES, compute_features
 from .market import bars_per_year, load_ohlcv
-from .regime_filter import filter_regimes
 from .regimes import fit_regime_hmm, most_probable_states
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
 from .synthetic import RegimeSpec, SyntheticMarketConfig, generate_synthetic_market
@@ -231,7 +230,7 @@ class ReplayData:
     labels: np.ndarray
     """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index); with
     label_source "hmm", the best strategy of the decision's state in a regime model (``regimes``); with
-    "regime", the regime oracle's strategy (``regime_oracle_actions("train")``)."""
+    "regime", the regime oracle's strategy (:func:`regime_oracle_labels`)."""
     regimes: np.ndarray | None
     """(D,) int64 true regime at each decision bar (synthetic data only)."""
     bar_regimes: np.ndarray | None
@@ -348,18 +347,6 @@ class ReplayData:
         ranges = self.split_ranges(split)
         return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges.tolist()])
 
-    def best_fixed_actions(self, split: str = "train") -> np.ndarray:
-        """(K,) per instrument, the strategy with the best mean PnL over its decisions in the split.
-
-        An instrument without decisions in the split gets the pooled best (``best_fixed_action``).
-        """
-        pooled = self.best_fixed_action(split)
-        out = np.full(self.n_symbols, pooled, dtype=np.int64)  # (K,)
-        for k, (a, b) in enumerate(self.split_ranges(split).tolist()):
-            if b > a:
-                out[k] = int(np.argmax(self.strategy_pnl[a:b].mean(axis=0)))
-        return out
-
     @functools.cached_property
     def windows(self) -> np.ndarray | None:
         """(D, window, F) float32 observation of every decision, read-only; None when too large to keep.
@@ -390,13 +377,7 @@ class ReplayData:
         windows = self.windows
         return windows[idx] if windows is not None else self._gather(idx)  # fancy indexing copies
 
-    def regime_mean_pnl(self, split: str = "train") -> np.ndarray:
-        """(K, 8) mean strategy PnL per true regime over the split's decisions (NaN where a regime is absent)."""
-        if self.regimes is None or self.regime_names is None:
-            raise ValueError(f"{self.source}: no true regimes (only the synthetic market has them)")
-        return self._group_mean_pnl(self.regimes, len(self.regime_names), split)
-
-    def _group_mean_pnl(self, groups: np.ndarray, n_groups: int, split: str) -> np.ndarray:
+    def group_mean_pnl(self, groups: np.ndarray, n_groups: int, split: str) -> np.ndarray:
         """(G, 8) mean strategy PnL per group (``groups`` (D,) in 0..G-1) over the split's decisions; NaN rows
         for groups absent from the split."""
         idx = self.split_indices(split)
@@ -415,42 +396,6 @@ class ReplayData:
         idx = self.split_indices(split)
         return int(np.argmax(self.strategy_pnl[idx].mean(axis=0))) if idx.size else 0
 
-    def regime_oracle_actions(self, fit_split: str = "train") -> np.ndarray:
-        """(D,) the regime oracle's action at every decision: in each true regime, the strategy with the
-        best mean PnL on `fit_split` (the realistic upper bound for a regime-aware policy).
-
-        A regime absent from fit_split gets the best fixed strategy of fit_split.
-        """
-        if self.regimes is None or self.regime_names is None:
-            raise ValueError(f"{self.source}: no true regimes (only the synthetic market has them)")
-        return self.best_strategy_by_group(self.regimes, len(self.regime_names), fit_split)
-
-    @functools.cached_property
-    def filtered_regimes(self) -> np.ndarray | None:
-        """(T,) int64 the most probable true regime at every bar given the returns of bars <= t, from a Bayesian
-        filter told the true regime parameters (:mod:`.regime_filter`); None without true regimes.
-
-        Bar 0 has no return: it gets regime 0 (the uniform prior's first argmax).
-        """
-        if self.regime_specs is None:
-            return None
-        probabilities = filter_regimes(np.diff(np.log(self.close)), self.regime_specs)  # (T-1, K) bars 1..T-1
-        return _readonly(np.concatenate(([0], probabilities.argmax(axis=1))).astype(np.int64))
-
-    def filter_bound_actions(self, fit_split: str = "train") -> np.ndarray:
-        """(D,) the filter bound's action at every decision: the regime oracle's strategy (fitted on
-        `fit_split`) for the regime that ``filtered_regimes`` finds most probable at the decision bar.
-
-        The regime oracle with the regime inferred causally instead of revealed: roughly the best a policy
-        that sees only the past can do in the synthetic market (its model is the market's own).
-        """
-        if self.regimes is None or self.regime_names is None or self.filtered_regimes is None:
-            raise ValueError(
-                f"{self.source}: no true regime parameters to filter with (only the synthetic market has them)"
-            )
-        table = self.best_strategy_table(self.regimes, len(self.regime_names), fit_split)  # (K,)
-        return table[self.filtered_regimes[self.decision_bars]]
-
     def best_strategy_by_group(
         self, groups: np.ndarray, n_groups: int, fit_split: str = "train"
     ) -> np.ndarray:
@@ -461,7 +406,7 @@ class ReplayData:
 
     def best_strategy_table(self, groups: np.ndarray, n_groups: int, fit_split: str = "train") -> np.ndarray:
         """(G,) int64 the strategy of each group in ``best_strategy_by_group``."""
-        means = self._group_mean_pnl(groups, n_groups, fit_split)  # (G, S)
+        means = self.group_mean_pnl(groups, n_groups, fit_split)  # (G, S)
         best_fixed = self.best_fixed_action(fit_split)
         table = np.where(
             np.isnan(means).all(axis=1), best_fixed, np.argmax(np.nan_to_num(means, nan=-np.inf), axis=1)
@@ -591,10 +536,19 @@ def _build(
         skipped=market.skipped,
     )
     if label_source == "regime":  # the clean-supervision control: what each regime's oracle would trade
-        replay = dataclasses.replace(replay, labels=_readonly(replay.regime_oracle_actions("train")))
+        replay = dataclasses.replace(replay, labels=_readonly(regime_oracle_labels(replay)))
     elif label_source == "hmm":
         replay = dataclasses.replace(replay, labels=_readonly(_regime_model_labels(replay, label_states)))
     return replay
+
+
+def regime_oracle_labels(replay: ReplayData, fit_split: str = "train") -> np.ndarray:
+    """(D,) in each true regime, the strategy with the best mean PnL on ``fit_split``: the labels of label_source
+    "regime" and the regime oracle baseline (:func:`trm_act.baselines.regime_oracle_actions`). A regime absent
+    from fit_split gets the best fixed strategy of fit_split."""
+    if replay.regimes is None or replay.regime_names is None:
+        raise ValueError(f"{replay.source}: no true regimes (only the synthetic market has them)")
+    return replay.best_strategy_by_group(replay.regimes, len(replay.regime_names), fit_split)
 
 
 def _regime_model_labels(replay: ReplayData, n_states: int) -> np.ndarray:

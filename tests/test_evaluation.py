@@ -11,7 +11,7 @@ import torch
 from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay, generate_synthetic_market
 from trm_act.envs.timing import FEATURES, LABELS, PARSE, PHASES, TRAINING, PhaseTimes, phase
 
-from trm_act import evaluation
+from trm_act import evaluation, report
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.evaluation import evaluate, evaluation_walk, plan_walk, sample_walk, walk_positions
 from trm_act.model import RecurrentTRM, TRMConfig
@@ -160,7 +160,7 @@ def test_a_large_split_runs_once_at_full_depth_with_the_same_figures(replay, mon
     np.testing.assert_array_equal(once.steps, two_passes.steps)
     # Only the timing runs the adaptive and fixed passes, on 100 decisions each.
     assert [len(walk_positions(walk)) for walk in calls] == [100, 100]
-    assert "on a fixed sample of 100 decisions" in evaluation.format_summary(
+    assert "on a fixed sample of 100 decisions" in report.format_summary(
         once.metrics | {"model": once.metrics["model"] | {"timed_decisions": 100}}
     )
     with pytest.raises(ValueError, match="fresh carry"):

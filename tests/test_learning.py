@@ -11,7 +11,8 @@ import pytest
 from trm_act.envs import TradeReplayConfig, TradeReplayEnv, TradeReplayVectorEnv, build_replay
 from trm_act.envs.strategies import trade_pnl
 
-from trm_act.evaluation import bars_since_regime_change, steps_by_regime_age
+from trm_act.baselines import regime_oracle_actions
+from trm_act.metrics import bars_since_regime_change, steps_by_regime_age
 
 SMALL = {"n_bars": 3000, "seed": 3}
 
@@ -37,7 +38,7 @@ def test_label_horizon_scores_labels_over_it_and_leaves_rewards_alone():
     )
     np.testing.assert_allclose(long.label_pnl[tail], cut[0], rtol=0, atol=1e-12)
     # Longer labels agree more often with the regime's best strategy (they are less noisy).
-    oracle = long.regime_oracle_actions("train")
+    oracle = regime_oracle_actions(long, "train")
     assert (long.labels == oracle).mean() > (short.labels == oracle).mean()
 
 
@@ -88,7 +89,7 @@ def test_regime_label_source_labels_each_decision_with_its_regimes_best_strategy
 
 
 def test_hindsight_oracle_baseline_does_not_follow_the_label_source():
-    from trm_act.evaluation import baseline_actions
+    from trm_act.baselines import baseline_actions
 
     clean = _replay(label_source="regime")
     test = clean.split_indices("test")
@@ -125,6 +126,7 @@ def test_steps_by_regime_age_compares_recent_changes_with_settled_regimes():
     )
 
 
+@pytest.mark.slow
 def test_learn_benchmark_quick_writes_its_table(tmp_path: Path, capsys):
     from trm_act.bench.learn import main
 
@@ -272,6 +274,6 @@ def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():
     assert out["halt_target_ceiling"] == pytest.approx(halt)
     assert 0 < out["halt_target_ceiling"] < out["accuracy_ceiling"]
     assert label_quality(16, 1.0, config)["halt_target_ceiling"] == 0.0  # no probability exceeds 1
-    best = replay.regime_oracle_actions("train")[train]
+    best = regime_oracle_actions(replay, "train")[train]
     assert out["label_is_regime_best"] == pytest.approx((labels == best).mean())
     assert "| 16 |" in markdown([out], threshold)

@@ -11,7 +11,8 @@ from trm_act.envs import SLOW_REGIMES, SyntheticMarketConfig, TradeReplayConfig,
 from trm_act.envs.regime_filter import filter_regimes, regime_log_likelihoods, transition_matrix
 from trm_act.envs.synthetic import generate_synthetic_market
 
-from trm_act.evaluation import bars_since_regime_change, baseline_actions
+from trm_act.baselines import baseline_actions, filter_bound_actions, filtered_regimes
+from trm_act.metrics import bars_since_regime_change
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +56,18 @@ def test_filter_is_causal():
 
 def test_filter_bound_decision_ignores_later_bars(slow):
     """The action at a decision depends only on the filtered regime at its bar, which reads bars <= t."""
-    actions = slow.filter_bound_actions("train")
+    actions = filter_bound_actions(slow, "train")
     table = slow.best_strategy_table(slow.regimes, len(slow.regime_names), "train")
     t = int(slow.decision_bars[2000])
     prefix = filter_regimes(np.diff(np.log(slow.close[: t + 1])), slow.regime_specs)  # bars 1..t only
-    assert prefix.argmax(axis=1)[-1] == slow.filtered_regimes[t]
+    assert prefix.argmax(axis=1)[-1] == filtered_regimes(slow)[t]
     assert actions[2000] == table[prefix.argmax(axis=1)[-1]]
-    np.testing.assert_array_equal(slow.filtered_regimes[1 : t + 1], prefix.argmax(axis=1))
+    np.testing.assert_array_equal(filtered_regimes(slow)[1 : t + 1], prefix.argmax(axis=1))
 
 
 def test_filter_identifies_slow_regimes_better_with_more_bars(slow):
     bars, truth = slow.decision_bars, slow.regimes
-    found = slow.filtered_regimes[bars]
+    found = filtered_regimes(slow)[bars]
     assert (found == truth).mean() > 0.65  # chance: 0.25 (measured 0.75 on seed 0)
     age = bars_since_regime_change(slow.bar_regimes, bars)
     accuracy = [
@@ -81,7 +82,7 @@ def test_a_32_bar_window_cannot_tell_slow_regimes_apart(slow):
     bars, truth = slow.decision_bars, slow.regimes
     settled = bars_since_regime_change(slow.bar_regimes, bars) >= 300  # the window lies inside one regime
     scores, window = _window_regimes(slow, bars)
-    filtered = slow.filtered_regimes[bars]
+    filtered = filtered_regimes(slow)[bars]
     # Four regimes: the best 32-bar classifier (the true likelihood over the window) is right about half the
     # time, however settled the regime; the filter, nine times in ten (measured 0.57 and 0.90).
     assert (window[settled] == truth[settled]).mean() < 0.65
@@ -109,7 +110,7 @@ def test_a_32_bar_window_suffices_on_the_default_market():
 def test_filter_bound_earns_a_share_of_the_regime_oracle(slow):
     test = slow.split_indices("test")
     actions = baseline_actions(slow, test, seed=0)
-    np.testing.assert_array_equal(actions["filter_bound"], slow.filter_bound_actions("train")[test])
+    np.testing.assert_array_equal(actions["filter_bound"], filter_bound_actions(slow, "train")[test])
     pnl = slow.strategy_pnl[test]
     rows = np.arange(len(test))
     oracle, bound, fixed = (
@@ -117,14 +118,14 @@ def test_filter_bound_earns_a_share_of_the_regime_oracle(slow):
     )
     assert oracle > bound > fixed  # measured 5.86 > 4.19 > 2.98 (seed 0)
     # Where the filter names the true regime it plays exactly the regime oracle's strategy.
-    agree = slow.filtered_regimes[slow.decision_bars[test]] == slow.regimes[test]
+    agree = filtered_regimes(slow)[slow.decision_bars[test]] == slow.regimes[test]
     np.testing.assert_array_equal(actions["filter_bound"][agree], actions["regime_oracle"][agree])
 
 
 def test_filter_bound_needs_true_regimes():
     frame = generate_synthetic_market(SyntheticMarketConfig(n_bars=300)).drop(columns="regime")
     replay = build_replay(TradeReplayConfig(data=frame))
-    assert replay.filtered_regimes is None and replay.regime_specs is None
+    assert filtered_regimes(replay) is None and replay.regime_specs is None
     with pytest.raises(ValueError, match="no true regime parameters"):
-        replay.filter_bound_actions()
+        filter_bound_actions(replay)
     assert "filter_bound" not in baseline_actions(replay, replay.split_indices("test"), seed=0)

@@ -18,6 +18,8 @@ from trm_act.envs import (
 from trm_act.envs import replay as replay_module
 from trm_act.envs.strategies import strategy_positions, trade_pnl
 
+from trm_act.baselines import regime_mean_pnl, regime_oracle_actions
+
 
 @pytest.fixture(scope="module")
 def replay():
@@ -187,7 +189,7 @@ def test_default_market_strategies_differ_and_labels_spread(replay):
 
 
 def test_regimes_favour_different_strategies(replay):
-    means = replay.regime_mean_pnl("train")  # (K, 8)
+    means = regime_mean_pnl(replay, "train")  # (K, 8)
     best = np.argmax(means, axis=1)
     assert len(set(best.tolist())) >= 5
     for k, name in enumerate(replay.regime_names):
@@ -208,7 +210,7 @@ def test_regime_oracle_beats_best_fixed_on_test(replay):
     train, test = replay.split_indices("train"), replay.split_indices("test")
     pnl = replay.strategy_pnl
     best_fixed = int(np.argmax(pnl[train].mean(axis=0)))
-    oracle = replay.regime_oracle_actions("train")
+    oracle = regime_oracle_actions(replay, "train")
     assert oracle.shape == (replay.n_decisions,)
     regime_total = pnl[test, oracle[test]].sum()
     fixed_total = pnl[test, best_fixed].sum()
@@ -227,4 +229,4 @@ def test_regime_oracle_needs_regimes():
     replay = build_replay(TradeReplayConfig(data=frame))
     assert replay.regimes is None and replay.regime_names is None
     with pytest.raises(ValueError, match="no true regimes"):
-        replay.regime_oracle_actions()
+        regime_oracle_actions(replay)

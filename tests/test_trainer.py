@@ -15,8 +15,9 @@ from trm_act.envs import STRATEGIES, SyntheticMarketConfig, TradeReplayConfig
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
-from trm_act.evaluation import format_summary, trading_metrics
+from trm_act.metrics import trading_metrics
 from trm_act.model import TRMConfig
+from trm_act.report import format_summary
 from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
 
 

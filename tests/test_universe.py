@@ -21,6 +21,7 @@ from trm_act.envs import (
 from trm_act.envs import replay as replay_module
 from trm_act.envs.universe import MissingDependencyError, load_universe
 
+from trm_act.baselines import best_fixed_actions
 from trm_act.evaluation import evaluate
 from trm_act.model import RecurrentTRM, TRMConfig
 
@@ -322,7 +323,7 @@ def test_evaluation_pools_and_tables_per_instrument(frames):
         ("random_pnl", metrics["baselines"]["random"]["pnl"]),
     ):
         assert sum(row[column] for row in table.values()) == pytest.approx(pooled, abs=1e-12)
-    best = replay.best_fixed_actions("train")
+    best = best_fixed_actions(replay, "train")
     for k, row in enumerate(table.values()):
         a, b = replay.split_ranges("test")[k]
         assert row["best_fixed_pnl"] == pytest.approx(replay.strategy_pnl[a:b, best[k]].sum(), abs=1e-12)

@@ -8,11 +8,13 @@ On a universe of instruments the headline figures are pooled over every instrume
 (taken in time order), ``best_fixed`` picks one strategy per instrument on that instrument's train
 decisions, and ``metrics["per_instrument"]`` breaks the PnL down by symbol (its rows sum to the pooled
 totals).
+
+This module walks the decisions and runs the model (:func:`predict`); the baselines are in
+:mod:`trm_act.baselines`, the figures in :mod:`trm_act.metrics` and the printed table in :mod:`trm_act.report`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -21,7 +23,15 @@ import numpy as np
 import torch
 
 from trm_act.act import act_predict, halt_rule
+from trm_act.baselines import baseline_actions
 from trm_act.envs import STRATEGIES, ReplayData
+from trm_act.metrics import (
+    by_regime,
+    per_instrument_table,
+    steps_by_regime,
+    steps_by_regime_age,
+    trading_metrics,
+)
 
 EVAL_BATCH_SIZE = 512
 """Rows per forward pass at evaluation. On the 2,000,000-bar CSV of ``bench memory`` 2048 rows raised the run's
@@ -33,50 +43,6 @@ TIMED_DECISIONS = 2048
 :func:`predict_full_depth`), instead of once adaptively and once at fixed depth; the adaptive and fixed-depth wall
 times are then measured on a fixed sample of this many decisions (``model.timed_decisions`` in the metrics). On the
 2,000,000-row CSV of ``bench memory`` (25,000 test decisions) this halves the final evaluation."""
-
-
-def trading_metrics(
-    pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, periods_per_year: float
-) -> dict[str, float]:
-    """Summary of a sequence of non-overlapping trades.
-
-    pnl: (N,) realized log-PnL per decision; actions, labels: (N,) strategy indices.
-    ``sharpe`` is annualised with ``periods_per_year`` decisions a year; ``max_drawdown`` is the largest
-    fractional fall of the equity curve ``exp(cumsum(pnl))`` from its running peak.
-    """
-    pnl = np.asarray(pnl, dtype=np.float64)
-    equity = np.concatenate([[0.0], np.cumsum(pnl)])  # (N+1,) log equity
-    drawdown = 1.0 - np.exp(equity - np.maximum.accumulate(equity))  # (N+1,)
-    std = pnl.std()
-    traded = pnl != 0.0
-    return {
-        "pnl": float(pnl.sum()),
-        "mean_pnl": float(pnl.mean()),
-        "sharpe": float(pnl.mean() / std * math.sqrt(periods_per_year)) if std > 0 else 0.0,
-        "max_drawdown": float(drawdown.max()),
-        "hit_rate": float((pnl[traded] > 0).mean()) if traded.any() else 0.0,
-        "accuracy": float((np.asarray(actions) == np.asarray(labels)).mean()),
-        "trades": int(traded.sum()),
-    }
-
-
-def baseline_actions(replay: ReplayData, test_idx: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Actions per test decision for each baseline. ``best_fixed`` and the regime map are fit on train only.
-
-    ``best_fixed`` is chosen per instrument (one strategy for a single market).
-    """
-    n = len(test_idx)
-    actions = {
-        "random": np.random.default_rng(seed).integers(0, len(STRATEGIES), size=n),
-        "best_fixed": replay.best_fixed_actions("train")[replay.symbol_index[test_idx]],
-        # The best strategy in hindsight: the labels, unless env.label_source gives the labels another source.
-        "oracle": np.argmax(replay.label_pnl[test_idx], axis=1),
-    }
-    if replay.regimes is not None:
-        actions["regime_oracle"] = replay.regime_oracle_actions("train")[test_idx]
-        # The regime oracle with the regime inferred causally (a Bayesian filter told the true parameters).
-        actions["filter_bound"] = replay.filter_bound_actions("train")[test_idx]
-    return actions
 
 
 class Walk(NamedTuple):
@@ -465,178 +431,3 @@ def evaluate(
         steps=adaptive_steps,
         steps_by_regime=steps_by_regime(replay, test_idx, adaptive_steps),
     )
-
-
-def steps_by_regime(replay: ReplayData, indices: np.ndarray, steps: np.ndarray) -> dict[str, float] | None:
-    """``{regime name: mean reasoning steps}`` over the decisions at ``indices`` (None without true regimes)."""
-    if replay.regimes is None or replay.regime_names is None:
-        return None
-    regimes = replay.regimes[indices]  # (N,)
-    return {
-        name: float(steps[regimes == k].mean())
-        for k, name in enumerate(replay.regime_names)
-        if (regimes == k).any()
-    }
-
-
-def per_instrument_table(
-    replay: ReplayData,
-    test_idx: np.ndarray,
-    pnl_matrix: np.ndarray,
-    labels: np.ndarray,
-    model_actions: np.ndarray,
-    baselines_actions: dict[str, np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """{symbol: decisions, model/best-fixed/random PnL and accuracy}; each PnL column sums to the pooled one."""
-    symbol = replay.symbol_index[test_idx]  # (N,)
-    rows = np.arange(len(test_idx))
-    k = replay.n_symbols
-
-    def per_symbol(values: np.ndarray) -> list[float]:
-        return np.bincount(symbol, weights=values, minlength=k).tolist()  # (K,)
-
-    decisions = np.bincount(symbol, minlength=k).tolist()
-    model_pnl = per_symbol(pnl_matrix[rows, model_actions])
-    model_correct = per_symbol((model_actions == labels).astype(np.float64))
-    best_pnl = per_symbol(pnl_matrix[rows, baselines_actions["best_fixed"]])
-    random_pnl = per_symbol(pnl_matrix[rows, baselines_actions["random"]])
-    best = replay.best_fixed_actions("train").tolist()  # (K,)
-    return {
-        name: {
-            "decisions": decisions[i],
-            "model_pnl": model_pnl[i],
-            "model_accuracy": model_correct[i] / decisions[i] if decisions[i] else None,
-            "best_fixed_strategy": STRATEGIES[best[i]],
-            "best_fixed_pnl": best_pnl[i],
-            "random_pnl": random_pnl[i],
-        }
-        for i, name in enumerate(replay.symbols)
-    }
-
-
-RECENT_CHANGE_BARS = 16  # "just after a regime change": the change happened at most this many bars ago
-SETTLED_BARS = 48  # "deep inside a regime": the regime has held for at least this many bars
-
-
-def bars_since_regime_change(bar_regimes: np.ndarray, bars: np.ndarray) -> np.ndarray:
-    """(N,) bars since the true regime last changed, at each of ``bars`` (the first run counts from bar 0)."""
-    changed = np.flatnonzero(np.diff(bar_regimes) != 0) + 1  # (K,) first bar of each new regime
-    starts = np.concatenate(([0], changed))  # (K+1,)
-    return bars - starts[np.searchsorted(starts, bars, side="right") - 1]  # (N,)
-
-
-def by_regime(
-    replay: ReplayData,
-    indices: np.ndarray,
-    pnl_matrix: np.ndarray,
-    actions: np.ndarray,
-    baselines_actions: dict[str, np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """Where the model earns or loses against the regime oracle, per true regime (synthetic data).
-
-    ``{regime: {decisions, pnl, regime_oracle_pnl, regime_oracle_strategy, picks_oracle_strategy
-    (share of its decisions on the oracle's strategy), strategy_usage (decisions per strategy)}}``.
-    """
-    assert replay.regimes is not None and replay.regime_names is not None  # synthetic data
-    regimes = replay.regimes[indices]  # (N,)
-    oracle = baselines_actions["regime_oracle"]  # (N,) one strategy per regime
-    rows = np.arange(len(indices))
-    out = {}
-    for k, name in enumerate(replay.regime_names):
-        mine = regimes == k
-        if not mine.any():
-            continue
-        out[name] = {
-            "decisions": int(mine.sum()),
-            "pnl": float(pnl_matrix[rows[mine], actions[mine]].sum()),
-            "regime_oracle_pnl": float(pnl_matrix[rows[mine], oracle[mine]].sum()),
-            "regime_oracle_strategy": STRATEGIES[int(oracle[mine][0])],
-            "picks_oracle_strategy": float((actions[mine] == oracle[mine]).mean()),
-            "strategy_usage": np.bincount(actions[mine], minlength=len(STRATEGIES)).tolist(),
-        }
-    return out
-
-
-def steps_by_regime_age(replay: ReplayData, indices: np.ndarray, steps: np.ndarray) -> dict[str, Any]:
-    """Mean reasoning steps just after a true regime change vs deep inside a regime (synthetic data).
-
-    A model whose halting tracks difficulty thinks longer while the new regime is still ambiguous.
-    """
-    age = bars_since_regime_change(replay.bar_regimes, replay.decision_bars[indices])  # (N,)
-    recent, settled = age < RECENT_CHANGE_BARS, age >= SETTLED_BARS
-    if not (recent.any() and settled.any()):  # None, not NaN: metrics.json stays valid JSON
-        return {"recent_change": None, "settled": None, "ratio": None}
-    recent_steps, settled_steps = float(steps[recent].mean()), float(steps[settled].mean())
-    return {
-        "recent_change": recent_steps,
-        "settled": settled_steps,
-        "ratio": recent_steps / settled_steps,
-        "recent_decisions": int(recent.sum()),
-        "settled_decisions": int(settled.sum()),
-    }
-
-
-def format_summary(metrics: dict[str, Any]) -> str:
-    """A readable table of the held-out results."""
-    model, baselines, split = metrics["model"], metrics["baselines"], metrics["test_split"]
-    rows = [
-        (f"model (adaptive, {model['mean_steps']:.2f} steps)", model),
-        (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
-    ]
-    if "regime_oracle" in baselines:
-        rows.append(("regime oracle", baselines["regime_oracle"]))
-    if "filter_bound" in baselines:  # a filter told the true regime parameters: what a causal model can hope for
-        rows.append(("filter bound", baselines["filter_bound"]))
-    rows += [
-        (f"best fixed ({baselines['best_fixed']['strategy']})", baselines["best_fixed"]),
-        ("random", baselines["random"]),
-        ("hindsight oracle", baselines["oracle"]),
-    ]
-    width = max(len(name) for name, _ in rows)
-    header = (
-        f"{'policy':<{width}}  {'pnl':>8}  {'sharpe':>7}  {'accuracy':>8}  {'max_dd':>7}  {'hit_rate':>8}"
-    )
-    where = (
-        f"{split['instruments']} instruments, calendar cutoff {split['cutoff']}"
-        if "instruments" in split
-        else f"bars {split['first_bar']}..{split['last_bar']}"
-    )
-    decisions = f"{split['decisions']} decisions"
-    if "sampled_from" in split:  # a periodic evaluation's fixed sample
-        decisions = f"a fixed sample of {split['decisions']} of its {split['sampled_from']} decisions"
-    lines = [
-        f"held-out test split: {decisions} ({where})",
-        header,
-        "-" * len(header),
-    ]
-    for name, row in rows:
-        lines.append(
-            f"{name:<{width}}  {row['pnl']:>+8.3f}  {row['sharpe']:>7.2f}  {row['accuracy']:>8.3f}  "
-            f"{row['max_drawdown']:>7.3f}  {row['hit_rate']:>8.3f}"
-        )
-    fixed = model["fixed_max_steps"]
-    lines.append(
-        f"halting: mean {model['mean_steps']:.2f} of {model['max_steps']} steps; inference "
-        f"{model['wall_time_s'] * 1e3:.1f} ms adaptive vs {fixed['wall_time_s'] * 1e3:.1f} ms fixed "
-        f"({model['time_ratio_adaptive_vs_fixed']:.2f}x)"
-        + (f" on a fixed sample of {model['timed_decisions']} decisions" if "timed_decisions" in model else "")
-    )
-    if len(model["pnl_by_fixed_steps"]) > 1:
-        depths = ", ".join(f"{pnl:+.3f}" for pnl in model["pnl_by_fixed_steps"])
-        lines.append(f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}")
-    if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
-        lines.append(
-            f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL"
-        )
-    if model.get("by_regime"):
-        regimes = model["by_regime"]
-        width = max(len(name) for name in regimes)
-        lines.append(
-            "per true regime: model pnl / regime oracle pnl (the oracle's strategy: share of decisions on it)"
-        )
-        for name, row in regimes.items():
-            lines.append(
-                f"  {name:<{width}}  {row['pnl']:>+7.3f} / {row['regime_oracle_pnl']:>+7.3f}  "
-                f"({row['regime_oracle_strategy']}: {row['picks_oracle_strategy']:.0%})"
-            )
-    return "\n".join(lines)

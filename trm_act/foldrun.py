@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from trm_act import rundir
+from trm_act.baselines import best_fixed_actions
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import LATEST
 from trm_act.config import ExperimentConfig
@@ -161,7 +162,7 @@ def out_of_sample(
             ]
             + [fixed.actions]
         )
-    best = train_replay.best_fixed_actions("train")  # (K,) chosen on the fold's training decisions
+    best = best_fixed_actions(train_replay, "train")  # (K,) chosen on the fold's training decisions
     rng = np.random.default_rng([config.train.seed, job.index])
     return {
         "time": time_ns,
@@ -227,7 +228,7 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         train_s = time.perf_counter() - started
         model = trainer.ema if trainer.ema is not None else trainer.model
         arrays = out_of_sample(model, trainer.eval_replay, job, trainer.device)
-        best = trainer.eval_replay.best_fixed_actions("train")
+        best = best_fixed_actions(trainer.eval_replay, "train")
         record |= {
             "status": "completed",
             "step": trainer.step,

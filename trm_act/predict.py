@@ -26,16 +26,11 @@ import numpy as np
 import pandas as pd
 
 from trm_act.cli import report_user_mistake
-from trm_act.tables import Column, score_table
+from trm_act.tables import HIT_RATE, MAX_DRAWDOWN, PNL, SHARPE, score_table
 
 EXIT_USAGE, EXIT_IO = 2, 1
 
-BACKTEST_COLUMNS = (
-    Column("pnl", "pnl", 8, "+.3f"),
-    Column("sharpe", "sharpe", 7, ".2f"),
-    Column("max_dd", "max_drawdown", 7, ".3f"),
-    Column("hit_rate", "hit_rate", 8, ".3f"),
-)
+BACKTEST_COLUMNS = (PNL, SHARPE, MAX_DRAWDOWN, HIT_RATE)
 """The columns of the backtest table."""
 
 
@@ -79,8 +74,9 @@ def backtest(policy: Any, data: Any, decisions: pd.DataFrame) -> dict[str, Any]:
     """Score ``decisions`` (``policy.decide(data)``) on the replay of ``data``: the model, always long, and the
     best fixed strategy in hindsight, pooled over instruments in time order. Raises ValueError when
     ``data`` is too short for one trade."""
+    from trm_act.baselines import best_fixed_actions
     from trm_act.envs import STRATEGIES, TradeReplayConfig, build_replay
-    from trm_act.evaluation import trading_metrics
+    from trm_act.metrics import trading_metrics
 
     env = policy.env
     config = TradeReplayConfig(
@@ -119,7 +115,7 @@ def backtest(policy: Any, data: Any, decisions: pd.DataFrame) -> dict[str, Any]:
     periods = replay.bars_per_year / replay.stride
     n = np.arange(len(idx))
     model_actions = decisions["action"].to_numpy()[rows]  # (N,)
-    best = replay.best_fixed_actions("all")  # (K,) per instrument, in hindsight on these bars
+    best = best_fixed_actions(replay, "all")  # (K,) per instrument, in hindsight on these bars
     policies = {
         "model": model_actions,
         "long": np.full(len(idx), STRATEGIES.index("long")),

@@ -16,15 +16,15 @@ import numpy as np
 
 from trm_act import stats
 from trm_act.envs import STRATEGIES
-from trm_act.tables import Column, score_table
+from trm_act.tables import PNL, SHARPE, Column, score_table
 
 BENCHMARKS = ("long", "best_fixed", "random")
 """Benchmarks named in every fold entry and in ``stitched`` (each fixed strategy is there too)."""
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 TABLE_COLUMNS = (
-    Column("pnl", "pnl", 8, "+.3f"),
-    Column("sharpe", "sharpe", 7, ".2f"),
+    PNL,
+    SHARPE,
     Column("sortino", "sortino", 7, ".2f"),
     Column("max_dd", "max_drawdown", 6, ".3f"),
     Column("turnover", "turnover", 8, ".4f"),

@@ -19,6 +19,13 @@ class Column(NamedTuple):
     """Format spec of the value, e.g. ``"+.3f"``."""
 
 
+# The columns several tables share (the held-out summary, predict's backtest, the stitched walk-forward).
+PNL = Column("pnl", "pnl", 8, "+.3f")
+SHARPE = Column("sharpe", "sharpe", 7, ".2f")
+MAX_DRAWDOWN = Column("max_dd", "max_drawdown", 7, ".3f")
+HIT_RATE = Column("hit_rate", "hit_rate", 8, ".3f")
+
+
 def score_table(rows: Sequence[tuple[str, Mapping[str, Any]]], columns: Sequence[Column]) -> list[str]:
     """The lines of a table, one policy a row: the header, a rule under it, then each ``(name, scores)`` of ``rows``.
 

@@ -34,11 +34,12 @@ from trm_act.compiled import compile_decision
 from trm_act.config import WARN_BATCH_SIZE, ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
 from trm_act.envs.timing import EVALUATION, TRAINING, WRITING, PhaseTimes
-from trm_act.evaluation import EvalReport, evaluate, format_summary
+from trm_act.evaluation import EvalReport, evaluate
 from trm_act.files import write_json
 from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM
+from trm_act.report import format_summary
 from trm_act.resume import config_record
 
 # Re-exported: tests/test_faults.py and tests/test_distributed.py import them from here.

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from trm_act.baselines import regime_oracle_actions
 from trm_act.config import ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayConfig, build_replay
 from trm_act.loss import LossConfig
@@ -80,7 +81,7 @@ def label_quality(
         raise ValueError("bench labels needs synthetic data: only there are the true regimes known.")
     train = replay.split_indices("train")
     labels, regimes = replay.labels[train], replay.regimes[train]  # (N,), (N,)
-    best = replay.regime_oracle_actions("train")[train]  # (N,) the regime's best strategy by mean PnL
+    best = regime_oracle_actions(replay, "train")[train]  # (N,) the regime's best strategy by mean PnL
     per_regime = {}
     ceiling_accuracy = ceiling_halt = 0.0
     for k, name in enumerate(replay.regime_names):
