@@ -230,48 +230,29 @@ def _numeric(frame: pd.DataFrame, column: str, report: Reporter, *, price: bool)
         values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)  # (T,)
     except (OverflowError, TypeError, ValueError):  # Python ints beyond float64 (a 400-digit price)
         values = np.array([_as_float(x) for x in raw], dtype=np.float64)  # (T,)
-    non_numeric = np.flatnonzero(np.isnan(values) & raw.notna().to_numpy())
-    if non_numeric.size:
-        i = int(non_numeric[0])
-        raise report.error(
-            f"non-numeric value {_shown(raw.iloc[i])}", "fix or drop that row", column=column, row=i
-        )
-    missing = np.flatnonzero(np.isnan(values))
     kind = "price" if price else "volume"
-    if missing.size:
-        i = int(missing[0])
-        raise report.error(
-            f"NaN {kind}", "fill or drop missing bars (e.g. df.ffill() or df.dropna())", column=column, row=i
-        )
-    infinite = np.flatnonzero(np.isinf(values))
-    if infinite.size:
-        i = int(infinite[0])
-        raise report.error(
-            f"{kind} {_shown(raw.iloc[i])} is not a finite float64 (beyond about 1.8e308)",
-            "fix or drop that row",
-            column=column,
-            row=i,
-        )
-    invalid = np.flatnonzero(values <= 0) if price else np.flatnonzero(values < 0)
-    if invalid.size:
-        i = int(invalid[0])
-        rule = "must be > 0" if price else "must be >= 0"
-        raise report.error(
-            f"{kind} {values[i]} {rule}",
-            "fix or drop that row (log returns need positive prices)",
-            column=column,
-            row=i,
-        )
+    rule = "must be > 0" if price else "must be >= 0"
+    # (bad rows, problem at the first bad row i, fix), checked in this order; the first that finds a row raises.
+    checks = [
+        (np.isnan(values) & raw.notna().to_numpy(), lambda i: f"non-numeric value {_shown(raw.iloc[i])}",
+         "fix or drop that row"),
+        (np.isnan(values), lambda i: f"NaN {kind}", "fill or drop missing bars (e.g. df.ffill() or df.dropna())"),
+        (np.isinf(values), lambda i: f"{kind} {_shown(raw.iloc[i])} is not a finite float64 (beyond about 1.8e308)",
+         "fix or drop that row"),
+        (values <= 0 if price else values < 0, lambda i: f"{kind} {values[i]} {rule}",
+         "fix or drop that row (log returns need positive prices)"),
+    ]  # fmt: skip
     if price:
-        tiny = np.flatnonzero(values < SMALLEST_PRICE)
-        if tiny.size:
-            i = int(tiny[0])
-            raise report.error(
-                f"price {float(values[i])!r} is below {SMALLEST_PRICE:.4g}, the smallest normal float64",
-                "fix or drop that row, or quote prices in a smaller unit",
-                column=column,
-                row=i,
-            )
+        checks.append((
+            values < SMALLEST_PRICE,
+            lambda i: f"price {float(values[i])!r} is below {SMALLEST_PRICE:.4g}, the smallest normal float64",
+            "fix or drop that row, or quote prices in a smaller unit",
+        ))  # fmt: skip
+    for bad, problem, fix in checks:
+        rows = np.flatnonzero(bad)
+        if rows.size:
+            i = int(rows[0])
+            raise report.error(problem(i), fix, column=column, row=i)
     return values
 
 
