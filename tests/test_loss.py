@@ -489,7 +489,7 @@ def test_the_seeds_defaults_are_written_once_in_loss_config():
             if name in field_of:
                 assert parameter.default == getattr(seed, field_of[name]), (function.__name__, name)
                 checked += 1
-    assert checked == 16  # every such keyword of the six: none left out of the check
+    assert checked == 14  # every such keyword of the six (compute_halt_loss: the seed's target only)
     assert TRMLoss().num_classes == len(STRATEGIES) == class_weights_from_labels(torch.tensor([0])).numel()
 
 
@@ -577,13 +577,11 @@ def test_halt_target_is_validated():
     with pytest.raises(ValueError, match="needs pnl"):
         halt_target(torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), target="profitable")
     with pytest.raises(ValueError, match="pnl must have shape"):
-        compute_halt_loss(
-            torch.zeros(2, 8),
-            torch.zeros(2),
-            torch.zeros(2, dtype=torch.long),
-            target="profitable",
-            pnl=torch.zeros(3),
+        TRMLoss(halt_target="profitable")(
+            torch.zeros(2, 8), torch.zeros(2), torch.zeros(2, dtype=torch.long), torch.zeros(3)
         )
+    with pytest.raises(TypeError):  # the functional halt loss is the seed's: other targets go through TRMLoss
+        compute_halt_loss(torch.zeros(2, 8), torch.zeros(2), torch.zeros(2, dtype=torch.long), target="profitable")
 
 
 def test_priced_halt_target_halts_unless_the_next_step_raises_the_expected_pnl_by_more_than_its_cost():

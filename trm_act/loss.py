@@ -329,40 +329,19 @@ def compute_halt_loss(
     labels: Tensor,
     confidence_threshold: float = LossConfig.confidence_threshold,
     reduction: str = "mean",
-    *,
-    target: str = LossConfig.halt_target,
-    pnl: Tensor | None = None,
-    strategy_pnl: Tensor | None = None,
-    next_task_logits: Tensor | None = None,
-    step_cost: float = LossConfig.halt_step_cost,
 ) -> Tensor:
-    """BCE-with-logits of the halt head against the "confident and correct" target (no gradient).
+    """BCE-with-logits of the halt head against the seed's "confident and correct" target (no gradient).
 
-    ``halt_logits`` may be (B,) or (B, 1). ``target`` names another target of ``HALT_TARGETS``
-    ("profitable" needs ``pnl``, "priced" ``strategy_pnl`` and ``next_task_logits``; see :func:`halt_target`).
+    ``halt_logits`` may be (B,) or (B, 1). The other targets of ``HALT_TARGETS`` need more evidence (the realized
+    PnL, the next step's logits): :class:`TRMLoss` takes it (``halt_target=...``), or pair :func:`halt_target`
+    with ``F.binary_cross_entropy_with_logits`` in a custom loop.
     """
     _check_reduction(reduction)
     _check_threshold(confidence_threshold)
-    _check_halt_target(target)
     batch, width = _check_logits(task_logits)
     labels = _check_labels(labels, batch, width)
     _check_halt_logits(halt_logits, batch)
-    _check_step_cost(step_cost)
-    if target == "profitable":
-        _check_pnl(pnl, batch)
-    if target == "priced":
-        _check_strategy_pnl(strategy_pnl, batch, width)
-        _check_next_task_logits(next_task_logits, batch, width)
-    targets = halt_target(
-        task_logits,
-        labels,
-        confidence_threshold,
-        target=target,
-        pnl=pnl,
-        strategy_pnl=strategy_pnl,
-        next_task_logits=next_task_logits,
-        step_cost=step_cost,
-    )  # (B,)
+    targets = halt_target(task_logits, labels, confidence_threshold, target="correct")  # (B,)
     return _halt_loss(halt_logits, targets, reduction)
 
 

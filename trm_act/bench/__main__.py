@@ -11,9 +11,9 @@ BENCHMARKS = {
     "learn": ("trm_act.bench.learn", "what each training recipe learns, over seeds and unseen markets"),
     "labels": (
         "trm_act.bench.labels",
-        "what hindsight labels say about the regime; the seed's halt-target ceiling",
+        "what hindsight labels say about the regime; --rows N: the regime model's fit on N bars (bar: 2M in 60 s)",
     ),
-    "memory": ("trm_act.bench.memory", "peak RSS of 50 training steps on a 2,000,000-row CSV (bar: 1.5 GiB)"),
+    "memory": ("trm_act.bench.memory", "phase times and peak RSS of 30 training steps on a 2,000,000-row CSV (bars: 90 s, 1.5 GiB)"),
     "train": (
         "trm_act.bench.train",
         "Trainer.train_step samples/s: threads, fp32/bf16, 1 vs 2 processes, FLOP/s",
@@ -22,7 +22,10 @@ BENCHMARKS = {
         "trm_act.bench.busy",
         "the default command's wall time alone and beside another PyTorch job (bar: 180 s)",
     ),
-    "universe": ("trm_act.bench.universe", "build time, peak RSS and vector-env speed on 500 x 5,000 bars"),
+    "universe": (
+        "trm_act.bench.universe",
+        "build time, peak RSS, vector-env speed and a 30-step run on 500 x 5,000 bars (bar: 120 s)",
+    ),
     "real": ("trm_act.bench.real", "walk-forward on real GOOGL daily and EURUSD hourly series vs long / best fixed"),
     "predict": (
         "trm_act.bench.predict",

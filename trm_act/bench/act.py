@@ -27,13 +27,14 @@ import time
 import torch
 
 from trm_act.act import act_predict, first_halt_step
+from trm_act.bench import bench_parser
 from trm_act.model import MIXERS, RecurrentTRM, TRMConfig
 
 TARGET_FACTOR = 1.15
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trm_act.bench act", description=__doc__.splitlines()[0])
+    parser = bench_parser("act", __doc__)
     parser.add_argument("--batch", type=int, default=512, help="rows in the benchmark batch")
     parser.add_argument("--max-steps", type=int, default=8, help="reasoning-step cap (TRMConfig.max_steps)")
     parser.add_argument(

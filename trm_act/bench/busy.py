@@ -30,7 +30,6 @@ compile, so rows 4 and 5 are left out) and caps each run at 120 s: a smoke test,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -41,6 +40,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from trm_act.bench import bench_parser
 
 BAR_S = 180.0  # issue 11: the default command beside another PyTorch job
 QUICK_STEPS = 30
@@ -194,7 +195,7 @@ def verdict(run: Run, quick: bool) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trm_act.bench busy", description=__doc__.splitlines()[0])
+    parser = bench_parser("busy", __doc__)
     parser.add_argument("--quick", action="store_true", help=f"train {QUICK_STEPS} steps: a smoke test")
     parser.add_argument("--matmul", type=int, default=1024, help="the neighbour's square matmul size")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")

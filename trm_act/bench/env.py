@@ -8,13 +8,14 @@ round is kept, which makes the ratios robust to other load on the machine.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
+
+from trm_act.bench import bench_parser
 
 SINGLE_TARGET = 1.0  # TradeReplayEnv steps/s over gym-anytrading stocks-v0 steps/s
 VECTOR_TARGET = 20.0  # TradeReplayVectorEnv(256) transitions/s over SyncVectorEnv(stocks-v0 x16)
@@ -61,7 +62,7 @@ def _vector_runner(envs, actions: np.ndarray) -> Callable[[int], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trm_act.bench env", description=__doc__.splitlines()[0])
+    parser = bench_parser("env", __doc__)
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the best is kept")
     parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")

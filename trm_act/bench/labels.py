@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from trm_act.baselines import regime_oracle_actions
+from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import STRATEGIES, TradeReplayConfig, build_replay
 from trm_act.loss import LossConfig
@@ -277,9 +278,7 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench labels", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("labels", __doc__)
     default = ",".join(map(str, HORIZONS))
     parser.add_argument(
         "--horizons", default=default, help=f"comma-separated label horizons in bars (default: {default})"

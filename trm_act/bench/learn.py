@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import build_replay
 from trm_act.evaluation import evaluate
@@ -538,9 +539,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench learn", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("learn", __doc__)
     parser.add_argument(
         "--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, from {list(RECIPES)}"
     )

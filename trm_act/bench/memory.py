@@ -13,7 +13,6 @@ strategies, labels, training, evaluation and writing in ``timings.json`` in its 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,6 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from trm_act.bench import bench_parser
 
 BAR_GIB = 1.5  # peak RSS bar for the default run (2,000,000 rows, horizon 16, 30 steps)
 BAR_S = 90.0  # wall-time bar for the same run, end to end (issue 24)
@@ -127,9 +128,7 @@ def phase_table(runs: dict[str, TrainRun]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench memory", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("memory", __doc__)
     parser.add_argument("--rows", type=int, default=2_000_000, help="bars in the generated CSV")
     parser.add_argument("--horizon", type=int, default=16, help="[env] horizon of the run")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of the run")

@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from trm_act.bench import bench_parser
+
 BAR_P99_MS = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench predict", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("predict", __doc__)
     parser.add_argument(
         "--run", default=None, help="run directory or checkpoint.pt (default: the default model)"
     )

@@ -34,6 +34,7 @@ from typing import Any
 
 import pandas as pd
 
+from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import load_ohlcv
 from trm_act.walkforward import WalkForwardConfig, walk_forward
@@ -160,7 +161,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trm_act.bench real", description=__doc__.splitlines()[0])
+    parser = bench_parser("real", __doc__)
     parser.add_argument("--series", default=",".join(SERIES), help=f"comma-separated, from {list(SERIES)}")
     parser.add_argument(
         "--recipes", default="default,seed_loss_hmm", help=f"comma-separated, from {list(SUPPORTED_RECIPES)}"

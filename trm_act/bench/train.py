@@ -36,6 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trm_act import distributed
+from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import SyntheticMarketConfig
 
@@ -182,9 +183,7 @@ def row(name: str, ranks: list[dict[str, float]], peak: float) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench train", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("train", __doc__)
     parser.add_argument("--steps", type=int, default=100, help="timed train steps per configuration")
     parser.add_argument("--warmup", type=int, default=10, help="untimed train steps first")
     parser.add_argument("--quick", action="store_true", help="tiny config, few steps: a smoke test")

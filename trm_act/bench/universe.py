@@ -14,7 +14,6 @@ skips it), reporting the run's wall time per phase (its ``timings.json``) and it
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from trm_act.bench import bench_parser
 
 BUILD_TARGET_S = 30.0
 RSS_TARGET_GIB = 2.0
@@ -77,9 +78,7 @@ def _vector_rate(envs, seconds: float, rounds: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trm_act.bench universe", description=__doc__.splitlines()[0]
-    )
+    parser = bench_parser("universe", __doc__)
     parser.add_argument("--instruments", type=int, default=500, help="instruments in the universe")
     parser.add_argument("--bars", type=int, default=5000, help="daily bars per instrument")
     parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")
