@@ -12,6 +12,15 @@ import torch
 from helpers import tiny_runs
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with more slow tests run first (each file keeps its order): under pytest-xdist's ``--dist loadfile``
+    (pyproject.toml) a long file that started last would run alone at the end and set the wall time."""
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # a stable sort
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models: one intra-op thread is faster, and 2 threads thrash when the 2 cores are shared. Set for

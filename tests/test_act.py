@@ -434,6 +434,7 @@ def evidence_far_away(batch: int, gen: torch.Generator, window: int = 8, classes
     return obs, labels, distance
 
 
+@pytest.mark.slow
 def test_learning_more_steps_pay_and_halting_adapts_to_difficulty():
     """Train with the trainer's loop (act_step + TRMLoss, exploration 0.1, new samples into halted slots)."""
     from trm_act.loss import TRMLoss

@@ -226,6 +226,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     return out, ranks
 
 
+@pytest.mark.slow
 def test_ddp_writes_one_event_file_of_rank_mean_metrics(ddp_run):
     out, ranks = ddp_run
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -245,6 +246,7 @@ def test_ddp_writes_one_event_file_of_rank_mean_metrics(ddp_run):
     assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP averaged the gradients
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_out_each_epoch_and_reshuffle(ddp_run):
     _, ranks = ddp_run
     assert [r["sampler"] for r in ranks] == ["DistributedSampler", "DistributedSampler"]

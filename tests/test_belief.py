@@ -221,6 +221,7 @@ def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp
     assert seen_reset and seen_kept
 
 
+@pytest.mark.slow
 def test_belief_runs_resume_exactly(tmp_path):
     class StopAt:
         def __getattr__(self, name):

@@ -249,6 +249,7 @@ def test_decide_on_a_universe_gives_one_row_per_symbol_and_bar(runs, tmp_path):
 # ---------------------------------------------------------------------- streams
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("carry", ["fresh", "belief"])
 def test_a_stream_makes_exactly_the_decisions_of_decide_also_after_a_resume(runs, carry):
     policy = varied_halting(Policy.load(runs[carry]), market())

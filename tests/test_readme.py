@@ -119,12 +119,23 @@ def run_block(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("key", list(BLOCKS))
+# Blocks that train (a Trainer, Lightning, SB3 or HF): slow, as runs go in this suite.
+TRAINS = re.compile(r"\.(fit|train|learn)\(")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(key, marks=pytest.mark.slow) if TRAINS.search(code) else key
+        for key, code in BLOCKS.items()
+    ],
+)
 def test_python_block_runs(key, run_block):
     result = run_block(BLOCKS[key])
     assert result.returncode == 0, f"python block {key} failed:\n{BLOCKS[key]}\n{result.stderr[-3000:]}"
 
 
+@pytest.mark.slow
 def test_the_docs_example_trains_loads_and_decides_on_an_unseen_csv(run_block):
     # docs/policy.md's first python block is the README-ready "train, load, decide" example.
     text = (DOCS / "policy.md").read_text(encoding="utf-8")
