@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +13,7 @@ pytest.importorskip("lightning")
 
 import lightning
 import torch
+from helpers import python
 from lightning.pytorch.loggers import TensorBoardLogger
 from tb_events import TRM_TAGS, scalars
 from trm_act.callbacks.lightning import TRMLightningCallback, TRMLightningModule, trm_metrics
@@ -216,11 +214,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("lightning_ddp")
     script = out / "fit_ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run(
-        [sys.executable, str(script), str(out)], cwd=out, capture_output=True, text=True, timeout=600,
-        env=env | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    result = python(str(script), str(out), cwd=out, timeout=600)  # DDP starts its second rank from there
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return out, ranks

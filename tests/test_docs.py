@@ -6,13 +6,11 @@ a missing snippet, and a docstring that griffe cannot parse in the API reference
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import python
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -41,16 +39,8 @@ API = {
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     site_dir = tmp_path_factory.mktemp("site")
-    env = os.environ | {"OMP_NUM_THREADS": "1", "NO_MKDOCS_2_WARNING": "1"}
     command = ["build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site_dir)]
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = python("-m", "mkdocs", *command, cwd=ROOT, NO_MKDOCS_2_WARNING="1")
     assert result.returncode == 0, (
         f"mkdocs build --strict failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     )

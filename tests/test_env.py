@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import subprocess
-import sys
 import warnings
 
 import gymnasium as gym
@@ -14,6 +12,7 @@ import pandas as pd
 import pytest
 from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
+from helpers import python
 from trm_act.envs import (
     ENV_ID,
     STRATEGIES,
@@ -435,7 +434,7 @@ def test_registration_make_and_make_vec():
 )
 def test_make_forms_in_fresh_interpreter(code):
     code += "; obs, info = env.reset(seed=0); print(obs.shape, sorted(info))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = python("-c", code, timeout=120)  # a fresh interpreter: trm_act not imported yet
     assert result.returncode == 0, result.stderr
     assert "(32, 10) ['decision', 'label', 'label_pnl', 'regime', 'strategy_pnl', 't']" in result.stdout
 
