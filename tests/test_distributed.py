@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env, python, start, tiny_flags, wait_for_steps
-from test_trainer import tiny_config
+from helpers import child_env, python, start, tiny_config, tiny_flags, wait_for_steps
 
 from trm_act import distributed
 from trm_act.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

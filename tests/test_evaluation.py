@@ -1,20 +1,34 @@
-"""Held-out evaluation on a fixed sample of decisions (the trainer's periodic evaluations), and phase timings."""
+"""Held-out evaluation: the time-ordered walk and its fixed sample (the trainer's periodic evaluations), every figure
+of ``evaluate`` against its definition (the model, the baselines, per regime, the printed summary), and phase
+timings."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 
 import numpy as np
 import pytest
 import torch
-from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay, generate_synthetic_market
+from helpers import FakeClock
+from helpers import tiny_config as tiny_trainer_config
+from trm_act.envs import (
+    STRATEGIES,
+    SyntheticMarketConfig,
+    TradeReplayConfig,
+    build_replay,
+    generate_synthetic_market,
+)
 from trm_act.envs.timing import FEATURES, LABELS, PARSE, PHASES, TRAINING, PhaseTimes, phase
 
 from trm_act import evaluation, report
-from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
+from trm_act.config import ExperimentConfig, TrainConfig
 from trm_act.evaluation import evaluate, evaluation_walk, plan_walk, sample_walk, walk_positions
+from trm_act.metrics import trading_metrics
 from trm_act.model import RecurrentTRM, TRMConfig
+from trm_act.report import format_summary
 from trm_act.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -175,15 +189,8 @@ def test_a_large_split_runs_once_at_full_depth_with_the_same_figures(replay, mon
 
 
 def tiny_config(**train) -> ExperimentConfig:
-    defaults = {"steps": 8, "batch_size": 8, "warmup_steps": 2, "progress": False, "eval_sample": 50}
-    return ExperimentConfig(
-        env=TradeReplayConfig(
-            window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=1500)
-        ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, n_latent=1, n_cycles=2),
-        loss=LossConfig(lambda_reward=0.5),
-        train=TrainConfig(**(defaults | train)),
-    )
+    """The tiny experiment, its periodic evaluations on a sample of 50 decisions."""
+    return tiny_trainer_config(**({"steps": 8, "eval_sample": 50} | train))
 
 
 def test_periodic_evaluations_score_a_fixed_sample_and_the_final_one_all(tmp_path):
@@ -215,15 +222,207 @@ def test_the_default_run_scores_every_test_decision_periodically():
     assert TrainConfig().eval_sample >= len(build_replay(ExperimentConfig().env).split_indices("test"))
 
 
+# ----------------------------------------------------------------------------- the figures, by hand
+
+
+def constant_model(replay, strategy: int, max_steps: int = 3) -> RecurrentTRM:
+    """A model that picks ``strategy`` at every decision and halts after its first step."""
+    config = TRMConfig(window=8, n_features=replay.n_features, d_model=16, n_heads=2, max_steps=max_steps)
+    model = RecurrentTRM(config).eval()
+    with torch.no_grad():
+        model.task_head.weight.zero_()
+        model.task_head.bias.copy_(10.0 * torch.nn.functional.one_hot(torch.tensor(strategy), 8))
+        model.halt_head.weight.zero_()
+        model.halt_head.bias.fill_(10.0)  # halt_logit > 0: stop after step 1
+    return model
+
+
+def by_hand(pnl: np.ndarray, actions: np.ndarray, labels: np.ndarray, periods: float) -> dict[str, float]:
+    """The figures of a policy's per-decision PnL, each from its definition (log-PnL, equity exp(cumsum))."""
+    equity = np.exp(np.cumsum(np.concatenate([[0.0], pnl])))  # (N+1,) growth of one unit of capital
+    peak = np.maximum.accumulate(equity)
+    traded = pnl[pnl != 0]
+    return {
+        "pnl": pnl.sum(),
+        "mean_pnl": pnl.mean(),
+        "sharpe": pnl.mean() / pnl.std() * np.sqrt(periods),
+        "max_drawdown": ((peak - equity) / peak).max(),
+        "hit_rate": (traded > 0).mean(),
+        "accuracy": (actions == labels).mean(),
+        "trades": len(traded),
+    }
+
+
+def assert_figures(got: dict, expected: dict) -> None:
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_a_constant_policy_scores_its_strategy_column(replay):
+    strategy = 3
+    result = evaluate(constant_model(replay, strategy), replay, max_steps=3, device=CPU, seed=7)
+    metrics, test = result.metrics, replay.split_indices("test")
+    n, periods = len(test), replay.bars_per_year / replay.stride
+    assert metrics["test_split"] == {
+        "decisions": n,
+        "first_bar": int(replay.decision_bars[test[0]]),
+        "last_bar": int(replay.decision_bars[test[-1]]),
+        "periods_per_year": periods,
+    }
+    column = replay.strategy_pnl[test, strategy]  # (N,)
+    expected = by_hand(column, np.full(n, strategy), replay.labels[test], periods)
+    model = metrics["model"]
+    assert_figures(model, expected)
+    assert_figures(model["fixed_max_steps"], expected)  # three steps choose what one step chose
+    assert_figures(metrics["baselines"]["fixed"][STRATEGIES[strategy]], expected)
+    assert model["mean_steps"] == 1.0 and model["steps_histogram"] == [n, 0, 0]
+    assert model["fixed_max_steps"]["mean_steps"] == 3.0
+    assert model["pnl_by_fixed_steps"] == pytest.approx([column.sum()] * 3)
+    assert model["strategy_usage"] == [n if k == strategy else 0 for k in range(len(STRATEGIES))]
+    np.testing.assert_allclose(result.equity["equity/model"], np.cumsum(column), rtol=0, atol=1e-12)
+    assert result.steps.tolist() == [1] * n
+    # The regime table splits the same column by true regime.
+    regimes = replay.regimes[test]  # (N,)
+    for k, name in enumerate(replay.regime_names):
+        if (regimes == k).any():
+            row = model["by_regime"][name]
+            assert row["decisions"] == (regimes == k).sum()
+            assert row["pnl"] == pytest.approx(column[regimes == k].sum())
+
+
+def test_the_baselines_are_their_definitions(replay):
+    seed = 11
+    metrics = evaluate(constant_model(replay, 0), replay, max_steps=3, device=CPU, seed=seed).metrics
+    baselines = metrics["baselines"]
+    train, test = replay.split_indices("train"), replay.split_indices("test")
+    n, periods, labels = len(test), replay.bars_per_year / replay.stride, replay.labels[test]
+    pnl = replay.strategy_pnl
+
+    def figures(actions: np.ndarray) -> dict[str, float]:
+        return by_hand(pnl[test, actions], actions, labels, periods)
+
+    # random: the seeded draw of one strategy per decision
+    assert_figures(baselines["random"], figures(np.random.default_rng(seed).integers(0, 8, n)))
+    # best fixed: the strategy of the best mean PnL on the train split, held through the test split
+    best = int(np.argmax(pnl[train].mean(axis=0)))
+    assert baselines["best_fixed"]["strategy"] == STRATEGIES[best]
+    assert_figures(baselines["best_fixed"], figures(np.full(n, best)))
+    # the hindsight oracle: the strategy whose label PnL is the largest at each decision
+    oracle = replay.label_pnl[test].argmax(axis=1)
+    assert_figures(baselines["oracle"], figures(oracle))
+    assert baselines["oracle"]["pnl"] >= max(row["pnl"] for row in baselines["fixed"].values())
+    # the regime oracle: in each true regime, the strategy of the best mean PnL over that regime's train decisions
+    regimes = replay.regimes
+    per_regime = {
+        k: int(np.argmax(pnl[train][regimes[train] == k].mean(axis=0))) for k in np.unique(regimes[train])
+    }
+    regime_oracle = np.array([per_regime.get(k, best) for k in regimes[test]])
+    assert_figures(baselines["regime_oracle"], figures(regime_oracle))
+    assert {name: row["pnl"] for name, row in baselines["fixed"].items()} == pytest.approx(
+        {name: pnl[test, k].sum() for k, name in enumerate(STRATEGIES)}
+    )
+
+
+def test_the_summary_prints_the_figures_it_was_given(replay):
+    metrics = evaluate(constant_model(replay, 2), replay, max_steps=3, device=CPU).metrics
+    text = format_summary(metrics)
+    lines = {line.split("  ")[0].strip(): line for line in text.splitlines()}
+    baselines = metrics["baselines"]
+    for name, figures in (
+        ("model (adaptive, 1.00 steps)", metrics["model"]),
+        ("model (fixed 3 steps)", metrics["model"]["fixed_max_steps"]),
+        ("regime oracle", baselines["regime_oracle"]),
+        (f"best fixed ({baselines['best_fixed']['strategy']})", baselines["best_fixed"]),
+        ("random", baselines["random"]),
+        ("hindsight oracle", baselines["oracle"]),
+    ):
+        cells = lines[name][len(name) :].split()
+        assert cells[:2] == [f"{figures['pnl']:+.3f}", f"{figures['sharpe']:.2f}"], (name, lines[name])
+    n = metrics["test_split"]["decisions"]
+    assert text.startswith(f"held-out test split: {n} decisions (bars ")
+    assert "halting: mean 1.00 of 3 steps" in text
+    captured = metrics["model"]["pnl"] / baselines["regime_oracle"]["pnl"]
+    assert (f"model captures {captured:.0%} of the regime oracle's PnL" in text) is (
+        baselines["regime_oracle"]["pnl"] > 0
+    )
+
+
+# ----------------------------------------------------------------------------- per regime, metrics, batch size (from test_trainer)
+
+
+def test_trading_metrics_numbers():
+    pnl = np.array([0.1, -0.2, 0.0, 0.1])
+    metrics = trading_metrics(
+        pnl, actions=np.array([1, 2, 0, 1]), labels=np.array([1, 1, 0, 3]), periods_per_year=4
+    )
+    assert metrics["pnl"] == pytest.approx(0.0)
+    assert metrics["accuracy"] == 0.5
+    assert metrics["hit_rate"] == pytest.approx(2 / 3)  # the flat decision is not a trade
+    assert metrics["trades"] == 3
+    assert metrics["max_drawdown"] == pytest.approx(1 - math.exp(-0.2))
+    assert metrics["sharpe"] == pytest.approx(0.0)
+    up = trading_metrics(np.array([0.01, 0.03]), np.zeros(2, int), np.zeros(2, int), periods_per_year=100)
+    assert up["sharpe"] == pytest.approx(0.02 / 0.01 * 10)
+
+
+def test_steps_by_regime_are_the_mean_steps_of_each_true_regime(tmp_path):
+    trainer = Trainer(tiny_trainer_config(steps=2), tmp_path)
+    report = trainer.evaluate()
+    test_idx = trainer.eval_replay.split_indices("test")
+    regimes = trainer.eval_replay.regimes[test_idx]
+    names = trainer.eval_replay.regime_names
+    assert report.steps_by_regime == {
+        names[k]: pytest.approx(report.steps[regimes == k].mean()) for k in np.unique(regimes)
+    }
+
+
+def test_by_regime_splits_the_model_and_regime_oracle_pnl_by_true_regime(tmp_path):
+    trainer = Trainer(tiny_trainer_config(steps=2), tmp_path)
+    metrics = trainer.evaluate().metrics
+    table, oracle = metrics["model"]["by_regime"], metrics["baselines"]["regime_oracle"]
+    replay = trainer.eval_replay
+    test_idx = replay.split_indices("test")
+    assert set(table) == {replay.regime_names[k] for k in np.unique(replay.regimes[test_idx])}
+    # each column sums to the pooled figure: nothing dropped, nothing counted twice
+    assert sum(row["decisions"] for row in table.values()) == len(test_idx)
+    assert sum(row["pnl"] for row in table.values()) == pytest.approx(metrics["model"]["pnl"])
+    assert sum(row["regime_oracle_pnl"] for row in table.values()) == pytest.approx(oracle["pnl"])
+    usage = np.sum([row["strategy_usage"] for row in table.values()], axis=0)
+    assert usage.tolist() == metrics["model"]["strategy_usage"]
+    for row in table.values():
+        assert row["regime_oracle_strategy"] in STRATEGIES and 0.0 <= row["picks_oracle_strategy"] <= 1.0
+    # ... and the printed summary shows them, with the PnL at each fixed depth
+    text = format_summary(metrics)
+    depths = ", ".join(f"{pnl:+.3f}" for pnl in metrics["model"]["pnl_by_fixed_steps"])
+    assert f"pnl when every decision runs exactly 1..3 steps: {depths}" in text
+    for name, row in table.items():
+        model_pnl, oracle_pnl = re.escape(f"{row['pnl']:+.3f}"), re.escape(f"{row['regime_oracle_pnl']:+.3f}")
+        assert re.search(rf"^  {name} +{model_pnl} / +{oracle_pnl}  \(", text, re.M)
+
+
+def test_evaluation_does_not_depend_on_its_batch_size():
+    # Evaluation batches only bound memory (--eval-batch-size): every figure but the timings is the same.
+    torch.manual_seed(0)
+    replay = build_replay(TradeReplayConfig(window=16, synthetic=SyntheticMarketConfig(n_bars=3000, seed=3)))
+    model = RecurrentTRM(TRMConfig(window=16, n_features=replay.n_features, max_steps=3, d_model=16)).eval()
+    with torch.no_grad():  # a halt head that fires on some rows only, so adaptive batches shrink unevenly
+        model.halt_head.weight.normal_(0.0, 2.0)
+        model.halt_head.bias.zero_()
+
+    def figures(batch_size: int) -> dict:
+        cpu = torch.device("cpu")
+        metrics = evaluate(model, replay, max_steps=3, device=cpu, batch_size=batch_size).metrics
+        for part in (metrics["model"], metrics["model"]["fixed_max_steps"]):
+            part.pop("wall_time_s")
+        metrics["model"].pop("time_ratio_adaptive_vs_fixed")
+        return metrics
+
+    whole = figures(4096)
+    assert 1.0 < whole["model"]["mean_steps"] < 3.0  # adaptive halting really varies per row
+    assert figures(7) == whole
+
+
 # ----------------------------------------------------------------------------- phase timings
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_phases_are_exclusive_and_count_only_while_recording():

@@ -10,34 +10,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from trm_act.callbacks import Callback
-from trm_act.envs import STRATEGIES, SyntheticMarketConfig, TradeReplayConfig
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
-from trm_act.metrics import trading_metrics
-from trm_act.model import TRMConfig
-from trm_act.report import format_summary
 from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
-
-
-def tiny_config(**train) -> ExperimentConfig:
-    defaults = {
-        "steps": 12,
-        "batch_size": 8,
-        "log_every": 4,
-        "checkpoint_every": 4,
-        "warmup_steps": 2,
-        "progress": False,
-    }
-    return ExperimentConfig(
-        env=TradeReplayConfig(
-            window=16, horizon=4, episode_length=8, synthetic=SyntheticMarketConfig(n_bars=1500)
-        ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=3, n_latent=1, n_cycles=2),
-        loss=LossConfig(lambda_reward=0.5),
-        train=TrainConfig(**(defaults | train)),
-    )
 
 
 class StopAt(Callback):
@@ -220,21 +198,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_trading_metrics_numbers():
-    pnl = np.array([0.1, -0.2, 0.0, 0.1])
-    metrics = trading_metrics(
-        pnl, actions=np.array([1, 2, 0, 1]), labels=np.array([1, 1, 0, 3]), periods_per_year=4
-    )
-    assert metrics["pnl"] == pytest.approx(0.0)
-    assert metrics["accuracy"] == 0.5
-    assert metrics["hit_rate"] == pytest.approx(2 / 3)  # the flat decision is not a trade
-    assert metrics["trades"] == 3
-    assert metrics["max_drawdown"] == pytest.approx(1 - math.exp(-0.2))
-    assert metrics["sharpe"] == pytest.approx(0.0)
-    up = trading_metrics(np.array([0.01, 0.03]), np.zeros(2, int), np.zeros(2, int), periods_per_year=100)
-    assert up["sharpe"] == pytest.approx(0.02 / 0.01 * 10)
-
-
 def test_lr_schedule_warms_up_then_decays_to_ten_percent():
     factor = lr_lambda(warmup_steps=10, total_steps=110)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
@@ -329,41 +292,6 @@ def test_evaluation_charts_are_skipped_with_one_warning_without_matplotlib(tmp_p
     assert all(logs.images == {} for _, logs in collect.evals) and len(collect.evals) == 2
 
 
-def test_steps_by_regime_are_the_mean_steps_of_each_true_regime(tmp_path):
-    trainer = Trainer(tiny_config(steps=2), tmp_path)
-    report = trainer.evaluate()
-    test_idx = trainer.eval_replay.split_indices("test")
-    regimes = trainer.eval_replay.regimes[test_idx]
-    names = trainer.eval_replay.regime_names
-    assert report.steps_by_regime == {
-        names[k]: pytest.approx(report.steps[regimes == k].mean()) for k in np.unique(regimes)
-    }
-
-
-def test_by_regime_splits_the_model_and_regime_oracle_pnl_by_true_regime(tmp_path):
-    trainer = Trainer(tiny_config(steps=2), tmp_path)
-    metrics = trainer.evaluate().metrics
-    table, oracle = metrics["model"]["by_regime"], metrics["baselines"]["regime_oracle"]
-    replay = trainer.eval_replay
-    test_idx = replay.split_indices("test")
-    assert set(table) == {replay.regime_names[k] for k in np.unique(replay.regimes[test_idx])}
-    # each column sums to the pooled figure: nothing dropped, nothing counted twice
-    assert sum(row["decisions"] for row in table.values()) == len(test_idx)
-    assert sum(row["pnl"] for row in table.values()) == pytest.approx(metrics["model"]["pnl"])
-    assert sum(row["regime_oracle_pnl"] for row in table.values()) == pytest.approx(oracle["pnl"])
-    usage = np.sum([row["strategy_usage"] for row in table.values()], axis=0)
-    assert usage.tolist() == metrics["model"]["strategy_usage"]
-    for row in table.values():
-        assert row["regime_oracle_strategy"] in STRATEGIES and 0.0 <= row["picks_oracle_strategy"] <= 1.0
-    # ... and the printed summary shows them, with the PnL at each fixed depth
-    text = format_summary(metrics)
-    depths = ", ".join(f"{pnl:+.3f}" for pnl in metrics["model"]["pnl_by_fixed_steps"])
-    assert f"pnl when every decision runs exactly 1..3 steps: {depths}" in text
-    for name, row in table.items():
-        model_pnl, oracle_pnl = re.escape(f"{row['pnl']:+.3f}"), re.escape(f"{row['regime_oracle_pnl']:+.3f}")
-        assert re.search(rf"^  {name} +{model_pnl} / +{oracle_pnl}  \(", text, re.M)
-
-
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_hopeless_batch_size_is_refused(batch_size):
     with pytest.raises(ValueError, match=rf"--batch-size {batch_size} is too small to learn.*>= 4"):
@@ -373,30 +301,3 @@ def test_hopeless_batch_size_is_refused(batch_size):
 def test_small_batch_size_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"--batch-size 4 is below 8"):
         Trainer(tiny_config(batch_size=4), tmp_path)
-
-
-def test_evaluation_does_not_depend_on_its_batch_size():
-    # Evaluation batches only bound memory (--eval-batch-size): every figure but the timings is the same.
-    from trm_act.envs import build_replay
-
-    from trm_act.evaluation import evaluate
-    from trm_act.model import RecurrentTRM
-
-    torch.manual_seed(0)
-    replay = build_replay(TradeReplayConfig(window=16, synthetic=SyntheticMarketConfig(n_bars=3000, seed=3)))
-    model = RecurrentTRM(TRMConfig(window=16, n_features=replay.n_features, max_steps=3, d_model=16)).eval()
-    with torch.no_grad():  # a halt head that fires on some rows only, so adaptive batches shrink unevenly
-        model.halt_head.weight.normal_(0.0, 2.0)
-        model.halt_head.bias.zero_()
-
-    def figures(batch_size: int) -> dict:
-        cpu = torch.device("cpu")
-        metrics = evaluate(model, replay, max_steps=3, device=cpu, batch_size=batch_size).metrics
-        for part in (metrics["model"], metrics["model"]["fixed_max_steps"]):
-            part.pop("wall_time_s")
-        metrics["model"].pop("time_ratio_adaptive_vs_fixed")
-        return metrics
-
-    whole = figures(4096)
-    assert 1.0 < whole["model"]["mean_steps"] < 3.0  # adaptive halting really varies per row
-    assert figures(7) == whole
