@@ -191,11 +191,16 @@ def test_bench_train_quick_prints_every_row(tmp_path):
 
 @pytest.mark.slow
 def test_bench_busy_quick_prints_every_row_and_a_consistent_verdict(call_main, monkeypatch):
-    # OMP_NUM_THREADS=1 here; the bench drops it, so its neighbour runs at torch's default thread count. The
-    # thrashing --threads T row takes minutes on any machine: the smoke test leaves it out. --quick kills a run at
-    # 120 s, which the run alone passed on a slow, busy machine (issue 25): the smoke test gives each run 600 s.
+    # The bench drops OMP_NUM_THREADS from its children's environment, so that its neighbour runs at torch's
+    # default thread count; the smoke test keeps it at one thread (at torch's default it would take every core
+    # from the suite's other workers). The thrashing --threads T row takes minutes on any machine: the smoke
+    # test leaves it out. --quick kills a run at 120 s, which the run alone passed on a slow, busy machine (issue
+    # 25): the smoke test gives each run 600 s.
     from trm_act.bench import busy
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert "OMP_NUM_THREADS" not in busy._environment()
+    monkeypatch.setattr(busy, "THREAD_ENV", ())
     monkeypatch.setattr(busy, "QUICK_TIMEOUT_S", 600.0)
     result = call_main(busy.main, "--quick", "--no-threads-row")
     assert result.returncode == 0, result.stderr[-3000:]
