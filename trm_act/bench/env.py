@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from trm_act.bench import bench_parser
+from trm_act.bench import add_throughput_options, bench_parser
 
 SINGLE_TARGET = 1.0  # TradeReplayEnv steps/s over gym-anytrading stocks-v0 steps/s
 VECTOR_TARGET = 20.0  # TradeReplayVectorEnv(256) transitions/s over SyncVectorEnv(stocks-v0 x16)
@@ -63,9 +63,7 @@ def _vector_runner(envs, actions: np.ndarray) -> Callable[[int], int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("env", __doc__)
-    parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the best is kept")
-    parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")
+    add_throughput_options(parser)
     parser.add_argument(
         "--peer-envs", type=int, default=16, help="sub-envs of the gym-anytrading SyncVectorEnv"
     )

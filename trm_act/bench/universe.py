@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trm_act.bench import bench_parser
+from trm_act.bench import add_throughput_options, bench_parser
 
 BUILD_TARGET_S = 30.0
 RSS_TARGET_GIB = 2.0
@@ -79,11 +79,9 @@ def _vector_rate(envs, seconds: float, rounds: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("universe", __doc__)
+    add_throughput_options(parser)
     parser.add_argument("--instruments", type=int, default=500, help="instruments in the universe")
     parser.add_argument("--bars", type=int, default=5000, help="daily bars per instrument")
-    parser.add_argument("--num-envs", type=int, default=256, help="sub-envs of TradeReplayVectorEnv")
-    parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per throughput round")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the best is kept")
     parser.add_argument(
         "--csv", action="store_true", help="also write the universe as CSVs and build from them"
     )
