@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,6 +237,10 @@ class FoldSlice:
         return boundary_fraction(self.n_bars, self.test_bars)
 
 
+# FoldSlice fields that sum over a fold's instruments.
+FOLD_COUNTS = ("n_bars", "cut_bars", "test_bars", "train_decisions", "purged", "embargoed", "test_decisions")
+
+
 def boundary_fraction(n_bars: int, before: int) -> float:
     """The ``test_fraction`` f whose split boundary is the bar after the first ``before`` of ``n_bars`` bars.
 
@@ -272,7 +277,8 @@ def slice_fold(
     cut_t, test_t = calendar[span.train_cut], calendar[span.test_start]
     stop_t = calendar[span.test_stop] if span.test_stop < len(calendar) else np.iinfo(np.int64).max
     ranges: dict[str, tuple[int, int]] = {}
-    n_bars = cut_bars = test_bars = train = largest = purged = embargoed = tests = 0
+    totals: Counter[str] = Counter()  # FoldSlice's count fields, summed over instruments
+    largest = 0
     starts: list[int] = []
     for (symbol, _), times in zip(market.frames.items(), market.times, strict=True):
         lo = (int(np.searchsorted(times, first_t, side="left")) // stride) * stride
@@ -285,33 +291,23 @@ def slice_fold(
         cut = int(np.searchsorted(local, cut_t, side="left"))
         test = int(np.searchsorted(local, test_t, side="left"))
         ranges[symbol] = (lo, hi)
-        n_bars, cut_bars, test_bars = n_bars + n, cut_bars + cut, test_bars + test
         starts.append(int(local[0]))
         last_decision = n - 1 - horizon
         # Training grid (train_stride): used when t + reach < cut; purged when t < test <= t + reach.
         used = _grid_count(window, min(last_decision, cut - reach - 1), train_stride)
         before_test = _grid_count(window, min(last_decision, test - 1), train_stride)
         clean = _grid_count(window, min(last_decision, test - reach - 1), train_stride)
-        train += used
         largest = max(largest, used)
-        purged += before_test - clean
-        embargoed += clean - used
         # Out-of-sample grid (the env's stride) from the first grid point at or after the test start.
         first_test = window + max(0, -(-(test - window) // stride)) * stride
-        tests += _grid_count(first_test, last_decision, stride)
+        totals.update(
+            n_bars=n, cut_bars=cut, test_bars=test, train_decisions=used, purged=before_test - clean,
+            embargoed=clean - used, test_decisions=_grid_count(first_test, last_decision, stride),
+        )
+    counts = {name: totals[name] for name in FOLD_COUNTS}  # zero for a fold no instrument reaches
     return FoldSlice(
-        span=span,
-        ranges=ranges,
-        n_bars=n_bars,
-        cut_bars=cut_bars,
-        test_bars=test_bars,
-        train_decisions=train,
-        largest_train=largest,
-        purged=purged,
-        embargoed=embargoed,
-        test_decisions=tests,
-        train_start=min(starts, default=int(first_t)),
-        train_end=int(calendar[span.train_cut - 1]),
+        span=span, ranges=ranges, largest_train=largest, **counts,
+        train_start=min(starts, default=int(first_t)), train_end=int(calendar[span.train_cut - 1]),
     )
 
 
