@@ -39,7 +39,7 @@ class TrainConfig:
     """Optimisation, evaluation and logging of one training run."""
 
     steps: int = 1500
-    """Optimizer steps; each runs one reasoning step on every slot."""
+    """Optimizer steps; each runs one reasoning step on every slot (all of them with ``unroll``)."""
     batch_size: int = 128
     """Slots (= sub-environments) reasoning in parallel."""
     lr: float = 1e-3
@@ -90,6 +90,12 @@ class TrainConfig:
     threads: int | None = None
     """torch intra-op threads per process; None = 1 (measured: on 2 shared cores torch's one thread per core
     thrashes, and on idle cores 2 threads gave only +15%). Under torchrun at most cores / local processes."""
+    unroll: bool = False
+    """Each optimizer step takes a fresh batch of decisions through all max_steps reasoning steps, every step
+    supervised (``trm_act.supervision.deep_supervision``, the adapters' loop), instead of one reasoning step per
+    slot with a carry that continues into the next optimizer step. It sees batch_size decisions per optimizer
+    step at any max_steps, as a one-step model does, for max_steps times the compute; the continual carry sees
+    batch_size / (mean steps). Fresh carry only, one process."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
     (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
@@ -161,6 +167,11 @@ class ExperimentConfig:
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if self.train.unroll and self.model.carry == "belief":
+            raise ValueError(
+                "train.unroll replays every decision from a fresh carry, so it cannot carry a belief "
+                "(model.carry='belief'); drop --unroll or use --carry fresh."
+            )
         derived = {"window": self.env.window, "n_features": N_FEATURES, "num_classes": len(STRATEGIES)}
         if any(getattr(self.model, name) != value for name, value in derived.items()):
             self.model = dataclasses.replace(self.model, **derived)

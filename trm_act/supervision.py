@@ -2,33 +2,46 @@
 
 TRM wraps its model in one loss head (``ACTLossHead``) so that every loop computes the same loss and the same
 metrics. Here the trainer (``trm_act.trainer``) and the adapters for other trainers (``trm_act.callbacks``:
-Lightning, Hugging Face) call the same three pieces:
+Lightning, Hugging Face) call the same pieces:
 
 - :func:`supervise_step`: TRMLoss of one reasoning step, with ``pnl`` = the supervision PnL of the step's
   argmax answer (``info["label_pnl"]``: each strategy's PnL over the labels' horizon);
 - :func:`look_ahead`: the logits of one more reasoning step, which the "priced" halt target compares with;
 - :class:`SupervisionStats`: every ``halt/*`` tag and ``train/accuracy`` / ``train/pnl``, from the reasoning steps
-  a window of iterations ran and the decisions it committed.
+  a window of iterations ran and the decisions it committed;
+- :func:`deep_supervision`: every reasoning step of a batch of decisions within one optimizer step, built from the
+  three above (the adapters' loop, and the trainer's with ``train.unroll``).
 
 An iteration runs one reasoning step on each of B slots; a slot whose halting rule fires commits its answer
 and starts its next decision from a fresh carry (``trm_act.act.act_step``). The trainer's slots take their next
-decision from a vector env; an adapter's batch is B slots that each replay one decision
-(``trm_act.callbacks._deep_supervision``), so the same definitions give the same numbers on the same batch.
+decision from a vector env; in :func:`deep_supervision` each of B slots replays one decision, so the same
+definitions give the same numbers on the same batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from trm_act.act import ACTState, act_step
 from trm_act.callbacks.logger import COMPONENT_TAGS
 from trm_act.loss import TRMLoss
-from trm_act.model import StepOutput
+from trm_act.model import RecurrentTRM, StepOutput
 
-__all__ = ["LOSS_TAGS", "StepSupervision", "SupervisionStats", "look_ahead", "loss_tags", "supervise_step"]
+__all__ = [
+    "LOSS_TAGS",
+    "StepSupervision",
+    "Supervised",
+    "SupervisionStats",
+    "deep_supervision",
+    "look_ahead",
+    "loss_tags",
+    "supervise_step",
+]
 
 # TRMLoss component -> tag of the loss of one optimizer step. The halt target's rate is a statistic of the
 # window of iterations (halt/target_rate, SupervisionStats), not a component of one step.
@@ -188,3 +201,121 @@ class SupervisionStats:
         # Checkpoints written before these sums were kept restart them at 0.
         self.logit_positive = float(state.get("logit_positive", 0.0))
         self.target_positive = float(state.get("target_positive", 0.0))
+
+
+class Supervised(NamedTuple):
+    """What :func:`deep_supervision` returns."""
+
+    loss: Tensor
+    """Scalar loss with gradient: the mean of TRMLoss's total over the iterations."""
+    metrics: dict[str, float]
+    """Detached floats keyed by TensorBoard tag (see :func:`deep_supervision`)."""
+    task_logits: Tensor
+    """(B, C) detached task logits of each decision's answer: at the step it first halted (the last
+    iteration's for a decision still running)."""
+
+
+def deep_supervision(
+    model: RecurrentTRM,
+    loss_fn: TRMLoss,
+    obs: Tensor,
+    labels: Tensor,
+    strategy_pnl: Tensor,
+    label_pnl: Tensor | None = None,
+    iterations: int | None = None,
+    *,
+    exploration_prob: float | None = None,
+    generator: torch.Generator | None = None,
+    stats: SupervisionStats | None = None,
+) -> Supervised:
+    """Every reasoning step of a batch of decisions, each supervised by TRMLoss: one loss for one optimizer step.
+
+    What the adapters train with, and the trainer with ``train.unroll``: every decision of the batch gets
+    ``iterations`` supervised reasoning steps within one optimizer step, where the trainer's continual carry
+    gives each slot one step per optimizer step. The same functions as the trainer's (``act_step``,
+    :func:`supervise_step`, :class:`SupervisionStats`) give the same loss and tags.
+
+    The batch is B slots, slot i replaying decision i. Each of ``iterations`` iterations (default
+    ``model.config.max_steps``) runs one reasoning step on every slot (``trm_act.act.act_step``) and applies
+    TRMLoss to it through :func:`trm_act.supervision.supervise_step`, supervised with ``label_pnl`` like the
+    trainer's ``info["label_pnl"]``. A slot whose halting rule fires commits its answer (reward: its
+    ``strategy_pnl``) and starts its decision again from a fresh carry, with a new exploration floor
+    (``exploration_prob``, default ``model.config.halt_exploration_prob`` in training mode and 0 in eval mode)
+    and, in belief mode, the initial belief: a shuffled batch has no stream to carry a belief along. The
+    "priced" halt target looks one step ahead (:func:`trm_act.supervision.look_ahead`), as the trainer does.
+
+    Shapes: obs (B, W, F), labels (B,) int, strategy_pnl (B, C) each strategy's realized PnL over the trade's
+    horizon, label_pnl (B, C) over the labels' horizon (None: strategy_pnl, the labels' horizon is the trade's).
+
+    ``stats``: where the iterations are recorded (the trainer passes its log window, whose tags it logs itself);
+    None records them in a fresh :class:`SupervisionStats` whose tags join ``metrics``.
+
+    Returns:
+        ``Supervised(loss, metrics, task_logits)``: the mean over iterations of TRMLoss's total (with gradient),
+        the means over iterations of ``loss/*`` and, without ``stats``, the tags of :class:`SupervisionStats`
+        (``halt/*``, ``train/accuracy``, ``train/pnl``) over the iterations, and each decision's answer logits.
+    """
+    config = model.config
+    iterations = config.max_steps if iterations is None else iterations
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(
+            f"iterations must be an integer >= 1 (reasoning steps run on every row); got {iterations!r}."
+        )
+    if exploration_prob is None:
+        exploration_prob = config.halt_exploration_prob if model.training else 0.0
+    batch, device = obs.shape[0], obs.device
+    rows = torch.arange(batch, device=device)
+    rewards = strategy_pnl.float()  # (B, C)
+    supervision = rewards if label_pnl is None else label_pnl.float()  # (B, C)
+    state = ACTState.initial(
+        model, batch, device=device, exploration_prob=exploration_prob, generator=generator
+    )
+    own_stats = stats is None
+    stats = SupervisionStats(config.max_steps) if stats is None else stats
+    total = obs.new_zeros((), dtype=torch.float32)
+    sums: dict[str, Tensor] = {}
+    answer = None  # (B, C) logits of each decision's first committed answer
+    pending = torch.ones(batch, dtype=torch.bool, device=device)  # (B,) not committed yet
+    for _ in range(iterations):
+        steps = state.steps + 1  # (B,) the reasoning step each slot runs now
+        out, state, halted = act_step(
+            model,
+            obs,
+            state,
+            max_steps=config.max_steps,
+            exploration_prob=exploration_prob,
+            generator=generator,
+        )
+        next_logits = None
+        if loss_fn.halt_target == "priced":
+            next_logits = look_ahead(model, obs, out, steps >= config.max_steps)  # (B, C)
+        parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits)
+        total = total + parts["total_loss"]
+        for name in LOSS_TAGS:
+            if name in parts:
+                sums[name] = sums.get(name, 0.0) + parts[name].detach()
+        logits = out.task_logits.detach()
+        answer = logits if answer is None else torch.where(pending[:, None], logits, answer)
+        pending = pending & ~halted
+
+        halted_np, steps_np = halted.cpu().numpy(), steps.cpu().numpy()  # one host sync per iteration
+        stats.record_step(halted_np, steps_np, out.halt_logits, parts["halt_target_rate"])
+        if halted_np.any():
+            done = actions[halted]  # (H,) the committed answers
+            stats.record_commits(
+                steps_np[halted_np],
+                (done == labels[halted]).cpu().numpy(),
+                rewards[rows[halted], done].cpu().numpy(),
+            )
+            # The slot's next decision is its own again, not a later one of a stream: no belief carries over.
+            if getattr(model, "has_belief", False):
+                state = dataclasses.replace(
+                    state, carry=state.carry.reset(halted, model.init_carry(batch, device=device))
+                )
+
+    loss = total / iterations
+    metrics = {LOSS_TAGS[name]: float(value) / iterations for name, value in sums.items()}
+    metrics["loss/total"] = float(loss.detach())
+    if own_stats:
+        metrics |= stats.scalars()
+    return Supervised(loss, metrics, answer)

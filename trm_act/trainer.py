@@ -46,7 +46,7 @@ from trm_act.resume import config_record
 from trm_act.runstate import MAX_ABS_WEIGHT as MAX_ABS_WEIGHT
 from trm_act.runstate import RANK_KEYS as RANK_KEYS
 from trm_act.runstate import SIGNAL_STOP, NonFiniteLossError, RunWriteError, param_groups
-from trm_act.supervision import look_ahead, loss_tags, supervise_step
+from trm_act.supervision import LOSS_TAGS, deep_supervision, look_ahead, loss_tags, supervise_step
 from trm_act.windowstats import WindowStats
 
 
@@ -149,6 +149,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(train.warmup_steps, train.steps)
         )
+        if train.unroll and self.dist.distributed:
+            raise ValueError(
+                "train.unroll runs several forward passes before one backward, which DistributedDataParallel "
+                "does not synchronise; run it in one process (python -m trm_act.train), or drop --unroll."
+            )
         # Halting exploration and env starts differ by rank; rank zero's equal a single-process run's.
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed + self.dist.rank)
 
@@ -189,6 +194,8 @@ class Trainer:
         # expected-PnL term use info["label_pnl"], like the labels; rewards stay the trades' realized PnL.
         supervision = self.info.get("label_pnl", self.info["strategy_pnl"])
         strategy_pnl = torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
+        if train.unroll:
+            return self._unrolled_step(obs, labels, strategy_pnl)
         steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
 
         self.forward_model.train()
@@ -208,19 +215,8 @@ class Trainer:
         parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 
-        self.optimizer.zero_grad(set_to_none=True)
-        parts["total_loss"].backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-            if train.grad_clip > 0
-            else None
-        )
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self._update_ema(train.ema_decay)
+        grad_norm = self._optimize(parts["total_loss"])
         self.state = next_state
-        self.step += 1
 
         # The envs step on the CPU, so the halted mask and the actions cross every step: inherent sync.
         halted_np = halted.cpu().numpy()  # (B,) bool
@@ -238,6 +234,55 @@ class Trainer:
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
         self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
         if self.step % train.log_every == 0 or self.step == train.steps:
+            return self.step_logs(*self._last_parts)
+        return Logs()
+
+    def _optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Backward, clip, one optimizer and scheduler step, the EMA update; returns the gradient norm (if clipped)."""
+        train = self.config.train
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            if train.grad_clip > 0
+            else None
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self._update_ema(train.ema_decay)
+        self.step += 1
+        self.window.optimizer_steps += 1
+        return grad_norm
+
+    def _unrolled_step(self, obs: torch.Tensor, labels: torch.Tensor, supervision_pnl: torch.Tensor) -> Logs:
+        """``train.unroll``: every reasoning step of the slots' decisions, one optimizer step, every slot commits.
+
+        Each decision commits the answer of the step it first halted at (its last step if none did), as
+        evaluation would; the iterations are recorded in the log window like the continual step's.
+        """
+        trade_pnl = torch.from_numpy(self.info["strategy_pnl"]).to(self.device, torch.float32)  # (B, 8)
+        self.forward_model.train()
+        with self._autocast():
+            result = deep_supervision(
+                self.forward_model,
+                self.loss_fn,
+                obs,
+                labels,
+                trade_pnl,
+                supervision_pnl,
+                generator=self.generator,
+                stats=self.window,
+            )
+        self._last_loss = result.loss.detach()
+        grad_norm = self._optimize(result.loss)
+        actions = result.task_logits.argmax(dim=-1)  # (B,)
+        commit = np.ones(len(actions), dtype=bool)
+        self.obs, _, _, _, self.info = self.env.step_masked(actions.cpu().numpy(), commit)
+        parts = {name: result.metrics[tag] for name, tag in LOSS_TAGS.items() if tag in result.metrics}
+        chosen_pnl = supervision_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
+        if self.step % self.config.train.log_every == 0 or self.step == self.config.train.steps:
             return self.step_logs(*self._last_parts)
         return Logs()
 

@@ -21,11 +21,14 @@ class WindowStats(SupervisionStats):
     def reset(self) -> None:
         super().reset()
         self.started = time.perf_counter()
+        self.optimizer_steps = 0  # the trainer counts them: with train.unroll each runs max_steps iterations
 
     def scalars(self, batch_size: int) -> dict[str, float]:  # type: ignore[override]
+        """``perf/steps_per_s`` (optimizer steps), ``perf/samples_per_s`` (reasoning steps run on a slot) and
+        ``perf/decisions_per_s`` (committed), then the supervision tags."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         out = {
-            "perf/steps_per_s": self.iterations / elapsed,
+            "perf/steps_per_s": self.optimizer_steps / elapsed,
             "perf/samples_per_s": self.iterations * batch_size / elapsed,
         }
         if self.rewards:
