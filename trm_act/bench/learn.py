@@ -18,6 +18,8 @@ Recipes (``--recipes``):
 - ``regime_labels``: the seed's loss with clean supervision, each decision labelled with its true regime's
   best strategy (``env.label_source="regime"``, synthetic data only), and ``regime_labels_one_step``, the same
   at ``max_steps=1``: does thinking pay once the labels are not the bottleneck?
+- ``unrolled``: the default trained with ``train.unroll`` (every reasoning step of a fresh batch of decisions
+  per optimizer step, so it sees as many decisions as ``one_step``), compared with ``one_step``;
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -213,6 +215,11 @@ def _belief(config: ExperimentConfig) -> ExperimentConfig:
 
 
 _fresh = _model_edit(carry="fresh")
+
+
+def _unrolled(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, unroll=True))
+
 _priced = _loss_edit(halt_target="priced")
 _profitable = _loss_edit(halt_target="profitable", confidence_threshold=0.9)
 
@@ -261,6 +268,9 @@ RECIPES: dict[
     "fresh_one_step": (_chain(_fresh, _one_step), None),
     "belief_one_step": (_chain(_belief, _one_step), None),
     "gru": (_one_step, GRUControl),
+    # Every reasoning step of a fresh batch per optimizer step (train.unroll): as many decisions per step as
+    # one_step sees, for max_steps times the compute.
+    "unrolled": (_unrolled, None),
     # The regime model's number of states, for seed_loss_hmm (compared with --validation):
     **{f"seed_loss_hmm{n}": (_hmm_labels(n), None) for n in HMM_STATE_COUNTS},
 }
@@ -280,6 +290,7 @@ THINKING_PAIRS = (
     ("Thinking pays with a belief (old halting)?", "belief_profitable", "belief_one_step"),
     ("Thinking pays without a belief?", "fresh_priced", "fresh_one_step"),
     ("Thinking pays with clean labels?", "regime_labels", "regime_labels_one_step"),
+    ("Thinking pays when every step sees fresh decisions?", "unrolled", "one_step"),
 )
 """(question, recipe, the same recipe at one reasoning step): the paired lines under the table."""
 
