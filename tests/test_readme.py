@@ -240,6 +240,10 @@ TABLES = {
     "learn-validation-labels": (lambda: learn_table("learn-validation-labels"), ["docs/results.md"]),
     "learn-slow": (lambda: learn_table("learn-slow"), ["docs/results.md"]),
     "learn-compiled": (lambda: learn_table("learn-compiled"), ["docs/distributed.md"]),
+    **{
+        name: (lambda name=name: learn_table(name), ["docs/thinking.md"])
+        for name in ("learn-unroll-validation", "learn-unroll-slow-validation", "learn-unroll-slow-validation-450")
+    },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
