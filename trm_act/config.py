@@ -39,7 +39,7 @@ class TrainConfig:
     """Optimisation, evaluation and logging of one training run."""
 
     steps: int = 1500
-    """Optimizer steps; each runs one reasoning step on every slot (all of them with ``unroll``)."""
+    """Optimizer steps; each runs one reasoning step on every slot (every reasoning step with --unroll)."""
     batch_size: int = 128
     """Slots (= sub-environments) reasoning in parallel."""
     lr: float = 1e-3
@@ -92,7 +92,7 @@ class TrainConfig:
     thrashes, and on idle cores 2 threads gave only +15%). Under torchrun at most cores / local processes."""
     unroll: bool = False
     """Each optimizer step takes a fresh batch of decisions through all max_steps reasoning steps, every step
-    supervised (``trm_act.supervision.deep_supervision``, the adapters' loop), instead of one reasoning step per
+    supervised (the adapters' loop, trm_act.supervision.deep_supervision), instead of one reasoning step per
     slot with a carry that continues into the next optimizer step. It sees batch_size decisions per optimizer
     step at any max_steps, as a one-step model does, for max_steps times the compute; the continual carry sees
     batch_size / (mean steps). Fresh carry only, one process."""
