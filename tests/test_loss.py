@@ -12,17 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trm_act.envs import STRATEGIES
 
-from trm_act import (
-    TRMLoss,
-    class_weights_from_labels,
-    compute_halt_loss,
-    compute_profit_weighted_loss,
+from trm_act import TRMLoss, class_weights_from_labels, compute_halt_loss, compute_profit_weighted_loss
+from trm_act.loss import (
+    LossConfig,
     compute_reward_loss,
     compute_task_loss,
+    expected_pnl,
     halt_target,
     profit_weight,
+    recipe_loss,
 )
-from trm_act.loss import LossConfig, expected_pnl, recipe_loss
 
 C = 8
 

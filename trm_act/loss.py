@@ -198,6 +198,11 @@ class LossConfig:
         _check_pnl_scale(self.pnl_scale)
 
 
+# LossConfig's fields that are TRMLoss arguments of the same name (class_weights differs: a flag in the config,
+# the weights themselves in the loss).
+HYPERPARAMETERS = tuple(f.name for f in fields(LossConfig) if f.name != "class_weights")
+
+
 def recipe_loss() -> LossConfig:
     """The CLI's loss (``python -m trm_act.train``) and the adapters' default: the seed's loss with these changes,
     each chosen on validation markets (docs/results.md, "How the recipe was chosen"; docs/faq.md compares the
@@ -496,16 +501,9 @@ class TRMLoss(nn.Module):
         halt_target: str = LossConfig.halt_target,
         halt_step_cost: float = LossConfig.halt_step_cost,
     ) -> None:
+        arguments = locals()
         super().__init__()
-        config = LossConfig(  # validates the ranges
-            lambda_halt=lambda_halt,
-            lambda_profit=lambda_profit,
-            lambda_reward=lambda_reward,
-            confidence_threshold=confidence_threshold,
-            pnl_scale=pnl_scale,
-            halt_target=halt_target,
-            halt_step_cost=halt_step_cost,
-        )
+        config = LossConfig(**{name: arguments[name] for name in HYPERPARAMETERS})  # validates the ranges
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
         if class_weights is not None:
@@ -534,9 +532,7 @@ class TRMLoss(nn.Module):
     ) -> TRMLoss:
         """A TRMLoss with ``config``'s hyperparameters (``config.class_weights`` is for the caller that
         has the labels: pass the weights themselves as ``class_weights``)."""
-        hyperparameters = {
-            f.name: getattr(config, f.name) for f in fields(config) if f.name != "class_weights"
-        }
+        hyperparameters = {name: getattr(config, name) for name in HYPERPARAMETERS}
         return cls(**hyperparameters, class_weights=class_weights, num_classes=num_classes, validate=validate)
 
     def forward(
