@@ -242,7 +242,12 @@ TABLES = {
     "learn-compiled": (lambda: learn_table("learn-compiled"), ["docs/distributed.md"]),
     **{
         name: (lambda name=name: learn_table(name), ["docs/thinking.md"])
-        for name in ("learn-unroll-validation", "learn-unroll-slow-validation", "learn-unroll-slow-validation-450")
+        for name in (
+            "learn-unroll-validation",
+            "learn-unroll-slow-validation",
+            "learn-unroll-slow-validation-450",
+            "learn-unroll-slow-validation-6000",
+        )
     },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
