@@ -7,21 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
-from trm_act.callbacks import Callback
+from helpers import StopAt, tiny_config
 
 from trm_act.config import ExperimentConfig, TrainConfig
 from trm_act.model import TRMConfig
 from trm_act.supervision import deep_supervision
 from trm_act.trainer import Trainer
-
-
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, step, logs):
-        return step < self.step
 
 
 def batch_of(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -93,3 +84,15 @@ def test_an_unrolled_run_resumes_exactly(tmp_path):
 def test_unroll_refuses_a_belief():
     with pytest.raises(ValueError, match=r"train.unroll .* cannot carry a belief .* drop --unroll or use --carry fresh"):
         ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(unroll=True))
+
+
+def test_unroll_refuses_a_process_group(tmp_path, monkeypatch):
+    """Under torchrun the trainer refuses before it builds anything (DDP would not synchronise the unroll)."""
+    from trm_act import distributed
+
+    two_ranks = distributed.Context(rank=0, world_size=2, local_world_size=2)
+    monkeypatch.setattr(distributed.Context, "distributed", property(lambda self: True))  # an initialised group
+    monkeypatch.setattr(distributed, "setup", lambda device: (two_ranks, device))
+    with pytest.raises(ValueError, match=r"train.unroll .* DistributedDataParallel .* or drop --unroll"):
+        Trainer(tiny_config(unroll=True), tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -94,6 +94,11 @@ class Trainer:
         train = config.train
         # Under torchrun: joins the process group; a CUDA device becomes this rank's GPU (LOCAL_RANK).
         self.dist, self.device = distributed.setup(resolve_device(train.device))
+        if train.unroll and self.dist.distributed:
+            raise ValueError(
+                "train.unroll runs several forward passes before one backward, which DistributedDataParallel "
+                "does not synchronise; run it in one process (python -m trm_act.train), or drop --unroll."
+            )
         self.threads = distributed.resolve_threads(train.threads, self.dist.local_world_size)
         distributed.set_threads(self.threads)
         torch.manual_seed(
@@ -149,11 +154,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(train.warmup_steps, train.steps)
         )
-        if train.unroll and self.dist.distributed:
-            raise ValueError(
-                "train.unroll runs several forward passes before one backward, which DistributedDataParallel "
-                "does not synchronise; run it in one process (python -m trm_act.train), or drop --unroll."
-            )
         # Halting exploration and env starts differ by rank; rank zero's equal a single-process run's.
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed + self.dist.rank)
 
@@ -232,10 +232,7 @@ class Trainer:
                 self._reset_beliefs(truncated)
 
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
-        self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
-        if self.step % train.log_every == 0 or self.step == train.steps:
-            return self.step_logs(*self._last_parts)
-        return Logs()
+        return self._logs_if_due(parts, grad_norm, chosen_pnl)
 
     def _optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward, clip, one optimizer and scheduler step, the EMA update; returns the gradient norm (if clipped)."""
@@ -281,8 +278,15 @@ class Trainer:
         self.obs, _, _, _, self.info = self.env.step_masked(actions.cpu().numpy(), commit)
         parts = {name: result.metrics[tag] for name, tag in LOSS_TAGS.items() if tag in result.metrics}
         chosen_pnl = supervision_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        return self._logs_if_due(parts, grad_norm, chosen_pnl)
+
+    def _logs_if_due(
+        self, parts: dict[str, Any], grad_norm: torch.Tensor | None, chosen_pnl: torch.Tensor
+    ) -> Logs:
+        """Keep this step's loss parts (with the detached total) for logging; the logs on a log step, else none."""
+        train = self.config.train
         self._last_parts = (parts | {"total_loss": self._last_loss}, grad_norm, chosen_pnl)
-        if self.step % self.config.train.log_every == 0 or self.step == self.config.train.steps:
+        if self.step % train.log_every == 0 or self.step == train.steps:
             return self.step_logs(*self._last_parts)
         return Logs()
 
