@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from trm_act.callbacks import Callback
 from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, generate_synthetic_market
 
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
@@ -106,6 +107,16 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class StopAt(Callback):
+    """Stops ``Trainer.fit`` after step ``step`` (a checkpoint, no final evaluation): the first half of a resume."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step, logs):
+        return step < self.step
 
 
 # ---------------------------------------------------------------------------------------------- child processes

@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import StopAt
+from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay
 
 from trm_act.act import ACTState, act_predict, act_step
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
-from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay
 from trm_act.evaluation import plan_walk, predict
 from trm_act.model import RecurrentTRM, TRMConfig
 from trm_act.trainer import Trainer
@@ -223,16 +224,9 @@ def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp
 
 @pytest.mark.slow
 def test_belief_runs_resume_exactly(tmp_path):
-    class StopAt:
-        def __getattr__(self, name):
-            return lambda *args, **kwargs: None
-
-        def on_step_end(self, step, logs):
-            return step < 5
-
     full = Trainer(belief_config(), tmp_path / "full")
     full.fit()
-    split = Trainer(belief_config(), tmp_path / "split", [StopAt()])
+    split = Trainer(belief_config(), tmp_path / "split", [StopAt(5)])
     assert split.fit() is None
     resumed = Trainer.from_checkpoint(tmp_path / "split")
     torch.testing.assert_close(resumed.state.carry.belief, split.state.carry.belief, rtol=0, atol=0)

@@ -10,20 +10,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import StopAt, tiny_config
 from trm_act.callbacks import Callback
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.trainer import NonFiniteLossError, Trainer, lr_lambda
-
-
-class StopAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, step, logs):
-        return step < self.step
 
 
 class Collect(Callback):
