@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -63,7 +61,7 @@ def test_auto_does_not_compile_without_a_cxx_compiler(monkeypatch):
 def test_compile_setting_is_validated():
     from trm_act.config import TrainConfig
 
-    with pytest.raises(ValueError, match="train.compile must be 'auto', 'on' or 'off'; got 'yes'"):
+    with pytest.raises(ValueError, match=r"train\.compile must be 'auto', 'on' or 'off'; got 'yes'"):
         TrainConfig(compile="yes")
 
 

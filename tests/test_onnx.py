@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,11 +149,13 @@ def test_export_cli_writes_and_checks_the_graphs_and_refuses_bad_runs(runs, tmp_
         OnnxPolicy.load(out)
 
 
-def test_bench_predict_measures_both_engines_in_one_run(capsys):
+def test_bench_predict_measures_every_engine_in_one_run(capsys):
     from trm_act.bench.__main__ import main
 
     assert main(["predict", "--bars", "3", "--instruments", "3"]) == 0
     out = capsys.readouterr().out
-    for row in ("| torch eager | 1 |", "| onnxruntime | 1 |", "| torch eager | 3 |", "| onnxruntime | 3 |"):
-        assert row in out
-    assert "p99 of one streaming update" in out and "load average" in out
+    for engine in ("torch eager", "torch compiled", "onnxruntime"):
+        for instruments in (1, 3):
+            assert f"| {engine} | {instruments} |" in out
+        assert re.search(rf"{engine}: p99 of one streaming update \d+\.\d+ ms \(bar 2 ms\): (PASS|FAIL)", out)
+    assert re.search(r"torch compiled: warm-up with the compile \d+\.\d s", out) and "load average" in out

@@ -273,6 +273,38 @@ def test_a_stream_makes_exactly_the_decisions_of_decide_also_after_a_resume(runs
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("carry", ["fresh", "belief"])
+def test_a_compiled_policy_streams_as_it_decides_and_decides_as_eager(runs, carry):
+    eager = varied_halting(Policy.load(runs[carry]), market())
+    compiled = Policy(eager.model, eager.env, compile=True)
+    frame = market(seed=11, n_bars=600)
+    expected = compiled.decide(frame)
+    assert expected["steps"].nunique() >= 2
+    streamed = decisions_frame(feed(compiled.stream(), frame))  # one row per step: torch's size-1 graph
+    pd.testing.assert_frame_equal(as_decide(streamed, expected), expected, check_exact=True)
+    reference = eager.decide(frame)
+    np.testing.assert_array_equal(expected["action"].to_numpy(), reference["action"].to_numpy())
+    np.testing.assert_array_equal(expected["steps"].to_numpy(), reference["steps"].to_numpy())
+    probabilities = [f"p_{s}" for s in STRATEGIES]
+    np.testing.assert_allclose(
+        expected[probabilities].to_numpy(), reference[probabilities].to_numpy(), rtol=0, atol=1e-5
+    )
+    # the random halt head's logits reach ~100 and are sums of terms that large: rounding scales with them
+    scale = float(np.abs(reference["halt_logit"]).max())
+    np.testing.assert_allclose(expected["halt_logit"], reference["halt_logit"], rtol=0, atol=1e-6 * scale)
+    assert not expected[probabilities].equals(reference[probabilities])  # it did run other kernels
+
+
+def test_compile_is_refused_in_one_line_where_it_cannot_run(runs, monkeypatch):
+    with pytest.raises(ValueError, match=r"compile='yes': expected True or False"):
+        Policy.load(runs["fresh"], compile="yes")
+    monkeypatch.setattr("trm_act.policy.has_cxx_compiler", lambda: False)
+    with pytest.raises(ValueError, match=r"needs a C\+\+ compiler.*install g\+\+"):
+        Policy.load(runs["fresh"], compile=True)
+    assert Policy.load(runs["fresh"]).engine.compiled is False
+
+
 def test_a_stream_batch_decides_as_each_instrument_alone(runs):
     policy = varied_halting(Policy.load(runs["belief"]), market())
     frames = {f"S{k}": market(seed=20 + k, n_bars=300) for k in range(3)}

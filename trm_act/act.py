@@ -260,19 +260,19 @@ def halt_rows(
         out = step(x, carry)
         row_steps += active.numel()
         halted = halt_rule(out.halt_logits, torch.full_like(active, s), max_steps)  # (A,)
+        keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
+        if keep.numel() == active.numel():  # nobody stops: nothing to record or compact
+            carry = out.carry
+            continue
         rows = active[halted]  # (H,) original rows that stop now
         logits[rows] = out.task_logits[halted]
         halt_logits[rows] = out.halt_logits[halted]
         if beliefs is not None:
             beliefs[rows] = out.carry.proposal[halted]
         steps[rows] = s
-        keep = (~halted).nonzero().squeeze(1)  # (A',) one host sync per step: the price of compaction
         if keep.numel() == 0:
             break
-        if keep.numel() < active.numel():  # compact: later steps only see the active rows
-            active, x, carry = active[keep], x[keep], out.carry.select(keep)
-        else:
-            carry = out.carry
+        active, x, carry = active[keep], x[keep], out.carry.select(keep)  # later steps see the active rows
     return ACTResult(
         logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
     )

@@ -19,14 +19,14 @@ import shutil
 
 import torch
 
-__all__ = ["AUTO_MIN_STEPS", "compile_decision"]
+__all__ = ["AUTO_MIN_STEPS", "compile_decision", "has_cxx_compiler"]
 
 AUTO_MIN_STEPS = 1000
 """Shortest run "auto" compiles: a cold compile (~30 s here) is repaid by ~20 ms saved per step after
 ~1,500 steps, and a warm cache (~3 s) after ~150; the default run (1,500 steps) pays either way."""
 
 
-def _has_cxx_compiler() -> bool:
+def has_cxx_compiler() -> bool:
     """Inductor's CPU backend writes C++ and builds it with $CXX, else g++ / clang++ / c++ on the PATH."""
     candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
     return any(name and shutil.which(name) for name in candidates)
@@ -42,7 +42,7 @@ def compile_decision(setting: str, steps: int, device: torch.device, distributed
         return False, "off: auto leaves DDP runs eager (use --compile on to try)"
     if steps < AUTO_MIN_STEPS:
         return False, f"off: auto compiles runs of >= {AUTO_MIN_STEPS} steps (this one has {steps})"
-    if device.type == "cpu" and not _has_cxx_compiler():
+    if device.type == "cpu" and not has_cxx_compiler():
         return False, "off: no C++ compiler found for inductor's CPU kernels (install g++ or set CXX)"
     if device.type not in ("cpu", "cuda"):
         return False, f"off: auto compiles on CPU and CUDA only, not {device.type}"

@@ -63,14 +63,6 @@ class OnnxEngine:
     def initial_belief(self) -> np.ndarray | None:
         return None if self.belief_init is None else self.belief_init.copy()
 
-    def _step(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One reasoning step; a lone row runs as two copies of itself, as in :class:`trm_act.Policy`
-        (onnxruntime's kernels for one row differ from its kernels for many in the last bits)."""
-        if feed["x"].shape[0] != 1:
-            return self.step.run(None, feed)
-        outputs = self.step.run(None, {name: np.concatenate([a, a]) for name, a in feed.items()})
-        return [a[:1] for a in outputs]
-
     def run(self, obs: np.ndarray, belief: np.ndarray | None) -> Outcome:
         """Halt each row of ``obs`` (B, W, F) float32; ``belief`` (B, D) float32 or None."""
         (x,) = self.encoder.run(None, {"obs": np.ascontiguousarray(obs, dtype=np.float32)})  # (B, W, D)
@@ -90,7 +82,7 @@ class OnnxEngine:
             feed = {"x": x, "y": y, "z": z}
             if self.has_belief:
                 feed["belief"] = belief
-            task, halt, y, z, *proposal = self._step(feed)  # (A, C), (A,), 2 x (A, W, D)[, (A, D)]
+            task, halt, y, z, *proposal = self.step.run(None, feed)  # (A, C), (A,), 2 x (A, W, D)[, (A, D)]
             halted = (halt > 0) | (s >= self.max_steps)  # (A,) halt_rule without an exploration floor
             rows = active[halted]  # (H,)
             logits[rows] = task[halted]

@@ -1,8 +1,11 @@
-"""Streaming decisions: per-bar latency and decisions/s, torch eager vs onnxruntime, 1 and 256 instruments.
+"""Streaming decisions: per-bar latency and decisions/s, torch eager, torch compiled and onnxruntime, 1 and 256
+instruments.
 
 ``python -m trm_act.bench predict [--run RUN] [--bars 500] [--instruments 256] [--threads 1]``
 
-Each engine is measured in the same process, on the same bars, one after the other:
+Each engine is measured in the same process, on the same bars, one after the other (torch compiled is
+``Policy(..., compile=True)``; its compile happens in a warm-up on a few bars before the measurement, and its
+time is printed):
 
 - one stream (``policy.stream()``): every bar goes through ``update``; the latency of a bar is the wall
   time of that call (validation, the exact feature recursions, the model's reasoning steps);
@@ -133,15 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     n_bars = policy.window + policy.stride * args.bars
     markets = market_bars(args.instruments, n_bars, args.seed)
+    compile_s = {}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_policy = OnnxPolicy.load(export_onnx(policy, tmp), threads=args.threads)
-        engines = {"torch eager": policy, "onnxruntime": onnx_policy}
+        compiled = Policy(policy.model, policy.env, max_steps=policy.max_steps, compile=True)
+        engines = {"torch eager": policy, "torch compiled": compiled, "onnxruntime": onnx_policy}
         rows = []
         for batched, instruments in ((False, 1), (True, args.instruments)):
             for name, engine in engines.items():
-                measure(
+                start = time.perf_counter()
+                measure(  # warm-up: first calls, and the compile
                     engine, [m[: policy.window + 2 * policy.stride] for m in markets[:instruments]], batched
                 )
+                compile_s.setdefault(name, time.perf_counter() - start)
                 rows.append((name, instruments, measure(engine, markets[:instruments], batched)))
     load_after = os.getloadavg()
     config = policy.config
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['mean_steps']:.2f} |"
         )
     print()
+    print(f"torch compiled: warm-up with the compile {compile_s['torch compiled']:.1f} s (eager: {compile_s['torch eager']:.2f} s)")
     for name, instruments, r in rows:
         if instruments == 1:
             verdict = "PASS" if r["p99_ms"] <= BAR_P99_MS else "FAIL"
