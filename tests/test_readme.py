@@ -233,6 +233,12 @@ def default_run_over_seeds() -> str:
 
 
 # Each bench table and the pages that show it.
+def predict_table() -> str:
+    """The table rows of ``python -m trm_act.bench predict``'s saved output."""
+    text = (RESULTS / "predict" / "predict.txt").read_text(encoding="utf-8")
+    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
+
+
 TABLES = {
     "learn": (lambda: learn_table("learn"), ["docs/results.md"]),
     "learn headline": (lambda: first_table(learn_table("learn")), ["README.md"]),
@@ -252,6 +258,7 @@ TABLES = {
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
+    "predict": (lambda: predict_table(), ["docs/policy.md"]),
 }
 
 
@@ -275,7 +282,8 @@ def test_the_readme_headline_is_the_benchmarks_first_table():
 
 # Lines that begin a bench table; wherever one appears, it must belong to a table checked on that page.
 TABLE_STARTS = re.compile(
-    r"^(\d+ seeds x \(|\| series \| recipe \| decisions \||\| label horizon \||\| seed \| held-out PnL \|)"
+    r"^(\d+ seeds x \(|\| series \| recipe \| decisions \||\| label horizon \||\| seed \| held-out PnL \||"
+    r"\| engine \| instruments \|)"
 )
 
 
