@@ -323,6 +323,13 @@ def test_the_default_run_printed_what_the_benchmark_saved_for_seed_0():
     assert f"model captures {m['capture']:.0%} of the regime oracle's PnL" in output
 
 
-def test_the_real_series_wall_time_is_the_saved_one():
+def test_the_real_series_wall_times_and_the_walkforward_cost_are_the_saved_ones():
     saved = json.loads((RESULTS / "real" / "real.json").read_text())
-    assert f"Wall time {saved['wall_s']:.0f} s for the whole command" in read("docs/walkforward.md")
+    first, second = (run["wall_s"] for run in saved["invocations"])
+    page = read("docs/walkforward.md")
+    assert f"Wall time {first:.0f} s for `googl` and `eurusd`" in page and f"and {second:.0f} s for `sp500`" in page
+    speed = json.loads((RESULTS / "real" / "speed.json").read_text())
+    single, walk = speed["seconds"].values()
+    assert f"| one default training run | {single:.1f} s |" in page
+    assert f"| 5-fold walk-forward (2 folds at a time) | {walk:.1f} s |" in page
+    assert f"**{speed['ratio']:.2f}x** (bar {speed['bar']}x: **not met**)" in page and speed["ratio"] > speed["bar"]

@@ -526,3 +526,23 @@ def test_the_tear_sheet_shows_dates_for_daily_bars_and_times_for_intraday_ones()
     assert _stamp("2008-08-15T00:00:00") == "2008-08-15"
     assert _stamp("2008-08-15 00:00:00") == "2008-08-15"
     assert _stamp("2008-08-15T13:30:00") == "2008-08-15 13:30:00"
+
+
+@pytest.mark.parametrize(
+    ("name", "n_bars", "first", "last"),
+    [
+        ("googl", 2335, "2009-05-22", "2018-08-29"),
+        ("eurusd", 6225, "2017-01-01 22:00", "2017-12-29 21:00"),
+        ("sp500", 5031, "1999-01-04", "2018-12-31"),
+    ],
+)
+def test_bench_real_reads_each_shipped_series_as_documented(tmp_path, name, n_bars, first, last):
+    from trm_act.envs import load_ohlcv
+
+    from trm_act.bench.real import write_series
+
+    frame = load_ohlcv(write_series(name, tmp_path))  # the CSV --data reads, checked against the package's file
+    assert len(frame) == n_bars
+    assert (frame.index[0], frame.index[-1]) == (pd.Timestamp(first), pd.Timestamp(last))
+    assert frame.index.is_monotonic_increasing and np.isfinite(frame.to_numpy()).all()
+    assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
