@@ -16,9 +16,10 @@ from trm_act.act import (
     act_step,
     draw_min_steps,
     first_halt_step,
+    halt_rows,
     halt_rule,
 )
-from trm_act.model import MIXERS, RecurrentTRM, TRMConfig
+from trm_act.model import MIXERS, RecurrentTRM, StepOutput, TRMCarry, TRMConfig
 
 MIXER_NAMES = sorted(MIXERS)
 
@@ -483,3 +484,26 @@ def test_learning_more_steps_pay_and_halting_adapts_to_difficulty():
         f"mean steps easy {steps[easy].mean():.2f} vs hard {steps[hard].mean():.2f}"
     )
     assert steps[easy].mean() + 1.5 <= steps[hard].mean(), (steps[easy].mean(), steps[hard].mean())
+
+
+def test_halt_rows_gives_a_lone_row_the_answer_it_gets_in_a_batch():
+    # A step whose rows do not interact (elementwise in x and the carry), with halting that varies by row: the
+    # lone-row path of halt_rows must return what the batched path returns for that row.
+    def step(x: torch.Tensor, carry: TRMCarry) -> StepOutput:
+        rate = torch.sigmoid(x.mean(dim=(1, 2), keepdim=True) * 20)  # (B, 1, 1) in (0, 1), row by row
+        y = carry.y + rate + 0.01 * x.sin()  # (B, W, D)
+        proposal = carry.belief + y.mean(dim=(1, 2))[:, None]  # (B, D)
+        halt = y.mean(dim=(1, 2)) * 2 - 3  # (B,) crosses 0 after about 1.5 / rate steps
+        return StepOutput(y[:, 0, :8].float(), halt, TRMCarry(y, carry.z, carry.belief, proposal))
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8)  # (B, W, D)
+    zeros = torch.zeros(6, 4, 8)
+    carry = TRMCarry(zeros, zeros, torch.randn(6, 8), torch.zeros(6, 8))
+    batched = halt_rows(step, x, carry, max_steps=5, num_classes=8)
+    assert batched.steps.unique().numel() >= 3 and (batched.steps == 5).any()  # different steps, some at the cap
+    for i in range(6):
+        alone = halt_rows(step, x[i : i + 1], carry.select(slice(i, i + 1)), max_steps=5, num_classes=8)
+        assert alone.steps.tolist() == batched.steps[i : i + 1].tolist() and alone.row_steps == batched.steps[i]
+        for name in ("task_logits", "halt_logits", "belief", "actions"):
+            assert torch.equal(getattr(alone, name), getattr(batched, name)[i : i + 1]), name
