@@ -487,8 +487,8 @@ def test_learning_more_steps_pay_and_halting_adapts_to_difficulty():
 
 
 def test_halt_rows_gives_a_lone_row_the_answer_it_gets_in_a_batch():
-    # A step whose rows do not interact (elementwise in x and the carry), with halting that varies by row: the
-    # lone-row path of halt_rows must return what the batched path returns for that row.
+    # A step whose rows do not interact (elementwise in x and the carry), with halting that varies by row: halt_rows
+    # must give a row alone what it gives that row in a batch that shrinks as rows halt (what a stream relies on).
     def step(x: torch.Tensor, carry: TRMCarry) -> StepOutput:
         rate = torch.sigmoid(x.mean(dim=(1, 2), keepdim=True) * 20)  # (B, 1, 1) in (0, 1), row by row
         y = carry.y + rate + 0.01 * x.sin()  # (B, W, D)

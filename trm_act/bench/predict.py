@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['mean_steps']:.2f} |"
         )
     print()
-    print(f"torch compiled: warm-up with the compile {compile_s['torch compiled']:.1f} s (eager: {compile_s['torch eager']:.2f} s)")
+    print(
+        f"torch compiled: warm-up with the compile {compile_s['torch compiled']:.1f} s "
+        f"(eager: {compile_s['torch eager']:.2f} s)"
+    )
     for name, instruments, r in rows:
         if instruments == 1:
             verdict = "PASS" if r["p99_ms"] <= BAR_P99_MS else "FAIL"

@@ -61,27 +61,22 @@ class Series:
     """The importable package that ships it (installed by the ``bench`` extra)."""
     file: str
     """Its path inside the package."""
-    description: str
     time_column: str | None = None
     """With ``time_format``: the timestamp column, parsed with that explicit format (None: the loader's own)."""
     time_format: str | None = None
 
 
 SERIES: dict[str, Series] = {
-    "googl": Series(
-        "gym_anytrading", "datasets/data/STOCKS_GOOGL.csv", "daily Alphabet (GOOGL) stock, 2009-2018"
-    ),
+    "googl": Series("gym_anytrading", "datasets/data/STOCKS_GOOGL.csv"),  # daily Alphabet stock, 2009-2018
     "eurusd": Series(
         "gym_anytrading",
-        "datasets/data/FOREX_EURUSD_1H_ASK.csv",
-        "hourly EUR/USD (ask), 2017",
+        "datasets/data/FOREX_EURUSD_1H_ASK.csv",  # hourly EUR/USD (ask), 2017
         time_column="Time",
         time_format="%d.%m.%Y %H:%M:%S.%f",
     ),
     "sp500": Series(
         "arch",
-        "data/sp500/sp500.csv.gz",
-        "daily S&P 500 index, 1999-2018",
+        "data/sp500/sp500.csv.gz",  # the daily S&P 500 index, 1999-2018
         time_column="Date",
         time_format="%m/%d/%Y",
     ),
