@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -14,6 +15,7 @@ from trm_act.act import ACTState, act_predict, act_step
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.evaluation import plan_walk, predict
 from trm_act.model import RecurrentTRM, TRMConfig
+from trm_act.supervision import deep_supervision
 from trm_act.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -208,7 +210,7 @@ def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp
         trainer.train_step()
         decisions = np.array(trainer.env.state_dict()["decision"])
         moved = decisions != decisions_before  # (B,) slots that committed a decision
-        new_episode = moved & (decisions != decisions_before + 1)  # the env started a new episode
+        new_episode = moved & (decisions != decisions_before + trainer.hop)  # the env started a new episode
         belief = trainer.state.carry.belief
         for slot in range(8):
             if new_episode[slot]:
@@ -222,11 +224,30 @@ def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp
     assert seen_reset and seen_kept
 
 
+def test_a_belief_trains_on_every_phase_of_its_stride(tmp_path):
+    """On the fixed 4-bar grid evaluation walks, a belief model would train on a quarter of the windows (and
+    overfit them); the trainer walks the 1-bar grid, a slot hopping 4 decisions per commit from a random start."""
+    trainer = Trainer(belief_config(unroll=True, batch_size=32), tmp_path)
+    assert trainer.hop == 4 and trainer.env.config.stride == 1
+    assert trainer.env.config.episode_length == (5 - 1) * 4 + 1  # 5 decisions of 4 bars each, as configured
+    starts = trainer.info["t"].copy()
+    assert len(np.unique(starts % 4)) > 1  # episodes start at different phases of the stride
+    new_episodes = []
+    commit = trainer._commit
+    trainer._commit = lambda actions, mask: new_episodes.append(commit(actions, mask)[1]) or (None, new_episodes[-1])
+    trainer.train_step()  # unrolled: every slot commits one decision
+    [new_episode] = new_episodes
+    kept = ~new_episode
+    assert kept.any()
+    np.testing.assert_array_equal(trainer.info["t"][kept] - starts[kept], 4)  # the evaluation cadence
+
+
 @pytest.mark.slow
-def test_belief_runs_resume_exactly(tmp_path):
-    full = Trainer(belief_config(), tmp_path / "full")
+@pytest.mark.parametrize("train", [{}, {"unroll": True, "bptt_decisions": 2}], ids=["continual", "bptt"])
+def test_belief_runs_resume_exactly(tmp_path, train):
+    full = Trainer(belief_config(**train), tmp_path / "full")
     full.fit()
-    split = Trainer(belief_config(), tmp_path / "split", [StopAt(5)])
+    split = Trainer(belief_config(**train), tmp_path / "split", [StopAt(5)])
     assert split.fit() is None
     resumed = Trainer.from_checkpoint(tmp_path / "split")
     torch.testing.assert_close(resumed.state.carry.belief, split.state.carry.belief, rtol=0, atol=0)
@@ -234,3 +255,51 @@ def test_belief_runs_resume_exactly(tmp_path):
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed.last_report.metrics["model"]["pnl"] == full.last_report.metrics["model"]["pnl"]
+
+
+def test_bptt_backpropagates_through_consecutive_decisions(tmp_path):
+    """train.bptt_decisions=2: one optimizer step is two decisions of every slot's stream, the second starting
+    from the belief the first left, graph included; the last belief carries on, detached."""
+    trainer = Trainer(belief_config(unroll=True, bptt_decisions=2), tmp_path)
+    model, loss_fn = copy.deepcopy(trainer.model), copy.deepcopy(trainer.loss_fn)
+    generator = torch.Generator().set_state(trainer.generator.get_state())
+    batches, new_episodes = [], []
+    batch, commit = trainer._batch, trainer._commit
+
+    def recording_batch():
+        batches.append((*batch(), torch.from_numpy(trainer.info["strategy_pnl"]).float()))
+        return batches[-1][:3]
+
+    def recording_commit(actions, mask):
+        new_episodes.append(torch.from_numpy(commit(actions, mask)[1]))
+        return None, new_episodes[-1].numpy()
+
+    trainer._batch, trainer._commit = recording_batch, recording_commit
+    trainer.train_step()
+
+    initial = model.init_carry(8).belief
+    start = initial.clone().requires_grad_(True)  # (B, D) the belief before the first decision
+    belief, losses = start, []
+    for (obs, labels, label_pnl, trade_pnl), new_episode in zip(batches, new_episodes, strict=True):
+        result = deep_supervision(model, loss_fn, obs, labels, trade_pnl, label_pnl, generator=generator, belief=belief)
+        losses.append(result.loss)
+        belief = torch.where(new_episode[:, None], initial, result.belief)  # (B, D)
+    assert len(losses) == 2
+    assert float(trainer._last_loss) == pytest.approx(float((losses[0] + losses[1]).detach() / 2), rel=1e-6)
+    torch.testing.assert_close(trainer.state.carry.belief, belief.detach(), rtol=0, atol=0)
+    assert not trainer.state.carry.belief.requires_grad
+    # The second decision's loss reaches the first decision's belief, through the belief it was handed.
+    (grad,) = torch.autograd.grad(losses[1], start)
+    kept = ~new_episodes[0]
+    assert kept.any() and grad[kept].abs().sum() > 0
+    assert grad[~kept].abs().sum() == 0  # a slot that started a new episode begins from the initial belief
+
+
+def test_bptt_needs_unroll_and_a_belief():
+    with pytest.raises(ValueError, match=r"train.bptt_decisions=4 .* needs --unroll and --carry belief"):
+        ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(bptt_decisions=4))
+    with pytest.raises(ValueError, match=r"train.bptt_decisions=4 .* needs --unroll and --carry belief"):
+        ExperimentConfig(train=TrainConfig(unroll=True, bptt_decisions=4))
+    with pytest.raises(ValueError, match=r"train.bptt_decisions must be a positive int; got 0"):
+        TrainConfig(bptt_decisions=0)
+    ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(unroll=True, bptt_decisions=4))

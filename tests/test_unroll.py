@@ -9,8 +9,6 @@ import pytest
 import torch
 from helpers import StopAt, tiny_config
 
-from trm_act.config import ExperimentConfig, TrainConfig
-from trm_act.model import TRMConfig
 from trm_act.supervision import deep_supervision
 from trm_act.trainer import Trainer
 
@@ -79,11 +77,6 @@ def test_an_unrolled_run_resumes_exactly(tmp_path):
     assert resumed.step == full.step == config.train.steps
     for name, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
-
-
-def test_unroll_refuses_a_belief():
-    with pytest.raises(ValueError, match=r"train.unroll .* cannot carry a belief .* drop --unroll or use --carry fresh"):
-        ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(unroll=True))
 
 
 def test_unroll_refuses_a_process_group(tmp_path, monkeypatch):

@@ -95,14 +95,29 @@ class TrainConfig:
     supervised (the adapters' loop, trm_act.supervision.deep_supervision), instead of one reasoning step per
     slot with a carry that continues into the next optimizer step. It sees batch_size decisions per optimizer
     step at any max_steps, as a one-step model does, for max_steps times the compute; the continual carry sees
-    batch_size / (mean steps). Fresh carry only, one process."""
+    batch_size / (mean steps). With a belief, each slot walks its episode's decisions in order (see
+    bptt_decisions). One process."""
+    bptt_decisions: int = 1
+    """With --unroll and --carry belief: consecutive decisions of each slot's episode per optimizer step, the
+    belief handed from one to the next with its graph, so backpropagation reaches back that many decisions
+    (truncated BPTT over the stream; the belief still carries on, detached, into the next optimizer step).
+    1 = each decision's gradient stops at its own belief. Costs bptt_decisions times the compute per step:
+    lower batch_size to keep the decisions per step."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
     (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
     run on a machine spends ~30 s compiling, later runs load the cached kernels in ~3 s (README, speed)."""
 
     def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "train_stride", "checkpoint_every", "log_every", "eval_batch_size")
+        positive = (
+            "steps",
+            "batch_size",
+            "train_stride",
+            "checkpoint_every",
+            "log_every",
+            "eval_batch_size",
+            "bptt_decisions",
+        )
         for name in positive:
             value = getattr(self, name)
             if name == "train_stride" and value is None:
@@ -167,10 +182,11 @@ class ExperimentConfig:
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.train.unroll and self.model.carry == "belief":
+        if self.train.bptt_decisions > 1 and not (self.train.unroll and self.model.carry == "belief"):
             raise ValueError(
-                "train.unroll replays every decision from a fresh carry, so it cannot carry a belief "
-                "(model.carry='belief'); drop --unroll or use --carry fresh."
+                f"train.bptt_decisions={self.train.bptt_decisions} backpropagates through a belief carried "
+                "across decisions, which needs --unroll and --carry belief; add both, or set "
+                "--bptt-decisions 1."
             )
         derived = {"window": self.env.window, "n_features": N_FEATURES, "num_classes": len(STRATEGIES)}
         if any(getattr(self.model, name) != value for name, value in derived.items()):

@@ -346,6 +346,9 @@ class StepOutput(NamedTuple):
     task_logits: torch.Tensor
     halt_logits: torch.Tensor
     carry: TRMCarry
+    proposal: torch.Tensor | None = None
+    """(B, D) belief mode: ``carry.proposal`` with its graph, for a trainer that backpropagates through
+    consecutive decisions (``train.bptt_decisions``); None with a fresh carry."""
 
 
 class RecurrentTRM(nn.Module):
@@ -464,7 +467,7 @@ class RecurrentTRM(nn.Module):
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype
         next_carry = TRMCarry(y, z) if proposal is None else TRMCarry(y, z, carry.belief, proposal)
-        return StepOutput(task_logits, halt_logits, next_carry.detach().to(dtype=carry_dtype))
+        return StepOutput(task_logits, halt_logits, next_carry.detach().to(dtype=carry_dtype), proposal)
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         return self.step(self.encode(obs), carry)

@@ -213,6 +213,9 @@ class Supervised(NamedTuple):
     task_logits: Tensor
     """(B, C) detached task logits of each decision's answer: at the step it first halted (the last
     iteration's for a decision still running)."""
+    belief: Tensor | None = None
+    """(B, D) belief mode: the belief after each decision (the proposal of the step its answer comes from),
+    with its graph, to hand to the next decision of the slot's stream; None with a fresh carry."""
 
 
 def deep_supervision(
@@ -227,6 +230,7 @@ def deep_supervision(
     exploration_prob: float | None = None,
     generator: torch.Generator | None = None,
     stats: SupervisionStats | None = None,
+    belief: Tensor | None = None,
 ) -> Supervised:
     """Every reasoning step of a batch of decisions, each supervised by TRMLoss: one loss for one optimizer step.
 
@@ -241,8 +245,12 @@ def deep_supervision(
     trainer's ``info["label_pnl"]``. A slot whose halting rule fires commits its answer (reward: its
     ``strategy_pnl``) and starts its decision again from a fresh carry, with a new exploration floor
     (``exploration_prob``, default ``model.config.halt_exploration_prob`` in training mode and 0 in eval mode)
-    and, in belief mode, the initial belief: a shuffled batch has no stream to carry a belief along. The
-    "priced" halt target looks one step ahead (:func:`trm_act.supervision.look_ahead`), as the trainer does.
+    and the belief its decision started from. The "priced" halt target looks one step ahead
+    (:func:`trm_act.supervision.look_ahead`), as the trainer does.
+
+    ``belief`` (B, D), belief mode: what each slot believed before its decision, graph included, so that a
+    trainer walking a stream backpropagates through consecutive decisions (``train.bptt_decisions``); None
+    = the initial belief (a shuffled batch, as the adapters train, has no stream to carry one along).
 
     Shapes: obs (B, W, F), labels (B,) int, strategy_pnl (B, C) each strategy's realized PnL over the trade's
     horizon, label_pnl (B, C) over the labels' horizon (None: strategy_pnl, the labels' horizon is the trade's).
@@ -251,9 +259,10 @@ def deep_supervision(
     None records them in a fresh :class:`SupervisionStats` whose tags join ``metrics``.
 
     Returns:
-        ``Supervised(loss, metrics, task_logits)``: the mean over iterations of TRMLoss's total (with gradient),
-        the means over iterations of ``loss/*`` and, without ``stats``, the tags of :class:`SupervisionStats`
-        (``halt/*``, ``train/accuracy``, ``train/pnl``) over the iterations, and each decision's answer logits.
+        ``Supervised(loss, metrics, task_logits, belief)``: the mean over iterations of TRMLoss's total (with
+        gradient), the means over iterations of ``loss/*`` and, without ``stats``, the tags of
+        :class:`SupervisionStats` (``halt/*``, ``train/accuracy``, ``train/pnl``) over the iterations, each
+        decision's answer logits and, in belief mode, the belief after it.
     """
     config = model.config
     iterations = config.max_steps if iterations is None else iterations
@@ -275,8 +284,14 @@ def deep_supervision(
     total = obs.new_zeros((), dtype=torch.float32)
     sums: dict[str, Tensor] = {}
     answer = None  # (B, C) logits of each decision's first committed answer
+    start = None  # (B, D) belief mode: the belief every iteration's decision starts from
+    if getattr(model, "has_belief", False):
+        start = state.carry.belief if belief is None else belief
+    after = None  # (B, D) the belief after each decision: the proposal of its answer's step
     pending = torch.ones(batch, dtype=torch.bool, device=device)  # (B,) not committed yet
     for _ in range(iterations):
+        if start is not None:  # a slot that halted replays its own decision, from the same belief
+            state = dataclasses.replace(state, carry=dataclasses.replace(state.carry, belief=start))
         steps = state.steps + 1  # (B,) the reasoning step each slot runs now
         out, state, halted = act_step(
             model,
@@ -296,6 +311,8 @@ def deep_supervision(
                 sums[name] = sums.get(name, 0.0) + parts[name].detach()
         logits = out.task_logits.detach()
         answer = logits if answer is None else torch.where(pending[:, None], logits, answer)
+        if start is not None:
+            after = out.proposal if after is None else torch.where(pending[:, None], out.proposal, after)
         pending = pending & ~halted
 
         halted_np, steps_np = halted.cpu().numpy(), steps.cpu().numpy()  # one host sync per iteration
@@ -307,15 +324,10 @@ def deep_supervision(
                 (done == labels[halted]).cpu().numpy(),
                 rewards[rows[halted], done].cpu().numpy(),
             )
-            # The slot's next decision is its own again, not a later one of a stream: no belief carries over.
-            if getattr(model, "has_belief", False):
-                state = dataclasses.replace(
-                    state, carry=state.carry.reset(halted, model.init_carry(batch, device=device))
-                )
 
     loss = total / iterations
     metrics = {LOSS_TAGS[name]: float(value) / iterations for name, value in sums.items()}
     metrics["loss/total"] = float(loss.detach())
     if own_stats:
         metrics |= stats.scalars()
-    return Supervised(loss, metrics, answer)
+    return Supervised(loss, metrics, answer, after)

@@ -117,6 +117,16 @@ class Trainer:
         self.timings = PhaseTimes()
         self._started = time.perf_counter()
         train_env = dataclasses.replace(config.env, split="train", stride=config.train_stride)
+        # A belief is revised every train_stride bars, the cadence evaluation walks at. On a fixed grid of that
+        # stride a belief model would see only 1 / train_stride of the training windows (and overfit them), so
+        # its env runs on the 1-bar grid and a slot hops train_stride decisions per commit: every episode walks
+        # the stride from its own random phase. `hop` = 1 with a fresh carry.
+        self.hop = config.train_stride if config.model.carry == "belief" else 1
+        if self.hop > 1:
+            length = config.env.episode_length
+            train_env = dataclasses.replace(
+                train_env, stride=1, episode_length=None if length is None else (length - 1) * self.hop + 1
+            )
         with self.timings.recording():
             self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
             self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
@@ -187,15 +197,10 @@ class Trainer:
         No device-to-host sync except the halted mask and actions the envs need, and, every
         ``log_every`` steps, the scalars that are logged (nanoGPT's rule: .item() only when logging).
         """
-        train, max_steps = self.config.train, self.model_config.max_steps
-        obs = torch.from_numpy(self.obs).to(self.device)  # (B, W, F)
-        labels = torch.from_numpy(self.info["label"]).to(self.device)  # (B,)
-        # Supervision speaks about the labels' horizon: with env.label_horizon set, the profit weight and the
-        # expected-PnL term use info["label_pnl"], like the labels; rewards stay the trades' realized PnL.
-        supervision = self.info.get("label_pnl", self.info["strategy_pnl"])
-        strategy_pnl = torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
-        if train.unroll:
-            return self._unrolled_step(obs, labels, strategy_pnl)
+        if self.config.train.unroll:
+            return self._unrolled_step()
+        max_steps = self.model_config.max_steps
+        obs, labels, strategy_pnl = self._batch()
         steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
 
         self.forward_model.train()
@@ -225,7 +230,7 @@ class Trainer:
         self.window.record_step(halted_np, steps_np, out.halt_logits, parts["halt_target_rate"])  # stays on device
         if halted_np.any():
             correct = actions_np[halted_np] == self.info["label"][halted_np]  # before the env moves the slots on
-            self.obs, rewards, _, truncated, self.info = self.env.step_masked(actions_np, halted_np)
+            rewards, truncated = self._commit(actions_np, halted_np)
             # The env's reward: realized PnL of the commit.
             self.window.record_commits(steps_np[halted_np], correct, rewards[halted_np])
             if getattr(self.model, "has_belief", False) and truncated.any():  # a new episode starts with no belief
@@ -233,6 +238,29 @@ class Trainer:
 
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
         return self._logs_if_due(parts, grad_norm, chosen_pnl)
+
+    def _commit(self, actions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The slots in ``mask`` (B,) commit ``actions`` (B,) and move ``self.hop`` decisions on (a slot whose
+        episode ends on the way starts its next one and stops there). Returns the rewards (B,) of the committed
+        decisions (their realized PnL) and which slots started a new episode (B,)."""
+        self.obs, rewards, _, truncated, self.info = self.env.step_masked(actions, mask)
+        new_episode = truncated.copy()  # (B,)
+        for _ in range(self.hop - 1):
+            mask = mask & ~new_episode  # (B,)
+            if not mask.any():
+                break
+            self.obs, _, _, truncated, self.info = self.env.step_masked(actions, mask)
+            new_episode |= truncated
+        return rewards, new_episode
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The slots' current decisions on the device: obs (B, W, F), labels (B,), supervision PnL (B, 8)."""
+        obs = torch.from_numpy(self.obs).to(self.device)  # (B, W, F)
+        labels = torch.from_numpy(self.info["label"]).to(self.device)  # (B,)
+        # Supervision speaks about the labels' horizon: with env.label_horizon set, the profit weight and the
+        # expected-PnL term use info["label_pnl"], like the labels; rewards stay the trades' realized PnL.
+        supervision = self.info.get("label_pnl", self.info["strategy_pnl"])
+        return obs, labels, torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
 
     def _optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward, clip, one optimizer and scheduler step, the EMA update; returns the gradient norm (if clipped)."""
@@ -252,33 +280,53 @@ class Trainer:
         self.window.optimizer_steps += 1
         return grad_norm
 
-    def _unrolled_step(self, obs: torch.Tensor, labels: torch.Tensor, supervision_pnl: torch.Tensor) -> Logs:
+    def _unrolled_step(self) -> Logs:
         """``train.unroll``: every reasoning step of the slots' decisions, one optimizer step, every slot commits.
 
         Each decision commits the answer of the step it first halted at (its last step if none did), as
-        evaluation would; the iterations are recorded in the log window like the continual step's.
+        evaluation would; the iterations are recorded in the log window like the continual step's. In belief
+        mode each slot walks ``train.bptt_decisions`` consecutive decisions of its episode, each starting from
+        the belief the previous one left (graph included), and keeps the last belief, detached, for the next
+        optimizer step.
         """
-        trade_pnl = torch.from_numpy(self.info["strategy_pnl"]).to(self.device, torch.float32)  # (B, 8)
+        has_belief = getattr(self.model, "has_belief", False)
+        belief = self.state.carry.belief if has_belief else None  # (B, D) detached: where the last step left off
+        decisions = self.config.train.bptt_decisions
         self.forward_model.train()
-        with self._autocast():
-            result = deep_supervision(
-                self.forward_model,
-                self.loss_fn,
-                obs,
-                labels,
-                trade_pnl,
-                supervision_pnl,
-                generator=self.generator,
-                stats=self.window,
-            )
-        self._last_loss = result.loss.detach()
-        grad_norm = self._optimize(result.loss)
-        actions = result.task_logits.argmax(dim=-1)  # (B,)
-        commit = np.ones(len(actions), dtype=bool)
-        self.obs, _, _, _, self.info = self.env.step_masked(actions.cpu().numpy(), commit)
-        parts = {name: result.metrics[tag] for name, tag in LOSS_TAGS.items() if tag in result.metrics}
-        chosen_pnl = supervision_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
-        return self._logs_if_due(parts, grad_norm, chosen_pnl)
+        total, sums, chosen = 0.0, {}, []
+        for _ in range(decisions):
+            obs, labels, supervision_pnl = self._batch()
+            trade_pnl = torch.from_numpy(self.info["strategy_pnl"]).to(self.device, torch.float32)  # (B, 8)
+            with self._autocast():
+                result = deep_supervision(
+                    self.forward_model,
+                    self.loss_fn,
+                    obs,
+                    labels,
+                    trade_pnl,
+                    supervision_pnl,
+                    generator=self.generator,
+                    stats=self.window,
+                    belief=belief,
+                )
+            total = total + result.loss
+            for name, tag in LOSS_TAGS.items():
+                if tag in result.metrics:
+                    sums[name] = sums.get(name, 0.0) + result.metrics[tag] / decisions
+            actions = result.task_logits.argmax(dim=-1)  # (B,)
+            chosen.append(supervision_pnl.gather(1, actions[:, None]).squeeze(1))  # (B,)
+            _, truncated = self._commit(actions.cpu().numpy(), np.ones(len(actions), dtype=bool))
+            if has_belief:
+                belief = result.belief
+                if truncated.any():  # a new episode starts with no belief
+                    initial = self.model.init_carry(len(truncated), device=self.device).belief  # (B, D)
+                    belief = torch.where(torch.from_numpy(truncated).to(self.device)[:, None], initial, belief)
+        loss = total / decisions
+        self._last_loss = loss.detach()
+        grad_norm = self._optimize(loss)
+        if has_belief:
+            self.state = dataclasses.replace(self.state, carry=self.state.carry.with_belief(belief.detach()))
+        return self._logs_if_due(sums, grad_norm, torch.cat(chosen))
 
     def _logs_if_due(
         self, parts: dict[str, Any], grad_norm: torch.Tensor | None, chosen_pnl: torch.Tensor

@@ -126,7 +126,8 @@ class GRUControl(MLPControl):
     def step(self, x: torch.Tensor, carry: TRMCarry) -> StepOutput:
         state = self.cell(self.body(x), carry.belief)  # (B, hidden) the revised belief
         next_carry = TRMCarry(carry.y, carry.z, carry.belief, state.detach())
-        return StepOutput(self.task_head(state).float(), self.halt_head(state).float().squeeze(-1), next_carry)
+        task, halt = self.task_head(state).float(), self.halt_head(state).float().squeeze(-1)  # (B, C), (B,)
+        return StepOutput(task, halt, next_carry, state)
 
 
 def _default(config: ExperimentConfig) -> ExperimentConfig:
@@ -220,6 +221,22 @@ _fresh = _model_edit(carry="fresh")
 def _unrolled(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, unroll=True))
 
+def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    """A belief trained by backpropagation through ``decisions`` consecutive decisions of each slot's episode
+    (train.unroll + train.bptt_decisions), at the default's decisions per optimizer step (fewer slots)."""
+
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        train = dataclasses.replace(
+            config.train,
+            unroll=True,
+            bptt_decisions=decisions,
+            batch_size=max(config.train.batch_size // decisions, 4),
+        )
+        return dataclasses.replace(_belief(config), train=train)
+
+    return edit
+
+
 _priced = _loss_edit(halt_target="priced")
 _profitable = _loss_edit(halt_target="profitable", confidence_threshold=0.9)
 
@@ -273,6 +290,11 @@ RECIPES: dict[
     # Every reasoning step of a fresh batch per optimizer step (train.unroll): as many decisions per step as
     # one_step sees, for max_steps times the compute.
     "unrolled": (_unrolled, None),
+    # A belief trained through 8 consecutive decisions (64 bars at stride 8), batch_size / 8 slots, and its
+    # one-step twin and recurrent peer trained the same way.
+    "belief_bptt": (_bptt(8), None),
+    "belief_bptt_one_step": (_chain(_bptt(8), _one_step), None),
+    "gru_bptt": (_chain(_bptt(8), _one_step), GRUControl),
     # The regime model's number of states, for seed_loss_hmm (compared with --validation):
     **{f"seed_loss_hmm{n}": (_hmm_labels(n), None) for n in HMM_STATE_COUNTS},
 }
