@@ -194,6 +194,30 @@ def test_learn_recipes_change_only_what_they_name():
     assert RECIPES["seed_loss_hmm6"][0](base).env == dataclasses.replace(hmm.env, label_states=6)
 
 
+def test_belief_recipes_train_at_the_evaluation_cadence_and_bptt_keeps_the_decisions_per_step():
+    from trm_act.bench.learn import RECIPES, GRUControl
+    from trm_act.config import ExperimentConfig
+
+    base = ExperimentConfig()
+    for name in ("gru", "gru_bptt", "belief_priced", "belief_one_step", "belief_bptt"):
+        edited = RECIPES[name][0](base)
+        assert edited.model.carry == "belief" and edited.env.episode_length == 256, name
+        assert edited.train_stride == base.env.effective_stride, name  # the cadence evaluation walks at
+    assert RECIPES["gru"][1] is GRUControl and RECIPES["gru_bptt"][1] is GRUControl
+    bptt = RECIPES["belief_bptt"][0](base)
+    assert (bptt.train.unroll, bptt.train.bptt_decisions) == (True, 8)
+    assert bptt.train.batch_size * bptt.train.bptt_decisions == base.train.batch_size  # decisions per step
+
+
+def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():
+    from trm_act.bench.learn import SLOW_MARKET_BARS, parse_args
+
+    assert parse_args(["--market", "slow"]).bars is None  # main() fills in the family's length
+    assert SLOW_MARKET_BARS == 160_000 and parse_args(["--bars", "80000"]).bars == 80_000
+    with pytest.raises(SystemExit):
+        parse_args(["--bars", "100"])
+
+
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     from trm_act.bench.learn import main, paired_gain, summarize
 

@@ -20,6 +20,10 @@ Recipes (``--recipes``):
   at ``max_steps=1``: does thinking pay once the labels are not the bottleneck?
 - ``unrolled``: the default trained with ``train.unroll`` (every reasoning step of a fresh batch of decisions
   per optimizer step, so it sees as many decisions as ``one_step``), compared with ``one_step``;
+- ``--market slow`` recipes (issue "make reasoning steps pay"): ``belief_priced`` / ``belief_profitable`` (a
+  belief carried across decisions, with halting that prices computation or the old halting), ``fresh_*`` (the
+  same without the belief), their ``*_one_step`` twins, ``belief_bptt`` (a belief trained through 8 consecutive
+  decisions, ``train.bptt_decisions``) and the recurrent peers ``gru`` and ``gru_bptt``;
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -63,6 +67,11 @@ from trm_act.trainer import Trainer
 
 FRESH_MARKET_SEED = 1000  # fresh market k uses synthetic seed FRESH_MARKET_SEED + k
 VALIDATION_MARKET_SEED = 2000  # --validation: market k uses synthetic seed VALIDATION_MARKET_SEED + k
+# The slow market's regimes last 600 bars, so 40,000 bars hold ~53 regime spells, ~43 of them in the train split:
+# too few to learn memory from. On the validation markets every model with memory overfit them (a GRU over
+# decisions captured 23% of the regime oracle, less the longer it trained), and at 160,000 bars the same GRU
+# captured 41% against 34% for the memoryless MLP (docs/thinking.md).
+SLOW_MARKET_BARS = 160_000
 
 
 class MLPControl(nn.Module):
@@ -107,8 +116,8 @@ class GRUControl(MLPControl):
 
     The usual recurrent policy of this field (a GRU over the stream of decisions), with the belief carry
     of ``RecurrentTRM(carry="belief")``: the state is reset at episode starts, carried by the same
-    trainer and evaluation walk, and trained the same way (one decision of backpropagation). One step
-    per decision, no recursion: what a belief buys without thinking.
+    trainer and evaluation walk, and trained the same way (``gru``: one decision of backpropagation;
+    ``gru_bptt``: eight). One step per decision, no recursion: what a belief buys without thinking.
     """
 
     has_belief = True
@@ -286,7 +295,7 @@ RECIPES: dict[
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
     "belief_one_step": (_chain(_belief, _one_step), None),
-    "gru": (_one_step, GRUControl),
+    "gru": (_chain(_belief, _one_step), GRUControl),
     # Every reasoning step of a fresh batch per optimizer step (train.unroll): as many decisions per step as
     # one_step sees, for max_steps times the compute.
     "unrolled": (_unrolled, None),
@@ -602,6 +611,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="market family: the default synthetic market, or the slow preset (regimes a 32-bar window cannot "
         "tell apart); held-out, fresh and validation markets all come from it",
     )
+    parser.add_argument(
+        "--bars",
+        type=int,
+        default=None,
+        help="bars per market (default: 40,000 for the default market, "
+        f"{SLOW_MARKET_BARS:,} for the slow one, whose 40,000 bars hold too few regime spells to learn memory from)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
@@ -613,6 +629,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--recipes: unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     if args.seeds < 1 or args.markets < 0 or args.threads < 1 or args.jobs < 1:
         parser.error("--seeds, --threads and --jobs must be >= 1 and --markets >= 0")
+    if args.bars is not None and args.bars < 2_000:
+        parser.error(f"--bars {args.bars}: a market needs at least 2,000 bars to split into train and test")
     if args.quick:
         args.seeds, args.markets, args.steps = 1, 1, 30
     return args
@@ -627,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     config = ExperimentConfig()
-    synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None)
+    bars = args.bars or (SLOW_MARKET_BARS if args.market == "slow" else config.env.synthetic.n_bars)
+    synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None, n_bars=bars)
     config = dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic))
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=args.compile))
     if args.steps is not None:
