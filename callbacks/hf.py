@@ -105,12 +105,12 @@ class TRMHFModel(nn.Module):
         label_pnl: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """obs (B, W, F), labels (B,) int, strategy_pnl and label_pnl (B, C) -> ``{"loss", "logits" (B, C)}``."""
-        loss, metrics, logits = deep_supervision(self.trm, self.loss_fn, obs, labels, strategy_pnl, label_pnl)
+        result = deep_supervision(self.trm, self.loss_fn, obs, labels, strategy_pnl, label_pnl)
         if self.training:
-            for tag, value in metrics.items():
+            for tag, value in result.metrics.items():
                 self._sums[tag] = self._sums.get(tag, 0.0) + value
                 self._counts[tag] = self._counts.get(tag, 0) + 1
-        return {"loss": loss, "logits": logits}
+        return {"loss": result.loss, "logits": result.task_logits}
 
     def pop_trm_metrics(self) -> dict[str, float]:
         """Mean TRM metrics of the training forward passes since the last call, then cleared."""

@@ -258,12 +258,12 @@ class TRMLightningModule(pl.LightningModule):
         return act_predict(self.model, obs, adaptive=False).task_logits
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
-        loss, metrics, _ = deep_supervision(
+        result = deep_supervision(
             self.model, self.loss_fn, batch["obs"], batch["labels"], batch["strategy_pnl"], batch.get("label_pnl")
         )
         # Progress bar only: TensorBoard gets the TRM tags from TRMLightningCallback, at one step semantics.
-        self.log("loss", loss.detach(), prog_bar=True, logger=False)
-        return {"loss": loss, **metrics}
+        self.log("loss", result.loss.detach(), prog_bar=True, logger=False)
+        return {"loss": result.loss, **result.metrics}
 
     def on_fit_start(self) -> None:
         """Give a ``max_steps``-only run a finite epoch count, so the progress bar reads "Epoch 0/4".

@@ -58,7 +58,8 @@ def test_deep_supervision_is_the_mean_of_trmloss_over_steps(small_replay):
     model, loss_fn = RecurrentTRM(config), TRMLoss(lambda_halt=0.5)
     obs, labels, strategy_pnl = _batch(small_replay)
 
-    loss, metrics, logits = deep_supervision(model, loss_fn, obs, labels, strategy_pnl)
+    loss, metrics, logits, belief = deep_supervision(model, loss_fn, obs, labels, strategy_pnl)
+    assert belief is None  # a fresh carry has no belief to hand on
 
     carry, totals = model.init_carry(obs.shape[0]), []
     with torch.no_grad():
@@ -91,9 +92,9 @@ def test_deep_supervision_halt_statistics_follow_the_halt_rule(small_replay):
     )
     model = RecurrentTRM(config)
     obs, labels, strategy_pnl = _batch(small_replay)
-    _, metrics, _ = deep_supervision(
+    metrics = deep_supervision(
         model, TRMLoss(), obs, labels, strategy_pnl, iterations=2, exploration_prob=0.0
-    )
+    ).metrics
     # Halt head starts at +5 with zero weights: every sample wants to halt at every step -> halts at step 1,
     # and starts its decision again at the next iteration.
     assert metrics["halt/rate"] == 1.0 and metrics["halt/logit_positive_rate"] == 1.0
@@ -107,12 +108,12 @@ def test_deep_supervision_explores_like_the_trainer(small_replay):
     model = RecurrentTRM(config)
     obs, labels, strategy_pnl = _batch(small_replay)
     # Every decision draws a floor in [2, 3] (act_step's exploration): none may halt at step 1, though all want to.
-    _, metrics, _ = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl, exploration_prob=1.0)
+    metrics = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl, exploration_prob=1.0).metrics
     assert metrics["halt/hazard/step_1"] == 0.0
     assert 2.0 <= metrics["halt/mean_steps"] <= 3.0
     # Training mode takes the config's exploration (halt_exploration_prob), evaluation mode none.
     model.eval()
-    _, metrics, _ = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl)
+    metrics = deep_supervision(model, TRMLoss(), obs, labels, strategy_pnl).metrics
     assert metrics["halt/hazard/step_1"] == 1.0
 
 

@@ -199,7 +199,7 @@ def test_belief_recipes_train_at_the_evaluation_cadence_and_bptt_keeps_the_decis
     from trm_act.config import ExperimentConfig
 
     base = ExperimentConfig()
-    for name in ("gru", "gru_bptt", "belief_priced", "belief_one_step", "belief_bptt"):
+    for name in ("gru", "gru_bptt", "belief_priced", "belief_one_step", "belief_unrolled", "belief_bptt"):
         edited = RECIPES[name][0](base)
         assert edited.model.carry == "belief" and edited.env.episode_length == 256, name
         assert edited.train_stride == base.env.effective_stride, name  # the cadence evaluation walks at
@@ -207,6 +207,8 @@ def test_belief_recipes_train_at_the_evaluation_cadence_and_bptt_keeps_the_decis
     bptt = RECIPES["belief_bptt"][0](base)
     assert (bptt.train.unroll, bptt.train.bptt_decisions) == (True, 8)
     assert bptt.train.batch_size * bptt.train.bptt_decisions == base.train.batch_size  # decisions per step
+    unrolled = RECIPES["belief_unrolled"][0](base)
+    assert (unrolled.train.unroll, unrolled.train.bptt_decisions, unrolled.train.batch_size) == (True, 1, 128)
 
 
 def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():

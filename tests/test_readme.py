@@ -254,6 +254,7 @@ TABLES = {
             "learn-unroll-slow-validation-450",
             "learn-unroll-slow-validation-6000",
             "learn-one-cycle-slow-validation",
+            "learn-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

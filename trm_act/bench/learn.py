@@ -67,7 +67,7 @@ from trm_act.trainer import Trainer
 
 FRESH_MARKET_SEED = 1000  # fresh market k uses synthetic seed FRESH_MARKET_SEED + k
 VALIDATION_MARKET_SEED = 2000  # --validation: market k uses synthetic seed VALIDATION_MARKET_SEED + k
-# The slow market's regimes last 600 bars, so 40,000 bars hold ~53 regime spells, ~43 of them in the train split:
+# The slow market's regimes last 600 bars, so 40,000 bars hold ~67 regime spells, ~53 of them in the train split:
 # too few to learn memory from. On the validation markets every model with memory overfit them (a GRU over
 # decisions captured 23% of the regime oracle, less the longer it trained), and at 160,000 bars the same GRU
 # captured 41% against 34% for the memoryless MLP (docs/thinking.md).
@@ -301,6 +301,7 @@ RECIPES: dict[
     "unrolled": (_unrolled, None),
     # A belief trained through 8 consecutive decisions (64 bars at stride 8), batch_size / 8 slots, and its
     # one-step twin and recurrent peer trained the same way.
+    "belief_unrolled": (_bptt(1), None),  # every step of batch_size decisions per optimizer step, walked in order
     "belief_bptt": (_bptt(8), None),
     "belief_bptt_one_step": (_chain(_bptt(8), _one_step), None),
     "gru_bptt": (_chain(_bptt(8), _one_step), GRUControl),
@@ -324,6 +325,7 @@ THINKING_PAIRS = (
     ("Thinking pays without a belief?", "fresh_priced", "fresh_one_step"),
     ("Thinking pays with clean labels?", "regime_labels", "regime_labels_one_step"),
     ("Thinking pays when every step sees fresh decisions?", "unrolled", "one_step"),
+    ("Thinking pays with a belief, every step seeing fresh decisions?", "belief_unrolled", "belief_one_step"),
 )
 """(question, recipe, the same recipe at one reasoning step): the paired lines under the table."""
 
