@@ -364,10 +364,11 @@ class RecurrentTRM(nn.Module):
     token costs one (B, D) add. Each step reads b into the tokens (``x + read(b)``), proposes a revision
     ``b' = GRUCell(pooled y, b)`` and its heads read ``pooled y + b'``. Within a decision b stays fixed, so
     more reasoning steps refine how this window is read against the belief rather than counting the same
-    bars twice; the proposal of the halting step becomes the next decision's belief. The belief is
-    detached between decisions like the rest of the carry (truncated backpropagation of one decision):
-    the revision is trained to serve the decision at hand, and what serves it (a running summary of the
-    regime) is what the next decision needs too.
+    bars twice; the proposal of the halting step becomes the next decision's belief. The carry is
+    detached between decisions (truncated backpropagation of one decision): the revision is trained to
+    serve the decision at hand, and what serves it (a running summary of the regime) is what the next
+    decision needs too. ``StepOutput.proposal`` keeps the revision's graph for a trainer that
+    backpropagates through several decisions (``train.bptt_decisions``).
     """
 
     def __init__(self, config: TRMConfig) -> None:
