@@ -246,6 +246,7 @@ TABLES = {
     "learn-validation-labels": (lambda: learn_table("learn-validation-labels"), ["docs/results.md"]),
     "learn-slow": (lambda: learn_table("learn-slow"), ["docs/results.md"]),
     "learn-belief": (lambda: learn_table("learn-belief"), ["docs/results.md"]),
+    "learn-belief-validation": (lambda: learn_table("learn-belief-validation"), ["docs/results.md"]),
     "learn-compiled": (lambda: learn_table("learn-compiled"), ["docs/distributed.md"]),
     **{
         name: (lambda name=name: learn_table(name), ["docs/thinking.md"])
