@@ -122,6 +122,36 @@ def test_bad_fold_settings_get_one_line_errors_naming_the_flag_and_the_fix(tmp_p
         assert "\n" not in message
 
 
+def test_proportional_fold_steps_give_every_fold_as_many_passes_as_the_largest(tmp_path, market_csv):
+    config = tiny_config(market_csv, steps=40)
+    equal = make_plan(config, WalkForwardConfig(folds=3))
+    proportional = make_plan(config, WalkForwardConfig(folds=3, fold_steps="proportional"))
+    decisions = [s.train_decisions for s in proportional.slices]
+    assert decisions == sorted(decisions) and decisions[0] < decisions[-1]  # expanding: the data grows
+    jobs = [proportional.job(tmp_path, k, False) for k in range(3)]
+    steps = [job.config.train.steps for job in jobs]
+    assert steps[-1] == 40 and steps[0] < steps[-1]
+    for job, n in zip(jobs, decisions, strict=True):
+        assert job.config.train.steps == round(40 * n / decisions[-1])  # passes = steps x batch / decisions
+        assert job.info["steps"] == job.config.train.steps  # fold.json and plan.json say so
+    assert [equal.job(tmp_path, k, False).config.train.steps for k in range(3)] == [40, 40, 40]
+    with pytest.raises(ValueError, match=r"^--fold-steps sometimes: expected one of equal, proportional"):
+        WalkForwardConfig(fold_steps="sometimes")
+
+
+def test_a_plan_saved_before_fold_steps_existed_resumes_as_equal_steps(tmp_path, wf_run, market_csv):
+    root = tmp_path / "old"
+    shutil.copytree(wf_run, root)
+    plan = json.loads((root / "plan.json").read_text())
+    del plan["walkforward"]["fold_steps"]
+    (root / "plan.json").write_text(json.dumps(plan))
+    walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=2), root, stitch_only=True, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"walkforward.fold_steps \('equal' then, 'proportional' now\)"):
+        walk_forward(
+            tiny_config(market_csv), WalkForwardConfig(folds=2, fold_steps="proportional"), root, stitch_only=True
+        )
+
+
 def _errors(short: Path) -> list[ValueError]:
     out = []
     for settings in (WalkForwardConfig(folds=12), WalkForwardConfig(folds=2, embargo=140)):

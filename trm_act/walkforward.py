@@ -6,7 +6,7 @@ one track record and scored against long, best fixed, random and every fixed str
 intervals, the probabilistic and the deflated Sharpe ratio (``trm_act.stitch``, ``trm_act.stats``). Writes
 ``DIR/NAME/walkforward.json`` and the tear sheet ``DIR/NAME/report.html`` (``trm_act.tearsheet``).
 
-Walk-forward flags (``--folds``, ``--scheme``, ``--embargo``, ``--train-bars``, ``--logdir``, ``--run-name``,
+Walk-forward flags (``--folds``, ``--scheme``, ``--fold-steps``, ``--embargo``, ``--train-bars``, ``--logdir``, ``--run-name``,
 ``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read here;
 every other flag, and ``--config FILE``, is a training flag of ``python -m trm_act.train`` and sets the recipe
 each fold trains with. Folds run in parallel processes (``--jobs``, spawn, one torch thread each). Running the
@@ -59,6 +59,10 @@ STATS_SETTINGS = ("trials", "sharpe_variance", "resamples")
 RUNTIME_FIELDS = {"train": ("progress", "threads", "device", "eval_batch_size")}
 
 
+FOLD_STEPS = ("equal", "proportional")
+"""How many optimizer steps each fold trains (``WalkForwardConfig.fold_steps``)."""
+
+
 @dataclass
 class WalkForwardConfig:
     """How the data is cut into folds and how the stitched record is scored."""
@@ -78,6 +82,11 @@ class WalkForwardConfig:
     """Variance of the trials' annualised Sharpe ratios for the DSR; None = from the folds' Sharpe ratios."""
     resamples: int = 2000
     """Block-bootstrap resamples of the intervals."""
+    fold_steps: str = "equal"
+    """"equal": every fold trains train.steps optimizer steps; "proportional": fold k trains train.steps x its
+    training decisions / the largest fold's, so every fold passes over its training data as often as the largest
+    does (an expanding walk-forward's first fold holds a sixth of the data; at equal steps it passes over it six
+    times as often)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
@@ -102,6 +111,8 @@ class WalkForwardConfig:
                 f"--sharpe-variance {self.sharpe_variance}: expected a finite variance >= 0 of annualised "
                 "Sharpe ratios, or leave it out to use the folds'"
             )
+        if self.fold_steps not in FOLD_STEPS:
+            raise ValueError(f"--fold-steps {self.fold_steps}: expected one of {', '.join(FOLD_STEPS)}")
         if not isinstance(self.resamples, int) or self.resamples < 100:
             raise ValueError(f"resamples={self.resamples!r}: expected an int >= 100")
 
@@ -146,6 +157,7 @@ class Plan:
             "test_start": stamp(self.calendar[span.test_start]),
             "test_end": stamp(self.calendar[span.test_stop - 1]),
             "train_decisions": s.train_decisions,
+            "steps": self.fold_steps(s),
             "purged": s.purged,
             "embargoed": s.embargoed,
             "test_decisions": s.test_decisions,
@@ -153,12 +165,21 @@ class Plan:
             "data": f"data/fold-{span.index}.csv",
         }
 
+    def fold_steps(self, s: FoldSlice) -> int:
+        """Optimizer steps of fold ``s`` (``WalkForwardConfig.fold_steps``)."""
+        steps = self.config.train.steps
+        if self.settings.fold_steps == "equal":
+            return steps
+        largest = max(other.train_decisions for other in self.slices)
+        return max(1, round(steps * s.train_decisions / largest))
+
     def job(self, root: Path, k: int, progress: bool) -> FoldJob:
         s = self.slices[k]
+        train = dataclasses.replace(self.config.train, steps=self.fold_steps(s))
         return FoldJob(
             root=str(root),
             index=k,
-            config=self.config,
+            config=dataclasses.replace(self.config, train=train),
             csv=str((root / "data" / f"fold-{k}.csv").resolve()),
             train_fraction=s.train_fraction,
             test_fraction=s.test_fraction,
@@ -238,7 +259,9 @@ def check_same_plan(saved: dict[str, Any], new: dict[str, Any], root: Path) -> N
             f"{root}: the data changed since this walk-forward started ({saved.get('data')}); its folds were "
             "trained on other bars: pick another --run-name, or restore the data"
         )
-    settings = {k: v for k, v in saved.get("walkforward", {}).items() if k not in STATS_SETTINGS}
+    # A setting an older plan.json lacks (fold_steps) had its default then.
+    settings = dataclasses.asdict(WalkForwardConfig()) | saved.get("walkforward", {})
+    settings = {k: v for k, v in settings.items() if k not in STATS_SETTINGS}
     difference = _first_difference(
         {"walkforward": settings, "config": _without_runtime(saved.get("config", {}))},
         {
@@ -326,20 +349,25 @@ def run_folds(
         else:
             log(f"fold {record['fold']}: stopped at step {record['step']}; its checkpoint is kept")
 
+    steps = {k: plan.fold_steps(plan.slices[k]) for k in todo}
     if jobs == 1:
         for k in todo:
-            log(f"fold {k}: training ({plan.config.train.steps} steps)")
+            log(f"fold {k}: training ({steps[k]} steps)")
             done(run_fold(plan.job(root, k, progress)))
             if records[k]["status"] != "completed":  # a stop signal: start no further fold
                 break
         return records
-    log(
-        f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {plan.config.train.steps} steps each)"
+    each = (
+        f"{steps[todo[0]]} steps each"
+        if len(set(steps.values())) == 1
+        else "steps " + ", ".join(str(steps[k]) for k in todo)
     )
+    log(f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {each})")
     # At most `jobs` folds are handed to the pool at a time, so that after a stop signal no queued fold starts.
     # Workers receive a terminal's Ctrl-C (or a scheduler's SIGTERM to the job) themselves and save a checkpoint;
     # here any stop signal raises at once, and leaving the pool waits for the running folds to stop.
-    pending = list(todo)
+    # Longest first: with unequal folds (--fold-steps proportional) the last round is then the shortest.
+    pending = sorted(todo, key=lambda k: -steps[k])
     running: dict[concurrent.futures.Future, int] = {}
     with (
         concurrent.futures.ProcessPoolExecutor(
@@ -461,6 +489,13 @@ def _parser() -> argparse.ArgumentParser:
         help="expanding: train on all past bars; rolling: on the last --train-bars (default expanding)",
     )
     parser.add_argument(
+        "--fold-steps",
+        choices=FOLD_STEPS,
+        default="equal",
+        help="equal: every fold trains --steps; proportional: in proportion to its training decisions, the "
+        "largest fold training --steps (as many passes over the data in every fold; default equal)",
+    )
+    parser.add_argument(
         "--embargo",
         type=int,
         default=0,
@@ -550,6 +585,7 @@ def _settings(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> 
             "scheme": args.scheme,
             "embargo": args.embargo,
             "train_bars": args.train_bars,
+            "fold_steps": args.fold_steps,
         }
     for name in ("trials", "sharpe_variance"):
         if getattr(args, name) is not None:
