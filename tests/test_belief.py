@@ -232,9 +232,14 @@ def test_a_belief_trains_on_every_phase_of_its_stride(tmp_path):
     assert trainer.env.config.episode_length == (5 - 1) * 4 + 1  # 5 decisions of 4 bars each, as configured
     starts = trainer.info["t"].copy()
     assert len(np.unique(starts % 4)) > 1  # episodes start at different phases of the stride
-    new_episodes = []
-    commit = trainer._commit
-    trainer._commit = lambda actions, mask: new_episodes.append(commit(actions, mask)[1]) or (None, new_episodes[-1])
+    new_episodes, commit = [], trainer._commit
+
+    def recording_commit(actions, mask):
+        rewards, new_episode = commit(actions, mask)
+        new_episodes.append(new_episode)
+        return rewards, new_episode
+
+    trainer._commit = recording_commit
     trainer.train_step()  # unrolled: every slot commits one decision
     [new_episode] = new_episodes
     kept = ~new_episode

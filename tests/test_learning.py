@@ -212,10 +212,16 @@ def test_belief_recipes_train_at_the_evaluation_cadence_and_bptt_keeps_the_decis
 
 
 def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():
-    from trm_act.bench.learn import SLOW_MARKET_BARS, parse_args
+    from trm_act.bench.learn import SLOW_MARKET_BARS, base_config, parse_args
 
-    assert parse_args(["--market", "slow"]).bars is None  # main() fills in the family's length
-    assert SLOW_MARKET_BARS == 160_000 and parse_args(["--bars", "80000"]).bars == 80_000
+    def synthetic(*flags: str):
+        return base_config(parse_args(list(flags))).env.synthetic
+
+    slow, default = synthetic("--market", "slow"), synthetic()
+    assert (slow.preset, slow.n_bars) == ("slow", SLOW_MARKET_BARS) and SLOW_MARKET_BARS > default.n_bars
+    assert (default.preset, default.n_bars) == ("default", 40_000)
+    assert synthetic("--market", "slow", "--bars", "80000").n_bars == 80_000
+    assert base_config(parse_args(["--steps", "7"])).train.steps == 7
     with pytest.raises(SystemExit):
         parse_args(["--bars", "100"])
 

@@ -6,8 +6,8 @@ one track record and scored against long, best fixed, random and every fixed str
 intervals, the probabilistic and the deflated Sharpe ratio (``trm_act.stitch``, ``trm_act.stats``). Writes
 ``DIR/NAME/walkforward.json`` and the tear sheet ``DIR/NAME/report.html`` (``trm_act.tearsheet``).
 
-Walk-forward flags (``--folds``, ``--scheme``, ``--fold-steps``, ``--embargo``, ``--train-bars``, ``--logdir``, ``--run-name``,
-``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read here;
+Walk-forward flags (``--folds``, ``--scheme``, ``--fold-steps``, ``--embargo``, ``--train-bars``, ``--logdir``,
+``--run-name``, ``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read here;
 every other flag, and ``--config FILE``, is a training flag of ``python -m trm_act.train`` and sets the recipe
 each fold trains with. Folds run in parallel processes (``--jobs``, spawn, one torch thread each). Running the
 same command again, or ``--resume DIR/NAME``, continues fold by fold: finished folds are kept, an interrupted

@@ -638,6 +638,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def base_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config every recipe edits: the CLI default on the chosen market family, length, budget and compile."""
+    config = ExperimentConfig()
+    bars = args.bars or (SLOW_MARKET_BARS if args.market == "slow" else config.env.synthetic.n_bars)
+    synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None, n_bars=bars)
+    train = dataclasses.replace(config.train, compile=args.compile)
+    if args.steps is not None:
+        train = dataclasses.replace(train, steps=args.steps)
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic), train=train)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
@@ -646,13 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(summarize(runs), runs))
         return 0
     torch.set_num_threads(args.threads)
-    config = ExperimentConfig()
-    bars = args.bars or (SLOW_MARKET_BARS if args.market == "slow" else config.env.synthetic.n_bars)
-    synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None, n_bars=bars)
-    config = dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic))
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, compile=args.compile))
-    if args.steps is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=args.steps))
+    config = base_config(args)
     jobs = [(recipe, seed) for recipe in args.recipes for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory(prefix="trm-bench-learn-") as workdir:
         # Every run is deterministic on its own (one thread, its own seed), so running several at once
