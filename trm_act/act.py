@@ -250,6 +250,8 @@ def halt_rows(
     step it halted.
     """
     b = x.shape[0]
+    if b == 1:  # one stream: nothing to compact, so none of the index bookkeeping below (the same answer)
+        return _halt_one_row(step, x, carry, max_steps)
     logits = torch.zeros(b, num_classes, device=x.device)  # (B, C) filled as rows halt
     halt_logits = torch.zeros(b, device=x.device)  # (B,)
     beliefs = None if carry.belief is None else torch.empty_like(carry.belief)  # (B, D)
@@ -275,6 +277,27 @@ def halt_rows(
         active, x, carry = active[keep], x[keep], out.carry.select(keep)  # later steps see the active rows
     return ACTResult(
         logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
+    )
+
+
+def _halt_one_row(
+    step: Callable[[torch.Tensor, TRMCarry], StepOutput], x: torch.Tensor, carry: TRMCarry, max_steps: int
+) -> ACTResult:
+    """:func:`halt_rows` for a batch of one row: step until :func:`halt_rule` fires. The per-step masks and
+    scatters of the general loop cost more than a reasoning step of a compiled model (one streaming update)."""
+    taken = torch.arange(1, max_steps + 1, device=x.device)  # (S,) steps taken after each step
+    for s in range(max_steps):
+        out = step(x, carry)
+        if halt_rule(out.halt_logits, taken[s : s + 1], max_steps).item():  # one host sync, as the loop's
+            break
+        carry = out.carry
+    return ACTResult(
+        out.task_logits.argmax(-1),
+        taken[s : s + 1].clone(),
+        out.task_logits,
+        row_steps=s + 1,
+        belief=out.carry.proposal,
+        halt_logits=out.halt_logits,
     )
 
 
