@@ -11,8 +11,9 @@ Series (``--series``), read from packages of the ``bench`` extra (no network):
   bars (its dates are month first, ``1/4/1999``, parsed with their explicit format).
 
 Each series is written once as a plain OHLCV CSV into ``--out/data/`` (the format ``--data`` reads), then every
-recipe (``--recipes``, from ``trm_act.bench.learn``: ``default`` is the CLI default, ``seed_loss_hmm`` the
-seed's loss on regime-model labels) is walked forward on it with ``trm_act.walkforward``.
+recipe (``--recipes``, from ``trm_act.bench.learn``: ``default`` is the CLI default, ``fresh_priced`` the same with
+the halting that prices computation, ``seed_loss_hmm`` the seed's loss on regime-model labels) is walked forward
+on it with ``trm_act.walkforward``.
 
 Budget: the defaults fit a 2-core machine in a few minutes per series and recipe: ``--folds 3`` (expanding,
 the first quarter of the bars only trains), ``--steps 300`` optimizer steps per fold (the CLI default is
@@ -81,7 +82,7 @@ SERIES: dict[str, Series] = {
         time_format="%m/%d/%Y",
     ),
 }
-SUPPORTED_RECIPES = ("default", "seed_loss", "seed_loss_hmm", "one_step", "short_labels", "no_ema")
+SUPPORTED_RECIPES = ("default", "seed_loss", "seed_loss_hmm", "one_step", "short_labels", "no_ema", "fresh_priced")
 """Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
 
 
