@@ -507,3 +507,11 @@ def test_halt_rows_gives_a_lone_row_the_answer_it_gets_in_a_batch():
         assert alone.steps.tolist() == batched.steps[i : i + 1].tolist() and alone.row_steps == batched.steps[i]
         for name in ("task_logits", "halt_logits", "belief", "actions"):
             assert torch.equal(getattr(alone, name), getattr(batched, name)[i : i + 1]), name
+
+
+def test_halt_rows_refuses_a_max_steps_below_one():
+    model = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2))
+    x = model.encode(torch.randn(1, 8, 5))
+    for rows in (1, 3):  # the one-row path and the general loop
+        with pytest.raises(ValueError, match=r"^max_steps must be an integer >= 1, got 0"):
+            halt_rows(model.step, x.expand(rows, -1, -1), model.init_carry(rows), max_steps=0, num_classes=8)

@@ -12,8 +12,10 @@ from helpers import StopAt
 from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, build_replay
 
 from trm_act.act import ACTState, act_predict, act_step
+from trm_act.checkpoint import CheckpointError
 from trm_act.config import ExperimentConfig, LossConfig, TrainConfig
 from trm_act.evaluation import plan_walk, predict
+from trm_act.loss import TRMLoss
 from trm_act.model import RecurrentTRM, TRMConfig
 from trm_act.supervision import deep_supervision
 from trm_act.trainer import Trainer
@@ -260,6 +262,34 @@ def test_belief_runs_resume_exactly(tmp_path, train):
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed.last_report.metrics["model"]["pnl"] == full.last_report.metrics["model"]["pnl"]
+
+
+def test_a_belief_checkpoint_from_another_training_grid_is_refused(tmp_path):
+    # Its env cursors count decisions of the grid it walked: read on another grid they point at other bars.
+    trainer = Trainer(belief_config(), tmp_path)
+    state = trainer.state_dict()
+    assert state["hop"] == trainer.hop == 4
+    del state["hop"]  # as a belief run saved before its training env walked the 1-bar grid
+    with pytest.raises(CheckpointError, match=r"^checkpoint's training env moved 1 decision\(s\) per commit and this"):
+        trainer.load_state_dict(state)
+
+
+def test_a_belief_needs_episodes_that_start_anywhere(tmp_path):
+    config = belief_config()
+    config = dataclasses.replace(config, env=dataclasses.replace(config.env, episode_length=None))
+    with pytest.raises(ValueError, match=r"^--env.episode-length None with --carry belief: .* one phase of the 4-bar"):
+        Trainer(config, tmp_path)
+
+
+def test_deep_supervision_checks_the_belief_it_is_given():
+    model, fresh = belief_model(), RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, max_steps=2))
+    obs = obs_for(model, 4)
+    labels, pnl = torch.zeros(4, dtype=torch.long), torch.zeros(4, 8)
+    loss_fn = TRMLoss()
+    with pytest.raises(ValueError, match=r"^belief must have shape \(4, 16\)"):
+        deep_supervision(model, loss_fn, obs, labels, pnl, belief=torch.zeros(1, 16))
+    with pytest.raises(ValueError, match=r"^belief was given but the model has no belief"):
+        deep_supervision(fresh, loss_fn, obs, labels, pnl, belief=torch.zeros(4, 16))
 
 
 def test_bptt_backpropagates_through_consecutive_decisions(tmp_path):

@@ -26,6 +26,7 @@ __all__ = [
     "ACTState",
     "act_predict",
     "act_step",
+    "checked_belief",
     "draw_min_steps",
     "first_halt_step",
     "halt_rows",
@@ -249,6 +250,7 @@ def halt_rows(
     depend on the rows beside it. Returns each row's answer, steps, halt logit and (belief mode) belief at the
     step it halted.
     """
+    _check_max_steps(max_steps)
     b = x.shape[0]
     if b == 1:  # one stream: nothing to compact, so none of the index bookkeeping below (the same answer)
         return _halt_one_row(step, x, carry, max_steps)
@@ -278,6 +280,18 @@ def halt_rows(
     return ACTResult(
         logits.argmax(-1), steps, logits, row_steps=row_steps, belief=beliefs, halt_logits=halt_logits
     )
+
+
+def checked_belief(belief: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor:
+    """A caller's belief (B, D), checked against the model's initial one (None: the model has no belief)
+    and cast to its dtype and device."""
+    if initial is None:
+        raise ValueError("belief was given but the model has no belief (TRMConfig.carry='fresh').")
+    if belief.shape != initial.shape:
+        raise ValueError(
+            f"belief must have shape {tuple(initial.shape)} (batch, d_model), got {tuple(belief.shape)}."
+        )
+    return belief.to(initial)
 
 
 def _halt_one_row(
@@ -330,13 +344,7 @@ def act_predict(
         x = model.encode(obs)  # (B, W, D): encoded once, the input is the same at every step
         carry = model.init_carry(b, device=x.device)
         if belief is not None:
-            if carry.belief is None:
-                raise ValueError("belief was given but the model has no belief (TRMConfig.carry='fresh').")
-            if belief.shape != carry.belief.shape:
-                raise ValueError(
-                    f"belief must have shape {tuple(carry.belief.shape)} (batch, d_model), got {tuple(belief.shape)}."
-                )
-            carry = carry.with_belief(belief.to(carry.belief))
+            carry = carry.with_belief(checked_belief(belief, carry.belief))
         if not adaptive:
             step_actions = []
             for _ in range(max_steps):

@@ -330,7 +330,8 @@ class TRMCarry:
         return TRMCarry(y, z, _rows_where(mask, self.proposal, self.belief), self.proposal)  # (B, D)
 
     def with_belief(self, belief: torch.Tensor) -> TRMCarry:
-        """The same carry with the decision's belief (B, D) replaced (``act_predict``'s explicit belief in)."""
+        """The same carry with the decision's belief (B, D) replaced (a caller's explicit belief: ``act_predict``'s,
+        or the one the unrolled trainer carries from one optimizer step to the next)."""
         return TRMCarry(self.y, self.z, belief, belief)
 
     def detach(self) -> TRMCarry:

@@ -97,6 +97,7 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "ema": None if trainer.ema is None else trainer.ema.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
+        "hop": trainer.hop,
         **own,
         "ranks": gathered[1:] if gathered is not None else None,
     }
@@ -126,6 +127,15 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
             f"checkpoint was written by {saved_world} process(es) and this run has {trainer.dist.world_size}; "
             f"the env state is not re-sharded, so resume with the same world size "
             f"(torchrun --nproc_per_node={saved_world}, or plain python for 1)."
+        )
+    # The env cursors count decisions of the training env's grid, which Trainer.hop sets. A checkpoint without
+    # the field was written before a belief's training env moved to the 1-bar grid (its cursors count strides).
+    saved_hop = int(state.get("hop", 1))
+    if saved_hop != trainer.hop:
+        raise CheckpointError(
+            f"checkpoint's training env moved {saved_hop} decision(s) per commit and this trainer moves "
+            f"{trainer.hop} (a belief run saved before its training env walked the 1-bar grid): its env cursors "
+            "point at other bars here; start a new run (its weights load with trm_act.Policy.load)."
         )
     if trainer.dist.rank > 0:
         state = {**state, **state["ranks"][trainer.dist.rank - 1]}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trm_act.act import ACTState, act_step
+from trm_act.act import ACTState, act_step, checked_belief
 from trm_act.callbacks.logger import COMPONENT_TAGS
 from trm_act.loss import TRMLoss
 from trm_act.model import RecurrentTRM, StepOutput
@@ -285,8 +285,10 @@ def deep_supervision(
     sums: dict[str, Tensor] = {}
     answer = None  # (B, C) logits of each decision's first committed answer
     start = None  # (B, D) belief mode: the belief every iteration's decision starts from
-    if getattr(model, "has_belief", False):
-        start = state.carry.belief if belief is None else belief
+    if belief is not None:
+        start = checked_belief(belief, state.carry.belief)
+    elif getattr(model, "has_belief", False):
+        start = state.carry.belief
     after = None  # (B, D) the belief after each decision: the proposal of its answer's step
     pending = torch.ones(batch, dtype=torch.bool, device=device)  # (B,) not committed yet
     for _ in range(iterations):
@@ -311,8 +313,9 @@ def deep_supervision(
                 sums[name] = sums.get(name, 0.0) + parts[name].detach()
         logits = out.task_logits.detach()
         answer = logits if answer is None else torch.where(pending[:, None], logits, answer)
-        if start is not None:
-            after = out.proposal if after is None else torch.where(pending[:, None], out.proposal, after)
+        if start is not None:  # in the carry's dtype, as the continual trainer carries it (not autocast's)
+            proposal = out.proposal.to(start.dtype)  # (B, D)
+            after = proposal if after is None else torch.where(pending[:, None], proposal, after)
         pending = pending & ~halted
 
         halted_np, steps_np = halted.cpu().numpy(), steps.cpu().numpy()  # one host sync per iteration

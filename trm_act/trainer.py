@@ -124,9 +124,13 @@ class Trainer:
         self.hop = config.train_stride if config.model.carry == "belief" else 1
         if self.hop > 1:
             length = config.env.episode_length
-            train_env = dataclasses.replace(
-                train_env, stride=1, episode_length=None if length is None else (length - 1) * self.hop + 1
-            )
+            if length is None:  # whole-split episodes all start at the split's first bar: one phase only
+                raise ValueError(
+                    f"--env.episode-length None with --carry belief: every episode would start at the first bar "
+                    f"of the split, so training would see one phase of the {self.hop}-bar stride, every slot in "
+                    "lockstep; set --env.episode-length (the belief recipes use 256)."
+                )
+            train_env = dataclasses.replace(train_env, stride=1, episode_length=(length - 1) * self.hop + 1)
         with self.timings.recording():
             self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
             self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself

@@ -22,8 +22,10 @@ Recipes (``--recipes``):
   per optimizer step, so it sees as many decisions as ``one_step``), compared with ``one_step``;
 - ``--market slow`` recipes (issue "make reasoning steps pay"): ``belief_priced`` / ``belief_profitable`` (a
   belief carried across decisions, with halting that prices computation or the old halting), ``fresh_*`` (the
-  same without the belief), their ``*_one_step`` twins, ``belief_bptt`` (a belief trained through 8 consecutive
-  decisions, ``train.bptt_decisions``) and the recurrent peers ``gru`` and ``gru_bptt``;
+  same without the belief), their ``*_one_step`` twins, ``belief_unrolled`` (a belief trained with ``train.unroll``,
+  walking each slot's episode in order), ``belief_bptt`` (a belief trained through 8 consecutive decisions,
+  ``train.bptt_decisions``) and its one-step twin ``belief_bptt_one_step``, and the recurrent peers ``gru`` and
+  ``gru_bptt``;
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -232,7 +234,8 @@ def _unrolled(config: ExperimentConfig) -> ExperimentConfig:
 
 def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
     """A belief trained by backpropagation through ``decisions`` consecutive decisions of each slot's episode
-    (train.unroll + train.bptt_decisions), at the default's decisions per optimizer step (fewer slots)."""
+    (train.unroll + train.bptt_decisions), at the default's decisions per optimizer step: batch_size / decisions
+    slots (at least 4), each walking ``decisions`` decisions."""
 
     def edit(config: ExperimentConfig) -> ExperimentConfig:
         train = dataclasses.replace(
