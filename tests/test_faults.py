@@ -516,5 +516,6 @@ def test_bench_memory_prints_each_phase_of_the_run_from_its_timings(capsys):
         sum(float(rows[name].split("|")[column].strip(" s")) for name in (*PHASES, "start-up and other"))
         for column in (2, 3)
     ]
-    assert parts == pytest.approx(seconds, abs=0.2)  # the phases and the rest add up to the wall time
+    # The phases and the rest add up to the wall time, up to the rounding of each printed 0.1 s cell (the total's too).
+    assert parts == pytest.approx(seconds, abs=0.05 * (len(PHASES) + 2) + 1e-9)
     assert "slowest phase:" in out and "the bar of 90 s" in out and "the bar of 1.5 GiB" in out
