@@ -181,11 +181,11 @@ def labels_table() -> str:
     return markdown([label_quality(h, threshold) for h in HORIZONS], threshold)
 
 
-def real_table() -> str:
-    # What `python -m trm_act.bench real --from-json trm_act/bench/results/real/real.json` prints.
+def real_table(name: str = "real") -> str:
+    # What `python -m trm_act.bench real --from-json trm_act/bench/results/<name>/real.json` prints.
     from trm_act.bench.real import markdown
 
-    saved = json.loads((RESULTS / "real" / "real.json").read_text())
+    saved = json.loads((RESULTS / name / "real.json").read_text())
     return markdown(saved["rows"], argparse.Namespace(**saved["budget"]))
 
 
@@ -261,6 +261,7 @@ TABLES = {
     },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
+    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced")},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
 }
