@@ -7,8 +7,8 @@ intervals, the probabilistic and the deflated Sharpe ratio (``trm_act.stitch``, 
 ``DIR/NAME/walkforward.json`` and the tear sheet ``DIR/NAME/report.html`` (``trm_act.tearsheet``).
 
 Walk-forward flags (``--folds``, ``--scheme``, ``--fold-steps``, ``--embargo``, ``--train-bars``, ``--logdir``,
-``--run-name``, ``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read here;
-every other flag, and ``--config FILE``, is a training flag of ``python -m trm_act.train`` and sets the recipe
+``--run-name``, ``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read
+here; every other flag, and ``--config FILE``, is a training flag of ``python -m trm_act.train`` and sets the recipe
 each fold trains with. Folds run in parallel processes (``--jobs``, spawn, one torch thread each). Running the
 same command again, or ``--resume DIR/NAME``, continues fold by fold: finished folds are kept, an interrupted
 one resumes from its checkpoint. ``--fold k`` runs fold k alone (a cluster job array can run the folds on many

@@ -24,8 +24,8 @@ best: say so when quoting them.
 ``--speed`` measures the walk-forward's cost instead: on ``sp500`` (a real 5,031-bar daily CSV), one bare default
 training run (``python -m trm_act.train --data sp500.csv``, 1,500 steps) and then a 5-fold walk-forward of the same
 default recipe (``python -m trm_act.walkforward --data sp500.csv --folds 5``, its default ``--jobs``: one fold per
-core), each as its own process, one after the other; it prints both wall times and their ratio against the bar of
-2.5 (``speed.json`` in ``--out``).
+core), then the same with ``--fold-steps proportional``, each as its own process, one after the other; it prints the
+wall times and each walk-forward's ratio to the single run against the bar of 2.5 (``speed.json`` in ``--out``).
 
 Writes ``real.json`` and ``real.md`` into ``--out`` and prints the table. Walk-forward directories are kept
 in ``--out/<series>-<recipe>/``; running the command again continues them (finished folds are kept).
