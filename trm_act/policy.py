@@ -15,12 +15,15 @@ a belief model's read and GRU cell) are computed as row-wise sums instead, by fo
 B. Their outputs can differ from ``act_predict``'s in the last bits (a different decision only where logits tie
 to that precision).
 
-``compile=True`` runs the reasoning step through ``torch.compile`` (inductor's C++ kernels, a C++ wrapper
-and a batch dimension that may vary): one step of the default model costs ~0.2 ms for one row on one thread
-against ~1 ms eager, which spends it in ~300 tiny op dispatches. The first decision pays the compile (~15-25 s
-on a machine, a few seconds once inductor's disk cache holds it). A compiled step rounds differently from the
-eager one (last bits, ~1e-6), so a compiled and an eager policy may differ on a decision whose logits tie to
-that precision; among themselves, a compiled stream and a compiled ``decide`` agree bit for bit (tested).
+``compile=True`` runs the reasoning step through inductor's C++ kernels: a batch of several rows through
+``torch.compile`` (a C++ wrapper and a batch dimension that may vary), and a lone row (a stream's decision)
+through :class:`trm_act.aoti.LoneRowStep`, the same graph compiled ahead of time and called without Dynamo's
+guards. One step of the default model costs ~0.15 ms for one row on one thread that way, ~0.25 ms through
+``torch.compile`` and ~1 ms eager, which spends it in ~300 tiny op dispatches. The first decision of each kind
+pays its compile (~15-25 s on a machine, a few seconds once the disk caches hold it). A compiled step rounds
+differently from the eager one (last bits, ~1e-6), so a compiled and an eager policy may differ on a decision
+whose logits tie to that precision; among themselves, a compiled stream and a compiled ``decide`` agree bit for
+bit (tested).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from trm_act.act import halt_rows
+from trm_act.aoti import LoneRowStep
 from trm_act.checkpoint import CheckpointError, checkpoint_path, corrupt, load_checkpoint
 from trm_act.compiled import has_cxx_compiler
 from trm_act.model import RecurrentTRM, StepOutput, TRMCarry, TRMConfig
@@ -117,6 +121,7 @@ class TorchEngine:
         check_compile(compile)
         self.compiled = compile
         self._reason = self._flat_step
+        self._lone_row: LoneRowStep | None = None  # built at the first one-row step (compile on the CPU)
         if compile:  # one graph for every batch size (and one for a lone row: torch specialises size 1)
             self._reason = torch.compile(
                 self._flat_step, dynamic=True, fullgraph=True, options={"cpp_wrapper": True}
@@ -139,6 +144,12 @@ class TorchEngine:
         # contiguous: the initial carry is a broadcast view, which a compiled graph would meet as a second
         # input layout (a second graph)
         tensors = (x, carry.y, carry.z, carry.belief, carry.proposal)
+        if self.compiled and x.shape[0] == 1 and x.device.type == "cpu":  # a stream's step: the AOT library
+            present = tuple(t.contiguous() for t in tensors if t is not None)
+            if self._lone_row is None:
+                self._lone_row = LoneRowStep(self.model, self._flat_step, present)
+            task, halt, *state = self._lone_row(*present)
+            return StepOutput(task, halt, TRMCarry(*state))
         task, halt, *state = self._reason(*(None if t is None else t.contiguous() for t in tensors))
         return StepOutput(task, halt, TRMCarry(*state))
 
