@@ -256,6 +256,8 @@ TABLES = {
             "learn-unroll-slow-validation-450",
             "learn-unroll-slow-validation-6000",
             "learn-one-cycle-slow-validation",
+            "learn-last-bar",
+            "learn-slow-last-bar",
             "learn-slow-validation",
         )
     },

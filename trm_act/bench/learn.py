@@ -13,6 +13,8 @@ Recipes (``--recipes``):
 - ``one_step``: the default at ``max_steps=1``: does thinking for more steps pay?
 - ``mlp``: a recursion-free MLP over the flattened window, same loss, trainer and budget;
 - ``mlp_window16``: the same MLP over a 16-bar window, the window it does best with on validation markets;
+- ``mlp_last_bar`` (not run unless named): the same MLP on the decision bar's features alone, whose EWMs are
+  the only memory it has;
 - ``seed_loss_hmm``: the seed's loss on labels from a regime model fitted to the train split
   (``env.label_source="hmm"``, see ``trm_act.envs.regimes``), which real data allows too;
 - ``regime_labels``: the seed's loss with clean supervision, each decision labelled with its true regime's
@@ -172,6 +174,10 @@ def _one_step_window16(config: ExperimentConfig) -> ExperimentConfig:
     return _one_step(_window16(config))
 
 
+def _one_step_last_bar(config: ExperimentConfig) -> ExperimentConfig:
+    return _one_step(dataclasses.replace(config, env=dataclasses.replace(config.env, window=1)))
+
+
 def _no_ema(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, ema_decay=0.0))
 
@@ -274,6 +280,9 @@ RECIPES: dict[
     "mlp": (_one_step, MLPControl),
     # The same control over the 16-bar window it does best with on the validation markets (a fair peer).
     "mlp_window16": (_one_step_window16, MLPControl),
+    # The same control on the decision bar's features alone: what the features' own memory (their EWMs of
+    # trend, autocorrelation and volatility) hands every model before any model remembers anything.
+    "mlp_last_bar": (_one_step_last_bar, MLPControl),
     "seed_loss_hmm": (_hmm_labels(), None),
     # Controls with clean supervision: does thinking pay once the labels are not the bottleneck?
     "regime_labels": (_regime_labels, None),
