@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from trm_act.callbacks import Callback
 from trm_act.envs import SyntheticMarketConfig, TradeReplayConfig, generate_synthetic_market
 
@@ -88,6 +89,16 @@ def bars(n_bars: int = 2000, seed: int = 7, **synthetic: object) -> pd.DataFrame
     the true regime column: what a user's CSV holds. Indexed by ``timestamp``."""
     config = SyntheticMarketConfig(seed=seed, n_bars=n_bars, **synthetic)
     return generate_synthetic_market(config).drop(columns="regime")
+
+
+def varied_halting(model, obs: torch.Tensor) -> None:
+    """Give ``model`` a halt head whose decisions depend on the input: a random head, biased so that about half
+    of ``obs`` (N, W, F) halts after one step and the rest later (a 30-step run has not learned to halt yet)."""
+    with torch.no_grad():
+        model.halt_head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+        model.halt_head.bias.zero_()
+        out = model.step(model.encode(obs), model.init_carry(len(obs)))
+        model.halt_head.bias.fill_(-float(out.halt_logits.median()))
 
 
 def write_bars(path: Path, n_bars: int = 2000, seed: int = 7, **to_csv: object) -> Path:
@@ -169,3 +180,15 @@ def wait_for_steps(process: subprocess.Popen, steps: int, total: int, timeout: f
     raise AssertionError(
         f"no progress to step {steps} within {timeout} s:\n{seen.decode(errors='replace')[-3000:]}"
     )
+
+
+def stopped_training(logdir: Path, name: str, signum: int, after_steps: int, **flags: object) -> tuple[int, str, Path]:
+    """Start ``python -m trm_act.train`` for 100,000 steps of the tiny config (``flags``: its changes), send it
+    ``signum`` once its progress bar shows ``after_steps`` steps, and return its exit status, its stderr and its
+    run directory."""
+    command = tiny_flags(progress=True, **flags)
+    process = start("-m", "trm_act.train", *command, "--steps", "100000", "--logdir", str(logdir), "--run-name", name)
+    seen = wait_for_steps(process, after_steps, total=100000)
+    process.send_signal(signum)
+    _, rest = process.communicate(timeout=60)
+    return process.returncode, seen + rest, logdir / name

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import python, start, tiny_flags, wait_for_steps, write_bars
+from helpers import python, start, stopped_training, tiny_flags, write_bars
 from tb_events import REQUIRED_SCALARS, read_events
 
 from trm_act.checkpoint import load_checkpoint
@@ -97,14 +97,10 @@ def test_sigint_leaves_a_loadable_checkpoint_and_readable_events(tmp_path):
     # Every step logs: the step that a stop ends on is then logged wherever the signal lands (when it lands in a
     # step's callbacks, the trainer stops after that step without logging it unless it is a log step; a test in
     # test_faults checks the stop of a step that does not log).
-    flags = tiny_flags(env__synthetic__n_bars=1500, log_every=1, checkpoint_every=1000, progress=True)
-    process = start("-m", "trm_act.train", *flags, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "ctrlc")
-    run_dir = tmp_path / "ctrlc"
-    seen = wait_for_steps(process, 5, total=100000)  # its progress bar: a few steps trained
-    process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=60)
-    stderr = seen + rest
-    assert process.returncode == 130, stderr
+    status, stderr, run_dir = stopped_training(
+        tmp_path, "ctrlc", signal.SIGINT, 5, env__synthetic__n_bars=1500, log_every=1, checkpoint_every=1000
+    )
+    assert status == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
 
     checkpoint = load_checkpoint(run_dir)

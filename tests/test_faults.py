@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import FakeClock, start, tiny_flags, wait_for_steps
+from helpers import FakeClock, stopped_training, tiny_flags
 from helpers import tiny_config as helpers_tiny_config
 from tb_events import read_events
 from trm_act.callbacks import Callback, TensorBoardCallback
@@ -81,14 +81,10 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 
 def test_sigterm_to_the_cli_checkpoints_exits_143_and_resume_continues(tmp_path, cli):
-    flags = tiny_flags(log_every=2, checkpoint_every=1000, progress=True)
-    process = start("-m", "trm_act.train", *flags, "--steps", "100000", "--logdir", str(tmp_path), "--run-name", "term")
-    run_dir = tmp_path / "term"
-    seen = wait_for_steps(process, 3, total=100000)  # its progress bar: a few steps trained
-    process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=60)
-    stderr = seen + rest
-    assert process.returncode == 143, stderr
+    status, stderr, run_dir = stopped_training(
+        tmp_path, "term", signal.SIGTERM, 3, log_every=2, checkpoint_every=1000
+    )
+    assert status == 143, stderr
     assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr and f"--resume {run_dir}" in stderr
     step = load_checkpoint(run_dir)["step"]
     assert 0 < step < 100000

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from helpers import WINDOW, bars, python, tiny_runs
 from helpers import tiny_run_config as tiny_config
+from helpers import varied_halting as with_halting
 from trm_act.envs import (
     STRATEGIES,
     build_replay,
@@ -42,15 +43,9 @@ def market(seed: int = 7, n_bars: int = 800) -> pd.DataFrame:
 
 
 def varied_halting(policy: Policy) -> Policy:
-    """A halt head that fires on some windows after one step and on others later (see test_policy)."""
-    model = policy.model
+    """The policy with a halt head that fires on some windows after one step and on others later (helpers)."""
     rng = np.random.default_rng(0)
-    obs = torch.from_numpy(rng.standard_normal((256, WINDOW, 10)).astype(np.float32))
-    with torch.no_grad():
-        model.halt_head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-        model.halt_head.bias.zero_()
-        out = model.step(model.encode(obs), model.init_carry(len(obs)))
-        model.halt_head.bias.fill_(-float(out.halt_logits.median()))
+    with_halting(policy.model, torch.from_numpy(rng.standard_normal((256, WINDOW, 10)).astype(np.float32)))
     return policy
 
 

@@ -13,6 +13,7 @@ import torch
 from helpers import HORIZON, REPO, WINDOW, python
 from helpers import bars as market
 from helpers import tiny_run_config as tiny_config
+from helpers import varied_halting as with_halting
 from trm_act.envs import (
     STRATEGIES,
     TradeReplayConfig,
@@ -37,17 +38,10 @@ def runs(trained_runs) -> dict[str, Path]:
 
 
 def varied_halting(policy: Policy, frame: pd.DataFrame) -> Policy:
-    """Give the policy a halt head whose decisions depend on the input: about half the windows halt after
-    one step, the rest after two or three (a 30-step run has not learned to halt yet)."""
-    model = policy.model
+    """The policy with a halt head that halts about half of ``frame``'s windows after one step (see helpers)."""
     feats = compute_features(*(frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume")))
     windows = np.lib.stride_tricks.sliding_window_view(feats, (WINDOW, feats.shape[1]))[1::7, 0]
-    obs = torch.from_numpy(np.ascontiguousarray(windows))  # (N, W, F)
-    with torch.no_grad():
-        model.halt_head.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-        model.halt_head.bias.zero_()
-        out = model.step(model.encode(obs), model.init_carry(len(obs)))
-        model.halt_head.bias.fill_(-float(out.halt_logits.median()))
+    with_halting(policy.model, torch.from_numpy(np.ascontiguousarray(windows)))  # (N, W, F)
     return policy
 
 
