@@ -66,6 +66,10 @@ def test_a_lone_row_step_follows_the_model_through_its_steps_and_its_live_weight
     again = LoneRowStep(model, flat(model), example)
     assert again.package == lone.package and lone.package.is_file()
 
+    assert lone.fits()
+    model.double()  # in place: the same tensor objects, now float64, which the library would read as float32
+    assert not lone.fits()
+
 
 @torch.no_grad()
 def test_the_cache_key_follows_the_graph_and_the_kernel_settings(monkeypatch):

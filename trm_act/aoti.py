@@ -6,7 +6,8 @@ Python wrappers around them. The same graph compiled by AOTInductor into a share
 C++ runner costs ~0.15 ms (``python -m trm_act.bench predict`` measures the stream end to end).
 
 The model's parameters and buffers are inputs of the compiled graph, not constants baked into it, so the
-library reads the live weights (``load_state_dict`` after building keeps working) and does not depend on them.
+library reads the live weights (``load_state_dict`` after building keeps working) and does not depend on them;
+:meth:`LoneRowStep.fits` tells the caller when the weights changed dtype, device or shape under it.
 The library depends only on the traced graph, torch's version and the CPU features the kernels target, so it
 is cached on disk under inductor's cache directory (``TORCHINDUCTOR_CACHE_DIR``; by default under the system
 temp folder), keyed by a hash of those: the first build on a machine takes ~15-20 s, later ones load in ~2 s
@@ -72,6 +73,7 @@ class LoneRowStep:
     ) -> None:
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         self._weights = list(state.values())  # live tensors: load_state_dict copies into them
+        self._specs = [_spec(t) for t in self._weights]
         wrapper = _WeightsAsInputs(_Stepper(model, flat_step), list(state), len(example))
         # distinct copies: export traces two inputs that are one tensor (a fresh carry's belief and proposal)
         # as one input, and the library would then read one for the other
@@ -86,6 +88,16 @@ class LoneRowStep:
 
     def __call__(self, *carry: torch.Tensor) -> list[torch.Tensor]:
         return self._run([*carry, *self._weights])
+
+    def fits(self) -> bool:
+        """Whether the weights still have the dtypes, devices and shapes the library was built for (``model.to``
+        and ``model.double`` change them in place, and the library would read them as float32 regardless).
+        A parameter replaced by a new tensor object (``load_state_dict(..., assign=True)``) is not seen."""
+        return all(_spec(t) == spec for t, spec in zip(self._weights, self._specs, strict=True))
+
+
+def _spec(t: torch.Tensor) -> tuple[torch.dtype, torch.device, torch.Size]:
+    return t.dtype, t.device, t.shape
 
 
 def _package_path(program: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> Path:

@@ -157,6 +157,8 @@ class TorchEngine:
     def run(self, obs: np.ndarray, belief: np.ndarray | None) -> Outcome:
         """Halt each of the B rows of ``obs`` (B, W, F) by :func:`halt_rule`; ``belief`` (B, D) or None."""
         model, max_steps = self.model, self.max_steps
+        if self._lone_row is not None and not self._lone_row.fits():  # the model changed dtype or device
+            self._lone_row = None
         x = model.encode(torch.from_numpy(obs))  # (B, W, D) encoded once: the input is the same at every step
         b = x.shape[0]
         carry = model.init_carry(b, device=x.device)
