@@ -14,6 +14,7 @@ import tyro
 
 from trm_act.shapes import WINDOW
 
+from .features import FEATURE_SETS
 from .synthetic import RegimeSpec, SyntheticMarketConfig
 from .universe import is_glob
 
@@ -64,6 +65,11 @@ class TradeReplayConfig:
     instead of stopping at the first; only for a universe."""
     window: int = WINDOW
     """Bars per observation: the observation at decision bar t holds the features of bars t-window+1..t."""
+    features: Literal["all", "bar"] = "all"
+    """Which features each bar's row holds (trm_act.envs.features.FEATURE_SETS): "all" (the 10 features, some
+    of them exponentially weighted summaries of many earlier bars) or "bar" (the 6 that describe the bar itself
+    against long-run scales, so that a window of W bars holds W bars of evidence: a research setting for models
+    that must integrate evidence themselves)."""
     horizon: int = 8
     """Bars each trade lasts: a decision at bar t trades over bars t+1..t+horizon."""
     label_horizon: int | None = 32
@@ -131,6 +137,8 @@ class TradeReplayConfig:
             raise ValueError(
                 f"label_horizon={self.label_horizon!r}: expected an int >= 1 (bars) or None (= horizon)"
             )
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features={self.features!r}: expected one of {tuple(FEATURE_SETS)}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
         if not _is_int(self.label_states) or self.label_states < 2:

@@ -25,6 +25,22 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": FEATURE_NAMES,
+    # Each bar's own shape, in units of long-run scales: nothing that summarises earlier bars' returns (momentum,
+    # trend and autocorr carry tens to hundreds of bars of their direction and dependence, vol_ratio ~10 bars of
+    # their size), so a window of W bars holds W bars of evidence and integrating more is left to the model.
+    "bar": ("ret", "range", "body", "close_loc", "gap", "volume_z"),
+}
+"""The feature sets an env can give its observations (``TradeReplayConfig.features``)."""
+
+
+def feature_columns(feature_set: str) -> list[int]:
+    """Columns of :func:`compute_features`' output that ``feature_set`` keeps, in FEATURE_NAMES order."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"features={feature_set!r}: expected one of {tuple(FEATURE_SETS)}")
+    return [FEATURE_NAMES.index(name) for name in FEATURE_SETS[feature_set]]
+
 SHORT_VOL_HALFLIFE = 10.0  # bars; reacts within a regime (mean regime lengths are 80-150 bars)
 LONG_VOL_HALFLIFE = 500.0  # bars; a "normal" volatility level to compare against
 VOLUME_HALFLIFE = 500.0  # bars

@@ -25,7 +25,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import SPLITS, TradeReplayConfig
-from .features import FEATURE_NAMES, compute_features
+from .features import FEATURE_NAMES, FEATURE_SETS, compute_features, feature_columns
 from .market import bars_per_year, load_ohlcv
 from .regimes import fit_regime_hmm, most_probable_states
 from .strategies import N_STRATEGIES, STRATEGIES, strategy_positions, trade_pnl
@@ -276,8 +276,9 @@ class ReplayData:
     """True when the data came in a multi-instrument form (directory, glob, long file, dict)."""
     skipped: tuple[str, ...]
     """Why each skipped instrument file was skipped (only with skip_bad_files=True)."""
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    """The name of each column of ``features`` (TradeReplayConfig.features picks them)."""
 
-    feature_names = FEATURE_NAMES
     strategy_names = STRATEGIES
 
     def __repr__(self) -> str:
@@ -466,6 +467,7 @@ def _build(
     label_horizon: int | None = None,
     label_source: str = "hindsight",
     label_states: int = 16,
+    features: str = "all",
 ) -> ReplayData:
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
@@ -539,6 +541,9 @@ def _build(
         replay = dataclasses.replace(replay, labels=_readonly(regime_oracle_labels(replay)))
     elif label_source == "hmm":
         replay = dataclasses.replace(replay, labels=_readonly(_regime_model_labels(replay, label_states)))
+    if features != "all":  # after the labels: the regime model reads ret and volume_z of the full set
+        kept = np.ascontiguousarray(market.features[:, feature_columns(features)])  # (T, F') a copy
+        replay = dataclasses.replace(replay, features=_readonly(kept), feature_names=FEATURE_SETS[features])
     return replay
 
 
@@ -590,6 +595,7 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.effective_label_horizon,
         config.label_source,
         config.label_states,
+        config.features,
     )
     with phase(LABELS):  # trade PnL and labels of every decision (a cached build costs nothing)
         if isinstance(config.data, pd.DataFrame | dict):

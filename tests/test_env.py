@@ -581,6 +581,7 @@ def test_unknown_keyword_is_named_with_the_valid_ones(make):
 def test_every_config_field_is_an_env_keyword(name):
     value = {
         "window": 12,
+        "features": "bar",
         "horizon": 6,
         "label_horizon": 10,
         "label_source": "regime",

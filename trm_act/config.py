@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from trm_act.envs import STRATEGIES, TradeReplayConfig
-from trm_act.envs.features import N_FEATURES
+from trm_act.envs.features import FEATURE_SETS
 from trm_act.evaluation import EVAL_BATCH_SIZE
 from trm_act.loss import LossConfig, recipe_loss
 from trm_act.model import TRMConfig
@@ -188,7 +188,11 @@ class ExperimentConfig:
                 "across decisions, which needs --unroll and --carry belief; add both, or set "
                 "--bptt-decisions 1."
             )
-        derived = {"window": self.env.window, "n_features": N_FEATURES, "num_classes": len(STRATEGIES)}
+        derived = {
+            "window": self.env.window,
+            "n_features": len(FEATURE_SETS[self.env.features]),
+            "num_classes": len(STRATEGIES),
+        }
         if any(getattr(self.model, name) != value for name, value in derived.items()):
             self.model = dataclasses.replace(self.model, **derived)
 

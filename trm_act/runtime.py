@@ -36,7 +36,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from trm_act.envs import STRATEGIES
-from trm_act.envs.features import FEATURE_NAMES, compute_features
+from trm_act.envs.features import FEATURE_NAMES, compute_features, feature_columns
 from trm_act.envs.market import SMALLEST_PRICE, load_ohlcv
 from trm_act.envs.universe import is_universe, load_universe
 from trm_act.stream_features import FeatureState, FeatureStream
@@ -238,10 +238,13 @@ class DecisionRuntime:
                 f"env.window={self.env['window']} but the model reads windows of {engine.window} bars; pass "
                 "the env options the model was trained with"
             )
-        if engine.n_features != len(FEATURE_NAMES):
+        feature_set = self.env.get("features", "all")  # runs saved before env.features had all of them
+        self.columns = feature_columns(feature_set)
+        """The columns of compute_features' output the model reads (env.features)."""
+        if engine.n_features != len(self.columns):
             raise ValueError(
-                f"the model reads {engine.n_features} features per bar but the env computes "
-                f"{len(FEATURE_NAMES)}; pass a model trained on this version's features"
+                f"the model reads {engine.n_features} features per bar but env.features={feature_set!r} has "
+                f"{len(self.columns)}; pass the env options the model was trained with"
             )
         self.window = engine.window
         self.has_belief = engine.has_belief
@@ -296,8 +299,9 @@ class DecisionRuntime:
                 continue
             features = compute_features(
                 *(frame[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
-            )  # (T, F)
+            )  # (T, all features)
             _check_features(features, frame.attrs.get("source", symbol))
+            features = np.ascontiguousarray(features[:, self.columns])  # (T, F) the env's feature set
             windows = sliding_window_view(features, (self.window, features.shape[1]))[
                 :, 0
             ]  # (T-W+1, W, F) a view
@@ -594,7 +598,7 @@ class PolicyStream:
             )
         window = np.empty_like(self._window)  # (W, F)
         window[:-1] = self._window[1:]
-        window[-1] = row
+        window[-1] = row[self.runtime.columns]  # the env's feature set
         t = self.bars  # this bar's position in the stream
         decides = t >= self.runtime.window and (t - self.runtime.window) % self.runtime.stride == 0
         return _Pending(parsed, state, window, decides)
