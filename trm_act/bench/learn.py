@@ -37,6 +37,10 @@ for two of them): the only data recipes are chosen on. The candidate-recipe abla
 ``max_steps8`` doubles its reasoning steps; ``seed_loss_hmm<n>`` (n in ``HMM_STATE_COUNTS``) gives the regime
 model of ``seed_loss_hmm`` n states.
 
+``--features bar`` gives every recipe ``env.features="bar"``: each bar's own shape only, without the features
+that summarise earlier bars, so a recipe must integrate the evidence of its window (and, with a belief, of its
+past) itself.
+
 Writes ``learn.json`` and ``learn.md`` into ``--out`` and prints the markdown table. Run it with
 ``--threads 1`` on a shared machine; ``--quick`` is a smoke test, not a measurement.
 """
@@ -297,6 +301,7 @@ RECIPES: dict[
     # The architecture choices of the default, each undone on its own (compared with --validation):
     "post_norm": (_model_edit(norm="post"), None),  # TRM's post-norm blocks
     "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
+    "global_attention_one_step": (_chain(_model_edit(attn_radius=0, pool="mean"), _one_step), None),
     "window16": (_window16, None),  # 16 bars of past instead of 32
     "no_ema": (_no_ema, None),  # evaluate the raw weights, not their moving average
     # Issue "make reasoning steps pay": fresh vs persistent belief, each with the old halting ("confident and
@@ -408,7 +413,7 @@ def run_one(
         )
     return {
         "recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "compiled": trainer.compiled,
-        "markets": rows,
+        "features": config.env.features, "markets": rows,
     }  # fmt: skip
 
 
@@ -523,7 +528,8 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     lines = [
         f"{n_seeds} seeds x ({markets}); PnL columns are means per market; the regime oracle earns "
         f"{summary[0]['regime_oracle_pnl']:+.2f} per market"
-        + (f", the filter bound {bounds[0]:+.2f}." if bounds else "."),
+        + (f", the filter bound {bounds[0]:+.2f}." if bounds else ".")
+        + (" Features: each bar's own shape only (`--features bar`)." if runs[0].get("features") == "bar" else ""),
         "",
         header,
     ]
@@ -632,6 +638,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bars per market (default: 40,000 for the default market, "
         f"{SLOW_MARKET_BARS:,} for the slow one, whose 40,000 bars hold too few regime spells to learn memory from)",
     )
+    parser.add_argument(
+        "--features",
+        choices=("all", "bar"),
+        default="all",
+        help="env.features of every recipe: all (the default features, some of them EWMs of many earlier bars) "
+        "or bar (each bar's own shape only, so that integrating evidence is left to the model)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
@@ -651,14 +664,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace) -> ExperimentConfig:
-    """The config every recipe edits: the CLI default on the chosen market family, length, budget and compile."""
+    """The config every recipe edits: the CLI default on the chosen market family, length, features, budget and
+    compile."""
     config = ExperimentConfig()
     bars = args.bars or (SLOW_MARKET_BARS if args.market == "slow" else config.env.synthetic.n_bars)
     synthetic = dataclasses.replace(config.env.synthetic, preset=args.market, regimes=None, n_bars=bars)
     train = dataclasses.replace(config.train, compile=args.compile)
     if args.steps is not None:
         train = dataclasses.replace(train, steps=args.steps)
-    return dataclasses.replace(config, env=dataclasses.replace(config.env, synthetic=synthetic), train=train)
+    env = dataclasses.replace(config.env, synthetic=synthetic, features=args.features)
+    return dataclasses.replace(config, env=env, train=train)
 
 
 def main(argv: list[str] | None = None) -> int:
