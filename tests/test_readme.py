@@ -258,6 +258,9 @@ TABLES = {
             "learn-one-cycle-slow-validation",
             "learn-last-bar",
             "learn-slow-last-bar",
+            "learn-bar-validation",
+            "learn-bar-global-validation",
+            "learn-bar-slow-validation",
             "learn-slow-validation",
         )
     },
