@@ -59,6 +59,9 @@ def test_a_lone_row_step_follows_the_model_through_its_steps_and_its_live_weight
     model.load_state_dict(other.state_dict())  # copies into the tensors the library reads
     assert_close(chain(lone, model, x, 3), chain(flat(model), model, x, 3))
 
+    lone.package.write_bytes(b"not a package")  # a damaged cache entry is built again
+    assert_close(chain(LoneRowStep(model, flat(model), example), model, x, 3), chain(flat(model), model, x, 3))
+
     def no_build(*args):
         raise AssertionError("the cached library was rebuilt")
 

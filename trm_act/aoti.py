@@ -83,7 +83,11 @@ class LoneRowStep:
         package = _package_path(program, inputs)
         if not package.is_file():
             _build(program, package)
-        self._run = _load(package)
+        try:
+            self._run = _load(package)
+        except (RuntimeError, OSError, ValueError):  # a damaged cache entry: build it again
+            _build(program, package)
+            self._run = _load(package)
         self.package = package
 
     def __call__(self, *carry: torch.Tensor) -> list[torch.Tensor]:
