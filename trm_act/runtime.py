@@ -301,7 +301,8 @@ class DecisionRuntime:
                 *(frame[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close", "volume"))
             )  # (T, all features)
             _check_features(features, frame.attrs.get("source", symbol))
-            features = np.ascontiguousarray(features[:, self.columns])  # (T, F) the env's feature set
+            if len(self.columns) != features.shape[1]:
+                features = np.ascontiguousarray(features[:, self.columns])  # (T, F) the env's feature set
             windows = sliding_window_view(features, (self.window, features.shape[1]))[
                 :, 0
             ]  # (T-W+1, W, F) a view
