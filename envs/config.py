@@ -14,7 +14,7 @@ import tyro
 
 from trm_act.shapes import WINDOW
 
-from .features import FEATURE_SETS
+from .features import feature_columns
 from .synthetic import RegimeSpec, SyntheticMarketConfig
 from .universe import is_glob
 
@@ -137,8 +137,7 @@ class TradeReplayConfig:
             raise ValueError(
                 f"label_horizon={self.label_horizon!r}: expected an int >= 1 (bars) or None (= horizon)"
             )
-        if self.features not in FEATURE_SETS:
-            raise ValueError(f"features={self.features!r}: expected one of {tuple(FEATURE_SETS)}")
+        feature_columns(self.features)  # a ValueError naming the sets when it is none of them
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
         if not _is_int(self.label_states) or self.label_states < 2:

@@ -18,9 +18,9 @@ to that precision).
 ``compile=True`` runs the reasoning step through inductor's C++ kernels: a batch of several rows through
 ``torch.compile`` (a C++ wrapper and a batch dimension that may vary), and a lone row (a stream's decision)
 through :class:`trm_act.aoti.LoneRowStep`, the same graph compiled ahead of time and called without Dynamo's
-guards. One step of the default model costs ~0.15 ms for one row on one thread that way, ~0.25 ms through
-``torch.compile`` and ~1 ms eager, which spends it in ~300 tiny op dispatches. The first decision of each kind
-pays its compile (~15-25 s on a machine, a few seconds once the disk caches hold it). A compiled step rounds
+guards. On the developers' AVX-512 Xeon (one-thread fp32 matmul 211 GFLOP/s), one step of the default model
+costs ~0.15 ms for one row on one thread that way, ~0.25 ms through ``torch.compile`` and ~1 ms eager, which
+spends it in ~300 tiny op dispatches. The first decision of each kind pays its compile (~15-25 s on a machine, a few seconds once the disk caches hold it). A compiled step rounds
 differently from the eager one (last bits, ~1e-6), so a compiled and an eager policy may differ on a decision
 whose logits tie to that precision; among themselves, a compiled stream and a compiled ``decide`` agree bit for
 bit (tested).

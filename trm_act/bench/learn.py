@@ -68,6 +68,7 @@ from torch import nn
 from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import build_replay
+from trm_act.envs.features import FEATURE_SETS
 from trm_act.evaluation import evaluate
 from trm_act.loss import LossConfig
 from trm_act.model import StepOutput, TRMCarry, TRMConfig
@@ -640,7 +641,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--features",
-        choices=("all", "bar"),
+        choices=tuple(FEATURE_SETS),
         default="all",
         help="env.features of every recipe: all (the default features, some of them EWMs of many earlier bars) "
         "or bar (each bar's own shape only, so that integrating evidence is left to the model)",
