@@ -619,5 +619,68 @@ def test_priced_halt_target_needs_a_look_ahead_and_a_valid_cost():
         )
     with pytest.raises(ValueError, match="halt_step_cost must be a finite float >= 0"):
         LossConfig(halt_target="priced", halt_step_cost=-0.01)
-    with pytest.raises(ValueError, match=r"halt_target must be one of \['correct', 'profitable', 'priced'\]"):
+    with pytest.raises(ValueError, match=r"halt_target must be one of \['correct', 'profitable', 'priced', 'gain'\]"):
         LossConfig(halt_target="cheap")
+
+
+def test_gain_halt_target_is_the_value_of_stopping_and_the_halt_head_regresses_it():
+    # The priced test's batch: gains 0, ~0.0005 and ~0.019 of expected PnL from one more step.
+    strategy_pnl = torch.tensor([[0.02, -0.02] + [0.0] * 6] * 3)
+    now = torch.zeros(3, 8)
+    now[:, 0] = 1.0
+    ahead = now.clone()
+    ahead[1, 0], ahead[2, 0] = 1.1, 5.0
+    gain = expected_pnl(ahead, strategy_pnl) - expected_pnl(now, strategy_pnl)  # (3,)
+    labels = torch.zeros(3, dtype=torch.long)
+    args = {"target": "gain", "strategy_pnl": strategy_pnl, "next_task_logits": ahead}
+    # Costs are shares of the batch's mean absolute PnL, 0.005 here: at 0.05 a step must add 0.00025 to be worth
+    # taking (row 1's ~0.0005 is), at 0.2 it must add 0.001 (row 1's is not, row 2's ~0.015 is).
+    value = halt_target(now, labels, step_cost=0.05, **args)  # (3,)
+    torch.testing.assert_close(value, 0.05 - gain / 0.005)
+    assert (value > 0).tolist() == [True, False, False]  # halt where the step earns less than it costs
+    assert (halt_target(now, labels, step_cost=0.2, **args) > 0).tolist() == [True, True, False]
+    loss = TRMLoss(halt_target="gain", halt_step_cost=0.2, lambda_profit=0.0)
+    assert loss.looks_ahead and not TRMLoss(halt_target="profitable").looks_ahead
+    halt_logits = torch.tensor([0.3, -1.0, 2.0])
+    parts = loss(now, halt_logits, labels, torch.zeros(3), True, strategy_pnl, next_task_logits=ahead)
+    value = halt_target(now, labels, step_cost=0.2, **args)
+    assert float(parts["halt_loss"]) == pytest.approx(float(((halt_logits - value) ** 2).mean()))
+    assert float(parts["halt_target_rate"]) == pytest.approx(2 / 3)  # the share where stopping is worth it
+    with pytest.raises(ValueError, match="next_task_logits and strategy_pnl are required when halt_target='gain'"):
+        loss(now, halt_logits, labels, torch.zeros(3), strategy_pnl=strategy_pnl)
+
+
+@pytest.mark.parametrize("class_weighted", [False, True])
+@pytest.mark.parametrize("target", ["profitable", "gain"])
+def test_fit_and_halt_rows_make_each_term_a_mean_over_its_own_rows(target, class_weighted):
+    logits, halt, labels, pnl = make_batch(12, seed=3)
+    # Every row holds the same 8 PnLs in its own order, so that any subset of rows has the batch's mean absolute
+    # PnL (the "gain" target's unit).
+    gen = torch.Generator().manual_seed(4)
+    one = torch.randn(C, generator=gen) * 0.03  # (C,)
+    strategy_pnl = torch.stack([one[torch.randperm(C, generator=gen)] for _ in range(12)])  # (12, C)
+    ahead = logits + torch.randn(12, C, generator=torch.Generator().manual_seed(5))
+    weights = class_weights_from_labels(labels, C) if class_weighted else None
+    loss = TRMLoss(
+        lambda_halt=0.5, lambda_reward=2.0, halt_target=target, confidence_threshold=0.3, class_weights=weights
+    )
+    fit = torch.tensor([True, False, True] * 4)  # (12,)
+    held = torch.tensor([False, True, False, False] * 3)  # rows 1, 5, 9 (each term reads its own mask only)
+    parts = loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=fit, halt_rows=held)
+
+    def on(rows):  # the loss of the rows alone
+        return loss(logits[rows], halt[rows], labels[rows], pnl[rows], True, strategy_pnl[rows], ahead[rows])
+
+    fitted, halting = on(fit), on(held)
+    for name in ("profit_weighted_task_loss", "reward_loss"):
+        assert float(parts[name]) == pytest.approx(float(fitted[name]), rel=1e-6)
+    assert float(parts["halt_loss"]) == pytest.approx(float(halting["halt_loss"]), rel=1e-6)
+    assert float(parts["halt_target_rate"]) == pytest.approx(float(halting["halt_target_rate"]))
+    expected = 0.5 * halting["halt_loss"] + fitted["profit_weighted_task_loss"] + 2.0 * fitted["reward_loss"]
+    assert float(parts["total_loss"]) == pytest.approx(float(expected), rel=1e-6)
+    # No row of a kind in the batch: that term is 0, not 0 / 0.
+    none = torch.zeros(12, dtype=torch.bool)
+    empty = loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=none, halt_rows=none)
+    assert float(empty["total_loss"]) == 0.0
+    with pytest.raises(ValueError, match=r"fit_rows must be a \(B,\) = \(12,\) bool tensor"):
+        loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=fit.float())

@@ -174,14 +174,16 @@ class LossConfig:
     """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; docs/faq.md compares the two)."""
     confidence_threshold: float = 0.7
     """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
-    halt_target: Literal["correct", "profitable", "priced"] = "correct"
+    halt_target: Literal["correct", "profitable", "priced", "gain"] = "correct"
     """When the halt head should fire (HALT_TARGETS): "correct" (confident and argmax == hindsight label; the
     seed's rule), "profitable" (confident and the answer's realized PnL >= 0, which noisy labels cannot make
-    unreachable) or "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
-    than halt_step_cost)."""
+    unreachable), "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
+    than halt_step_cost) or "gain" (the halt head regresses that gain net of halt_step_cost, so it halts where
+    one more step is worth less than its cost on average, not in most draws)."""
     halt_step_cost: float = 0.0
-    """PnL (fraction of capital) one more reasoning step must add to the answer's expected realized PnL to be worth
-    taking (halt_target="priced")."""
+    """What one more reasoning step must add to the answer's expected realized PnL to be worth taking: PnL (fraction
+    of capital) for halt_target="priced"; for "gain", a share of the batch's mean absolute strategy PnL, so that
+    one setting means the same on an hourly FX series and on a volatile stock."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
@@ -239,13 +241,20 @@ def _good_if_profitable(prediction: Tensor, labels: Tensor, pnl: Tensor | None) 
 
 
 # The halt targets, by name: what makes a step's answer good enough to stop on. "correct" and "profitable"
-# also ask for confidence (max probability > confidence_threshold); "priced" (computed in halt_target, from
-# a look-ahead step) asks whether one more step would earn more than it costs, which confidence does not enter.
+# also ask for confidence (max probability > confidence_threshold); "priced" and "gain" (computed in halt_target,
+# from a look-ahead step) ask whether one more step would earn more than it costs, which confidence does not enter.
 HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor] | None] = {
     "correct": _good_if_correct,
     "profitable": _good_if_profitable,
     "priced": None,
+    "gain": None,
 }
+
+# The targets that compare a step with the next one: the trainer runs a look-ahead step for them.
+LOOK_AHEAD_TARGETS = ("priced", "gain")
+
+# The targets the halt head regresses (mean squared error) instead of classifying (binary cross-entropy).
+REGRESSED_TARGETS = ("gain",)
 
 
 @torch.no_grad()
@@ -266,7 +275,8 @@ def halt_target(
     next_task_logits: Tensor | None = None,
     step_cost: float = LossConfig.halt_step_cost,
 ) -> Tensor:
-    """The halt head's target for one reasoning step, (B,) float32 in {0, 1}, without gradient.
+    """The halt head's target for one reasoning step, (B,) float32, without gradient: in {0, 1} for the
+    classified targets, a real number for ``"gain"``.
 
     - ``"correct"`` (the seed's rule): 1 where the answer is confident (max prob > threshold) and
       argmax == label.
@@ -279,12 +289,21 @@ def halt_target(
       gradient, as HRM computes its Q-learning continue target; at the step cap the caller passes the
       step's own logits (no next step: gain 0). Confidence plays no part, and the value is myopic: it asks
       whether the next step pays, not whether some later one would.
+    - ``"gain"``: the same gain as the value of stopping now, ``step_cost - gain / typical``, where ``typical`` is
+      the batch's mean absolute ``strategy_pnl`` (so ``step_cost`` is a share of a typical decision's PnL, the
+      same on any series). The halt head regresses it (:class:`TRMLoss` uses the squared error) and halts where
+      its estimate is > 0. "priced" asks whether the gain beats its cost in most draws (a median test): where a
+      step's gain is noise around zero that is a coin flip at every step, so halting runs ~2 steps whatever they
+      buy. Regressed, the head learns the mean gain, and a step worth less than its cost on average is not taken.
     """
     _check_halt_target(target)
-    if target == "priced":
+    if target in LOOK_AHEAD_TARGETS:
         values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")
         later = _need(next_task_logits, "next_task_logits", target, "the (B, C) logits of one more step")
         gain = expected_pnl(later, values) - expected_pnl(task_logits, values)  # (B,)
+        if target == "gain":
+            typical = values.abs().mean().clamp_min(1e-12)  # the batch's mean absolute PnL
+            return step_cost - gain / typical  # (B,) the value of stopping, in typical PnLs
         return (gain <= step_cost).float()
     probs = torch.softmax(task_logits.detach().float(), dim=-1)  # (B, C)
     confidence, prediction = probs.max(dim=-1)  # (B,), (B,)
@@ -350,9 +369,12 @@ def compute_halt_loss(
     return _halt_loss(halt_logits, targets, reduction)
 
 
-def _halt_loss(halt_logits: Tensor, target: Tensor, reduction: str) -> Tensor:
-    """BCE-with-logits of the halt head against ``target`` (B,), the float32 output of :func:`halt_target`."""
+def _halt_loss(halt_logits: Tensor, target: Tensor, reduction: str, regressed: bool = False) -> Tensor:
+    """The halt head against ``target`` (B,), the float32 output of :func:`halt_target`: BCE-with-logits, or the
+    squared error for a regressed target (``REGRESSED_TARGETS``)."""
     flat = halt_logits.reshape(target.shape[0]).float()  # (B,) from (B,) or (B, 1)
+    if regressed:
+        return F.mse_loss(flat, target, reduction=reduction)
     return F.binary_cross_entropy_with_logits(flat, target, reduction=reduction)
 
 
@@ -405,10 +427,15 @@ def _profit_weighted_loss(
     pnl_scale: float,
     class_weights: Tensor | None,
     reduction: str,
+    rows: Tensor | None = None,
 ) -> Tensor:
     weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
     ce = F.cross_entropy(task_logits.float(), labels, weight=weight, reduction="none")  # (B,), already x w[y]
     weighted = profit_weight(pnl, pnl_scale) * ce  # (B,)
+    if rows is not None:  # the mean over the rows that count (none counted: 0, not 0 / 0)
+        weighted = weighted * rows
+        share = rows.float() if weight is None else weight[labels] * rows  # (B,)
+        return _reduce(weighted, reduction, share.sum().clamp_min(1e-12))
     denominator = None if weight is None else weight[labels].sum()
     return _reduce(weighted, reduction, denominator)
 
@@ -438,10 +465,17 @@ def _check_strategy_pnl(strategy_pnl: Tensor, batch: int, width: int) -> None:
         raise ValueError("strategy_pnl must be a finite floating-point tensor (fraction of capital).")
 
 
-def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) -> Tensor:
+def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float, rows: Tensor | None = None) -> Tensor:
     probs = torch.softmax(task_logits.float(), dim=-1)  # (B, C)
     expected = (probs * strategy_pnl.detach().float()).sum(dim=-1)  # (B,)
-    return -(expected / pnl_scale).mean()
+    return -_row_mean(expected / pnl_scale, rows)
+
+
+def _row_mean(values: Tensor, rows: Tensor | None) -> Tensor:
+    """Mean of ``values`` (B,) over ``rows`` (B,) bool (None: all rows); 0 when no row counts."""
+    if rows is None:
+        return values.mean()
+    return (values * rows).sum() / rows.sum().clamp_min(1)
 
 
 def class_weights_from_labels(labels: Tensor, num_classes: int = N_STRATEGIES) -> Tensor:
@@ -544,16 +578,23 @@ class TRMLoss(nn.Module):
         return_components: bool = False,
         strategy_pnl: Tensor | None = None,
         next_task_logits: Tensor | None = None,
+        fit_rows: Tensor | None = None,
+        halt_rows: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor | float]:
         """Total loss for one reasoning step, or a dict of its components.
 
         Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
         of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional), next_task_logits
-        (B, C) the logits of one more reasoning step, without gradient (``halt_target="priced"`` only).
+        (B, C) the logits of one more reasoning step, without gradient (``halt_target="priced"`` or ``"gain"``).
+
+        ``fit_rows`` / ``halt_rows`` (B,) bool: the rows whose task terms (cross-entropy, profit weight, reward)
+        and whose halt loss count, each a mean over its own rows; None = every row. Disjoint masks train the
+        halt head on decisions the answer is not fitted to (``trm_act.holdout``).
         """
-        if self.halt_target == "priced" and (next_task_logits is None or strategy_pnl is None):
+        if self.looks_ahead and (next_task_logits is None or strategy_pnl is None):
             raise ValueError(
-                "next_task_logits and strategy_pnl are required when halt_target='priced': pass the (B, C) logits "
+                f"next_task_logits and strategy_pnl are required when halt_target={self.halt_target!r}: pass the "
+                "(B, C) logits "
                 "of one more reasoning step (the trainer looks one step ahead) and every strategy's (B, C) PnL, "
                 "or choose another halt_target."
             )
@@ -571,6 +612,12 @@ class TRMLoss(nn.Module):
                 _check_next_task_logits(next_task_logits, batch, self.num_classes)
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
+            for name, rows in (("fit_rows", fit_rows), ("halt_rows", halt_rows)):
+                if rows is not None and (rows.dtype != torch.bool or rows.shape != (batch,)):
+                    raise ValueError(
+                        f"{name} must be a (B,) = ({batch},) bool tensor marking the rows that count; got "
+                        f"{rows.dtype} of shape {tuple(rows.shape)}."
+                    )
         target = halt_target(
             task_logits,
             labels,
@@ -581,14 +628,18 @@ class TRMLoss(nn.Module):
             next_task_logits=next_task_logits,
             step_cost=self.halt_step_cost,
         )  # (B,) without gradient
-        halt_loss = _halt_loss(halt_logits, target, "mean")
+        regressed = self.halt_target in REGRESSED_TARGETS
+        if halt_rows is None:
+            halt_loss = _halt_loss(halt_logits, target, "mean", regressed)
+        else:
+            halt_loss = _row_mean(_halt_loss(halt_logits, target, "none", regressed), halt_rows)
         profit_loss = _profit_weighted_loss(
-            task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
+            task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean", fit_rows
         )
         total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
         reward_loss = None
         if strategy_pnl is not None:
-            reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale)
+            reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale, fit_rows)
             if self.lambda_reward > 0:
                 total = total + self.lambda_reward * reward_loss
         if not return_components:
@@ -601,7 +652,7 @@ class TRMLoss(nn.Module):
             "halt_loss": halt_loss.detach(),
             "task_loss": task_loss,
             "profit_weighted_task_loss": profit_loss.detach(),
-            "halt_target_rate": target.mean(),
+            "halt_target_rate": _row_mean((target > 0).float() if regressed else target, halt_rows),
             "lambda_halt": self.lambda_halt,
             "lambda_profit": self.lambda_profit,
         }
@@ -609,6 +660,12 @@ class TRMLoss(nn.Module):
             components["reward_loss"] = reward_loss.detach()
             components["lambda_reward"] = self.lambda_reward
         return components
+
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether the halt target compares a step with the next (``LOOK_AHEAD_TARGETS``): the caller passes
+        ``next_task_logits`` from :func:`trm_act.supervision.look_ahead`."""
+        return self.halt_target in LOOK_AHEAD_TARGETS
 
     def extra_repr(self) -> str:
         weights = None if self.class_weights is None else [round(w, 4) for w in self.class_weights.tolist()]

@@ -6,7 +6,8 @@ Lightning, Hugging Face) call the same pieces:
 
 - :func:`supervise_step`: TRMLoss of one reasoning step, with ``pnl`` = the supervision PnL of the step's
   argmax answer (``info["label_pnl"]``: each strategy's PnL over the labels' horizon);
-- :func:`look_ahead`: the logits of one more reasoning step, which the "priced" halt target compares with;
+- :func:`look_ahead`: the logits of one more reasoning step, which the "priced" and "gain" halt targets compare
+  with;
 - :class:`SupervisionStats`: every ``halt/*`` tag and ``train/accuracy`` / ``train/pnl``, from the reasoning steps
   a window of iterations ran and the decisions it committed;
 - :func:`deep_supervision`: every reasoning step of a batch of decisions within one optimizer step, built from the
@@ -65,12 +66,14 @@ def supervise_step(
     labels: Tensor,
     supervision_pnl: Tensor,
     next_task_logits: Tensor | None = None,
+    roles: tuple[Tensor, Tensor] | None = None,
 ) -> StepSupervision:
     """TRMLoss of one reasoning step: the answer is the argmax, its ``pnl`` the supervision PnL of that answer.
 
     Shapes: ``out.task_logits`` (B, C), ``out.halt_logits`` (B,), labels (B,) int, supervision_pnl (B, C) every
     strategy's PnL over the labels' horizon (also the loss's ``strategy_pnl``), next_task_logits (B, C) from
-    :func:`look_ahead` (``halt_target="priced"`` only).
+    :func:`look_ahead` (``TRMLoss.looks_ahead`` only). ``roles``: (fit, halt) (B,) bool masks of the rows whose task
+    terms and whose halt loss count (``trm_act.holdout``); None = every row counts for both.
     """
     actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
     chosen_pnl = supervision_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
@@ -82,13 +85,15 @@ def supervise_step(
         return_components=True,
         strategy_pnl=supervision_pnl,
         next_task_logits=next_task_logits,
+        fit_rows=None if roles is None else roles[0],
+        halt_rows=None if roles is None else roles[1],
     )
     return StepSupervision(parts, actions, chosen_pnl)
 
 
 @torch.no_grad()
 def look_ahead(model: torch.nn.Module, obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
-    """(B, C) task logits one more reasoning step would give, without gradient (``halt_target="priced"``).
+    """(B, C) task logits one more reasoning step would give, without gradient (``TRMLoss.looks_ahead``).
 
     HRM computes its continue target the same way. ``at_cap`` (B,) marks rows at the step cap: there is no next
     step, so their own logits stand in (gain 0).
@@ -231,6 +236,7 @@ def deep_supervision(
     generator: torch.Generator | None = None,
     stats: SupervisionStats | None = None,
     belief: Tensor | None = None,
+    roles: tuple[Tensor, Tensor] | None = None,
 ) -> Supervised:
     """Every reasoning step of a batch of decisions, each supervised by TRMLoss: one loss for one optimizer step.
 
@@ -254,6 +260,8 @@ def deep_supervision(
 
     Shapes: obs (B, W, F), labels (B,) int, strategy_pnl (B, C) each strategy's realized PnL over the trade's
     horizon, label_pnl (B, C) over the labels' horizon (None: strategy_pnl, the labels' horizon is the trade's).
+
+    ``roles``: (fit, halt) (B,) bool, the rows whose task terms and whose halt loss count (:func:`supervise_step`).
 
     ``stats``: where the iterations are recorded (the trainer passes its log window, whose tags it logs itself);
     None records them in a fresh :class:`SupervisionStats` whose tags join ``metrics``.
@@ -304,9 +312,9 @@ def deep_supervision(
             generator=generator,
         )
         next_logits = None
-        if loss_fn.halt_target == "priced":
+        if loss_fn.looks_ahead:
             next_logits = look_ahead(model, obs, out, steps >= config.max_steps)  # (B, C)
-        parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits)
+        parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits, roles)
         total = total + parts["total_loss"]
         for name in LOSS_TAGS:
             if name in parts:

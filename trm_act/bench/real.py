@@ -82,7 +82,18 @@ SERIES: dict[str, Series] = {
         time_format="%m/%d/%Y",
     ),
 }
-SUPPORTED_RECIPES = ("default", "seed_loss", "seed_loss_hmm", "one_step", "short_labels", "no_ema", "fresh_priced")
+SUPPORTED_RECIPES = (
+    "default",
+    "seed_loss",
+    "seed_loss_hmm",
+    "one_step",
+    "short_labels",
+    "no_ema",
+    "fresh_priced",
+    "fresh_gain",
+    "held_gain",
+    "held_default",
+)
 """Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
 
 
