@@ -648,39 +648,3 @@ def test_gain_halt_target_is_the_value_of_stopping_and_the_halt_head_regresses_i
     assert float(parts["halt_target_rate"]) == pytest.approx(2 / 3)  # the share where stopping is worth it
     with pytest.raises(ValueError, match="next_task_logits and strategy_pnl are required when halt_target='gain'"):
         loss(now, halt_logits, labels, torch.zeros(3), strategy_pnl=strategy_pnl)
-
-
-@pytest.mark.parametrize("class_weighted", [False, True])
-@pytest.mark.parametrize("target", ["profitable", "gain"])
-def test_fit_and_halt_rows_make_each_term_a_mean_over_its_own_rows(target, class_weighted):
-    logits, halt, labels, pnl = make_batch(12, seed=3)
-    # Every row holds the same 8 PnLs in its own order, so that any subset of rows has the batch's mean absolute
-    # PnL (the "gain" target's unit).
-    gen = torch.Generator().manual_seed(4)
-    one = torch.randn(C, generator=gen) * 0.03  # (C,)
-    strategy_pnl = torch.stack([one[torch.randperm(C, generator=gen)] for _ in range(12)])  # (12, C)
-    ahead = logits + torch.randn(12, C, generator=torch.Generator().manual_seed(5))
-    weights = class_weights_from_labels(labels, C) if class_weighted else None
-    loss = TRMLoss(
-        lambda_halt=0.5, lambda_reward=2.0, halt_target=target, confidence_threshold=0.3, class_weights=weights
-    )
-    fit = torch.tensor([True, False, True] * 4)  # (12,)
-    held = torch.tensor([False, True, False, False] * 3)  # rows 1, 5, 9 (each term reads its own mask only)
-    parts = loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=fit, halt_rows=held)
-
-    def on(rows):  # the loss of the rows alone
-        return loss(logits[rows], halt[rows], labels[rows], pnl[rows], True, strategy_pnl[rows], ahead[rows])
-
-    fitted, halting = on(fit), on(held)
-    for name in ("profit_weighted_task_loss", "reward_loss"):
-        assert float(parts[name]) == pytest.approx(float(fitted[name]), rel=1e-6)
-    assert float(parts["halt_loss"]) == pytest.approx(float(halting["halt_loss"]), rel=1e-6)
-    assert float(parts["halt_target_rate"]) == pytest.approx(float(halting["halt_target_rate"]))
-    expected = 0.5 * halting["halt_loss"] + fitted["profit_weighted_task_loss"] + 2.0 * fitted["reward_loss"]
-    assert float(parts["total_loss"]) == pytest.approx(float(expected), rel=1e-6)
-    # No row of a kind in the batch: that term is 0, not 0 / 0.
-    none = torch.zeros(12, dtype=torch.bool)
-    empty = loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=none, halt_rows=none)
-    assert float(empty["total_loss"]) == 0.0
-    with pytest.raises(ValueError, match=r"fit_rows must be a \(B,\) = \(12,\) bool tensor"):
-        loss(logits, halt, labels, pnl, True, strategy_pnl, ahead, fit_rows=fit.float())

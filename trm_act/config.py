@@ -103,10 +103,6 @@ class TrainConfig:
     (truncated BPTT over the stream; the belief still carries on, detached, into the next optimizer step).
     1 = each decision's gradient stops at its own belief. Costs bptt_decisions times the compute per step:
     lower batch_size to keep the decisions per step."""
-    halt_holdout: float = 0.0
-    """Share of the training split, in blocks of at least 512 bars drawn with the seed, whose decisions teach the
-    halt head only (their task and reward losses are dropped; trm_act.holdout): halting then learns whether one
-    more step pays on decisions the answer was not fitted to, as at test time. 0 = every decision teaches both."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
     (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
@@ -152,11 +148,6 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0; got {self.lr!r}.")
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise ValueError("train.weight_decay and train.grad_clip must be >= 0.")
-        if not (isinstance(self.halt_holdout, (int, float)) and 0.0 <= self.halt_holdout < 1.0):
-            raise ValueError(
-                f"train.halt_holdout must lie in [0, 1) (a share of the training split; 0 = off); got "
-                f"{self.halt_holdout!r}."
-            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (0 = off); got {self.ema_decay!r}.")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):

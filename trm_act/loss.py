@@ -427,15 +427,10 @@ def _profit_weighted_loss(
     pnl_scale: float,
     class_weights: Tensor | None,
     reduction: str,
-    rows: Tensor | None = None,
 ) -> Tensor:
     weight = None if class_weights is None else class_weights.to(task_logits.device, torch.float32)
     ce = F.cross_entropy(task_logits.float(), labels, weight=weight, reduction="none")  # (B,), already x w[y]
     weighted = profit_weight(pnl, pnl_scale) * ce  # (B,)
-    if rows is not None:  # the mean over the rows that count (none counted: 0, not 0 / 0)
-        weighted = weighted * rows
-        share = rows.float() if weight is None else weight[labels] * rows  # (B,)
-        return _reduce(weighted, reduction, share.sum().clamp_min(1e-12))
     denominator = None if weight is None else weight[labels].sum()
     return _reduce(weighted, reduction, denominator)
 
@@ -465,17 +460,10 @@ def _check_strategy_pnl(strategy_pnl: Tensor, batch: int, width: int) -> None:
         raise ValueError("strategy_pnl must be a finite floating-point tensor (fraction of capital).")
 
 
-def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float, rows: Tensor | None = None) -> Tensor:
+def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) -> Tensor:
     probs = torch.softmax(task_logits.float(), dim=-1)  # (B, C)
     expected = (probs * strategy_pnl.detach().float()).sum(dim=-1)  # (B,)
-    return -_row_mean(expected / pnl_scale, rows)
-
-
-def _row_mean(values: Tensor, rows: Tensor | None) -> Tensor:
-    """Mean of ``values`` (B,) over ``rows`` (B,) bool (None: all rows); 0 when no row counts."""
-    if rows is None:
-        return values.mean()
-    return (values * rows).sum() / rows.sum().clamp_min(1)
+    return -(expected / pnl_scale).mean()
 
 
 def class_weights_from_labels(labels: Tensor, num_classes: int = N_STRATEGIES) -> Tensor:
@@ -578,25 +566,18 @@ class TRMLoss(nn.Module):
         return_components: bool = False,
         strategy_pnl: Tensor | None = None,
         next_task_logits: Tensor | None = None,
-        fit_rows: Tensor | None = None,
-        halt_rows: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor | float]:
         """Total loss for one reasoning step, or a dict of its components.
 
         Shapes: task_logits (B, C), halt_logits (B,) or (B, 1), labels (B,) int, pnl (B,) realized PnL
         of the chosen strategy, strategy_pnl (B, C) every strategy's realized PnL (optional), next_task_logits
         (B, C) the logits of one more reasoning step, without gradient (``halt_target="priced"`` or ``"gain"``).
-
-        ``fit_rows`` / ``halt_rows`` (B,) bool: the rows whose task terms (cross-entropy, profit weight, reward)
-        and whose halt loss count, each a mean over its own rows; None = every row. Disjoint masks train the
-        halt head on decisions the answer is not fitted to (``trm_act.holdout``).
         """
         if self.looks_ahead and (next_task_logits is None or strategy_pnl is None):
             raise ValueError(
                 f"next_task_logits and strategy_pnl are required when halt_target={self.halt_target!r}: pass the "
-                "(B, C) logits "
-                "of one more reasoning step (the trainer looks one step ahead) and every strategy's (B, C) PnL, "
-                "or choose another halt_target."
+                "(B, C) logits of one more reasoning step (the trainer looks one step ahead) and every strategy's "
+                "(B, C) PnL, or choose another halt_target."
             )
         if self.lambda_reward > 0 and strategy_pnl is None:
             raise ValueError(
@@ -612,12 +593,6 @@ class TRMLoss(nn.Module):
                 _check_next_task_logits(next_task_logits, batch, self.num_classes)
             if strategy_pnl is not None:
                 _check_strategy_pnl(strategy_pnl, batch, self.num_classes)
-            for name, rows in (("fit_rows", fit_rows), ("halt_rows", halt_rows)):
-                if rows is not None and (rows.dtype != torch.bool or rows.shape != (batch,)):
-                    raise ValueError(
-                        f"{name} must be a (B,) = ({batch},) bool tensor marking the rows that count; got "
-                        f"{rows.dtype} of shape {tuple(rows.shape)}."
-                    )
         target = halt_target(
             task_logits,
             labels,
@@ -629,17 +604,14 @@ class TRMLoss(nn.Module):
             step_cost=self.halt_step_cost,
         )  # (B,) without gradient
         regressed = self.halt_target in REGRESSED_TARGETS
-        if halt_rows is None:
-            halt_loss = _halt_loss(halt_logits, target, "mean", regressed)
-        else:
-            halt_loss = _row_mean(_halt_loss(halt_logits, target, "none", regressed), halt_rows)
+        halt_loss = _halt_loss(halt_logits, target, "mean", regressed)
         profit_loss = _profit_weighted_loss(
-            task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean", fit_rows
+            task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
         total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
         reward_loss = None
         if strategy_pnl is not None:
-            reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale, fit_rows)
+            reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale)
             if self.lambda_reward > 0:
                 total = total + self.lambda_reward * reward_loss
         if not return_components:
@@ -652,7 +624,7 @@ class TRMLoss(nn.Module):
             "halt_loss": halt_loss.detach(),
             "task_loss": task_loss,
             "profit_weighted_task_loss": profit_loss.detach(),
-            "halt_target_rate": _row_mean((target > 0).float() if regressed else target, halt_rows),
+            "halt_target_rate": (target > 0).float().mean() if regressed else target.mean(),
             "lambda_halt": self.lambda_halt,
             "lambda_profit": self.lambda_profit,
         }

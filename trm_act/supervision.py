@@ -66,14 +66,12 @@ def supervise_step(
     labels: Tensor,
     supervision_pnl: Tensor,
     next_task_logits: Tensor | None = None,
-    roles: tuple[Tensor, Tensor] | None = None,
 ) -> StepSupervision:
     """TRMLoss of one reasoning step: the answer is the argmax, its ``pnl`` the supervision PnL of that answer.
 
     Shapes: ``out.task_logits`` (B, C), ``out.halt_logits`` (B,), labels (B,) int, supervision_pnl (B, C) every
     strategy's PnL over the labels' horizon (also the loss's ``strategy_pnl``), next_task_logits (B, C) from
-    :func:`look_ahead` (``TRMLoss.looks_ahead`` only). ``roles``: (fit, halt) (B,) bool masks of the rows whose task
-    terms and whose halt loss count (``trm_act.holdout``); None = every row counts for both.
+    :func:`look_ahead` (``TRMLoss.looks_ahead`` only).
     """
     actions = out.task_logits.detach().argmax(dim=-1)  # (B,)
     chosen_pnl = supervision_pnl.gather(1, actions[:, None]).squeeze(1)  # (B,)
@@ -85,8 +83,6 @@ def supervise_step(
         return_components=True,
         strategy_pnl=supervision_pnl,
         next_task_logits=next_task_logits,
-        fit_rows=None if roles is None else roles[0],
-        halt_rows=None if roles is None else roles[1],
     )
     return StepSupervision(parts, actions, chosen_pnl)
 
@@ -236,7 +232,6 @@ def deep_supervision(
     generator: torch.Generator | None = None,
     stats: SupervisionStats | None = None,
     belief: Tensor | None = None,
-    roles: tuple[Tensor, Tensor] | None = None,
 ) -> Supervised:
     """Every reasoning step of a batch of decisions, each supervised by TRMLoss: one loss for one optimizer step.
 
@@ -251,7 +246,7 @@ def deep_supervision(
     trainer's ``info["label_pnl"]``. A slot whose halting rule fires commits its answer (reward: its
     ``strategy_pnl``) and starts its decision again from a fresh carry, with a new exploration floor
     (``exploration_prob``, default ``model.config.halt_exploration_prob`` in training mode and 0 in eval mode)
-    and the belief its decision started from. The "priced" halt target looks one step ahead
+    and the belief its decision started from. The "priced" and "gain" halt targets look one step ahead
     (:func:`trm_act.supervision.look_ahead`), as the trainer does.
 
     ``belief`` (B, D), belief mode: what each slot believed before its decision, graph included, so that a
@@ -260,8 +255,6 @@ def deep_supervision(
 
     Shapes: obs (B, W, F), labels (B,) int, strategy_pnl (B, C) each strategy's realized PnL over the trade's
     horizon, label_pnl (B, C) over the labels' horizon (None: strategy_pnl, the labels' horizon is the trade's).
-
-    ``roles``: (fit, halt) (B,) bool, the rows whose task terms and whose halt loss count (:func:`supervise_step`).
 
     ``stats``: where the iterations are recorded (the trainer passes its log window, whose tags it logs itself);
     None records them in a fresh :class:`SupervisionStats` whose tags join ``metrics``.
@@ -314,7 +307,7 @@ def deep_supervision(
         next_logits = None
         if loss_fn.looks_ahead:
             next_logits = look_ahead(model, obs, out, steps >= config.max_steps)  # (B, C)
-        parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits, roles)
+        parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits)
         total = total + parts["total_loss"]
         for name in LOSS_TAGS:
             if name in parts:

@@ -36,7 +36,6 @@ from trm_act.envs import STRATEGIES, TradeReplayVectorEnv, build_replay
 from trm_act.envs.timing import EVALUATION, TRAINING, WRITING, PhaseTimes
 from trm_act.evaluation import EvalReport, evaluate
 from trm_act.files import write_json
-from trm_act.holdout import HaltHoldout
 from trm_act.interrupts import GracefulInterrupt
 from trm_act.loss import TRMLoss, class_weights_from_labels, profit_weight
 from trm_act.model import RecurrentTRM
@@ -135,13 +134,6 @@ class Trainer:
         with self.timings.recording():
             self.env = TradeReplayVectorEnv(train.batch_size, config=train_env)
             self.eval_replay = build_replay(config.env)  # evaluation picks the test split itself
-        # Blocks of the training split that teach the halt head only (trm_act.holdout); None = every decision
-        # teaches both the answer and the halt head.
-        self.holdout = (
-            HaltHoldout.build(train.halt_holdout, train_env, self._split_bars(), train.seed)
-            if train.halt_holdout > 0
-            else None
-        )
 
         self.model_config = config.model  # window / n_features / num_classes derived by ExperimentConfig
         # `model`: any module with RecurrentTRM's step interface (the learning benchmark's MLP control).
@@ -229,9 +221,7 @@ class Trainer:
         if self.loss_fn.looks_ahead:
             with self._autocast():
                 next_logits = look_ahead(self.model, obs, out, steps_done >= max_steps)  # (B, C)
-        parts, actions, chosen_pnl = supervise_step(
-            self.loss_fn, out, labels, strategy_pnl, next_logits, self._roles()
-        )
+        parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 
         grad_norm = self._optimize(parts["total_loss"])
@@ -275,18 +265,6 @@ class Trainer:
         # expected-PnL term use info["label_pnl"], like the labels; rewards stay the trades' realized PnL.
         supervision = self.info.get("label_pnl", self.info["strategy_pnl"])
         return obs, labels, torch.from_numpy(supervision).to(self.device, torch.float32)  # (B, 8)
-
-    def _split_bars(self) -> np.ndarray:
-        """(N,) the bars of the training split's decisions."""
-        replay = self.env.replay
-        return replay.decision_bars[replay.split_indices(self.env.config.split)]
-
-    def _roles(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(fit, halt) (B,) bool of the slots' current decisions under ``train.halt_holdout``, else None."""
-        if self.holdout is None:
-            return None
-        fit, halt = self.holdout.roles(self.info["t"])  # (B,), (B,)
-        return torch.from_numpy(fit).to(self.device), torch.from_numpy(halt).to(self.device)
 
     def _optimize(self, loss: torch.Tensor) -> torch.Tensor | None:
         """Backward, clip, one optimizer and scheduler step, the EMA update; returns the gradient norm (if clipped)."""
@@ -334,7 +312,6 @@ class Trainer:
                     generator=self.generator,
                     stats=self.window,
                     belief=belief,
-                    roles=self._roles(),
                 )
             total = total + result.loss
             for name, tag in LOSS_TAGS.items():

@@ -265,15 +265,6 @@ GAIN_STEP_COST = 0.1
 """halt_step_cost of the "gain" recipes: a step must add a tenth of a typical decision's absolute PnL."""
 _gain = _loss_edit(halt_target="gain", halt_step_cost=GAIN_STEP_COST)
 
-
-def _train_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
-    def edit(config: ExperimentConfig) -> ExperimentConfig:
-        return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
-
-    return edit
-
-
-_held = _train_edit(halt_holdout=0.25)
 _profitable = _loss_edit(halt_target="profitable", confidence_threshold=0.9)
 
 
@@ -322,11 +313,10 @@ RECIPES: dict[
     # not losing") and the halting that prices computation, at max_steps 4 and 1; and the recurrent peer.
     "fresh_profitable": (_chain(_fresh, _profitable), None),
     "fresh_priced": (_chain(_fresh, _priced), None),
-    # Halting that regresses the gain of one more step ("gain"), learned on all training decisions or only on
-    # held-out blocks of them (train.halt_holdout), and the default's halting learned on held-out blocks.
+    # Halting that regresses the gain of one more step (halt_target "gain": a mean test where "priced" is a
+    # median test), fresh and with a belief.
     "fresh_gain": (_chain(_fresh, _gain), None),
-    "held_gain": (_chain(_fresh, _gain, _held), None),
-    "held_default": (_held, None),
+    "belief_gain": (_chain(_belief, _gain), None),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),

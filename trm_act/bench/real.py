@@ -91,8 +91,6 @@ SUPPORTED_RECIPES = (
     "no_ema",
     "fresh_priced",
     "fresh_gain",
-    "held_gain",
-    "held_default",
 )
 """Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
 
