@@ -262,11 +262,15 @@ TABLES = {
             "learn-bar-global-validation",
             "learn-bar-slow-validation",
             "learn-slow-validation",
+            "learn-gain-validation",
+            "learn-gain-slow-validation",
+            "learn-gain",
+            "learn-slow-gain",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
-    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced")},
+    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced", "real-gain")},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
 }

@@ -28,6 +28,8 @@ Recipes (``--recipes``):
   walking each slot's episode in order), ``belief_bptt`` (a belief trained through 8 consecutive decisions,
   ``train.bptt_decisions``) and its one-step twin ``belief_bptt_one_step``, and the recurrent peers ``gru`` and
   ``gru_bptt``;
+- ``fresh_gain`` / ``belief_gain``: halting whose head regresses the gain of one more reasoning step net of
+  its cost (``loss.halt_target="gain"``, ``halt_step_cost`` 0.1 of a typical decision's absolute PnL);
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -349,6 +351,8 @@ THINKING_PAIRS = (
     ("Thinking pays with a belief?", "belief_priced", "belief_one_step"),
     ("Thinking pays with a belief (old halting)?", "belief_profitable", "belief_one_step"),
     ("Thinking pays without a belief?", "fresh_priced", "fresh_one_step"),
+    ("Thinking pays with halting that regresses the gain?", "fresh_gain", "fresh_one_step"),
+    ("Thinking pays with a belief and halting that regresses the gain?", "belief_gain", "belief_one_step"),
     ("Thinking pays with clean labels?", "regime_labels", "regime_labels_one_step"),
     ("Thinking pays when every step sees fresh decisions?", "unrolled", "one_step"),
     ("Thinking pays with a belief, every step seeing fresh decisions?", "belief_unrolled", "belief_one_step"),
