@@ -123,21 +123,26 @@ def test_model_config_must_match_the_replay(small_replay):
     assert resolve_model_config(None, small_replay).window == 8
 
 
-def test_deep_supervision_prices_each_step_against_the_next_steps_answer(small_replay):
+@pytest.mark.parametrize("target", ["priced", "gain"])
+def test_deep_supervision_prices_each_step_against_the_next_steps_answer(small_replay, target):
     obs, labels, strategy_pnl = _batch(small_replay)
     torch.manual_seed(0)
     model = RecurrentTRM(TRMConfig(window=8, n_features=small_replay.n_features, d_model=16, max_steps=3))
-    loss_fn = TRMLoss(halt_target="priced", lambda_profit=0.0)
+    loss_fn = TRMLoss(halt_target=target, halt_step_cost=0.1 if target == "gain" else 0.0, lambda_profit=0.0)
     result = deep_supervision(model, loss_fn, obs, labels, strategy_pnl)
-    # The same target by hand: step s halts unless step s + 1's answer is worth more (the last step: no next one).
+    # The same target by hand: step s halts unless step s + 1's answer is worth more (the last step: no next one);
+    # "gain" asks for more than its cost, a tenth of the batch's mean absolute PnL.
     carry, values = model.init_carry(16), []
     with torch.no_grad():
         for _ in range(3):
             out = model(obs, carry)
             carry = out.carry
             values.append((torch.softmax(out.task_logits, -1) * strategy_pnl).sum(-1))  # (B,) expected PnL
-    targets = [(values[min(s + 1, 2)] - values[s] <= 0).float().mean() for s in range(3)]
-    assert result.metrics["halt/target_rate"] == pytest.approx(float(torch.stack(targets).mean()))
+    gains = [values[min(s + 1, 2)] - values[s] for s in range(3)]
+    cost = 0.0 if target == "priced" else 0.1 * float(strategy_pnl.abs().mean())
+    # "gain": the value of stopping is > 0 where the gain is below its cost.
+    targets = [((gain < cost) if target == "gain" else (gain <= cost)).float().mean() for gain in gains]
+    assert result.metrics["halt/target_rate"] == pytest.approx(float(torch.stack(targets).mean()), abs=1e-6)
     result.loss.backward()
     assert model.halt_head.weight.grad is not None
 
@@ -149,7 +154,9 @@ ITERATIONS = 3
 
 
 @pytest.fixture(
-    scope="module", params=[("profitable", "fresh"), ("priced", "belief")], ids=lambda p: "-".join(p)
+    scope="module",
+    params=[("profitable", "fresh"), ("priced", "belief"), ("gain", "fresh")],
+    ids=lambda p: "-".join(p),
 )
 def trainer_on_a_batch(request, tmp_path_factory):
     """The trainer's halt/* and train/* tags after ITERATIONS iterations on one batch of decisions.
