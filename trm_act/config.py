@@ -89,7 +89,8 @@ class TrainConfig:
     """Show a progress bar."""
     threads: int | None = None
     """torch intra-op threads per process; None = 1 (measured: on 2 shared cores torch's one thread per core
-    thrashes, and on idle cores 2 threads gave only +15%). Under torchrun at most cores / local processes."""
+    thrashes; on 2 idle cores 2 threads ran the compiled default step 1.71x as fast, but a second thread changes
+    float sums, so a run's figures would depend on it). Under torchrun at most cores / local processes."""
     unroll: bool = False
     """Each optimizer step takes a fresh batch of decisions through all max_steps reasoning steps, every step
     supervised (the adapters' loop, trm_act.supervision.deep_supervision), instead of one reasoning step per
