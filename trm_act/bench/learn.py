@@ -319,6 +319,9 @@ RECIPES: dict[
     # median test), fresh and with a belief.
     "fresh_gain": (_chain(_fresh, _gain), None),
     "belief_gain": (_chain(_belief, _gain), None),
+    # The same at max_steps 2: the belief recipes' second step is their best on the slow markets.
+    "belief_gain_two_steps": (_chain(_belief, _gain, _model_edit(max_steps=2)), None),
+    "fresh_gain_two_steps": (_chain(_fresh, _gain, _model_edit(max_steps=2)), None),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
