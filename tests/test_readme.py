@@ -266,6 +266,7 @@ TABLES = {
             "learn-gain-slow-validation",
             "learn-gain",
             "learn-slow-gain",
+            "learn-gain-two-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

@@ -29,7 +29,8 @@ Recipes (``--recipes``):
   ``train.bptt_decisions``) and its one-step twin ``belief_bptt_one_step``, and the recurrent peers ``gru`` and
   ``gru_bptt``;
 - ``fresh_gain`` / ``belief_gain``: halting whose head regresses the gain of one more reasoning step net of
-  its cost (``loss.halt_target="gain"``, ``halt_step_cost`` 0.1 of a typical decision's absolute PnL);
+  its cost (``loss.halt_target="gain"``, ``halt_step_cost`` 0.1 of a typical decision's absolute PnL), and both
+  at ``max_steps=2`` (``*_gain_two_steps``);
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
