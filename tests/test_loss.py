@@ -639,6 +639,10 @@ def test_gain_halt_target_is_the_value_of_stopping_and_the_halt_head_regresses_i
     torch.testing.assert_close(value, 0.05 - gain / 0.005)
     assert (value > 0).tolist() == [True, False, False]  # halt where the step earns less than it costs
     assert (halt_target(now, labels, step_cost=0.2, **args) > 0).tolist() == [True, True, False]
+    # Without a cost each look-ahead target charges its own: 0.1 of a typical PnL for "gain", nothing for "priced".
+    torch.testing.assert_close(halt_target(now, labels, **args), 0.1 - gain / 0.005)
+    assert TRMLoss(halt_target="gain").halt_step_cost == 0.1 and TRMLoss(halt_target="priced").halt_step_cost == 0.0
+    assert TRMLoss(halt_target="gain", halt_step_cost=0.0).halt_step_cost == 0.0  # an explicit cost wins
     loss = TRMLoss(halt_target="gain", halt_step_cost=0.2, lambda_profit=0.0)
     assert loss.looks_ahead and not TRMLoss(halt_target="profitable").looks_ahead
     halt_logits = torch.tensor([0.3, -1.0, 2.0])

@@ -143,10 +143,12 @@ def _check_halt_target(target: str) -> None:
         raise ValueError(f"halt_target must be one of {list(HALT_TARGETS)}; got {target!r}.")
 
 
-def _check_step_cost(step_cost: float) -> None:
-    if not (isinstance(step_cost, (int, float)) and math.isfinite(step_cost) and step_cost >= 0):
+def _check_step_cost(step_cost: float | None) -> None:
+    if step_cost is not None and not (
+        isinstance(step_cost, (int, float)) and math.isfinite(step_cost) and step_cost >= 0
+    ):
         raise ValueError(
-            f"halt_step_cost must be a finite float >= 0 (PnL, fraction of capital); got {step_cost!r}."
+            f"halt_step_cost must be a finite float >= 0, or None for the halt target's own; got {step_cost!r}."
         )
 
 
@@ -180,10 +182,11 @@ class LossConfig:
     unreachable), "priced" (one more reasoning step would not raise the answer's expected realized PnL by more
     than halt_step_cost) or "gain" (the halt head regresses that gain net of halt_step_cost, so it halts where
     one more step is worth less than its cost on average, not in most draws)."""
-    halt_step_cost: float = 0.0
+    halt_step_cost: float | None = None
     """What one more reasoning step must add to the answer's expected realized PnL to be worth taking: PnL (fraction
     of capital) for halt_target="priced"; for "gain", a share of the batch's mean absolute strategy PnL, so that
-    one setting means the same on an hourly FX series and on a volatile stock."""
+    one setting means the same on an hourly FX series and on a volatile stock. None = the target's own
+    (STEP_COSTS: 0 for "priced", 0.1 for "gain", the cost its recipes were measured with)."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
@@ -250,8 +253,11 @@ HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor] | None
     "gain": None,
 }
 
-# The targets that compare a step with the next one: the trainer runs a look-ahead step for them.
-LOOK_AHEAD_TARGETS = ("priced", "gain")
+# The targets that compare a step with the next one (the trainer runs a look-ahead step for them), and the cost
+# each charges for one more step when halt_step_cost is None: "gain" prices a step at a tenth of a typical
+# decision's absolute PnL (without a cost, a step whose gain is noise around zero is a toss-up).
+STEP_COSTS = {"priced": 0.0, "gain": 0.1}
+LOOK_AHEAD_TARGETS = tuple(STEP_COSTS)
 
 # The targets the halt head regresses (mean squared error) instead of classifying (binary cross-entropy).
 REGRESSED_TARGETS = ("gain",)
@@ -273,7 +279,7 @@ def halt_target(
     pnl: Tensor | None = None,
     strategy_pnl: Tensor | None = None,
     next_task_logits: Tensor | None = None,
-    step_cost: float = LossConfig.halt_step_cost,
+    step_cost: float | None = LossConfig.halt_step_cost,
 ) -> Tensor:
     """The halt head's target for one reasoning step, (B,) float32, without gradient: in {0, 1} for the
     classified targets, a real number for ``"gain"``.
@@ -298,6 +304,7 @@ def halt_target(
     """
     _check_halt_target(target)
     if target in LOOK_AHEAD_TARGETS:
+        step_cost = STEP_COSTS[target] if step_cost is None else step_cost
         values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")
         later = _need(next_task_logits, "next_task_logits", target, "the (B, C) logits of one more step")
         gain = expected_pnl(later, values) - expected_pnl(task_logits, values)  # (B,)
@@ -503,7 +510,8 @@ class TRMLoss(nn.Module):
         halt_target: one of HALT_TARGETS: "correct" (the seed's rule: confident and argmax == label),
             "profitable" (confident and the answer's pnl >= 0) or "priced" (the next step would not add more
             than ``halt_step_cost`` of expected PnL; needs ``strategy_pnl`` and ``next_task_logits`` in forward).
-        halt_step_cost: PnL one more reasoning step must add to be worth taking (``halt_target="priced"``).
+        halt_step_cost: what one more reasoning step must add to be worth taking (``halt_target="priced"``: PnL;
+            ``"gain"``: a share of the batch's mean absolute PnL); None = the target's own (``STEP_COSTS``).
         validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
             of a value costs a device-to-host sync; a training loop that builds its inputs itself turns it off.
 
@@ -521,7 +529,7 @@ class TRMLoss(nn.Module):
         lambda_reward: float = LossConfig.lambda_reward,
         validate: bool = True,
         halt_target: str = LossConfig.halt_target,
-        halt_step_cost: float = LossConfig.halt_step_cost,
+        halt_step_cost: float | None = LossConfig.halt_step_cost,
     ) -> None:
         arguments = locals()
         super().__init__()
@@ -537,7 +545,8 @@ class TRMLoss(nn.Module):
         self.lambda_reward = float(config.lambda_reward)
         self.confidence_threshold = float(config.confidence_threshold)
         self.halt_target = config.halt_target
-        self.halt_step_cost = float(config.halt_step_cost)
+        cost = STEP_COSTS.get(config.halt_target, 0.0) if config.halt_step_cost is None else config.halt_step_cost
+        self.halt_step_cost = float(cost)  # what this loss charges: the target's own cost unless one was given
         self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
         self.validate = bool(validate)

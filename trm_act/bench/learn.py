@@ -29,7 +29,7 @@ Recipes (``--recipes``):
   ``train.bptt_decisions``) and its one-step twin ``belief_bptt_one_step``, and the recurrent peers ``gru`` and
   ``gru_bptt``;
 - ``fresh_gain`` / ``belief_gain``: halting whose head regresses the gain of one more reasoning step net of
-  its cost (``loss.halt_target="gain"``, ``halt_step_cost`` 0.1 of a typical decision's absolute PnL), and both
+  its cost (``loss.halt_target="gain"`` with its own step cost, 0.1 of a typical decision's absolute PnL), and both
   at ``max_steps=2`` (``*_gain_two_steps``);
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
@@ -264,9 +264,7 @@ def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
 
 
 _priced = _loss_edit(halt_target="priced")
-GAIN_STEP_COST = 0.1
-"""halt_step_cost of the "gain" recipes: a step must add a tenth of a typical decision's absolute PnL."""
-_gain = _loss_edit(halt_target="gain", halt_step_cost=GAIN_STEP_COST)
+_gain = _loss_edit(halt_target="gain")  # its own step cost (loss.STEP_COSTS): a tenth of a typical decision's PnL
 
 _profitable = _loss_edit(halt_target="profitable", confidence_threshold=0.9)
 
