@@ -259,6 +259,11 @@ HALT_TARGETS: dict[str, Callable[[Tensor, Tensor, Tensor | None], Tensor] | None
 STEP_COSTS = {"priced": 0.0, "gain": 0.1}
 LOOK_AHEAD_TARGETS = tuple(STEP_COSTS)
 
+
+def step_cost_of(target: str, step_cost: float | None) -> float:
+    """The cost ``target`` charges for one more step: ``step_cost``, or the target's own when it is None."""
+    return float(STEP_COSTS.get(target, 0.0) if step_cost is None else step_cost)
+
 # The targets the halt head regresses (mean squared error) instead of classifying (binary cross-entropy).
 REGRESSED_TARGETS = ("gain",)
 
@@ -304,7 +309,7 @@ def halt_target(
     """
     _check_halt_target(target)
     if target in LOOK_AHEAD_TARGETS:
-        step_cost = STEP_COSTS[target] if step_cost is None else step_cost
+        step_cost = step_cost_of(target, step_cost)
         values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")
         later = _need(next_task_logits, "next_task_logits", target, "the (B, C) logits of one more step")
         gain = expected_pnl(later, values) - expected_pnl(task_logits, values)  # (B,)
@@ -508,8 +513,9 @@ class TRMLoss(nn.Module):
         num_classes: number of strategies (logit width).
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
         halt_target: one of HALT_TARGETS: "correct" (the seed's rule: confident and argmax == label),
-            "profitable" (confident and the answer's pnl >= 0) or "priced" (the next step would not add more
-            than ``halt_step_cost`` of expected PnL; needs ``strategy_pnl`` and ``next_task_logits`` in forward).
+            "profitable" (confident and the answer's pnl >= 0), "priced" (the next step would not add more
+            than ``halt_step_cost`` of expected PnL) or "gain" (the halt head regresses that gain net of its cost);
+            the last two need ``strategy_pnl`` and ``next_task_logits`` in forward.
         halt_step_cost: what one more reasoning step must add to be worth taking (``halt_target="priced"``: PnL;
             ``"gain"``: a share of the batch's mean absolute PnL); None = the target's own (``STEP_COSTS``).
         validate: check every input of ``forward`` (shapes, dtypes, label range, finiteness). Each check
@@ -545,8 +551,7 @@ class TRMLoss(nn.Module):
         self.lambda_reward = float(config.lambda_reward)
         self.confidence_threshold = float(config.confidence_threshold)
         self.halt_target = config.halt_target
-        cost = STEP_COSTS.get(config.halt_target, 0.0) if config.halt_step_cost is None else config.halt_step_cost
-        self.halt_step_cost = float(cost)  # what this loss charges: the target's own cost unless one was given
+        self.halt_step_cost = step_cost_of(config.halt_target, config.halt_step_cost)
         self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
         self.validate = bool(validate)
