@@ -181,7 +181,9 @@ def trainer_on_a_batch(request, tmp_path_factory):
             episode_length=8,
             synthetic=SyntheticMarketConfig(n_bars=1500),
         ),
-        model=TRMConfig(d_model=16, n_heads=2, max_steps=ITERATIONS, halt_exploration_prob=0.0, carry=carry),
+        model=TRMConfig(
+            d_model=16, n_heads=2, n_cycles=2, max_steps=ITERATIONS, halt_exploration_prob=0.0, carry=carry
+        ),  # two cycles: with this seed, every kind of halt tag takes a value strictly between 0 and 1
         # A threshold just above uniform (1/8) makes the "profitable" target vary on an untrained model.
         loss=LossConfig(lambda_reward=1.0, halt_target=halt_target, confidence_threshold=0.13),
         train=TrainConfig(steps=10, batch_size=16, log_every=ITERATIONS, progress=False, ema_decay=0.0),

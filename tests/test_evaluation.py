@@ -404,7 +404,8 @@ def test_evaluation_does_not_depend_on_its_batch_size():
     # Evaluation batches only bound memory (--eval-batch-size): every figure but the timings is the same.
     torch.manual_seed(0)
     replay = build_replay(TradeReplayConfig(window=16, synthetic=SyntheticMarketConfig(n_bars=3000, seed=3)))
-    model = RecurrentTRM(TRMConfig(window=16, n_features=replay.n_features, max_steps=3, d_model=16)).eval()
+    config = TRMConfig(window=16, n_features=replay.n_features, max_steps=3, d_model=16, n_cycles=2)
+    model = RecurrentTRM(config).eval()
     with torch.no_grad():  # a halt head that fires on some rows only, so adaptive batches shrink unevenly
         model.halt_head.weight.normal_(0.0, 2.0)
         model.halt_head.bias.zero_()

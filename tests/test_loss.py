@@ -502,8 +502,7 @@ def test_the_recipe_is_the_seeds_loss_with_the_changes_it_lists():
     assert changed == {
         "lambda_reward": 10.0,
         "lambda_profit": 0.1,
-        "halt_target": "profitable",
-        "confidence_threshold": 0.9,
+        "halt_target": "gain",
         "lambda_halt": 0.5,
     }
     assert recipe_loss() is not recipe_loss()  # a fresh config each call: a caller may change its own

@@ -267,6 +267,8 @@ TABLES = {
             "learn-gain",
             "learn-slow-gain",
             "learn-gain-two-slow-validation",
+            "learn-cycles-validation",
+            "learn-cycles-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

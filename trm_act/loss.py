@@ -217,11 +217,12 @@ def recipe_loss() -> LossConfig:
         lambda_reward=10.0,
         # ... and the profit-weighted label loss is a light regulariser.
         lambda_profit=0.1,
-        # "Confident and correct" is almost never met against noisy labels, so the halt head learned never to halt;
-        # "confident and not losing money" is reachable ...
-        halt_target="profitable",
-        confidence_threshold=0.9,
-        # ... and a stronger halt loss teaches it within a short run.
+        # "Confident and correct" is almost never met against noisy labels, so the halt head learned never to halt.
+        # The halt head regresses the value of stopping instead: whether one more step's mean gain in expected
+        # realized PnL is worth a tenth of a typical decision's PnL (STEP_COSTS), so it stops where steps add
+        # nothing ...
+        halt_target="gain",
+        # ... and a strong halt loss teaches it within a short run.
         lambda_halt=0.5,
     )
 

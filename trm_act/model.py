@@ -191,8 +191,10 @@ class TRMConfig:
     """Hidden width of the MLPs as a multiple of d_model (channel MLP) or of window (token MLP)."""
     n_latent: int = 1
     """n: latent updates z = net(x + y + z) per cycle, before each answer update y = net(y + z)."""
-    n_cycles: int = 2
-    """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient."""
+    n_cycles: int = 1
+    """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient. TRM uses 3. One
+    cycle per step learned as much as two on both market families' validation markets, and the compute it saves
+    pays for the look-ahead step of the CLI's "gain" halting (docs/thinking.md, section 11)."""
     max_steps: int = 4
     """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
     pool: Literal["mean", "last"] = "last"

@@ -220,7 +220,10 @@ class Trainer:
         next_logits = None
         if self.loss_fn.looks_ahead:
             with self._autocast():
-                next_logits = look_ahead(self.model, obs, out, steps_done >= max_steps)  # (B, C)
+                # The compiled step's module when there is one (eager, the look-ahead cost as much as the step);
+                # never the DDP wrapper: a forward without gradient has nothing to all-reduce.
+                ahead_model = self.forward_model if self.compiled else self.model
+                next_logits = look_ahead(ahead_model, obs, out, steps_done >= max_steps)  # (B, C)
         parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 

@@ -303,7 +303,9 @@ RECIPES: dict[
     "no_label_loss": (_no_label_loss, None),  # the expected-PnL term alone (lambda_profit 0)
     "max_steps8": (_model_edit(max_steps=8), None),  # twice the reasoning steps
     # One cycle per reasoning step, all of it backpropagated (TRM's no-grad cycle removed): do later steps learn?
-    "one_cycle": (_model_edit(n_cycles=1), None),
+    "one_cycle": (_chain(_profitable, _model_edit(n_cycles=1)), None),
+    # The CLI default before "gain" halting and one cycle per step: two cycles, "confident and not losing" halting.
+    "previous_default": (_chain(_profitable, _model_edit(n_cycles=2)), None),
     # The architecture choices of the default, each undone on its own (compared with --validation):
     "post_norm": (_model_edit(norm="post"), None),  # TRM's post-norm blocks
     "global_attention": (_model_edit(attn_radius=0, pool="mean"), None),  # every bar sees every bar at once
