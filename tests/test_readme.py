@@ -191,7 +191,7 @@ def real_table(name: str = "real") -> str:
 
 # The CLI compiles its training step (issue 24), so its output is the compiled benchmark's, not the eager
 # learn.json's: `bench learn --recipes default,one_step --compile on --out trm_act/bench/results/learn-compiled`.
-DEFAULT_RUN = "learn-compiled"
+DEFAULT_RUN = "learn"
 
 
 def default_run_over_seeds() -> str:
