@@ -245,6 +245,7 @@ TABLES = {
     "learn-validation": (lambda: learn_table("learn-validation"), ["docs/results.md"]),
     "learn-validation-labels": (lambda: learn_table("learn-validation-labels"), ["docs/results.md"]),
     "learn-slow": (lambda: learn_table("learn-slow"), ["docs/results.md"]),
+    "learn-slow-two-cycles": (lambda: learn_table("learn-slow-two-cycles"), ["docs/results.md"]),
     "learn-belief": (lambda: learn_table("learn-belief"), ["docs/results.md"]),
     "learn-belief-validation": (lambda: learn_table("learn-belief-validation"), ["docs/results.md"]),
     "learn-compiled": (lambda: learn_table("learn-compiled"), ["docs/distributed.md"]),
@@ -273,7 +274,7 @@ TABLES = {
     },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
-    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced", "real-gain")},
+    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced", "real-gain", "real-one-cycle-gain")},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
 }

@@ -3,6 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
+
+# Issue 24's peer is commit 1d55271's default recipe, run eagerly. The recipe has changed since (one cycle per
+# reasoning step and gain halting, docs/thinking.md section 11), so the peer sets the changed fields back.
+PEER_RECIPE: dict[str, dict[str, Any]] = {
+    "model": {"n_cycles": 2},
+    "loss": {"halt_target": "profitable", "confidence_threshold": 0.9},
+}
+
+
+def peer_flags() -> list[str]:
+    """PEER_RECIPE as flags of ``python -m trm_act.train``."""
+    return [
+        flag
+        for fields in PEER_RECIPE.values()
+        for name, value in fields.items()
+        for flag in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
+def peer_config(config: Any) -> Any:
+    """An ExperimentConfig with PEER_RECIPE's fields in place of its own."""
+    parts = {part: dataclasses.replace(getattr(config, part), **fields) for part, fields in PEER_RECIPE.items()}
+    return dataclasses.replace(config, **parts)
 
 
 def bench_parser(name: str, doc: str) -> argparse.ArgumentParser:

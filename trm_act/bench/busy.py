@@ -10,8 +10,8 @@ in a temporary logdir), timed from start to exit:
 3. beside the same neighbour with ``--threads T``, T = the neighbour's default thread count: what the
    trainer would do with torch's default instead of its own default of 1 (skipped when T is 1).
 
-4. beside the same neighbour with ``--compile off``: the eager training step of commit 1d55271 (issue 24's
-   peer), so the compiled step's gain is measured in the same run;
+4. beside the same neighbour with ``--compile off`` and commit 1d55271's recipe (``PEER_RECIPE``): the
+   command the slower machine timed, issue 24's peer, so the compiled default's gain is measured in the same run;
 5. beside the same neighbour with an empty inductor cache: what a machine's first run pays to compile.
 
 The default command compiles its training step (``--compile auto``) and inductor caches the kernels, so rows
@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trm_act.bench import bench_parser
+from trm_act.bench import bench_parser, peer_flags
 
 BAR_S = 180.0  # issue 11: the default command beside another PyTorch job
 QUICK_STEPS = 30
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(beside(logdir, "beside the neighbour (default --threads 1)", steps, timeout, n))
         eager = None
         if not args.quick:
-            eager = beside(logdir, "beside the neighbour, --compile off (1d55271's step)", ["--compile", "off"],
-                           timeout, n)  # fmt: skip
+            eager = beside(logdir, "beside the neighbour, --compile off (1d55271's recipe and step)",
+                           ["--compile", "off", *peer_flags()], timeout, n)  # fmt: skip
             cold = {"TORCHINDUCTOR_CACHE_DIR": str(logdir / "cold-cache")}
             runs += [eager, beside(logdir, "beside the neighbour, empty compile cache", [], timeout, n, cold)]
         if alone.threads > 1 and not args.no_threads_row:

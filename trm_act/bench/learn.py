@@ -346,6 +346,7 @@ DEFAULT_RECIPES = (
     "one_step",
     "mlp",
     "mlp_window16",
+    "gru",
     "seed_loss_hmm",
     "regime_labels",
     "regime_labels_one_step",

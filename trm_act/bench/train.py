@@ -3,8 +3,9 @@
 One run measures, side by side, samples/s (slots x steps per second, all ranks together) of the default
 experiment config for:
 
-- the eager step (commit 1d55271's step, the peer) and the ``torch.compile`` step (issue 24's bar: 2x the
-  eager samples/s on 1 thread fp32), each at 1 and 2 intra-op threads, fp32 and bf16 autocast;
+- the eager step of commit 1d55271's recipe (``PEER_RECIPE``: the peer) and the default's ``torch.compile``
+  step (issue 24's bar: 2x the eager samples/s on 1 thread fp32), each at 1 and 2 intra-op threads, fp32 and
+  bf16 autocast;
 - 1 and 2 processes under torchrun (``python -m torch.distributed.run --standalone``), one thread each,
   gloo DDP, with the scaling efficiency ``samples/s(2) / (2 x samples/s(1))``.
 
@@ -37,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trm_act import distributed
 from trm_act.bench import bench_parser
+from trm_act.bench import peer_config
 from trm_act.config import ExperimentConfig
 from trm_act.envs import SyntheticMarketConfig
 
@@ -46,8 +48,8 @@ SPEEDUP_BAR = 2.0  # issue 24: compiled vs commit 1d55271's eager step, 1 thread
 
 def bench_config(quick: bool, bf16: bool, threads: int, compiled: bool = False) -> ExperimentConfig:
     """The default experiment config (or a tiny one with ``quick``) with the given dtype, threads and step
-    (``compiled``: torch.compile; otherwise the eager step, which is commit 1d55271's step)."""
-    config = ExperimentConfig()
+    (``compiled``: torch.compile; otherwise commit 1d55271's step: its recipe, eager)."""
+    config = ExperimentConfig() if compiled else peer_config(ExperimentConfig())
     train = dataclasses.replace(
         config.train, bf16=bf16, threads=threads, device="cpu", progress=False, compile="on" if compiled else "off"
     )
