@@ -248,6 +248,41 @@ def test_bench_busy_full_run_fails_past_the_bar(monkeypatch, capsys, beside_s, f
     assert "| beside the neighbour, --threads 2 (torch's default) | > 900 s (killed) | > 9.00x | 5.0 |" in out
 
 
+def test_the_benches_peer_is_commit_1d55271s_recipe_whatever_the_default_becomes(monkeypatch, capsys):
+    import dataclasses
+
+    from trm_act.bench import busy, peer_config, peer_flags
+    from trm_act.bench.train import bench_config
+    from trm_act.config import ExperimentConfig
+    from trm_act.train import parse_args
+
+    default = ExperimentConfig()
+    peer = peer_config(default)
+    # the recipe the slower machine timed: two cycles per step, "confident (> 0.9) and not losing" halting ...
+    assert (peer.model.n_cycles, peer.loss.halt_target, peer.loss.confidence_threshold) == (2, "profitable", 0.9)
+    assert (default.model.n_cycles, default.loss.halt_target) == (1, "gain")  # ... which is no longer the default
+    assert dataclasses.replace(peer, model=default.model, loss=default.loss) == default  # and nothing else changes
+    # bench busy's flags and bench train's eager config are that recipe; the compiled rows keep the default
+    args = parse_args(["--env", "trade-replay", *peer_flags()])
+    assert (args.model, args.loss) == (peer.model, peer.loss)
+    eager = bench_config(quick=False, bf16=False, threads=1)
+    assert (eager.model, eager.loss, eager.train.compile) == (peer.model, peer.loss, "off")
+    compiled = bench_config(quick=False, bf16=False, threads=1, compiled=True)
+    assert (compiled.model, compiled.loss, compiled.train.compile) == (default.model, default.loss, "on")
+    calls = {}
+    monkeypatch.setattr(busy, "Neighbour", FakeNeighbour)
+    monkeypatch.setattr(busy.time, "sleep", lambda seconds: None)
+
+    def train_seconds(logdir, name, extra, timeout, env=None):
+        calls[name] = extra
+        return 100.0, True
+
+    monkeypatch.setattr(busy, "train_seconds", train_seconds)
+    busy.main(["--no-threads-row"])
+    assert calls["beside the neighbour, --compile off (1d55271's recipe and step)"] == ["--compile", "off", *peer_flags()]
+    assert calls["beside the neighbour (default --threads 1)"] == []
+
+
 def _signal_torchrun_job(process: subprocess.Popen, how: str) -> None:
     """SIGTERM a running torchrun job: to the launcher only (Kubernetes' main process), to its whole process
     group (SLURM, ``kill -- -PGID``: every worker gets it directly and again from the launcher), or to the

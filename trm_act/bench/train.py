@@ -37,8 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trm_act import distributed
-from trm_act.bench import bench_parser
-from trm_act.bench import peer_config
+from trm_act.bench import bench_parser, peer_config
 from trm_act.config import ExperimentConfig
 from trm_act.envs import SyntheticMarketConfig
 
