@@ -237,6 +237,24 @@ def test_returned_carry_is_detached_and_no_gradient_reaches_the_previous_step(mi
     assert carry.y.grad is None and carry.z.grad is None
 
 
+@pytest.mark.parametrize("halt_grad", [True, False])
+def test_halt_grad_decides_whether_the_halt_logits_train_the_shared_network(halt_grad):
+    model = make_model(halt_grad=halt_grad)
+    with torch.no_grad():  # the head starts at zero weights, which would pass no gradient on either way
+        model.halt_head.weight.normal_()
+    out = model(make_obs(model.config), model.init_carry(6))
+    out.halt_logits.square().sum().backward()
+    trunk = [p.grad for name, p in model.named_parameters() if not name.startswith(("halt_head", "task_head"))]
+    reached = any(g is not None and g.abs().sum() > 0 for g in trunk)
+    assert reached == halt_grad  # the shared network, encoder included, learns from halting only when asked
+    assert model.halt_head.weight.grad.abs().sum() > 0  # the halt head always does
+    assert model.task_head.weight.grad is None  # the answer's head never does
+    # and the logits themselves do not depend on it
+    twin = make_model(halt_grad=not halt_grad)
+    twin.load_state_dict(model.state_dict())
+    assert torch.equal(twin(make_obs(twin.config), twin.init_carry(6)).halt_logits, out.halt_logits.detach())
+
+
 @pytest.mark.parametrize("n_cycles", [1, 3])
 @pytest.mark.parametrize("mixer", MIXER_NAMES)
 def test_only_the_last_cycle_carries_gradient(mixer, n_cycles):

@@ -204,6 +204,9 @@ class TRMConfig:
     """Initial bias of the halt head (TRM: -5), so that halting is learned rather than assumed."""
     halt_exploration_prob: float = 0.1
     """Fraction of new training samples that draw a minimum step count in [2, max_steps]."""
+    halt_grad: bool = True
+    """Whether the halt loss trains the shared network too (TRM, HRM); False trains only the halt head, on the
+    answer's detached features, so that a noisy halt target cannot bend what the answer reads."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
     carry: Literal["fresh", "belief"] = "fresh"
@@ -467,7 +470,8 @@ class RecurrentTRM(nn.Module):
             proposal = self.belief_write(pooled.float(), carry.belief.float())  # (B, D) revised belief
             pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
-        halt_logits = self.halt_head(pooled).float().squeeze(-1)  # (B,)
+        halt_in = pooled if self.config.halt_grad else pooled.detach()  # (B, D)
+        halt_logits = self.halt_head(halt_in).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype
         next_carry = TRMCarry(y, z) if proposal is None else TRMCarry(y, z, carry.belief, proposal)
