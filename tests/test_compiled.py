@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -72,8 +74,10 @@ def test_the_compiled_training_step_follows_the_eager_one(tmp_path):
     from trm_act.trainer import Trainer
 
     losses, weights = {}, {}
+    default = bench_config(quick=True, bf16=False, threads=1, compiled=True)  # the default recipe, tiny
     for compiled in (False, True):
-        config = bench_config(quick=True, bf16=False, threads=1, compiled=compiled)
+        train = dataclasses.replace(default.train, compile="on" if compiled else "off")
+        config = dataclasses.replace(default, train=train)
         trainer = Trainer(config, tmp_path / f"run-{compiled}")
         assert trainer.compiled is compiled
         losses[compiled] = []

@@ -270,6 +270,8 @@ TABLES = {
             "learn-gain-two-slow-validation",
             "learn-cycles-validation",
             "learn-cycles-slow-validation",
+            "learn-halt-detached-validation",
+            "learn-halt-detached-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

@@ -206,7 +206,9 @@ class TRMConfig:
     """Fraction of new training samples that draw a minimum step count in [2, max_steps]."""
     halt_grad: bool = True
     """Whether the halt loss trains the shared network too (TRM, HRM); False trains only the halt head, on the
-    answer's detached features, so that a noisy halt target cannot bend what the answer reads."""
+    answer's detached features, so that a noisy halt target cannot bend what the answer reads. False did better
+    on the synthetic markets' validation runs, but kept later steps from learning in the ACT test where thinking
+    pays (docs/thinking.md, section 11), so the default stays True."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
     carry: Literal["fresh", "belief"] = "fresh"
