@@ -272,6 +272,8 @@ TABLES = {
             "learn-cycles-slow-validation",
             "learn-halt-detached-validation",
             "learn-halt-detached-slow-validation",
+            "learn-halt-detached",
+            "learn-slow-halt-detached",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
