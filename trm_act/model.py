@@ -194,7 +194,7 @@ class TRMConfig:
     n_cycles: int = 1
     """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient. TRM uses 3. One
     cycle per step learned as much as two on both market families' validation markets, and the compute it saves
-    pays for the look-ahead step of the CLI's "gain" halting (docs/thinking.md, section 11)."""
+    pays for most of the look-ahead step of the CLI's "gain" halting (docs/thinking.md, section 11)."""
     max_steps: int = 4
     """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
     pool: Literal["mean", "last"] = "last"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the dispatcher imports this module; the config (and torch) load only where a bench needs them
+    from trm_act.config import ExperimentConfig
 
 # Issue 24's peer is commit 1d55271's default recipe, run eagerly. The recipe has changed since (one cycle per
 # reasoning step and gain halting, docs/thinking.md section 11), so the peer sets the changed fields back.
@@ -24,7 +27,7 @@ def peer_flags() -> list[str]:
     ]
 
 
-def peer_config(config: Any) -> Any:
+def peer_config(config: ExperimentConfig) -> ExperimentConfig:
     """An ExperimentConfig with PEER_RECIPE's fields in place of its own."""
     parts = {part: dataclasses.replace(getattr(config, part), **fields) for part, fields in PEER_RECIPE.items()}
     return dataclasses.replace(config, **parts)
