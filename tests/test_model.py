@@ -237,22 +237,37 @@ def test_returned_carry_is_detached_and_no_gradient_reaches_the_previous_step(mi
     assert carry.y.grad is None and carry.z.grad is None
 
 
-@pytest.mark.parametrize("halt_grad", [True, False])
-def test_halt_grad_decides_whether_the_halt_logits_train_the_shared_network(halt_grad):
+def _halt_loss_gradients(halt_grad: float) -> tuple[dict[str, torch.Tensor | None], torch.Tensor]:
+    """Gradients of a halt-only loss (parameter name -> grad) and the halt logits, on make_model's weights."""
     model = make_model(halt_grad=halt_grad)
     with torch.no_grad():  # the head starts at zero weights, which would pass no gradient on either way
-        model.halt_head.weight.normal_()
+        model.halt_head.weight.normal_(generator=torch.Generator().manual_seed(1))
     out = model(make_obs(model.config), model.init_carry(6))
     out.halt_logits.square().sum().backward()
-    trunk = [p.grad for name, p in model.named_parameters() if not name.startswith(("halt_head", "task_head"))]
-    reached = any(g is not None and g.abs().sum() > 0 for g in trunk)
-    assert reached == halt_grad  # the shared network, encoder included, learns from halting only when asked
-    assert model.halt_head.weight.grad.abs().sum() > 0  # the halt head always does
-    assert model.task_head.weight.grad is None  # the answer's head never does
-    # and the logits themselves do not depend on it
-    twin = make_model(halt_grad=not halt_grad)
-    twin.load_state_dict(model.state_dict())
-    assert torch.equal(twin(make_obs(twin.config), twin.init_carry(6)).halt_logits, out.halt_logits.detach())
+    return {name: p.grad for name, p in model.named_parameters()}, out.halt_logits.detach()
+
+
+@pytest.mark.parametrize("halt_grad", [1.0, 0.3, 0.0])
+def test_halt_grad_is_the_share_of_the_halt_gradient_that_trains_the_shared_network(halt_grad):
+    grads, halt_logits = _halt_loss_gradients(halt_grad)
+    full, full_logits = _halt_loss_gradients(1.0)
+    trunk = [name for name in grads if not name.startswith(("halt_head", "task_head"))]
+    reached = any(grads[name] is not None and grads[name].abs().sum() > 0 for name in trunk)
+    assert reached == (halt_grad > 0)  # the shared network, encoder included, learns from halting only when asked
+    for name in trunk:  # ... and by the share asked: the same gradient, scaled
+        if halt_grad > 0:
+            torch.testing.assert_close(grads[name], halt_grad * full[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads["halt_head.weight"], full["halt_head.weight"], rtol=1e-5, atol=1e-7)
+    assert grads["task_head.weight"] is None  # the answer's head never learns from halting
+    assert torch.equal(halt_logits, full_logits)  # and the logits themselves do not depend on it
+
+
+def test_halt_grad_reads_a_saved_switch_and_refuses_a_share_outside_0_1():
+    assert small_config(halt_grad=False).halt_grad == 0.0  # configs saved when it was a switch
+    assert small_config(halt_grad=True).halt_grad == 1.0
+    for bad in (-0.1, 1.5, "half"):
+        with pytest.raises(ValueError, match=r"^TRMConfig.halt_grad must lie in \[0, 1\]"):
+            small_config(halt_grad=bad)
 
 
 @pytest.mark.parametrize("n_cycles", [1, 3])
@@ -356,3 +371,47 @@ def test_dropout_is_active_only_in_training():
     torch.testing.assert_close(model(obs, carry).task_logits, model(obs, carry).task_logits)
     model.train()
     assert not torch.allclose(model(obs, carry).task_logits, model(obs, carry).task_logits)
+
+
+def _stepped_carry(model: RecurrentTRM, obs: torch.Tensor) -> TRMCarry:
+    """The carry after one reasoning step: y and z differ from bar to bar, as in a look-ahead."""
+    with torch.no_grad():
+        return model(obs, model.init_carry(obs.shape[0])).carry
+
+
+@pytest.mark.parametrize(
+    "overrides, bars",
+    [
+        (dict(window=32), 13),  # 2 cycles x (2 latent + 1 answer) updates x 2 layers x radius 1, plus the last bar
+        (dict(window=32, n_cycles=1, n_latent=1, attn_radius=2), 9),  # the CLI default's reach
+        (dict(window=32, carry="belief"), 13),
+        (dict(window=32, norm="post"), 13),
+        (dict(window=12), 12),  # reach beyond the window: the whole window
+        (dict(window=32, attn_radius=0), 32),  # global attention
+        (dict(window=32, pool="mean"), 32),  # the heads read every bar
+        (dict(window=32, mixer="mlp"), 32),
+    ],
+)
+def test_answer_logits_are_one_steps_logits_from_the_bars_the_answer_can_reach(overrides, bars):
+    model = make_model(**{"attn_radius": 1, **overrides})
+    assert model.answer_bars() == bars
+    obs = make_obs(model.config, batch=5)
+    carry = _stepped_carry(model, obs)
+    with torch.no_grad():
+        full = model(obs, carry).task_logits  # (B, C)
+        torch.testing.assert_close(model.answer_logits(obs, carry), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(n_latent=1, attn_radius=2), dict(n_latent=2, attn_radius=1)])
+def test_answer_bars_are_exactly_the_bars_one_steps_answer_depends_on(overrides):
+    # One cycle, so that the gradient runs through every update (TRM's no-grad cycles would cut it): a bar is
+    # read when the answer's gradient reaches its features or its carry, however faintly.
+    model = make_model(window=32, n_cycles=1, **overrides)
+    obs = make_obs(model.config, batch=5).requires_grad_()
+    stepped = _stepped_carry(model, obs.detach())
+    y, z = stepped.y.clone().requires_grad_(), stepped.z.clone().requires_grad_()
+    model(obs, TRMCarry(y, z)).task_logits.sum().backward()
+    per_bar = sum(t.grad.abs().sum(dim=(0, 2)) for t in (obs, y, z))  # (W,)
+    read = (per_bar > 0).tolist()
+    bars = model.answer_bars()
+    assert read == [False] * (32 - bars) + [True] * bars

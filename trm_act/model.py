@@ -70,7 +70,8 @@ class AttentionMixer(nn.Module):
         qkv = self.qkv(h).view(b, w, 3, self.n_heads, d // self.n_heads)  # (B, W, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D/H)
         p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=p)  # (B, H, W, D/H)
+        mask = None if self.mask is None else self.mask[-w:, -w:]  # a window's last w bars (the whole: w = W)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, W, D/H)
         return self.out(a.transpose(1, 2).reshape(b, w, d))  # (B, W, D)
 
     def banded(self, h: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,8 @@ class AttentionMixer(nn.Module):
         q, k, v = self.qkv(h).view(b, w, 3, self.n_heads, head).unbind(2)  # 3 x (B, W, H, D/H)
         k, v = F.pad(k, (0, 0, 0, 0, r, r)), F.pad(v, (0, 0, 0, 0, r, r))  # (B, W+2r, H, D/H)
         scores = torch.stack([(q * k[:, j : j + w]).sum(-1) for j in range(2 * r + 1)], dim=-1)  # (B, W, H, 2r+1)
-        weights = (scores * head**-0.5 + self.band_bias.to(scores.dtype)).softmax(dim=-1)  # (B, W, H, 2r+1)
+        bias = self.band_bias[-w:].to(scores.dtype)  # (W, 1, 2r+1) a window's last w bars (the whole: w = W)
+        weights = (scores * head**-0.5 + bias).softmax(dim=-1)  # (B, W, H, 2r+1)
         weights = F.dropout(weights, self.dropout, self.training)
         a = sum(weights[..., j : j + 1] * v[:, j : j + w] for j in range(2 * r + 1))  # (B, W, H, D/H)
         return self.out(a.reshape(b, w, d))  # (B, W, D)
@@ -204,11 +206,12 @@ class TRMConfig:
     """Initial bias of the halt head (TRM: -5), so that halting is learned rather than assumed."""
     halt_exploration_prob: float = 0.1
     """Fraction of new training samples that draw a minimum step count in [2, max_steps]."""
-    halt_grad: bool = True
-    """Whether the halt loss trains the shared network too (TRM, HRM); False trains only the halt head, on the
-    answer's detached features, so that a noisy halt target cannot bend what the answer reads. False did better
-    on the synthetic markets' validation runs, but kept later steps from learning in the ACT test where thinking
-    pays (docs/thinking.md, section 11), so the default stays True."""
+    halt_grad: float = 1.0
+    """Share of the halt loss's gradient that reaches the shared network: 1 (TRM, HRM: the halt loss trains the
+    features the answer reads too), 0 (only the halt head learns from halting, on the answer's detached features,
+    so that a noisy halt target cannot bend what the answer reads) or a share in between. The halt logits are the
+    same whatever it is; only their gradient is scaled. 0 did better on the synthetic markets' validation runs, but
+    kept later steps from learning in the ACT test where thinking pays (docs/thinking.md, section 11)."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
     carry: Literal["fresh", "belief"] = "fresh"
@@ -268,6 +271,12 @@ class TRMConfig:
         ):
             raise ValueError(
                 f"TRMConfig.halt_exploration_prob must lie in [0, 1], got {self.halt_exploration_prob!r}."
+            )
+        if isinstance(self.halt_grad, bool):  # configs saved when it was a switch: True = 1, False = 0
+            self.halt_grad = float(self.halt_grad)
+        if not (isinstance(self.halt_grad, (int, float)) and 0.0 <= self.halt_grad <= 1.0):
+            raise ValueError(
+                f"TRMConfig.halt_grad must lie in [0, 1] (1 = TRM, 0 = halt head alone), got {self.halt_grad!r}."
             )
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"TRMConfig.dropout must lie in [0, 1), got {self.dropout!r}.")
@@ -472,7 +481,10 @@ class RecurrentTRM(nn.Module):
             proposal = self.belief_write(pooled.float(), carry.belief.float())  # (B, D) revised belief
             pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
-        halt_in = pooled if self.config.halt_grad else pooled.detach()  # (B, D)
+        share = self.config.halt_grad
+        halt_in = pooled if share == 1 else pooled.detach()  # (B, D)
+        if 0 < share < 1:  # pooled's value exactly, with that share of its gradient
+            halt_in = halt_in + share * (pooled - halt_in)  # (B, D)
         halt_logits = self.halt_head(halt_in).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype
@@ -481,3 +493,30 @@ class RecurrentTRM(nn.Module):
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         return self.step(self.encode(obs), carry)
+
+    def answer_bars(self) -> int:
+        """Bars at the window's end that the decision bar's answer after one reasoning step depends on.
+
+        With banded attention each block reaches ``attn_radius`` bars further back, a cycle runs ``n_layers``
+        blocks ``n_latent + 1`` times, and the heads read the last bar (``pool="last"``); any other mixer or
+        pooling reads the whole window.
+        """
+        c = self.config
+        if c.mixer != "attention" or c.attn_radius == 0 or c.pool != "last":
+            return c.window
+        reach = c.n_cycles * (c.n_latent + 1) * c.n_layers * c.attn_radius  # bars back the last bar can read
+        return min(c.window, reach + 1)
+
+    def answer_logits(self, obs: torch.Tensor, carry: TRMCarry) -> torch.Tensor:
+        """(B, C) the task logits of one reasoning step from ``carry``, and nothing else ("gain" halting's
+        look-ahead, ``trm_act.supervision.look_ahead``).
+
+        The step runs on the last :meth:`answer_bars` bars only: the bars before them cannot reach the decision
+        bar's answer, and the errors a cut window makes at its first bars travel ``attn_radius`` bars a block,
+        never as far as the last bar. At the defaults that is 9 of 32 bars, ~4x less work than ``forward``, whose
+        logits it equals up to float rounding (bit for bit under ``torch.compile`` on the developers' CPU).
+        """
+        bars = self.answer_bars()
+        x = self.encode(obs)[:, -bars:]  # (B, bars, D)
+        cut = TRMCarry(carry.y[:, -bars:], carry.z[:, -bars:], carry.belief, carry.proposal)
+        return self.step(x, cut).task_logits  # (B, C)

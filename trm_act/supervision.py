@@ -6,8 +6,8 @@ Lightning, Hugging Face) call the same pieces:
 
 - :func:`supervise_step`: TRMLoss of one reasoning step, with ``pnl`` = the supervision PnL of the step's
   argmax answer (``info["label_pnl"]``: each strategy's PnL over the labels' horizon);
-- :func:`look_ahead`: the logits of one more reasoning step, which the "priced" and "gain" halt targets compare
-  with;
+- :func:`look_ahead`: the logits of one more reasoning step (:func:`answer_of` the model), which the "priced" and
+  "gain" halt targets compare with;
 - :class:`SupervisionStats`: every ``halt/*`` tag and ``train/accuracy`` / ``train/pnl``, from the reasoning steps
   a window of iterations ran and the decisions it committed;
 - :func:`deep_supervision`: every reasoning step of a batch of decisions within one optimizer step, built from the
@@ -22,6 +22,7 @@ definitions give the same numbers on the same batch.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "StepSupervision",
     "Supervised",
     "SupervisionStats",
+    "answer_of",
     "deep_supervision",
     "look_ahead",
     "loss_tags",
@@ -87,15 +89,22 @@ def supervise_step(
     return StepSupervision(parts, actions, chosen_pnl)
 
 
+def answer_of(model: torch.nn.Module) -> Callable[[Tensor, Any], Tensor]:
+    """``(obs, carry) -> (B, C)`` task logits of one reasoning step: ``RecurrentTRM.answer_logits`` (only the bars
+    the decision bar's answer depends on), else the logits of the model's forward (the peers)."""
+    answer = getattr(model, "answer_logits", None)
+    return answer if answer is not None else lambda obs, carry: model(obs, carry).task_logits
+
+
 @torch.no_grad()
-def look_ahead(model: torch.nn.Module, obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
+def look_ahead(answer: Callable[[Tensor, Any], Tensor], obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
     """(B, C) task logits one more reasoning step would give, without gradient (``TRMLoss.looks_ahead``).
 
-    HRM computes its continue target the same way. ``at_cap`` (B,) marks rows at the step cap: there is no next
-    step, so their own logits stand in (gain 0).
+    ``answer`` is :func:`answer_of` the model (or its compiled form). HRM computes its continue target the same
+    way. ``at_cap`` (B,) marks rows at the step cap: there is no next step, so their own logits stand in (gain 0).
     """
-    ahead = model(obs, out.carry)
-    return torch.where(at_cap[:, None], out.task_logits.detach(), ahead.task_logits)  # (B, C)
+    ahead = answer(obs, out.carry)  # (B, C)
+    return torch.where(at_cap[:, None], out.task_logits.detach(), ahead)  # (B, C)
 
 
 def loss_tags(parts: dict[str, Any]) -> dict[str, float]:
@@ -306,7 +315,7 @@ def deep_supervision(
         )
         next_logits = None
         if loss_fn.looks_ahead:
-            next_logits = look_ahead(model, obs, out, steps >= config.max_steps)  # (B, C)
+            next_logits = look_ahead(answer_of(model), obs, out, steps >= config.max_steps)  # (B, C)
         parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits)
         total = total + parts["total_loss"]
         for name in LOSS_TAGS:

@@ -46,7 +46,7 @@ from trm_act.resume import config_record
 from trm_act.runstate import MAX_ABS_WEIGHT as MAX_ABS_WEIGHT
 from trm_act.runstate import RANK_KEYS as RANK_KEYS
 from trm_act.runstate import SIGNAL_STOP, NonFiniteLossError, RunWriteError, param_groups
-from trm_act.supervision import LOSS_TAGS, deep_supervision, look_ahead, loss_tags, supervise_step
+from trm_act.supervision import LOSS_TAGS, answer_of, deep_supervision, look_ahead, loss_tags, supervise_step
 from trm_act.windowstats import WindowStats
 
 
@@ -148,8 +148,12 @@ class Trainer:
         self.compiled, self.compile_reason = compile_decision(
             train.compile, train.steps, self.device, self.dist.distributed
         )
+        # The look-ahead of "priced" and "gain" halting: the model's, never the DDP wrapper's (a forward without
+        # gradient has nothing to all-reduce), compiled with the step (eager, it cost as much as the step).
+        self.answer = answer_of(self.model)
         if self.compiled:
             self.forward_model = torch.compile(self.forward_model, dynamic=False)
+            self.answer = torch.compile(self.answer, dynamic=False)
 
         class_weights = None
         if config.loss.class_weights:
@@ -220,10 +224,7 @@ class Trainer:
         next_logits = None
         if self.loss_fn.looks_ahead:
             with self._autocast():
-                # The compiled step's module when there is one (eager, the look-ahead cost as much as the step);
-                # never the DDP wrapper: a forward without gradient has nothing to all-reduce.
-                ahead_model = self.forward_model if self.compiled else self.model
-                next_logits = look_ahead(ahead_model, obs, out, steps_done >= max_steps)  # (B, C)
+                next_logits = look_ahead(self.answer, obs, out, steps_done >= max_steps)  # (B, C)
         parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 

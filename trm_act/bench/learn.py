@@ -304,8 +304,10 @@ RECIPES: dict[
     "max_steps8": (_model_edit(max_steps=8), None),  # twice the reasoning steps
     # One cycle per reasoning step, all of it backpropagated (TRM's no-grad cycle removed): do later steps learn?
     "one_cycle": (_chain(_profitable, _model_edit(n_cycles=1)), None),
-    # The halt loss trains the halt head only (TRMConfig.halt_grad False): does a noisy halt target hurt the answer?
-    "halt_detached": (_model_edit(halt_grad=False), None),
+    # The halt loss trains the halt head only (TRMConfig.halt_grad 0): does a noisy halt target hurt the answer?
+    "halt_detached": (_model_edit(halt_grad=0.0), None),
+    # ... or only a share of its gradient reaches the shared network: the ACT test's later steps still learn?
+    "halt_grad30": (_model_edit(halt_grad=0.3), None),
     # The CLI default before "gain" halting and one cycle per step: two cycles, "confident and not losing" halting.
     "previous_default": (_chain(_profitable, _model_edit(n_cycles=2)), None),
     # The architecture choices of the default, each undone on its own (compared with --validation):
