@@ -410,8 +410,57 @@ def test_answer_bars_are_exactly_the_bars_one_steps_answer_depends_on(overrides)
     obs = make_obs(model.config, batch=5).requires_grad_()
     stepped = _stepped_carry(model, obs.detach())
     y, z = stepped.y.clone().requires_grad_(), stepped.z.clone().requires_grad_()
-    model(obs, TRMCarry(y, z)).task_logits.sum().backward()
+    model.step(model.encode(obs), TRMCarry(y, z)).task_logits.sum().backward()  # the whole window's step
     per_bar = sum(t.grad.abs().sum(dim=(0, 2)) for t in (obs, y, z))  # (W,)
     read = (per_bar > 0).tolist()
     bars = model.answer_bars()
     assert read == [False] * (32 - bars) + [True] * bars
+
+
+@pytest.mark.parametrize("carry", ["fresh", "belief"])
+def test_forward_with_autograd_gives_the_whole_windows_outputs_and_gradients(carry):
+    # forward builds its graph over the answer's bars only; what it returns and what backward gives must be the
+    # whole window's step's (up to float rounding).
+    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2, carry=carry)
+    assert model.answer_bars() < model.config.window  # the cut path
+    obs = make_obs(model.config, batch=5)
+    carry_in = _stepped_carry(model, obs)
+    results = []
+    for run in (model.forward, lambda o, c: model.step(model.encode(o), c)):
+        model.zero_grad(set_to_none=True)
+        out = run(obs, carry_in)
+        loss = out.task_logits.square().sum() + out.halt_logits.sum()
+        if carry == "belief":
+            loss = loss + out.proposal.sum()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (cut, cut_grads), (whole, whole_grads) = results
+    for name in ("task_logits", "halt_logits", "proposal"):
+        if getattr(whole, name) is not None:
+            torch.testing.assert_close(getattr(cut, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cut.carry.y, whole.carry.y)
+    torch.testing.assert_close(cut.carry.z, whole.carry.z)
+    assert not cut.carry.y.requires_grad and not cut.carry.z.requires_grad  # detached, as the step's
+    assert cut_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(cut_grads[name], grad, rtol=1e-4, atol=1e-5 * max(1.0, grad.abs().max().item()))
+
+
+@pytest.mark.parametrize(("graph", "grad", "steps_run"), [("answer", True, 2), ("window", True, 1), ("answer", False, 1)])
+def test_graph_decides_whether_forward_cuts_the_graph_to_the_answers_bars(graph, grad, steps_run, monkeypatch):
+    # "answer" runs the window without a graph and the answer's bars with one; "window" (the benchmarks' peer, the
+    # step of commit 1d55271) and any forward without autograd run the plain step once.
+    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2, graph=graph)
+    windows = []
+    plain_step = model.step
+    monkeypatch.setattr(model, "step", lambda x, carry: windows.append(x.shape[1]) or plain_step(x, carry))
+    obs = make_obs(model.config, batch=3)
+    with torch.set_grad_enabled(grad):
+        model(obs, model.init_carry(3))
+    assert windows == ([32, model.answer_bars()] if steps_run == 2 else [32])
+
+
+def test_graph_refuses_an_unknown_value():
+    with pytest.raises(ValueError, match=r"^TRMConfig.graph='bars' is not a known graph; choose one of"):
+        small_config(graph="bars")

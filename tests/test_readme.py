@@ -274,6 +274,8 @@ TABLES = {
             "learn-halt-detached-slow-validation",
             "learn-halt-detached",
             "learn-slow-halt-detached",
+            "learn-halt-grad30-validation",
+            "learn-halt-grad30-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
@@ -353,7 +355,15 @@ def test_the_real_series_wall_times_and_the_walkforward_cost_are_the_saved_ones(
     speed = json.loads((RESULTS / "real" / "speed.json").read_text())
     single, equal, proportional = speed["seconds"].values()
     equal_ratio, proportional_ratio = speed["ratios"].values()
+    def verdict(ratio: float) -> str:
+        return "met" if ratio <= speed["bar"] else "**not met**"
+
     assert f"| one default training run | {single:.1f} s | |" in page
-    assert f"| 5-fold walk-forward (2 folds at a time) | {equal:.1f} s | **{equal_ratio:.2f}x** (bar 2.5x: **not met**) |" in page
-    assert f"| 5-fold walk-forward, `--fold-steps proportional` | {proportional:.1f} s | **{proportional_ratio:.2f}x** (bar 2.5x: met) |" in page
-    assert equal_ratio > speed["bar"] >= proportional_ratio
+    assert (
+        f"| 5-fold walk-forward (2 folds at a time) | {equal:.1f} s | **{equal_ratio:.2f}x** "
+        f"(bar 2.5x: {verdict(equal_ratio)}) |"
+    ) in page
+    assert (
+        f"| 5-fold walk-forward, `--fold-steps proportional` | {proportional:.1f} s | **{proportional_ratio:.2f}x** "
+        f"(bar 2.5x: {verdict(proportional_ratio)}) |"
+    ) in page

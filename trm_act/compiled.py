@@ -2,8 +2,9 @@
 
 The default model is small: a step is ~60 matmuls of a few hundred kFLOPs each and ~200 elementwise ops on
 (B, W, D) tensors, so eager mode spends most of its time in kernel launches and memory passes that inductor
-fuses. On the developers' 2-core Xeon (AVX-512, 211 GFLOP/s one-thread fp32 matmul) the compiled step runs
-~1.9x the samples/s of the eager one (``python -m trm_act.bench train`` measures both in one run).
+fuses. On the developers' 2-core Xeon (AVX-512, 211 GFLOP/s one-thread fp32 matmul) the default's compiled step
+runs ~3x the samples/s of commit 1d55271's eager one (``python -m trm_act.bench train`` measures both in one run;
+part of that is the default's graph over the answer's bars, ``TRMConfig.graph``).
 
 Compiling costs ~30 s the first time on a machine; inductor caches the generated kernels on disk (its
 default cache directory, under the system temp folder), so later runs of the same model shape start in a

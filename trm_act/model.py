@@ -26,7 +26,7 @@ from torch import nn
 
 from trm_act.shapes import N_FEATURES, N_STRATEGIES, WINDOW
 
-__all__ = ["CARRIES", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+__all__ = ["CARRIES", "GRAPHS", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
 
 
 def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -121,6 +121,9 @@ NORMS = ("post", "pre")
 # What survives from one decision to the next (TRMConfig.carry).
 CARRIES = ("fresh", "belief")
 
+# What forward's autograd graph covers (TRMConfig.graph).
+GRAPHS = ("answer", "window")
+
 
 class SwiGLU(nn.Module):
     """Channel MLP with a SwiGLU gate, as in TRM's blocks."""
@@ -195,8 +198,8 @@ class TRMConfig:
     """n: latent updates z = net(x + y + z) per cycle, before each answer update y = net(y + z)."""
     n_cycles: int = 1
     """T: cycles per reasoning step; the first T-1 run without gradient, the last with gradient. TRM uses 3. One
-    cycle per step learned as much as two on both market families' validation markets, and the compute it saves
-    pays for most of the look-ahead step of the CLI's "gain" halting (docs/thinking.md, section 11)."""
+    cycle per step learned as much as two on both market families' validation markets, at half a step's compute
+    (docs/thinking.md, section 11)."""
     max_steps: int = 4
     """Cap on reasoning steps per sample for ACT (training and act_predict's default)."""
     pool: Literal["mean", "last"] = "last"
@@ -212,6 +215,12 @@ class TRMConfig:
     so that a noisy halt target cannot bend what the answer reads) or a share in between. The halt logits are the
     same whatever it is; only their gradient is scaled. 0 did better on the synthetic markets' validation runs, but
     kept later steps from learning in the ACT test where thinking pays (docs/thinking.md, section 11)."""
+    graph: Literal["answer", "window"] = "answer"
+    """What forward's autograd graph covers: "answer" (the window's last bars that the heads' outputs depend on,
+    RecurrentTRM.answer_bars(); the whole window runs once more without a graph, for the carry) or "window"
+    (every bar: the plain step, as commit 1d55271 ran it, the benchmarks' peer). The outputs and gradients are the
+    same up to float rounding; "answer" trains faster wherever the mixer is local and the heads read the decision
+    bar."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
     carry: Literal["fresh", "belief"] = "fresh"
@@ -247,6 +256,7 @@ class TRMConfig:
             ("norm", list(NORMS), "placement"),
             ("carry", list(CARRIES), "carry"),
             ("pool", list(POOLINGS), "pooling"),
+            ("graph", list(GRAPHS), "graph"),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -344,6 +354,10 @@ class TRMCarry:
         if self.belief is None:
             return TRMCarry(y, z)
         return TRMCarry(y, z, _rows_where(mask, self.proposal, self.belief), self.proposal)  # (B, D)
+
+    def last_bars(self, bars: int) -> TRMCarry:
+        """The carry of the window's last ``bars`` bars (the belief and proposal are per row: kept whole)."""
+        return TRMCarry(self.y[:, -bars:], self.z[:, -bars:], self.belief, self.proposal)
 
     def with_belief(self, belief: torch.Tensor) -> TRMCarry:
         """The same carry with the decision's belief (B, D) replaced (a caller's explicit belief: ``act_predict``'s,
@@ -492,7 +506,24 @@ class RecurrentTRM(nn.Module):
         return StepOutput(task_logits, halt_logits, next_carry.detach().to(dtype=carry_dtype), proposal)
 
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
-        return self.step(self.encode(obs), carry)
+        """One reasoning step: ``step(encode(obs), carry)``.
+
+        With autograd on (and ``TRMConfig.graph="answer"``, the default), the graph covers only what the heads
+        read: the last :meth:`answer_bars` bars (all of them unless the mixer is local and the heads read the
+        decision bar). The whole window runs once more
+        without a graph, for the carry the next step needs. The outputs are the plain step's (up to float
+        rounding; under ``torch.compile`` on the developers' CPU, bit for bit), and so are the parameters'
+        gradients, but the backward does not run through the bars whose gradient is zero: at the defaults the
+        training step takes ~0.6x the time (``python -m trm_act.bench train``).
+        """
+        x = self.encode(obs)  # (B, W, D)
+        bars = self.answer_bars()
+        if self.config.graph == "window" or bars == self.config.window or not torch.is_grad_enabled():
+            return self.step(x, carry)
+        with torch.no_grad():
+            whole = self.step(x, carry)  # the next step's carry, every bar of it
+        answer = self.step(x[:, -bars:], carry.last_bars(bars))  # the heads' outputs, with their graph
+        return StepOutput(answer.task_logits, answer.halt_logits, whole.carry, answer.proposal)
 
     def answer_bars(self) -> int:
         """Bars at the window's end that the decision bar's answer after one reasoning step depends on.
@@ -518,5 +549,4 @@ class RecurrentTRM(nn.Module):
         """
         bars = self.answer_bars()
         x = self.encode(obs)[:, -bars:]  # (B, bars, D)
-        cut = TRMCarry(carry.y[:, -bars:], carry.z[:, -bars:], carry.belief, carry.proposal)
-        return self.step(x, cut).task_logits  # (B, C)
+        return self.step(x, carry.last_bars(bars)).task_logits  # (B, C)

@@ -149,7 +149,7 @@ class Trainer:
             train.compile, train.steps, self.device, self.dist.distributed
         )
         # The look-ahead of "priced" and "gain" halting: the model's, never the DDP wrapper's (a forward without
-        # gradient has nothing to all-reduce), compiled with the step (eager, it cost as much as the step).
+        # gradient has nothing to all-reduce), on the bars the answer reads, compiled when the step is.
         self.answer = answer_of(self.model)
         if self.compiled:
             self.forward_model = torch.compile(self.forward_model, dynamic=False)
