@@ -447,11 +447,15 @@ def test_forward_with_autograd_gives_the_whole_windows_outputs_and_gradients(car
         torch.testing.assert_close(cut_grads[name], grad, rtol=1e-4, atol=1e-5 * max(1.0, grad.abs().max().item()))
 
 
-@pytest.mark.parametrize(("graph", "grad", "steps_run"), [("answer", True, 2), ("window", True, 1), ("answer", False, 1)])
-def test_graph_decides_whether_forward_cuts_the_graph_to_the_answers_bars(graph, grad, steps_run, monkeypatch):
+@pytest.mark.parametrize(
+    ("graph", "grad", "dropout", "steps_run"),
+    [("answer", True, 0.0, 2), ("window", True, 0.0, 1), ("answer", False, 0.0, 1), ("answer", True, 0.1, 1)],
+)
+def test_graph_decides_whether_forward_cuts_the_graph_to_the_answers_bars(graph, grad, dropout, steps_run, monkeypatch):
     # "answer" runs the window without a graph and the answer's bars with one; "window" (the benchmarks' peer, the
-    # step of commit 1d55271) and any forward without autograd run the plain step once.
-    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2, graph=graph)
+    # step of commit 1d55271), any forward without autograd, and training with dropout (the two passes would draw
+    # other masks) run the plain step once.
+    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2, graph=graph, dropout=dropout)
     windows = []
     plain_step = model.step
     monkeypatch.setattr(model, "step", lambda x, carry: windows.append(x.shape[1]) or plain_step(x, carry))

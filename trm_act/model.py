@@ -514,11 +514,14 @@ class RecurrentTRM(nn.Module):
         without a graph, for the carry the next step needs. The outputs are the plain step's (up to float
         rounding; under ``torch.compile`` on the developers' CPU, bit for bit), and so are the parameters'
         gradients, but the backward does not run through the bars whose gradient is zero: at the defaults the
-        training step takes ~0.6x the time (``python -m trm_act.bench train``).
+        training step takes ~0.6x the time (``python -m trm_act.bench train``). With dropout in training mode it
+        runs the plain step, so that the carry and the answer share one draw of the masks.
         """
         x = self.encode(obs)  # (B, W, D)
         bars = self.answer_bars()
-        if self.config.graph == "window" or bars == self.config.window or not torch.is_grad_enabled():
+        # Dropout in training would draw other masks in the two passes: the carry would not be the answer's.
+        dropping = self.training and self.config.dropout > 0
+        if self.config.graph == "window" or bars == self.config.window or not torch.is_grad_enabled() or dropping:
             return self.step(x, carry)
         with torch.no_grad():
             whole = self.step(x, carry)  # the next step's carry, every bar of it
