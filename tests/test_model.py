@@ -418,10 +418,14 @@ def test_answer_bars_are_exactly_the_bars_one_steps_answer_depends_on(overrides)
 
 
 @pytest.mark.parametrize("carry", ["fresh", "belief"])
-def test_forward_with_autograd_gives_the_whole_windows_outputs_and_gradients(carry):
+@pytest.mark.parametrize(
+    "layout",
+    [dict(n_cycles=1, n_latent=1, attn_radius=2), dict(n_cycles=2, n_latent=1, attn_radius=1, norm="post")],
+)
+def test_forward_with_autograd_gives_the_whole_windows_outputs_and_gradients(carry, layout):
     # forward builds its graph over the answer's bars only; what it returns and what backward gives must be the
-    # whole window's step's (up to float rounding).
-    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2, carry=carry)
+    # whole window's step's (up to float rounding), the no-grad cycles' edge included.
+    model = make_model(window=32, carry=carry, **layout)
     assert model.answer_bars() < model.config.window  # the cut path
     obs = make_obs(model.config, batch=5)
     carry_in = _stepped_carry(model, obs)
@@ -442,6 +446,8 @@ def test_forward_with_autograd_gives_the_whole_windows_outputs_and_gradients(car
     torch.testing.assert_close(cut.carry.y, whole.carry.y)
     torch.testing.assert_close(cut.carry.z, whole.carry.z)
     assert not cut.carry.y.requires_grad and not cut.carry.z.requires_grad  # detached, as the step's
+    if carry == "belief":  # the belief handed on is the proposal returned, as in the plain step
+        assert torch.equal(cut.carry.proposal, cut.proposal.detach())
     assert cut_grads.keys() == whole_grads.keys()
     for name, grad in whole_grads.items():
         torch.testing.assert_close(cut_grads[name], grad, rtol=1e-4, atol=1e-5 * max(1.0, grad.abs().max().item()))
@@ -468,3 +474,17 @@ def test_graph_decides_whether_forward_cuts_the_graph_to_the_answers_bars(graph,
 def test_graph_refuses_an_unknown_value():
     with pytest.raises(ValueError, match=r"^TRMConfig.graph='bars' is not a known graph; choose one of"):
         small_config(graph="bars")
+
+
+def test_look_ahead_takes_the_answer_of_a_model_or_the_model_itself():
+    from trm_act.supervision import answer_of, look_ahead
+
+    model = make_model(window=32, n_cycles=1, n_latent=1, attn_radius=2)
+    obs = make_obs(model.config, batch=4)
+    with torch.no_grad():
+        out = model(obs, model.init_carry(4))
+    at_cap = torch.tensor([False, True, False, True])
+    ahead = look_ahead(answer_of(model), obs, out, at_cap)  # (B, C)
+    assert torch.equal(look_ahead(model, obs, out, at_cap), ahead)
+    torch.testing.assert_close(ahead[~at_cap], model(obs, out.carry).task_logits[~at_cap].detach())
+    assert torch.equal(ahead[at_cap], out.task_logits[at_cap])  # no next step at the cap: its own logits

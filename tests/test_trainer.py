@@ -122,6 +122,19 @@ def test_resume_continues_exactly(tmp_path):
     )
 
 
+def test_a_checkpoint_from_before_a_model_field_existed_resumes(tmp_path):
+    # TRMConfig.graph and halt_grad came after checkpoints were written without them: the resume check reads the
+    # saved model config through from_dict (a missing field takes its old meaning) instead of refusing it.
+    interrupted = Trainer(tiny_config(), tmp_path, [StopAt(5)])
+    assert interrupted.fit() is None
+    state = load_checkpoint(tmp_path)
+    for name in ("graph", "halt_grad"):
+        del state["model_config"][name]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    resumed = Trainer.from_checkpoint(tmp_path)
+    assert resumed.step == 5 and resumed.model_config.graph == "answer" and resumed.model_config.halt_grad == 1.0
+
+
 def test_ema_weights_are_used_and_saved(tmp_path):
     trainer = Trainer(tiny_config(ema_decay=0.5, steps=4), tmp_path)
     trainer.fit()

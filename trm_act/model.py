@@ -14,6 +14,7 @@ halting rule. The model knows nothing about markets or environments: it maps obs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -70,7 +71,9 @@ class AttentionMixer(nn.Module):
         qkv = self.qkv(h).view(b, w, 3, self.n_heads, d // self.n_heads)  # (B, W, 3, H, D/H)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D/H)
         p = self.dropout if self.training else 0.0
-        mask = None if self.mask is None else self.mask[-w:, -w:]  # a window's last w bars (the whole: w = W)
+        # A window cut to its last w bars (answer_bars; the whole: w = W): only its last bars are exact, its first
+        # r bars miss their left neighbours here and see zero padding in banded(); no answer reads them.
+        mask = None if self.mask is None else self.mask[-w:, -w:]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, W, D/H)
         return self.out(a.transpose(1, 2).reshape(b, w, d))  # (B, W, D)
 
@@ -81,7 +84,7 @@ class AttentionMixer(nn.Module):
         q, k, v = self.qkv(h).view(b, w, 3, self.n_heads, head).unbind(2)  # 3 x (B, W, H, D/H)
         k, v = F.pad(k, (0, 0, 0, 0, r, r)), F.pad(v, (0, 0, 0, 0, r, r))  # (B, W+2r, H, D/H)
         scores = torch.stack([(q * k[:, j : j + w]).sum(-1) for j in range(2 * r + 1)], dim=-1)  # (B, W, H, 2r+1)
-        bias = self.band_bias[-w:].to(scores.dtype)  # (W, 1, 2r+1) a window's last w bars (the whole: w = W)
+        bias = self.band_bias[-w:].to(scores.dtype)  # (w, 1, 2r+1) a cut window's last w bars, as in forward
         weights = (scores * head**-0.5 + bias).softmax(dim=-1)  # (B, W, H, 2r+1)
         weights = F.dropout(weights, self.dropout, self.training)
         a = sum(weights[..., j : j + 1] * v[:, j : j + w] for j in range(2 * r + 1))  # (B, W, H, D/H)
@@ -508,14 +511,14 @@ class RecurrentTRM(nn.Module):
     def forward(self, obs: torch.Tensor, carry: TRMCarry) -> StepOutput:
         """One reasoning step: ``step(encode(obs), carry)``.
 
-        With autograd on (and ``TRMConfig.graph="answer"``, the default), the graph covers only what the heads
-        read: the last :meth:`answer_bars` bars (all of them unless the mixer is local and the heads read the
-        decision bar). The whole window runs once more
-        without a graph, for the carry the next step needs. The outputs are the plain step's (up to float
-        rounding; under ``torch.compile`` on the developers' CPU, bit for bit), and so are the parameters'
-        gradients, but the backward does not run through the bars whose gradient is zero: at the defaults the
-        training step takes ~0.6x the time (``python -m trm_act.bench train``). With dropout in training mode it
-        runs the plain step, so that the carry and the answer share one draw of the masks.
+        With autograd on and ``TRMConfig.graph="answer"`` (the default), the graph covers only what the heads read:
+        the last :meth:`answer_bars` bars (all of them unless the mixer is local and the heads read the decision
+        bar). The whole window runs once without a graph, for the y and z the next step needs, and those bars run
+        a second time with one. The outputs are the plain step's up to float rounding (under ``torch.compile`` on
+        the developers' CPU, bit for bit), and so are the parameters' gradients, but the backward does not run
+        through the bars whose gradient is zero: at the defaults the training step takes ~0.6x the time (``python
+        -m trm_act.bench train``). With dropout in training mode it runs the plain step, so that the carry and the
+        answer share one draw of the masks.
         """
         x = self.encode(obs)  # (B, W, D)
         bars = self.answer_bars()
@@ -524,9 +527,12 @@ class RecurrentTRM(nn.Module):
         if self.config.graph == "window" or bars == self.config.window or not torch.is_grad_enabled() or dropping:
             return self.step(x, carry)
         with torch.no_grad():
-            whole = self.step(x, carry)  # the next step's carry, every bar of it
+            whole = self.step(x, carry)  # the next step's y and z, every bar of them
         answer = self.step(x[:, -bars:], carry.last_bars(bars))  # the heads' outputs, with their graph
-        return StepOutput(answer.task_logits, answer.halt_logits, whole.carry, answer.proposal)
+        next_carry = whole.carry
+        if answer.proposal is not None:  # the belief handed on is the proposal returned, as in the plain step
+            next_carry = dataclasses.replace(next_carry, proposal=answer.carry.proposal)
+        return StepOutput(answer.task_logits, answer.halt_logits, next_carry, answer.proposal)
 
     def answer_bars(self) -> int:
         """Bars at the window's end that the decision bar's answer after one reasoning step depends on.
@@ -548,7 +554,8 @@ class RecurrentTRM(nn.Module):
         The step runs on the last :meth:`answer_bars` bars only: the bars before them cannot reach the decision
         bar's answer, and the errors a cut window makes at its first bars travel ``attn_radius`` bars a block,
         never as far as the last bar. At the defaults that is 9 of 32 bars, ~4x less work than ``forward``, whose
-        logits it equals up to float rounding (bit for bit under ``torch.compile`` on the developers' CPU).
+        logits it equals up to float rounding (bit for bit under ``torch.compile`` on the developers' CPU). It cuts
+        the window whatever ``TRMConfig.graph`` says: ``graph`` is about what training differentiates.
         """
         bars = self.answer_bars()
         x = self.encode(obs)[:, -bars:]  # (B, bars, D)

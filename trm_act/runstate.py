@@ -32,6 +32,7 @@ from trm_act.checkpoint import (
 from trm_act.config import ExperimentConfig
 from trm_act.envs.timing import WRITING
 from trm_act.interrupts import GracefulInterrupt
+from trm_act.model import TRMConfig
 from trm_act.resume import apply_overrides, config_record, verify_config_json
 
 if TYPE_CHECKING:
@@ -220,7 +221,10 @@ def from_checkpoint(
     config, changes = apply_overrides(config, overrides or {}, step)
     trainer = cls(config, run_dir, callbacks)
 
-    saved_model = state["model_config"]
+    try:  # through from_dict, so that a field added since the checkpoint was written takes its old meaning
+        saved_model = TRMConfig.from_dict(state["model_config"]).to_dict()
+    except (ValueError, TypeError) as exc:
+        raise corrupt(file, f"its model config is invalid: {exc}") from None
     built = dataclasses.asdict(trainer.model_config)
     different = sorted(k for k in built.keys() | saved_model.keys() if built.get(k) != saved_model.get(k))
     if different:

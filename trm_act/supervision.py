@@ -100,9 +100,11 @@ def answer_of(model: torch.nn.Module) -> Callable[[Tensor, Any], Tensor]:
 def look_ahead(answer: Callable[[Tensor, Any], Tensor], obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
     """(B, C) task logits one more reasoning step would give, without gradient (``TRMLoss.looks_ahead``).
 
-    ``answer`` is :func:`answer_of` the model (or its compiled form). HRM computes its continue target the same
+    ``answer`` is :func:`answer_of` the model (or its compiled form); a model is taken through :func:`answer_of`. HRM computes its continue target the same
     way. ``at_cap`` (B,) marks rows at the step cap: there is no next step, so their own logits stand in (gain 0).
     """
+    if isinstance(answer, torch.nn.Module):  # a model, as callers passed before answer_of existed
+        answer = answer_of(answer)
     ahead = answer(obs, out.carry)  # (B, C)
     return torch.where(at_cap[:, None], out.task_logits.detach(), ahead)  # (B, C)
 
@@ -241,6 +243,7 @@ def deep_supervision(
     generator: torch.Generator | None = None,
     stats: SupervisionStats | None = None,
     belief: Tensor | None = None,
+    answer_fn: Callable[[Tensor, Any], Tensor] | None = None,
 ) -> Supervised:
     """Every reasoning step of a batch of decisions, each supervised by TRMLoss: one loss for one optimizer step.
 
@@ -264,6 +267,8 @@ def deep_supervision(
 
     Shapes: obs (B, W, F), labels (B,) int, strategy_pnl (B, C) each strategy's realized PnL over the trade's
     horizon, label_pnl (B, C) over the labels' horizon (None: strategy_pnl, the labels' horizon is the trade's).
+
+    ``answer_fn``: the look-ahead's :func:`answer_of` the model, e.g. compiled (None: ``answer_of(model)``).
 
     ``stats``: where the iterations are recorded (the trainer passes its log window, whose tags it logs itself);
     None records them in a fresh :class:`SupervisionStats` whose tags join ``metrics``.
@@ -315,7 +320,7 @@ def deep_supervision(
         )
         next_logits = None
         if loss_fn.looks_ahead:
-            next_logits = look_ahead(answer_of(model), obs, out, steps >= config.max_steps)  # (B, C)
+            next_logits = look_ahead(answer_fn or answer_of(model), obs, out, steps >= config.max_steps)  # (B, C)
         parts, actions, _ = supervise_step(loss_fn, out, labels, supervision, next_logits)
         total = total + parts["total_loss"]
         for name in LOSS_TAGS:

@@ -316,6 +316,7 @@ class Trainer:
                     generator=self.generator,
                     stats=self.window,
                     belief=belief,
+                    answer_fn=self.answer,
                 )
             total = total + result.loss
             for name, tag in LOSS_TAGS.items():
