@@ -276,6 +276,8 @@ TABLES = {
             "learn-slow-halt-detached",
             "learn-halt-grad30-validation",
             "learn-halt-grad30-slow-validation",
+            "learn-exploration-validation",
+            "learn-exploration-slow-validation",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

@@ -308,6 +308,8 @@ RECIPES: dict[
     "halt_detached": (_model_edit(halt_grad=0.0), None),
     # ... or only a share of its gradient reaches the shared network: the ACT test's later steps still learn?
     "halt_grad30": (_model_edit(halt_grad=0.3), None),
+    # No halting exploration (no sample is made to think at least 2 steps): do the forced steps cost the first?
+    "no_exploration": (_model_edit(halt_exploration_prob=0.0), None),
     # The CLI default before "gain" halting and one cycle per step: two cycles, "confident and not losing" halting.
     "previous_default": (_chain(_profitable, _model_edit(n_cycles=2)), None),
     # The architecture choices of the default, each undone on its own (compared with --validation):
