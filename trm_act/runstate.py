@@ -225,7 +225,7 @@ def from_checkpoint(
         saved_model = TRMConfig.from_dict(state["model_config"]).to_dict()
     except (ValueError, TypeError) as exc:
         raise corrupt(file, f"its model config is invalid: {exc}") from None
-    built = dataclasses.asdict(trainer.model_config)
+    built = trainer.model_config.to_dict()
     different = sorted(k for k in built.keys() | saved_model.keys() if built.get(k) != saved_model.get(k))
     if different:
         name = different[0]

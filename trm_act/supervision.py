@@ -97,15 +97,16 @@ def answer_of(model: torch.nn.Module) -> Callable[[Tensor, Any], Tensor]:
 
 
 @torch.no_grad()
-def look_ahead(answer: Callable[[Tensor, Any], Tensor], obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
+def look_ahead(answer_fn: Callable[[Tensor, Any], Tensor], obs: Tensor, out: StepOutput, at_cap: Tensor) -> Tensor:
     """(B, C) task logits one more reasoning step would give, without gradient (``TRMLoss.looks_ahead``).
 
-    ``answer`` is :func:`answer_of` the model (or its compiled form); a model is taken through :func:`answer_of`. HRM computes its continue target the same
-    way. ``at_cap`` (B,) marks rows at the step cap: there is no next step, so their own logits stand in (gain 0).
+    ``answer_fn`` is :func:`answer_of` the model (or its compiled form); a model is taken through :func:`answer_of`.
+    HRM computes its continue target the same way. ``at_cap`` (B,) marks rows at the step cap: there is no next
+    step, so their own logits stand in (gain 0).
     """
-    if isinstance(answer, torch.nn.Module):  # a model, as callers passed before answer_of existed
-        answer = answer_of(answer)
-    ahead = answer(obs, out.carry)  # (B, C)
+    if isinstance(answer_fn, torch.nn.Module):  # a model, as callers passed before answer_of existed
+        answer_fn = answer_of(answer_fn)
+    ahead = answer_fn(obs, out.carry)  # (B, C)
     return torch.where(at_cap[:, None], out.task_logits.detach(), ahead)  # (B, C)
 
 

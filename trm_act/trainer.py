@@ -150,10 +150,10 @@ class Trainer:
         )
         # The look-ahead of "priced" and "gain" halting: the model's, never the DDP wrapper's (a forward without
         # gradient has nothing to all-reduce), on the bars the answer reads, compiled when the step is.
-        self.answer = answer_of(self.model)
+        self.answer_fn = answer_of(self.model)
         if self.compiled:
             self.forward_model = torch.compile(self.forward_model, dynamic=False)
-            self.answer = torch.compile(self.answer, dynamic=False)
+            self.answer_fn = torch.compile(self.answer_fn, dynamic=False)
 
         class_weights = None
         if config.loss.class_weights:
@@ -224,7 +224,7 @@ class Trainer:
         next_logits = None
         if self.loss_fn.looks_ahead:
             with self._autocast():
-                next_logits = look_ahead(self.answer, obs, out, steps_done >= max_steps)  # (B, C)
+                next_logits = look_ahead(self.answer_fn, obs, out, steps_done >= max_steps)  # (B, C)
         parts, actions, chosen_pnl = supervise_step(self.loss_fn, out, labels, strategy_pnl, next_logits)
         self._last_loss = parts["total_loss"].detach()
 
@@ -316,7 +316,7 @@ class Trainer:
                     generator=self.generator,
                     stats=self.window,
                     belief=belief,
-                    answer_fn=self.answer,
+                    answer_fn=self.answer_fn,
                 )
             total = total + result.loss
             for name, tag in LOSS_TAGS.items():
