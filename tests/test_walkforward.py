@@ -385,6 +385,27 @@ def test_a_stopped_fold_resumes_from_its_checkpoint_exactly(tmp_path, market_csv
         assert np.array_equal(oos["actions"], expected["actions"])  # as if never stopped
 
 
+@pytest.mark.slow
+def test_a_fold_cut_across_two_processes_scores_as_if_trained_whole(tmp_path, market_csv):
+    settings = WalkForwardConfig(folds=3)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    walk_forward(tiny_config(market_csv), settings, whole, jobs=1, log=lambda _: None)
+    logs: list[str] = []
+    walk_forward(tiny_config(market_csv), settings, cut, jobs=2, log=logs.append)
+    # 3 folds of 15 steps on 2 cores: fold 1 trains 7 steps first on one, pauses, and ends on the other
+    assert any("fold 1 cut at a checkpoint" in line for line in logs), logs
+    assert "fold 1: paused at step 7; it finishes on the next free core" in logs
+    for k in range(3):
+        info, oos = foldrun.load_record(cut / f"fold-{k}")
+        assert info["resumed_from_step"] == (7 if k == 1 else None) and info["step"] == 15
+        _, expected = foldrun.load_record(whole / f"fold-{k}")
+        for name, values in expected.items():
+            assert np.array_equal(oos[name], values), (k, name)
+    a = json.loads((whole / "walkforward.json").read_text())["stitched"]
+    b = json.loads((cut / "walkforward.json").read_text())["stitched"]
+    assert a == b
+
+
 def test_resume_stitches_what_exists_and_scores_a_trained_fold_without_training(tmp_path, market_csv, wf_run):
     root = tmp_path / "copy"
     shutil.copytree(wf_run, root)

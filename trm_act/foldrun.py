@@ -32,7 +32,7 @@ import torch
 
 from trm_act import rundir
 from trm_act.baselines import best_fixed_actions
-from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
+from trm_act.callbacks import Callback, CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import LATEST
 from trm_act.config import ExperimentConfig
 from trm_act.envs import STRATEGIES, ReplayData, build_replay
@@ -67,6 +67,9 @@ class FoldJob:
     """The plan's entry for this fold (spans as ISO timestamps, decision counts), copied into fold.json."""
     progress: bool = False
     """Draw a progress bar (only when folds run one at a time)."""
+    pause_at: int | None = None
+    """Stop at this optimizer step with a checkpoint (status "paused"); a later job resumes the fold from it,
+    on another core (``trm_act.schedule``). None = train to the end and score."""
 
     @property
     def run_dir(self) -> Path:
@@ -193,11 +196,20 @@ def _clear_unstarted(run_dir: Path) -> None:
             path.unlink()
 
 
+class _PauseAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, step: int, logs: Any) -> bool:
+        return step < self.step
+
+
 def run_fold(job: FoldJob) -> dict[str, Any]:
     """Train (or resume, or only score) fold ``job.index``; returns its fold.json record.
 
-    ``record["status"]`` is "completed", or "stopped" when a signal stopped training (its checkpoint is
-    kept: run the walk-forward again with --resume to continue).
+    ``record["status"]`` is "completed"; "paused" when training reached ``job.pause_at`` (its checkpoint is
+    where the fold's next job resumes); or "stopped" when a signal stopped training (its checkpoint is kept: run
+    the walk-forward again with --resume to continue).
     """
     from trm_act.trainer import Trainer  # after the worker has started: torch threads are set by the Trainer
 
@@ -220,11 +232,13 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
             "resumed_from_step": resumed_from,
         }
         if not (run_dir / "metrics.json").is_file():
-            trainer.callbacks = CallbackList(
-                [TensorBoardCallback(run_dir), ProgressCallback(disable=not job.progress)]
-            )
+            callbacks = [TensorBoardCallback(run_dir), ProgressCallback(disable=not job.progress)]
+            if job.pause_at is not None:
+                callbacks.append(_PauseAt(job.pause_at))
+            trainer.callbacks = CallbackList(callbacks)
             if trainer.fit() is None:
-                return record | {"status": "stopped", "step": trainer.step}
+                paused = trainer.stop_signal is None and trainer.step == job.pause_at
+                return record | {"status": "paused" if paused else "stopped", "step": trainer.step}
         train_s = time.perf_counter() - started
         model = trainer.ema if trainer.ema is not None else trainer.model
         arrays = out_of_sample(model, trainer.eval_replay, job, trainer.device)

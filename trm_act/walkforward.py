@@ -9,7 +9,8 @@ intervals, the probabilistic and the deflated Sharpe ratio (``trm_act.stitch``, 
 Walk-forward flags (``--folds``, ``--scheme``, ``--fold-steps``, ``--embargo``, ``--train-bars``, ``--logdir``,
 ``--run-name``, ``--resume``, ``--fold``, ``--jobs``, ``--trials``, ``--sharpe-variance``, ``--stitch-only``) are read
 here; every other flag, and ``--config FILE``, is a training flag of ``python -m trm_act.train`` and sets the recipe
-each fold trains with. Folds run in parallel processes (``--jobs``, spawn, one torch thread each). Running the
+each fold trains with. Folds run in parallel processes (``--jobs``, spawn, one torch thread each); a fold that
+would leave a core idle is cut at a checkpoint and finished on another core (``trm_act.schedule``). Running the
 same command again, or ``--resume DIR/NAME``, continues fold by fold: finished folds are kept, an interrupted
 one resumes from its checkpoint. ``--fold k`` runs fold k alone (a cluster job array can run the folds on many
 nodes against one shared directory); ``--resume DIR/NAME --stitch-only`` then stitches whatever folds exist
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from trm_act import interrupts
+from trm_act.checkpoint import LATEST, load_checkpoint
 from trm_act.cli import report_user_mistake
 from trm_act.config import SECTIONS, ExperimentConfig
 from trm_act.files import write_json
@@ -47,6 +49,7 @@ from trm_act.folds import (
     slice_fold,
     write_fold_csv,
 )
+from trm_act.schedule import Piece, wrap_around
 from trm_act.stitch import format_table, stitch
 
 PLAN_FILE = "plan.json"
@@ -306,6 +309,17 @@ def finished_folds(root: Path, n_folds: int) -> list[int]:
     return [k for k in range(n_folds) if is_finished(root / f"fold-{k}")]
 
 
+def _trained_steps(run_dir: Path) -> int:
+    """Optimizer steps the checkpoint in ``run_dir`` holds (0 without one): where its fold resumes."""
+    if not (run_dir / LATEST).is_file():
+        return 0
+    return int(load_checkpoint(run_dir / LATEST)["step"])
+
+
+def _first_start(pieces: list[Piece], fold: int) -> int:
+    return min(p.start for p in pieces if p.fold == fold)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -325,8 +339,9 @@ def run_folds(
 ) -> dict[int, dict[str, Any]]:
     """Train and score ``folds`` (skipping finished ones), ``jobs`` at a time; returns their fold.json records.
 
-    Each fold's data file is written first (by this process). With ``jobs`` > 1 every fold runs in its own
-    spawned process with one torch thread; figures do not depend on ``jobs`` (each run is deterministic).
+    Each fold's data file is written first (by this process). With ``jobs`` > 1 the folds run in spawned
+    processes with one torch thread each, cut where that keeps every core busy (``trm_act.schedule``); figures do
+    not depend on ``jobs`` (each run is deterministic, and resumes from a checkpoint exactly).
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     todo = [k for k in folds if not is_finished(root / f"fold-{k}")]
@@ -362,12 +377,20 @@ def run_folds(
         if len(set(steps.values())) == 1
         else "steps " + ", ".join(str(steps[k]) for k in todo)
     )
-    log(f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {each})")
-    # At most `jobs` folds are handed to the pool at a time, so that after a stop signal no queued fold starts.
+    # Longest first, so that with unequal folds (--fold-steps proportional) the short ones fill the last round;
+    # a fold that overflows a core is cut at a checkpoint and finished on another (trm_act.schedule).
+    trained = {k: _trained_steps(root / f"fold-{k}") for k in todo}
+    remaining = {k: steps[k] - trained[k] for k in sorted(todo, key=lambda k: trained[k] - steps[k])}
+    pending = [
+        dataclasses.replace(p, start=p.start + trained[p.fold], stop=p.stop + trained[p.fold])
+        for p in wrap_around(remaining, jobs)
+    ]
+    cut = sorted({p.fold for p in pending if p.start > trained[p.fold]})
+    split = f"; fold {', '.join(map(str, cut))} cut at a checkpoint to keep the cores busy" if cut else ""
+    log(f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {each}{split})")
+    # At most `jobs` pieces are handed to the pool at a time, so that after a stop signal no queued fold starts.
     # Workers receive a terminal's Ctrl-C (or a scheduler's SIGTERM to the job) themselves and save a checkpoint;
     # here any stop signal raises at once, and leaving the pool waits for the running folds to stop.
-    # Longest first: with unequal folds (--fold-steps proportional) the last round is then the shortest.
-    pending = sorted(todo, key=lambda k: -steps[k])
     running: dict[concurrent.futures.Future, int] = {}
     with (
         concurrent.futures.ProcessPoolExecutor(
@@ -376,9 +399,15 @@ def run_folds(
         interrupts.immediate(),
     ):
         while pending or running:
-            while pending and len(running) < jobs:
-                k = pending.pop(0)
-                running[pool.submit(run_fold, plan.job(root, k, False))] = k
+            busy = set(running.values())
+            ready = [p for p in pending if p.fold not in busy and p.start == _first_start(pending, p.fold)]
+            while ready and len(running) < jobs:
+                piece = ready.pop(0)
+                pending.remove(piece)
+                job = plan.job(root, piece.fold, False)
+                if piece.stop < steps[piece.fold]:
+                    job = dataclasses.replace(job, pause_at=piece.stop)
+                running[pool.submit(run_fold, job)] = piece.fold
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 k = running.pop(future)
@@ -387,6 +416,10 @@ def run_folds(
                 except Exception as exc:
                     pending.clear()
                     raise FoldError(k, exc) from exc
+                if record["status"] == "paused":  # kept as the fold's record until its last piece ends
+                    records[k] = record
+                    log(f"fold {k}: paused at step {record['step']}; it finishes on the next free core")
+                    continue
                 done(record)
                 if record["status"] != "completed":  # a stop signal reached the workers: start no other fold
                     pending.clear()
