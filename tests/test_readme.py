@@ -278,6 +278,8 @@ TABLES = {
             "learn-halt-grad30-slow-validation",
             "learn-exploration-validation",
             "learn-exploration-slow-validation",
+            "learn-exploration-validation-4",
+            "learn-exploration-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
