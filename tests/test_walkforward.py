@@ -398,6 +398,7 @@ def test_a_fold_cut_across_two_processes_scores_as_if_trained_whole(tmp_path, ma
     for k in range(3):
         info, oos = foldrun.load_record(cut / f"fold-{k}")
         assert info["resumed_from_step"] == (7 if k == 1 else None) and info["step"] == 15
+        assert info["cut_at"] == ([7] if k == 1 else []) and info["seconds"] > 0
         _, expected = foldrun.load_record(whole / f"fold-{k}")
         for name, values in expected.items():
             assert np.array_equal(oos[name], values), (k, name)
@@ -422,6 +423,23 @@ def test_resume_stitches_what_exists_and_scores_a_trained_fold_without_training(
     _, oos = foldrun.load_record(root / "fold-1")
     _, expected = foldrun.load_record(wf_run / "fold-1")
     assert np.array_equal(oos["actions"], expected["actions"])
+
+
+@pytest.mark.slow
+def test_parallel_resume_scores_folds_trained_to_the_end_without_training(tmp_path, market_csv, wf_run):
+    root = tmp_path / "copy"
+    shutil.copytree(wf_run, root)
+    for k in (0, 1):  # stopped after their last step, before scoring: nothing left to train
+        (root / f"fold-{k}" / "fold.json").unlink()
+        (root / f"fold-{k}" / "oos.npz").unlink()
+    before = {k: (root / f"fold-{k}" / "checkpoint.pt").stat().st_mtime_ns for k in (0, 1)}
+    full = walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=2), root, jobs=2, log=lambda _: None)
+    assert full["complete"]
+    for k in (0, 1):
+        assert (root / f"fold-{k}" / "checkpoint.pt").stat().st_mtime_ns == before[k]  # scored, not trained
+        _, oos = foldrun.load_record(root / f"fold-{k}")
+        _, expected = foldrun.load_record(wf_run / f"fold-{k}")
+        assert np.array_equal(oos["actions"], expected["actions"])
 
 
 def test_a_walkforward_directory_is_continued_only_with_its_settings_and_data(tmp_path, market_csv, wf_run):

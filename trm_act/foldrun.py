@@ -70,6 +70,10 @@ class FoldJob:
     pause_at: int | None = None
     """Stop at this optimizer step with a checkpoint (status "paused"); a later job resumes the fold from it,
     on another core (``trm_act.schedule``). None = train to the end and score."""
+    cut_at: tuple[int, ...] = ()
+    """Steps at which earlier jobs of this walk-forward paused the fold (``fold.json``'s ``cut_at``)."""
+    seconds_before: float = 0.0
+    """Training seconds those earlier jobs spent, added to ``fold.json``'s ``seconds``."""
 
     @property
     def run_dir(self) -> Path:
@@ -230,16 +234,21 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
             "fold": job.index,
             "run_dir": run_dir.name,
             "resumed_from_step": resumed_from,
+            "cut_at": list(job.cut_at),
         }
+        if job.pause_at is not None and trainer.step >= job.pause_at:  # already there: nothing to train
+            return record | {"status": "paused", "step": trainer.step, "seconds": job.seconds_before}
         if not (run_dir / "metrics.json").is_file():
             callbacks = [TensorBoardCallback(run_dir), ProgressCallback(disable=not job.progress)]
             if job.pause_at is not None:
                 callbacks.append(_PauseAt(job.pause_at))
             trainer.callbacks = CallbackList(callbacks)
             if trainer.fit() is None:
-                paused = trainer.stop_signal is None and trainer.step == job.pause_at
-                return record | {"status": "paused" if paused else "stopped", "step": trainer.step}
-        train_s = time.perf_counter() - started
+                paused = trainer.stop_signal is None and job.pause_at is not None and trainer.step >= job.pause_at
+                status = "paused" if paused else "stopped"
+                seconds = job.seconds_before + time.perf_counter() - started
+                return record | {"status": status, "step": trainer.step, "seconds": seconds}
+        train_s = job.seconds_before + time.perf_counter() - started
         model = trainer.ema if trainer.ema is not None else trainer.model
         arrays = out_of_sample(model, trainer.eval_replay, job, trainer.device)
         best = best_fixed_actions(trainer.eval_replay, "train")

@@ -151,6 +151,7 @@ def score_fold(
         "step",
         "seed",
         "seconds",
+        "cut_at",
     )
     entry = {key: info[key] for key in keys if key in info}
     model = _figures(policies["model"], periods, stride)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from trm_act import interrupts
-from trm_act.checkpoint import LATEST, load_checkpoint
+from trm_act.checkpoint import LATEST, CheckpointError, load_checkpoint
 from trm_act.cli import report_user_mistake
 from trm_act.config import SECTIONS, ExperimentConfig
 from trm_act.files import write_json
@@ -309,11 +309,14 @@ def finished_folds(root: Path, n_folds: int) -> list[int]:
     return [k for k in range(n_folds) if is_finished(root / f"fold-{k}")]
 
 
-def _trained_steps(run_dir: Path) -> int:
-    """Optimizer steps the checkpoint in ``run_dir`` holds (0 without one): where its fold resumes."""
+def _trained_steps(run_dir: Path, fold: int) -> int:
+    """Optimizer steps the checkpoint in ``run_dir`` holds (0 without one): where fold ``fold`` resumes."""
     if not (run_dir / LATEST).is_file():
         return 0
-    return int(load_checkpoint(run_dir / LATEST)["step"])
+    try:
+        return int(load_checkpoint(run_dir / LATEST)["step"])
+    except CheckpointError as exc:
+        raise FoldError(fold, exc) from exc
 
 
 def _first_start(pieces: list[Piece], fold: int) -> int:
@@ -379,12 +382,14 @@ def run_folds(
     )
     # Longest first, so that with unequal folds (--fold-steps proportional) the short ones fill the last round;
     # a fold that overflows a core is cut at a checkpoint and finished on another (trm_act.schedule).
-    trained = {k: _trained_steps(root / f"fold-{k}") for k in todo}
+    trained = {k: _trained_steps(root / f"fold-{k}", k) for k in todo}
     remaining = {k: steps[k] - trained[k] for k in sorted(todo, key=lambda k: trained[k] - steps[k])}
-    pending = [
+    # Folds trained to the end but not scored (a stop during their evaluation) are scored first, on their own.
+    pending = [Piece(k, steps[k], steps[k], 0, 0) for k, n in remaining.items() if n <= 0] + [
         dataclasses.replace(p, start=p.start + trained[p.fold], stop=p.stop + trained[p.fold])
-        for p in wrap_around(remaining, jobs)
+        for p in wrap_around({k: n for k, n in remaining.items() if n > 0}, jobs)
     ]
+    interval = plan.config.train.eval_interval
     cut = sorted({p.fold for p in pending if p.start > trained[p.fold]})
     split = f"; fold {', '.join(map(str, cut))} cut at a checkpoint to keep the cores busy" if cut else ""
     log(f"training folds {', '.join(map(str, todo))} ({jobs} at a time, {each}{split})")
@@ -392,6 +397,7 @@ def run_folds(
     # Workers receive a terminal's Ctrl-C (or a scheduler's SIGTERM to the job) themselves and save a checkpoint;
     # here any stop signal raises at once, and leaving the pool waits for the running folds to stop.
     running: dict[concurrent.futures.Future, int] = {}
+    paused: dict[int, dict[str, Any]] = {}
     with (
         concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
@@ -404,10 +410,18 @@ def run_folds(
             while ready and len(running) < jobs:
                 piece = ready.pop(0)
                 pending.remove(piece)
-                job = plan.job(root, piece.fold, False)
-                if piece.stop < steps[piece.fold]:
-                    job = dataclasses.replace(job, pause_at=piece.stop)
-                running[pool.submit(run_fold, job)] = piece.fold
+                k = piece.fold
+                job = plan.job(root, k, False)
+                if k in paused:  # the fold's earlier piece paused at a checkpoint: this one resumes from it
+                    before = paused[k]
+                    job = dataclasses.replace(
+                        job, cut_at=(*before["cut_at"], before["step"]), seconds_before=before["seconds"]
+                    )
+                if piece.stop < steps[k]:
+                    # A pause on a periodic evaluation's step would skip it (the loop stops before evaluating)
+                    pause_at = piece.stop + 1 if interval and piece.stop % interval == 0 else piece.stop
+                    job = dataclasses.replace(job, pause_at=pause_at)
+                running[pool.submit(run_fold, job)] = k
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 k = running.pop(future)
@@ -417,7 +431,7 @@ def run_folds(
                     pending.clear()
                     raise FoldError(k, exc) from exc
                 if record["status"] == "paused":  # kept as the fold's record until its last piece ends
-                    records[k] = record
+                    records[k] = paused[k] = record
                     log(f"fold {k}: paused at step {record['step']}; it finishes on the next free core")
                     continue
                 done(record)
