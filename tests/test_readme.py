@@ -365,7 +365,7 @@ def test_the_real_series_wall_times_and_the_walkforward_cost_are_the_saved_ones(
 
     assert f"| one default training run | {single:.1f} s | |" in page
     assert (
-        f"| 5-fold walk-forward (2 folds at a time, fold 2 cut 750 + 750 steps) | {equal:.1f} s | **{equal_ratio:.2f}x** "
+        f"| 5-fold walk-forward (2 folds at a time, fold 2 cut 751 + 749 steps) | {equal:.1f} s | **{equal_ratio:.2f}x** "
         f"(bar 2.5x: {verdict(equal_ratio)}) |"
     ) in page
     assert (
