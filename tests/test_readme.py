@@ -282,6 +282,15 @@ TABLES = {
             "learn-exploration-slow-validation-4",
         )
     },
+    **{
+        name: (lambda name=name: first_table(learn_table(name)), ["docs/thinking.md"])
+        for name in (
+            "learn-steps1850-validation-4",
+            "learn-steps1850-slow-validation-4",
+            "learn-steps2500-validation-4",
+            "learn-steps2500-slow-validation-4",
+        )
+    },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
     **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced", "real-gain", "real-one-cycle-gain")},
