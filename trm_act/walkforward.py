@@ -568,7 +568,11 @@ def _parser() -> argparse.ArgumentParser:
         "--fold", type=int, default=None, help="run fold k alone (e.g. one job of a job array)"
     )
     parser.add_argument(
-        "--jobs", type=int, default=None, help="folds trained at once (default: min(folds, cores))"
+        "--jobs",
+        type=int,
+        default=None,
+        help="folds trained at once (default: min(folds, cores)); a fold that would leave a core idle is cut at "
+        "a checkpoint and finished on another, with the same result",
     )
     parser.add_argument(
         "--trials",
