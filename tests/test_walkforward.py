@@ -418,8 +418,10 @@ def test_resume_stitches_what_exists_and_scores_a_trained_fold_without_training(
     assert "Incomplete" in (root / "report.html").read_text()
     checkpoint = root / "fold-1" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    full = walk_forward(config, settings, root, jobs=1, log=lambda _: None)
+    logs: list[str] = []
+    full = walk_forward(config, settings, root, jobs=1, log=logs.append)
     assert full["complete"] and checkpoint.stat().st_mtime_ns == before  # scored, not trained again
+    assert "fold 1: trained to step 15; scoring it" in logs
     _, oos = foldrun.load_record(root / "fold-1")
     _, expected = foldrun.load_record(wf_run / "fold-1")
     assert np.array_equal(oos["actions"], expected["actions"])

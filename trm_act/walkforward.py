@@ -370,7 +370,12 @@ def run_folds(
     steps = {k: plan.fold_steps(plan.slices[k]) for k in todo}
     if jobs == 1:
         for k in todo:
-            log(f"fold {k}: training ({steps[k]} steps)")
+            trained = _trained_steps(root / f"fold-{k}", k)
+            if trained >= steps[k]:
+                log(f"fold {k}: trained to step {trained}; scoring it")
+            else:
+                resumed = f", from its checkpoint at step {trained}" if trained else ""
+                log(f"fold {k}: training ({steps[k]} steps{resumed})")
             done(run_fold(plan.job(root, k, progress)))
             if records[k]["status"] != "completed":  # a stop signal: start no further fold
                 break
