@@ -148,6 +148,7 @@ def test_learn_benchmark_validation_scores_only_the_validation_markets(tmp_path:
     assert main(["--quick", "--validation", "--recipes", "mlp", "--out", str(tmp_path)]) == 0
     (run,) = json.loads((tmp_path / "learn.json").read_text())["runs"]
     assert [m["market"] for m in run["markets"]] == [f"market {VALIDATION_MARKET_SEED}"]
+    assert run["steps"] == 30  # the budget it trained (--quick), saved with the run
     assert "1 seeds x (market 2000)" in (tmp_path / "learn.md").read_text()
 
 

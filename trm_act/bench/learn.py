@@ -437,7 +437,7 @@ def run_one(
         )
     return {
         "recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "compiled": trainer.compiled,
-        "features": config.env.features, "markets": rows,
+        "steps": trainer.step, "features": config.env.features, "markets": rows,
     }  # fmt: skip
 
 
