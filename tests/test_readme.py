@@ -289,6 +289,8 @@ TABLES = {
             "learn-steps1850-slow-validation-4",
             "learn-steps2500-validation-4",
             "learn-steps2500-slow-validation-4",
+            "learn-steps3000-validation-4",
+            "learn-steps3000-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
