@@ -402,7 +402,6 @@ def run_folds(
     # Workers receive a terminal's Ctrl-C (or a scheduler's SIGTERM to the job) themselves and save a checkpoint;
     # here any stop signal raises at once, and leaving the pool waits for the running folds to stop.
     running: dict[concurrent.futures.Future, int] = {}
-    paused: dict[int, dict[str, Any]] = {}
     with (
         concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
@@ -417,8 +416,8 @@ def run_folds(
                 pending.remove(piece)
                 k = piece.fold
                 job = plan.job(root, k, False)
-                if k in paused:  # the fold's earlier piece paused at a checkpoint: this one resumes from it
-                    before = paused[k]
+                before = records.get(k)
+                if before is not None and before["status"] == "paused":  # this piece resumes from its checkpoint
                     job = dataclasses.replace(
                         job, cut_at=(*before["cut_at"], before["step"]), seconds_before=before["seconds"]
                     )
@@ -436,7 +435,7 @@ def run_folds(
                     pending.clear()
                     raise FoldError(k, exc) from exc
                 if record["status"] == "paused":  # kept as the fold's record until its last piece ends
-                    records[k] = paused[k] = record
+                    records[k] = record
                     log(f"fold {k}: paused at step {record['step']}; it finishes on the next free core")
                     continue
                 done(record)
