@@ -295,7 +295,9 @@ TABLES = {
     },
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
-    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in ("real-full", "real-priced", "real-gain", "real-one-cycle-gain")},
+    **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in (
+        "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq"
+    )},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
 }

@@ -16,7 +16,7 @@ from helpers import bars, tiny_flags
 from trm_act.callbacks import TensorBoardCallback
 from trm_act.envs import build_replay
 
-from trm_act import foldrun, stats, walkforward
+from trm_act import foldrun, stats, stitch, walkforward
 from trm_act.baselines import best_fixed_actions
 from trm_act.checkpoint import load_checkpoint
 from trm_act.config import ExperimentConfig
@@ -317,7 +317,7 @@ def test_walkforward_json_holds_the_folds_and_the_stitched_figures(wf_run):
             < pd.Timestamp(fold["test_start"])
             <= pd.Timestamp(fold["test_end"])
         )
-        for name in ("model", "long", "best_fixed", "random"):
+        for name in ("model", "gated", "long", "best_fixed", "random"):
             assert {"pnl", "sharpe", "sortino", "max_drawdown", "turnover", "exposure"} <= set(fold[name])
         assert set(fold["fixed"]) == {
             "flat",
@@ -354,6 +354,7 @@ def test_walkforward_json_holds_the_folds_and_the_stitched_figures(wf_run):
     assert dsr["value"] <= stitched["psr"]["value"]
     html = (wf_run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Methods" in html and "model &minus; long" in html
+    assert "gated model &minus; best fixed" in html and "gated plays" in html
     assert {p.name for p in (wf_run / "figures").iterdir()} == {
         "equity.png",
         "drawdown.png",
@@ -591,6 +592,69 @@ def test_without_matplotlib_the_tear_sheet_draws_the_equity_curves_as_svg(tmp_pa
     assert "data:image/png" not in html and not (root / "figures").exists()
 
 
+# ---------------------------------------------------------------------------------------------- gated model
+
+
+def edge_fold(edges: list[float], symbols: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A fold's record whose model (strategy 1) earns ``edges`` (N,) over best fixed (strategy 0, PnL 0)."""
+    n = len(edges)
+    pnl = np.zeros((n, 8))
+    pnl[:, 1] = edges
+    return {
+        "pnl": pnl,
+        "actions": np.ones(n, dtype=np.int64),
+        "best_fixed": np.zeros(n, dtype=np.int64),
+        "symbol": np.array(symbols or ["X"] * n),
+    }
+
+
+def test_the_gate_plays_the_model_only_after_its_settled_record_beats_best_fixed():
+    folds = [edge_fold([1.0, -3.0]), edge_fold([2.0, 2.0]), edge_fold([0.5, 9.0]), edge_fold([1.0])]
+    # nothing left open: fold 0 has no record; then the leads are -2, +2, +11.5
+    assert stitch.gate(folds, open_decisions=0) == [(False, 0.0), (False, -2.0), (True, 2.0), (True, 11.5)]
+    # the last decision of each fold may still be open when the next starts: -3, 9 never count
+    assert stitch.gate(folds, open_decisions=1) == [(False, 0.0), (True, 1.0), (True, 3.0), (True, 3.5)]
+
+
+def test_the_gate_leaves_out_each_instruments_open_decisions():
+    fold = edge_fold([1.0, 1.0, 1.0, -5.0, -5.0], symbols=["A", "B", "A", "A", "B"])
+    assert stitch.settled_mask(fold["symbol"], 1).tolist() == [True, True, True, False, False]
+    assert stitch.settled_mask(fold["symbol"], 2).tolist() == [True, False, False, False, False]
+    assert stitch.gate([fold, edge_fold([1.0])], open_decisions=1)[1] == (True, 3.0)
+
+
+def test_the_gate_of_a_fold_reads_nothing_from_that_fold_or_later():
+    rng = np.random.default_rng(0)
+    folds = [edge_fold(rng.normal(size=6).tolist()) for _ in range(5)]
+    plays = stitch.gate(folds, open_decisions=1)
+    for k in range(5):
+        rewritten = folds[:k] + [edge_fold(rng.normal(3.0, size=6).tolist()) for _ in range(5 - k)]
+        assert stitch.gate(rewritten, open_decisions=1)[: k + 1] == plays[: k + 1]
+
+
+@pytest.mark.parametrize("model_in_fold_0", ["oracle", "worst"])
+def test_the_stitched_gated_model_plays_best_fixed_until_the_model_has_earned_more(wf_run, model_in_fold_0):
+    plan = json.loads((wf_run / "plan.json").read_text())
+    records = {k: foldrun.load_record(wf_run / f"fold-{k}") for k in (0, 1)}
+    info, arrays = records[0]
+    pick = np.argmax if model_in_fold_0 == "oracle" else np.argmin
+    records[0] = (info, arrays | {"actions": pick(arrays["pnl"], axis=1)})
+    result, curves = stitch.stitch(plan, records, resamples=200)
+    policies = [stitch.policy_arrays(records[k][1]) for k in (0, 1)]
+    fold_1 = "model" if model_in_fold_0 == "oracle" else "best_fixed"
+    assert [f["gated"]["plays"] for f in result["folds"]] == ["best_fixed", fold_1]
+    lead = result["folds"][1]["gated"]["model_lead_before"]
+    assert (lead > 0) == (model_in_fold_0 == "oracle")
+    expected = np.concatenate([policies[0]["best_fixed"][0], policies[1][fold_1][0]])
+    np.testing.assert_array_equal(curves.pnl["gated"], expected)
+    gated = result["stitched"]["gated"]
+    assert gated["pnl"] == pytest.approx(expected.sum())
+    assert gated["model_folds"] == ([1] if fold_1 == "model" else [])
+    long = np.concatenate([p["long"][0] for p in policies])
+    assert result["stitched"]["gated_minus_long"]["total"] == pytest.approx((expected - long).sum())
+    assert "gated model" in stitch.format_table(result)
+
+
 def test_the_tear_sheet_shows_dates_for_daily_bars_and_times_for_intraday_ones():
     from trm_act.tearsheet import _stamp
 
@@ -605,6 +669,7 @@ def test_the_tear_sheet_shows_dates_for_daily_bars_and_times_for_intraday_ones()
         ("googl", 2335, "2009-05-22", "2018-08-29"),
         ("eurusd", 6225, "2017-01-01 22:00", "2017-12-29 21:00"),
         ("sp500", 5031, "1999-01-04", "2018-12-31"),
+        ("nasdaq", 5031, "1999-01-04", "2018-12-31"),
     ],
 )
 def test_bench_real_reads_each_shipped_series_as_documented(tmp_path, name, n_bars, first, last):

@@ -1,9 +1,9 @@
 """Stitch the folds' out-of-sample decisions into one track record and score it: ``walkforward.json``.
 
 Input: the walk-forward's plan and each finished fold's record (``trm_act.foldrun``). Every policy (the model,
-long, best fixed, random, each fixed strategy) is scored per fold and on the stitched record, the folds' test
-decisions one after the other in time order. ``METHODS`` states how each figure is computed; the same text
-goes into ``walkforward.json`` and the tear sheet.
+long, best fixed, random, each fixed strategy, and the gated model) is scored per fold and on the stitched record,
+the folds' test decisions one after the other in time order. ``METHODS`` states how each figure is computed; the
+same text goes into ``walkforward.json`` and the tear sheet.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from trm_act.tables import PNL, SHARPE, Column, score_table
 
 BENCHMARKS = ("long", "best_fixed", "random")
 """Benchmarks named in every fold entry and in ``stitched`` (each fixed strategy is there too)."""
+COMPARED = ("long", "best_fixed")
+"""The benchmarks the model and the gated model are compared with, each with a bootstrap interval."""
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0
 TABLE_COLUMNS = (
@@ -55,8 +57,14 @@ METHODS: dict[str, str] = {
     "switch_rate": "Model only: share of decisions whose strategy differs from the decision before.",
     "best_fixed": "In each fold, per instrument, the strategy with the best mean PnL over that fold's training "
     "decisions (purged and embargoed), held through the fold's test span.",
+    "gated": "The model traded only where its own out-of-sample record says it earns its keep: fold k plays the "
+    "model when the model's PnL minus best fixed's, summed over the decisions of the stitched folds before k that "
+    "settled before fold k's first decision, is above 0, and best fixed otherwise (fold 0, with no record, plays "
+    "best fixed). Each instrument's last ceil(horizon / stride) decisions of a fold are left out of the record, "
+    "since their trades may still be open when the next fold starts. Nothing is tuned: the rule has no "
+    "parameter.",
     "random": "A uniformly random strategy per decision (numpy default_rng seeded with (train.seed, fold)).",
-    "model_minus": "Per-decision PnL difference model - benchmark on the same decisions. Mean with a "
+    "model_minus": "Per-decision PnL difference model - benchmark (and gated - benchmark) on the same decisions. Mean with a "
     "stationary-bootstrap percentile interval (Politis and Romano 1994; mean block length ceil(N^(1/3)), Hall, "
     "Horowitz and Jing 1995; 2000 resamples, seed 0): ci_low/ci_high per decision, total_ci_low/total_ci_high "
     "for the sum over the record (N x mean). An interval above 0 means significantly better at 95%.",
@@ -79,7 +87,7 @@ class Curves:
     time: np.ndarray
     """(N,) int64 ns of each stitched decision."""
     pnl: dict[str, np.ndarray]
-    """Policy -> (N,) per-decision PnL (model, long, best_fixed, random, flat, ...)."""
+    """Policy -> (N,) per-decision PnL (model, gated, long, best_fixed, random, flat, ...)."""
     fold_starts: list[int] = field(default_factory=list)
     """Index of each fold's first decision in the stitched record."""
     folds: list[int] = field(default_factory=list)
@@ -116,6 +124,35 @@ def _figures(parts: tuple[np.ndarray, np.ndarray, np.ndarray], periods: float, s
 
 def _switch_rate(actions: np.ndarray) -> float:
     return float((actions[1:] != actions[:-1]).mean()) if len(actions) > 1 else 0.0
+
+
+def settled_mask(symbols: np.ndarray, open_decisions: int) -> np.ndarray:
+    """(N,) bool: False for each instrument's last ``open_decisions`` decisions of a fold (time-ordered)."""
+    keep = np.ones(len(symbols), dtype=bool)
+    for symbol in np.unique(symbols):
+        rows = np.flatnonzero(symbols == symbol)
+        keep[rows[max(len(rows) - open_decisions, 0) :]] = False
+    return keep
+
+
+def gate(folds: list[dict[str, np.ndarray]], open_decisions: int) -> list[tuple[bool, float]]:
+    """Per fold in time order: (does the gated model play the model?, the model's lead before the fold).
+
+    The lead is the model's PnL minus best fixed's over the earlier folds' decisions settled before this fold
+    starts (``METHODS["gated"]``); the gated model plays the model when it is above 0.
+    """
+    lead, plays = 0.0, []
+    for arrays in folds:
+        plays.append((lead > 0.0, lead))
+        rows = np.arange(len(arrays["pnl"]))
+        edge = arrays["pnl"][rows, arrays["actions"]] - arrays["pnl"][rows, arrays["best_fixed"]]  # (N,)
+        lead += float(edge[settled_mask(arrays["symbol"], open_decisions)].sum())
+    return plays
+
+
+def verdict(ci: dict[str, float]) -> str:
+    """"better", "worse" or "not different" at the interval's level, from a ``bootstrap_mean_ci`` result."""
+    return "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "not different"
 
 
 def _model_extras(actions: np.ndarray, steps: np.ndarray, depth: np.ndarray, pnl: np.ndarray, max_steps: int):
@@ -210,9 +247,16 @@ def stitch(
         result["stitched"] = None
         return result, None
 
-    parts = [policy_arrays(records[k][1]) for k in done]
-    joined = {name: tuple(np.concatenate([p[name][i] for p in parts]) for i in range(3)) for name in parts[0]}
     arrays = [records[k][1] for k in done]
+    parts = [policy_arrays(a) for a in arrays]
+    plays = gate(arrays, math.ceil(int(plan["horizon"]) / stride))
+    for part, entry, (model_played, lead) in zip(parts, result["folds"], plays, strict=True):
+        part["gated"] = part["model" if model_played else "best_fixed"]
+        entry["gated"] = _figures(part["gated"], periods, stride) | {
+            "plays": "model" if model_played else "best_fixed",
+            "model_lead_before": lead,
+        }
+    joined = {name: tuple(np.concatenate([p[name][i] for p in parts]) for i in range(3)) for name in parts[0]}
     actions = np.concatenate([a["actions"] for a in arrays])
     steps = np.concatenate([a["steps"] for a in arrays])
     depth = np.concatenate([a["depth_actions"] for a in arrays], axis=1)
@@ -228,15 +272,22 @@ def stitch(
         stitched[name] = _figures(joined[name], periods, stride)
     for name in STRATEGIES:
         stitched[name] = _figures(joined[name], periods, stride)
+    stitched["gated"] = _figures(joined["gated"], periods, stride) | {
+        "model_folds": [k for k, (model_played, _) in zip(done, plays, strict=True) if model_played]
+    }
     model_pnl = joined["model"][0]
-    for name in ("long", "best_fixed"):
-        stitched[f"model_minus_{name}"] = (
-            stats.bootstrap_mean_ci(
-                model_pnl - joined[name][0], confidence=CONFIDENCE, n_resamples=resamples, seed=BOOTSTRAP_SEED
+    for policy in ("model", "gated"):
+        for name in COMPARED:
+            stitched[f"{policy}_minus_{name}"] = (
+                stats.bootstrap_mean_ci(
+                    joined[policy][0] - joined[name][0],
+                    confidence=CONFIDENCE,
+                    n_resamples=resamples,
+                    seed=BOOTSTRAP_SEED,
+                )
+                if len(model_pnl) >= 2
+                else None
             )
-            if len(model_pnl) >= 2
-            else None
-        )
     stitched["psr"] = _psr(model_pnl, periods)
     fold_sharpes = [entry["model"]["per_decision_sharpe"] for entry in result["folds"]]
     stitched["dsr"] = _dsr(model_pnl, periods, fold_sharpes, len(done), trials, sharpe_variance)
@@ -245,7 +296,7 @@ def stitch(
     starts = np.cumsum([0] + [len(a["actions"]) for a in arrays[:-1]]).tolist()
     curves = Curves(
         time=np.concatenate([a["time"] for a in arrays]),
-        pnl={name: joined[name][0] for name in ("model", "long", "best_fixed", "random", *STRATEGIES)},
+        pnl={name: joined[name][0] for name in ("model", "gated", "long", "best_fixed", "random", *STRATEGIES)},
         fold_starts=starts,
         folds=done,
         steps=steps,
@@ -327,6 +378,8 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         (f"model (adaptive, {model['mean_steps']:.2f} of {model['max_steps']} steps)", model),
         (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
+        (f"gated model (model in {len(stitched['gated']['model_folds'])} of {len(stitched['folds'])} folds)",
+         stitched["gated"]),
         ("long", stitched["long"]),
         ("best fixed (per fold, on train)", stitched["best_fixed"]),
         ("flat", stitched["flat"]),
@@ -338,17 +391,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"decisions from folds {folds} of {result['folds_planned']}",
         *score_table(rows, TABLE_COLUMNS),
     ]
-    for name in ("long", "best_fixed"):
-        ci = stitched[f"model_minus_{name}"]
-        if ci is None:
-            continue
-        verdict = (
-            "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "no different"
-        )
-        lines.append(
-            f"model - {name.replace('_', ' ')}: {ci['total']:+.3f} PnL, 95% interval [{ci['total_ci_low']:+.3f}, "
-            f"{ci['total_ci_high']:+.3f}] ({verdict} at 95%, block bootstrap)"
-        )
+    for policy in ("model", "gated"):
+        for name in COMPARED:
+            ci = stitched[f"{policy}_minus_{name}"]
+            if ci is None:
+                continue
+            lines.append(
+                f"{policy} - {name.replace('_', ' ')}: {ci['total']:+.3f} PnL, 95% interval "
+                f"[{ci['total_ci_low']:+.3f}, {ci['total_ci_high']:+.3f}] ({verdict(ci)} at 95%, block bootstrap)"
+            )
     psr, dsr = stitched["psr"], stitched["dsr"]
     if psr is not None:
         text = f"PSR (P[true Sharpe > 0]) {psr['value']:.3f}"

@@ -18,14 +18,26 @@ from typing import Any
 import numpy as np
 
 from trm_act import stats
-from trm_act.stitch import METHODS, Curves
+from trm_act.stitch import COMPARED, METHODS, Curves, verdict
 
 FIGURES_DIR = "figures"
 TENSORBOARD_RUN = "stitched"
 DPI = 100
 SIZE = (8.0, 3.6)
-COLOURS = {"model": "tab:blue", "long": "tab:green", "best_fixed": "tab:orange", "random": "tab:gray"}
-LABELS = {"model": "model (adaptive)", "long": "long", "best_fixed": "best fixed", "random": "random"}
+COLOURS = {
+    "model": "tab:blue",
+    "gated": "tab:purple",
+    "long": "tab:green",
+    "best_fixed": "tab:orange",
+    "random": "tab:gray",
+}
+LABELS = {
+    "model": "model (adaptive)",
+    "gated": "gated model",
+    "long": "long",
+    "best_fixed": "best fixed",
+    "random": "random",
+}
 
 
 def _matplotlib_figure() -> Any:
@@ -59,13 +71,14 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
     figure, axes = new(
         "stitched out-of-sample equity", "decision time", "cumulative PnL (log, fraction of capital)"
     )
-    for name in ("model", "long", "best_fixed", "random"):
+    for name in ("model", "long", "best_fixed", "random", "gated"):  # gated last: dashed over what it plays
         axes.plot(
             when,
             np.cumsum(curves.pnl[name]),
             label=LABELS[name],
             color=COLOURS[name],
             linewidth=1.2,
+            linestyle="--" if name == "gated" else "-",
             alpha=0.6 if name == "random" else 1.0,
         )
     for fold, start in zip(curves.folds, starts, strict=True):
@@ -80,7 +93,7 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
             va="top",
         )
     axes.axhline(0.0, color="black", linewidth=0.6)
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     figure.autofmt_xdate()
     out["equity"] = figure
 
@@ -214,6 +227,7 @@ def _policy_rows(stitched: dict[str, Any]) -> list[list[str]]:
     named = [
         ("model (adaptive)", model),
         (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
+        ("gated model", stitched["gated"]),
         ("long", stitched["long"]),
         ("best fixed", stitched["best_fixed"]),
         ("random", stitched["random"]),
@@ -252,6 +266,7 @@ def _fold_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
                 str(f.get("test_decisions", "")),
                 html.escape(", ".join(strategies) if len(strategies) <= 2 else "per instrument"),
                 _fmt(f["model"]["pnl"]),
+                html.escape(f["gated"]["plays"].replace("_", " ")),
                 _fmt(f["long"]["pnl"]),
                 _fmt(f["best_fixed"]["pnl"]),
                 _fmt(f["random"]["pnl"]),
@@ -264,21 +279,23 @@ def _fold_rows(folds: list[dict[str, Any]]) -> list[list[str]]:
 
 def _statistics(stitched: dict[str, Any]) -> str:
     parts = []
-    for name in ("long", "best_fixed"):
-        ci = stitched.get(f"model_minus_{name}")
-        if ci is None:
-            continue
-        verdict = (
-            "significantly better"
-            if ci["total_ci_low"] > 0
-            else ("significantly worse" if ci["total_ci_high"] < 0 else "not significantly different")
-        )
-        parts.append(
-            f"<li><b>model &minus; {html.escape(name.replace('_', ' '))}</b>: {ci['total']:+.4f} PnL over the record, "
-            f"95% interval [{ci['total_ci_low']:+.4f}, {ci['total_ci_high']:+.4f}] "
-            f"(per decision {ci['mean']:+.5f} [{ci['ci_low']:+.5f}, {ci['ci_high']:+.5f}]; p = {ci['p_value']:.3f}; "
-            f"mean block {ci['block_length']:.0f} decisions): <b>{verdict}</b></li>"
-        )
+    words = {
+        "better": "significantly better",
+        "worse": "significantly worse",
+        "not different": "not significantly different",
+    }
+    for policy in ("model", "gated"):
+        for name in COMPARED:
+            ci = stitched.get(f"{policy}_minus_{name}")
+            if ci is None:
+                continue
+            parts.append(
+                f"<li><b>{LABELS[policy].split(' (')[0]} &minus; {html.escape(name.replace('_', ' '))}</b>: "
+                f"{ci['total']:+.4f} PnL over the record, 95% interval [{ci['total_ci_low']:+.4f}, "
+                f"{ci['total_ci_high']:+.4f}] (per decision {ci['mean']:+.5f} [{ci['ci_low']:+.5f}, "
+                f"{ci['ci_high']:+.5f}]; p = {ci['p_value']:.3f}; mean block {ci['block_length']:.0f} decisions): "
+                f"<b>{words[verdict(ci)]}</b></li>"
+            )
     psr, dsr = stitched.get("psr"), stitched.get("dsr")
     if psr is not None:
         parts.append(
@@ -372,6 +389,7 @@ def render_html(result: dict[str, Any], images: dict[str, bytes], svg: str | Non
                 "test dec.",
                 "best fixed",
                 "model pnl",
+                "gated plays",
                 "long pnl",
                 "best fixed pnl",
                 "random pnl",
