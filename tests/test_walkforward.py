@@ -682,3 +682,30 @@ def test_bench_real_reads_each_shipped_series_as_documented(tmp_path, name, n_ba
     assert (frame.index[0], frame.index[-1]) == (pd.Timestamp(first), pd.Timestamp(last))
     assert frame.index.is_monotonic_increasing and np.isfinite(frame.to_numpy()).all()
     assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
+
+
+def test_bench_real_over_several_seeds_names_each_seed_and_summarises_the_spread():
+    import argparse
+
+    from trm_act.bench.real import markdown
+
+    def row(seed: int, diff: float, verdict: str, gated_diff: float) -> dict:
+        return {
+            "series": "googl", "recipe": "default", "seed": seed, "decisions": 10, "model_pnl": diff + 1.0,
+            "long_pnl": 1.0, "best_fixed_pnl": 0.5, "flat_pnl": 0.0, "better_benchmark": "long", "diff": diff,
+            "diff_ci_low": diff - 1, "diff_ci_high": diff + 1, "verdict": verdict, "psr": 0.5, "dsr": 0.1,
+            "n_trials": 6, "mean_steps": 1.5, "max_steps": 4, "gated_pnl": 0.5, "gated_model_folds": 0,
+            "folds": 3, "gated_diff": gated_diff, "gated_diff_ci_low": -1.0, "gated_diff_ci_high": 0.5,
+            "gated_verdict": "not different",
+        }  # fmt: skip
+
+    table = markdown(
+        [row(0, -1.0, "worse", -0.5), row(1, -2.0, "worse", -0.5), row(2, 0.0, "not different", -0.5)],
+        argparse.Namespace(folds=3, steps=10, embargo=0, seeds=3),
+    )
+    assert "| googl | default (seed 1) |" in table and "recipes x folds x seeds" in table
+    # diffs -1, -2, 0: mean -1, sample sd 1, standard error 1 / sqrt(3) = 0.577
+    assert (
+        "- googl / default, 3 seeds, minus long (mean ± standard error over seeds; significant seeds): "
+        "model -1.000 ± 0.577 (worse on 2, better on 0); gated model -0.500 ± 0.000 (worse on 0, better on 0)."
+    ) in table

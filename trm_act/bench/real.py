@@ -20,9 +20,9 @@ on it with ``trm_act.walkforward``.
 
 Budget: the defaults fit a 2-core machine in a few minutes per series and recipe: ``--folds 3`` (expanding,
 the first quarter of the bars only trains), ``--steps 300`` optimizer steps per fold (the CLI default is
-1500), ``--jobs 2`` folds at a time. The DSR charges for every recipe and fold run on a series
-(``n_trials = recipes x folds``). The figures are a reduced-budget measurement, not the default recipe's
-best: say so when quoting them.
+1500), ``--jobs 2`` folds at a time, one training seed (``--seeds N``: seeds 0..N-1, a row each and their spread).
+The DSR charges for every recipe, fold and seed run on a series (``n_trials = recipes x folds x seeds``). The
+figures are a reduced-budget measurement, not the default recipe's best: say so when quoting them.
 
 ``--speed`` measures the walk-forward's cost instead: on ``sp500`` (a real 5,031-bar daily CSV), one bare default
 training run (``python -m trm_act.train --data sp500.csv``, 1,500 steps) and then a 5-fold walk-forward of the same
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from trm_act.bench import bench_parser
@@ -152,18 +153,18 @@ def write_series(name: str, folder: Path) -> Path:
     return path
 
 
-def recipe_config(recipe: str, data: Path, steps: int) -> ExperimentConfig:
+def recipe_config(recipe: str, data: Path, steps: int, seed: int = 0) -> ExperimentConfig:
     from trm_act.bench.learn import RECIPES
 
     edit, model_factory = RECIPES[recipe]
     assert model_factory is None, recipe
     config = edit(ExperimentConfig())
     env = dataclasses.replace(config.env, data=str(data.resolve()))
-    train = dataclasses.replace(config.train, steps=steps, progress=False)
+    train = dataclasses.replace(config.train, steps=steps, seed=seed, progress=False)
     return dataclasses.replace(config, env=env, train=train)
 
 
-def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float, seed: int = 0) -> dict[str, Any]:
     """One row of the table: the stitched model and gated model against long, best fixed and flat."""
     stitched = result["stitched"]
     model, dsr = stitched["model"], stitched["dsr"]
@@ -172,6 +173,7 @@ def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float) 
     return {
         "series": series,
         "recipe": recipe,
+        "seed": seed,
         "decisions": stitched["decisions"],
         "model_pnl": model["pnl"],
         "model_sharpe": model["sharpe"],
@@ -224,10 +226,11 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     if gated:
         columns += ["gated PnL (model folds)", "gated − better of long/best fixed [95% CI]"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    seeded = len({r.get("seed", 0) for r in rows}) > 1
     for r in rows:
         cells = [
             r["series"],
-            r["recipe"],
+            f"{r['recipe']} (seed {r['seed']})" if seeded else r["recipe"],
             str(r["decisions"]),
             f"{r['model_pnl']:+.3f}",
             f"{r['long_pnl']:+.3f}",
@@ -246,7 +249,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Walk-forward, {args.folds} expanding folds, {args.steps} optimizer steps per fold, embargo "
         f"{args.embargo} bars; PnL is the stitched out-of-sample log-PnL (net of 5 bp costs). The interval is a "
         "stationary block bootstrap of the per-decision difference; PSR is P[true Sharpe > 0]; the DSR charges "
-        "for n trials (recipes x folds)."
+        f"for n trials (recipes x folds{' x seeds' if seeded else ''})."
         + (
             " The gated model plays the model in a fold only when the model's out-of-sample record in the earlier "
             "folds beats best fixed's, and best fixed otherwise (fold 0 plays best fixed)."
@@ -254,7 +257,33 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             else ""
         )
     )
+    if seeded:
+        lines += ["", *seed_summary(rows)]
     return "\n".join(lines)
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per series and recipe: the difference to the better benchmark, mean ± standard error over seeds."""
+    lines = []
+    for key in dict.fromkeys((r["series"], r["recipe"]) for r in rows):
+        group = [r for r in rows if (r["series"], r["recipe"]) == key]
+        parts = []
+        for prefix, name in (("", "model"), ("gated_", "gated model")):
+            if f"{prefix}diff" not in group[0]:
+                continue
+            diffs = np.array([r[f"{prefix}diff"] for r in group])
+            se = diffs.std(ddof=1) / np.sqrt(len(diffs))
+            verdicts = [r[f"{prefix}verdict"] for r in group]
+            parts.append(
+                f"{name} {diffs.mean():+.3f} ± {se:.3f} (worse on {verdicts.count('worse')}, better on "
+                f"{verdicts.count('better')})"
+            )
+        better = group[0]["better_benchmark"].replace("_", " ")
+        lines.append(
+            f"- {key[0]} / {key[1]}, {len(group)} seeds, minus {better} (mean ± standard error over seeds; "
+            f"significant seeds): {'; '.join(parts)}."
+        )
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -276,6 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--jobs", type=int, default=2, help="folds trained at once (default 2)")
     parser.add_argument(
+        "--seeds", type=int, default=1, help="training seeds per series and recipe (0, 1, ...; default 1)"
+    )
+    parser.add_argument(
         "--out", default="runs/bench-real", help="directory for the runs, real.json and real.md"
     )
     parser.add_argument("--from-json", default=None, help="print the table of a saved real.json again")
@@ -295,8 +327,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--recipes: {unknown} cannot run on real data here; choose from {list(SUPPORTED_RECIPES)}"
         )
-    if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.embargo < 0:
-        parser.error("--folds must be >= 2, --steps and --jobs >= 1, --embargo >= 0")
+    if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.seeds < 1 or args.embargo < 0:
+        parser.error("--folds must be >= 2, --steps, --jobs and --seeds >= 1, --embargo >= 0")
     return args
 
 
@@ -310,29 +342,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed:
         return speed(out)
     rows, started = [], time.perf_counter()
-    trials = len(args.recipes) * args.folds  # every recipe and fold run on a series, one seed each
+    trials = len(args.recipes) * args.folds * args.seeds  # every recipe, fold and seed run on a series
     try:
         for series in args.series:
             data = write_series(series, out / "data")
             for recipe in args.recipes:
-                begun = time.perf_counter()
-                print(
-                    f"{series} / {recipe}: walk-forward ({args.folds} folds, {args.steps} steps)",
-                    file=sys.stderr,
-                )
-                settings = WalkForwardConfig(folds=args.folds, embargo=args.embargo, trials=trials)
-                result = walk_forward(
-                    recipe_config(recipe, data, args.steps),
-                    settings,
-                    out / f"{series}-{recipe}",
-                    jobs=args.jobs,
-                )
-                rows.append(summarize(series, recipe, result, time.perf_counter() - begun))
+                for seed in range(args.seeds):
+                    begun = time.perf_counter()
+                    print(
+                        f"{series} / {recipe} / seed {seed}: walk-forward ({args.folds} folds, {args.steps} steps)",
+                        file=sys.stderr,
+                    )
+                    settings = WalkForwardConfig(folds=args.folds, embargo=args.embargo, trials=trials)
+                    result = walk_forward(
+                        recipe_config(recipe, data, args.steps, seed),
+                        settings,
+                        out / (f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")),  # seed 0: the old name
+                        jobs=args.jobs,
+                    )
+                    rows.append(summarize(series, recipe, result, time.perf_counter() - begun, seed))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - started
     budget = {"folds": args.folds, "steps": args.steps, "embargo": args.embargo, "jobs": args.jobs}
+    if args.seeds > 1:
+        budget["seeds"] = args.seeds
     table = markdown(rows, argparse.Namespace(**budget))
     out.mkdir(parents=True, exist_ok=True)
     (out / "real.json").write_text(
