@@ -609,6 +609,7 @@ def edge_fold(edges: list[float], symbols: list[str] | None = None) -> dict[str,
 
 
 def test_the_gate_plays_the_model_only_after_its_settled_record_beats_best_fixed():
+    assert stitch.gate([edge_fold([1.0, -1.0]), edge_fold([1.0])], open_decisions=0)[1] == (False, 0.0)  # a tie
     folds = [edge_fold([1.0, -3.0]), edge_fold([2.0, 2.0]), edge_fold([0.5, 9.0]), edge_fold([1.0])]
     # nothing left open: fold 0 has no record; then the leads are -2, +2, +11.5
     assert stitch.gate(folds, open_decisions=0) == [(False, 0.0), (False, -2.0), (True, 2.0), (True, 11.5)]
@@ -620,6 +621,8 @@ def test_the_gate_leaves_out_each_instruments_open_decisions():
     fold = edge_fold([1.0, 1.0, 1.0, -5.0, -5.0], symbols=["A", "B", "A", "A", "B"])
     assert stitch.settled_mask(fold["symbol"], 1).tolist() == [True, True, True, False, False]
     assert stitch.settled_mask(fold["symbol"], 2).tolist() == [True, False, False, False, False]
+    assert not stitch.settled_mask(fold["symbol"], 3).any()  # an instrument with fewer decisions: none counts
+    assert stitch.settled_mask(fold["symbol"], 0).all()
     assert stitch.gate([fold, edge_fold([1.0])], open_decisions=1)[1] == (True, 3.0)
 
 
@@ -630,6 +633,25 @@ def test_the_gate_of_a_fold_reads_nothing_from_that_fold_or_later():
     for k in range(5):
         rewritten = folds[:k] + [edge_fold(rng.normal(3.0, size=6).tolist()) for _ in range(5 - k)]
         assert stitch.gate(rewritten, open_decisions=1)[: k + 1] == plays[: k + 1]
+
+
+@pytest.mark.parametrize(("horizon", "fold_1_plays"), [(4, "model"), (8, "best_fixed")])
+def test_stitch_leaves_each_folds_open_trades_out_of_the_gates_record(wf_run, horizon, fold_1_plays):
+    # fold 0's model ties best fixed except on its second-to-last decision, where it earns more: with trades of
+    # 4 bars every 4 only the last decision may be open when fold 1 starts, with 8-bar trades the last two are
+    plan = json.loads((wf_run / "plan.json").read_text()) | {"horizon": horizon}
+    records = {k: foldrun.load_record(wf_run / f"fold-{k}") for k in (0, 1)}
+    info, arrays = records[0]
+    actions = arrays["best_fixed"].copy()
+    rows = np.arange(len(actions))
+    edge = arrays["pnl"].max(axis=1) - arrays["pnl"][rows, actions]  # (N,)
+    assert plan["stride"] == 4 and edge[-2] > 0
+    actions[-2] = arrays["pnl"][-2].argmax()
+    records[0] = (info, arrays | {"actions": actions})
+    result, _ = stitch.stitch(plan, records, resamples=200)
+    assert [f["gated"]["plays"] for f in result["folds"]] == ["best_fixed", fold_1_plays]
+    lead = result["folds"][1]["gated"]["model_lead_before"]
+    assert lead == (pytest.approx(edge[-2]) if fold_1_plays == "model" else 0.0)
 
 
 @pytest.mark.parametrize("model_in_fold_0", ["oracle", "worst"])

@@ -58,13 +58,13 @@ METHODS: dict[str, str] = {
     "best_fixed": "In each fold, per instrument, the strategy with the best mean PnL over that fold's training "
     "decisions (purged and embargoed), held through the fold's test span.",
     "gated": "The model traded only where its own out-of-sample record says it earns its keep: fold k plays the "
-    "model when the model's PnL minus best fixed's, summed over the decisions of the stitched folds before k that "
-    "settled before fold k's first decision, is above 0, and best fixed otherwise (fold 0, with no record, plays "
-    "best fixed). Each instrument's last ceil(horizon / stride) decisions of a fold are left out of the record, "
-    "since their trades may still be open when the next fold starts. Nothing is tuned: the rule has no "
-    "parameter.",
+    "model when the model's PnL minus best fixed's, summed over the stitched folds before k, is above 0, and best "
+    "fixed otherwise (the first stitched fold, with no record, plays best fixed; with folds missing, the choices "
+    "change once they finish). Each instrument's last ceil(horizon / stride) decisions of every fold are left out "
+    "of the record, since their trades may still be open when the next fold starts; every decision counted has "
+    "settled before fold k's first decision. Nothing is tuned: the rule has no parameter.",
     "random": "A uniformly random strategy per decision (numpy default_rng seeded with (train.seed, fold)).",
-    "model_minus": "Per-decision PnL difference model - benchmark (and gated - benchmark) on the same decisions. Mean with a "
+    "model_minus": "Per-decision PnL difference model (or gated) - benchmark on the same decisions. Mean with a "
     "stationary-bootstrap percentile interval (Politis and Romano 1994; mean block length ceil(N^(1/3)), Hall, "
     "Horowitz and Jing 1995; 2000 resamples, seed 0): ci_low/ci_high per decision, total_ci_low/total_ci_high "
     "for the sum over the record (N x mean). An interval above 0 means significantly better at 95%.",
@@ -128,10 +128,14 @@ def _switch_rate(actions: np.ndarray) -> float:
 
 def settled_mask(symbols: np.ndarray, open_decisions: int) -> np.ndarray:
     """(N,) bool: False for each instrument's last ``open_decisions`` decisions of a fold (time-ordered)."""
-    keep = np.ones(len(symbols), dtype=bool)
-    for symbol in np.unique(symbols):
-        rows = np.flatnonzero(symbols == symbol)
-        keep[rows[max(len(rows) - open_decisions, 0) :]] = False
+    _, instrument = np.unique(symbols, return_inverse=True)  # (N,)
+    order = np.argsort(instrument, kind="stable")  # each instrument's decisions together, in time order
+    grouped = instrument[order]
+    from_end = np.searchsorted(grouped, grouped, side="right") - np.arange(
+        len(order)
+    )  # 1 = its last decision
+    keep = np.empty(len(symbols), dtype=bool)
+    keep[order] = from_end > open_decisions
     return keep
 
 
@@ -141,17 +145,17 @@ def gate(folds: list[dict[str, np.ndarray]], open_decisions: int) -> list[tuple[
     The lead is the model's PnL minus best fixed's over the earlier folds' decisions settled before this fold
     starts (``METHODS["gated"]``); the gated model plays the model when it is above 0.
     """
-    lead, plays = 0.0, []
+    lead, choices = 0.0, []
     for arrays in folds:
-        plays.append((lead > 0.0, lead))
+        choices.append((lead > 0.0, lead))
         rows = np.arange(len(arrays["pnl"]))
         edge = arrays["pnl"][rows, arrays["actions"]] - arrays["pnl"][rows, arrays["best_fixed"]]  # (N,)
         lead += float(edge[settled_mask(arrays["symbol"], open_decisions)].sum())
-    return plays
+    return choices
 
 
 def verdict(ci: dict[str, float]) -> str:
-    """"better", "worse" or "not different" at the interval's level, from a ``bootstrap_mean_ci`` result."""
+    """The verdict of a ``bootstrap_mean_ci`` result at its level: better, worse or not different."""
     return "better" if ci["total_ci_low"] > 0 else "worse" if ci["total_ci_high"] < 0 else "not different"
 
 
@@ -249,8 +253,8 @@ def stitch(
 
     arrays = [records[k][1] for k in done]
     parts = [policy_arrays(a) for a in arrays]
-    plays = gate(arrays, math.ceil(int(plan["horizon"]) / stride))
-    for part, entry, (model_played, lead) in zip(parts, result["folds"], plays, strict=True):
+    choices = gate(arrays, math.ceil(int(plan["horizon"]) / stride))
+    for part, entry, (model_played, lead) in zip(parts, result["folds"], choices, strict=True):
         part["gated"] = part["model" if model_played else "best_fixed"]
         entry["gated"] = _figures(part["gated"], periods, stride) | {
             "plays": "model" if model_played else "best_fixed",
@@ -273,19 +277,17 @@ def stitch(
     for name in STRATEGIES:
         stitched[name] = _figures(joined[name], periods, stride)
     stitched["gated"] = _figures(joined["gated"], periods, stride) | {
-        "model_folds": [k for k, (model_played, _) in zip(done, plays, strict=True) if model_played]
+        "model_folds": [k for k, (model_played, _) in zip(done, choices, strict=True) if model_played]
     }
     model_pnl = joined["model"][0]
     for policy in ("model", "gated"):
         for name in COMPARED:
+            difference = joined[policy][0] - joined[name][0]  # (N,)
             stitched[f"{policy}_minus_{name}"] = (
                 stats.bootstrap_mean_ci(
-                    joined[policy][0] - joined[name][0],
-                    confidence=CONFIDENCE,
-                    n_resamples=resamples,
-                    seed=BOOTSTRAP_SEED,
+                    difference, confidence=CONFIDENCE, n_resamples=resamples, seed=BOOTSTRAP_SEED
                 )
-                if len(model_pnl) >= 2
+                if len(difference) >= 2
                 else None
             )
     stitched["psr"] = _psr(model_pnl, periods)
@@ -296,7 +298,9 @@ def stitch(
     starts = np.cumsum([0] + [len(a["actions"]) for a in arrays[:-1]]).tolist()
     curves = Curves(
         time=np.concatenate([a["time"] for a in arrays]),
-        pnl={name: joined[name][0] for name in ("model", "gated", "long", "best_fixed", "random", *STRATEGIES)},
+        pnl={
+            name: joined[name][0] for name in ("model", "gated", "long", "best_fixed", "random", *STRATEGIES)
+        },
         fold_starts=starts,
         folds=done,
         steps=steps,
@@ -378,8 +382,10 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         (f"model (adaptive, {model['mean_steps']:.2f} of {model['max_steps']} steps)", model),
         (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
-        (f"gated model (model in {len(stitched['gated']['model_folds'])} of {len(stitched['folds'])} folds)",
-         stitched["gated"]),
+        (
+            f"gated model (model in {len(stitched['gated']['model_folds'])} of {len(stitched['folds'])} folds)",
+            stitched["gated"],
+        ),
         ("long", stitched["long"]),
         ("best fixed (per fold, on train)", stitched["best_fixed"]),
         ("flat", stitched["flat"]),

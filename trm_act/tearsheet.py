@@ -38,6 +38,8 @@ LABELS = {
     "best_fixed": "best fixed",
     "random": "random",
 }
+POLICY_NAMES = {"model": "model", "gated": "gated model"}
+"""How the statistics name the policies compared with the benchmarks."""
 
 
 def _matplotlib_figure() -> Any:
@@ -98,13 +100,14 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
     out["equity"] = figure
 
     figure, axes = new("drawdown from the running peak", "decision time", "drawdown (fraction of equity)")
-    for name in ("model", "long", "best_fixed"):
+    for name in ("model", "long", "best_fixed", "gated"):
         axes.plot(
             when,
             -stats.drawdown_curve(curves.pnl[name])[1:],
             label=LABELS[name],
             color=COLOURS[name],
             linewidth=1.0,
+            linestyle="--" if name == "gated" else "-",
         )
     axes.legend(loc="lower left", fontsize=8)
     figure.autofmt_xdate()
@@ -113,10 +116,11 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
     figure, axes = new("PnL per fold", "fold", "PnL over the fold's test span")
     folds = result["folds"]
     x = np.arange(len(folds))
-    width = 0.2
-    for j, name in enumerate(("model", "long", "best_fixed", "random")):
+    names = ("model", "gated", "long", "best_fixed", "random")
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
         axes.bar(
-            x + (j - 1.5) * width,
+            x + (j - (len(names) - 1) / 2) * width,
             [f[name]["pnl"] for f in folds],
             width,
             label=LABELS[name],
@@ -170,20 +174,22 @@ def _rgb(figure: Any) -> np.ndarray:
 def equity_svg(curves: Curves, width: int = 800, height: int = 300) -> str:
     """Inline SVG of the stitched equity curves (the fallback without matplotlib)."""
     lines = {
-        name: np.concatenate([[0.0], np.cumsum(curves.pnl[name])]) for name in ("model", "long", "best_fixed")
+        name: np.concatenate([[0.0], np.cumsum(curves.pnl[name])])
+        for name in ("model", "long", "best_fixed", "gated")
     }
     low = min(float(v.min()) for v in lines.values())
     high = max(float(v.max()) for v in lines.values())
     span = high - low or 1.0
     n = len(next(iter(lines.values())))
-    colours = {"model": "#1f77b4", "long": "#2ca02c", "best_fixed": "#ff7f0e"}
+    colours = {"model": "#1f77b4", "long": "#2ca02c", "best_fixed": "#ff7f0e", "gated": "#9467bd"}
+    dashes = {name: ' stroke-dasharray="6 3"' if name == "gated" else "" for name in lines}
     paths = []
     for name, values in lines.items():
         xs = np.linspace(10, width - 10, n)
         ys = height - 10 - (values - low) / span * (height - 20)
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
         paths.append(
-            f'<polyline fill="none" stroke="{colours[name]}" stroke-width="1.5" points="{points}">'
+            f'<polyline fill="none" stroke="{colours[name]}" stroke-width="1.5"{dashes[name]} points="{points}">'
             f"<title>{LABELS[name]}</title></polyline>"
         )
     zero = height - 10 - (0.0 - low) / span * (height - 20)
@@ -290,7 +296,7 @@ def _statistics(stitched: dict[str, Any]) -> str:
             if ci is None:
                 continue
             parts.append(
-                f"<li><b>{LABELS[policy].split(' (')[0]} &minus; {html.escape(name.replace('_', ' '))}</b>: "
+                f"<li><b>{POLICY_NAMES[policy]} &minus; {html.escape(name.replace('_', ' '))}</b>: "
                 f"{ci['total']:+.4f} PnL over the record, 95% interval [{ci['total_ci_low']:+.4f}, "
                 f"{ci['total_ci_high']:+.4f}] (per decision {ci['mean']:+.5f} [{ci['ci_low']:+.5f}, "
                 f"{ci['ci_high']:+.5f}]; p = {ci['p_value']:.3f}; mean block {ci['block_length']:.0f} decisions): "

@@ -164,7 +164,9 @@ def recipe_config(recipe: str, data: Path, steps: int, seed: int = 0) -> Experim
     return dataclasses.replace(config, env=env, train=train)
 
 
-def summarize(series: str, recipe: str, result: dict[str, Any], seconds: float, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    series: str, recipe: str, result: dict[str, Any], seconds: float, seed: int = 0
+) -> dict[str, Any]:
     """One row of the table: the stitched model and gated model against long, best fixed and flat."""
     stitched = result["stitched"]
     model, dsr = stitched["model"], stitched["dsr"]
@@ -230,7 +232,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in rows:
         cells = [
             r["series"],
-            f"{r['recipe']} (seed {r['seed']})" if seeded else r["recipe"],
+            f"{r['recipe']} (seed {r.get('seed', 0)})" if seeded else r["recipe"],
             str(r["decisions"]),
             f"{r['model_pnl']:+.3f}",
             f"{r['long_pnl']:+.3f}",
@@ -242,7 +244,10 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{r['mean_steps']:.2f} of {r['max_steps']}",
         ]
         if gated:
-            cells += [f"{r['gated_pnl']:+.3f} ({r['gated_model_folds']} of {r['folds']})", _interval(r, "gated_")]
+            cells += [
+                f"{r['gated_pnl']:+.3f} ({r['gated_model_folds']} of {r['folds']})",
+                _interval(r, "gated_"),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
@@ -269,13 +274,13 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
         group = [r for r in rows if (r["series"], r["recipe"]) == key]
         parts = []
         for prefix, name in (("", "model"), ("gated_", "gated model")):
-            if f"{prefix}diff" not in group[0]:
+            if not all(f"{prefix}diff" in r for r in group):
                 continue
             diffs = np.array([r[f"{prefix}diff"] for r in group])
-            se = diffs.std(ddof=1) / np.sqrt(len(diffs))
+            spread = f" ± {diffs.std(ddof=1) / np.sqrt(len(diffs)):.3f}" if len(diffs) > 1 else ""
             verdicts = [r[f"{prefix}verdict"] for r in group]
             parts.append(
-                f"{name} {diffs.mean():+.3f} ± {se:.3f} (worse on {verdicts.count('worse')}, better on "
+                f"{name} {diffs.mean():+.3f}{spread} (worse on {verdicts.count('worse')}, better on "
                 f"{verdicts.count('better')})"
             )
         better = group[0]["better_benchmark"].replace("_", " ")
@@ -357,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = walk_forward(
                         recipe_config(recipe, data, args.steps, seed),
                         settings,
-                        out / (f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")),  # seed 0: the old name
+                        out
+                        / (f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")),  # seed 0: the old name
                         jobs=args.jobs,
                     )
                     rows.append(summarize(series, recipe, result, time.perf_counter() - begun, seed))
