@@ -291,6 +291,8 @@ TABLES = {
             "learn-steps2500-slow-validation-4",
             "learn-steps3000-validation-4",
             "learn-steps3000-slow-validation-4",
+            "learn-one-layer-validation-4",
+            "learn-one-layer-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

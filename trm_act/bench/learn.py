@@ -310,6 +310,10 @@ RECIPES: dict[
     "halt_grad30": (_model_edit(halt_grad=0.3), None),
     # No halting exploration (no sample is made to think at least 2 steps): do the forced steps cost the first?
     "no_exploration": (_model_edit(halt_exploration_prob=0.0), None),
+    # One block per reasoning step instead of two, at 4 steps and at 1: a step too shallow to finish alone is
+    # where recursion should pay (TRM's tiny network, deepened by recursion).
+    "one_layer": (_model_edit(n_layers=1), None),
+    "one_layer_one_step": (_chain(_model_edit(n_layers=1), _one_step), None),
     # The CLI default before "gain" halting and one cycle per step: two cycles, "confident and not losing" halting.
     "previous_default": (_chain(_profitable, _model_edit(n_cycles=2)), None),
     # The architecture choices of the default, each undone on its own (compared with --validation):
