@@ -723,9 +723,10 @@ def test_bench_real_over_several_seeds_names_each_seed_and_summarises_the_spread
 
     table = markdown(
         [row(0, -1.0, "worse", -0.5), row(1, -2.0, "worse", -0.5), row(2, 0.0, "not different", -0.5)],
-        argparse.Namespace(folds=3, steps=10, embargo=0, seeds=3),
+        argparse.Namespace(folds=3, steps=10, embargo=0, seeds=3, fold_steps="proportional"),
     )
     assert "| googl | default (seed 1) |" in table and "recipes x folds x seeds" in table
+    assert "10 optimizer steps per fold (the largest; the others in proportion to their training decisions)" in table
     # diffs -1, -2, 0: mean -1, sample sd 1, standard error 1 / sqrt(3) = 0.577
     assert (
         "- googl / default, 3 seeds, minus long (mean ± standard error over seeds; significant seeds): "

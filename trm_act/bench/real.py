@@ -56,7 +56,7 @@ from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import load_ohlcv
 from trm_act.stitch import verdict
-from trm_act.walkforward import WalkForwardConfig, walk_forward
+from trm_act.walkforward import FOLD_STEPS, WalkForwardConfig, walk_forward
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,13 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Walk-forward, {args.folds} expanding folds, {args.steps} optimizer steps per fold, embargo "
+        f"Walk-forward, {args.folds} expanding folds, {args.steps} optimizer steps per fold"
+        + (
+            " (the largest; the others in proportion to their training decisions)"
+            if getattr(args, "fold_steps", "equal") == "proportional"
+            else ""
+        )
+        + ", embargo "
         f"{args.embargo} bars; PnL is the stitched out-of-sample log-PnL (net of 5 bp costs). The interval is a "
         "stationary block bootstrap of the per-decision difference; PSR is P[true Sharpe > 0]; the DSR charges "
         f"for n trials (recipes x folds{' x seeds' if seeded else ''})."
@@ -313,6 +319,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seeds", type=int, default=1, help="training seeds per series and recipe (0, 1, ...; default 1)"
     )
     parser.add_argument(
+        "--fold-steps",
+        choices=FOLD_STEPS,
+        default="equal",
+        help="optimizer steps per fold: equal, or in proportion to its training decisions (walkforward's flag)",
+    )
+    parser.add_argument(
         "--out", default="runs/bench-real", help="directory for the runs, real.json and real.md"
     )
     parser.add_argument("--from-json", default=None, help="print the table of a saved real.json again")
@@ -358,13 +370,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"{series} / {recipe} / seed {seed}: walk-forward ({args.folds} folds, {args.steps} steps)",
                         file=sys.stderr,
                     )
-                    settings = WalkForwardConfig(folds=args.folds, embargo=args.embargo, trials=trials)
+                    settings = WalkForwardConfig(
+                        folds=args.folds, embargo=args.embargo, trials=trials, fold_steps=args.fold_steps
+                    )
+                    name = f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")  # seed 0: the old name
+                    if args.fold_steps != "equal":
+                        name += f"-{args.fold_steps}"
                     result = walk_forward(
-                        recipe_config(recipe, data, args.steps, seed),
-                        settings,
-                        out
-                        / (f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")),  # seed 0: the old name
-                        jobs=args.jobs,
+                        recipe_config(recipe, data, args.steps, seed), settings, out / name, jobs=args.jobs
                     )
                     rows.append(summarize(series, recipe, result, time.perf_counter() - begun, seed))
     except ValueError as exc:
@@ -374,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     budget = {"folds": args.folds, "steps": args.steps, "embargo": args.embargo, "jobs": args.jobs}
     if args.seeds > 1:
         budget["seeds"] = args.seeds
+    if args.fold_steps != "equal":
+        budget["fold_steps"] = args.fold_steps
     table = markdown(rows, argparse.Namespace(**budget))
     out.mkdir(parents=True, exist_ok=True)
     (out / "real.json").write_text(
