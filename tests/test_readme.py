@@ -298,7 +298,8 @@ TABLES = {
     "labels": (labels_table, ["docs/results.md"]),
     "real": (real_table, ["docs/walkforward.md"]),
     **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in (
-        "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq"
+        "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq",
+        "real-nasdaq-seeds", "real-nasdaq-proportional", "real-proportional"
     )},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
