@@ -595,17 +595,9 @@ def test_without_matplotlib_the_tear_sheet_draws_the_equity_curves_as_svg(tmp_pa
 # ---------------------------------------------------------------------------------------------- gated model
 
 
-def edge_fold(edges: list[float], symbols: list[str] | None = None) -> dict[str, np.ndarray]:
-    """A fold's record whose model (strategy 1) earns ``edges`` (N,) over best fixed (strategy 0, PnL 0)."""
-    n = len(edges)
-    pnl = np.zeros((n, 8))
-    pnl[:, 1] = edges
-    return {
-        "pnl": pnl,
-        "actions": np.ones(n, dtype=np.int64),
-        "best_fixed": np.zeros(n, dtype=np.int64),
-        "symbol": np.array(symbols or ["X"] * n),
-    }
+def edge_fold(edges: list[float], symbols: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A fold as the gate reads it: the model's PnL minus best fixed's per decision, and each decision's instrument."""
+    return np.array(edges), np.array(symbols or ["X"] * len(edges))
 
 
 def test_the_gate_plays_the_model_only_after_its_settled_record_beats_best_fixed():
@@ -619,10 +611,11 @@ def test_the_gate_plays_the_model_only_after_its_settled_record_beats_best_fixed
 
 def test_the_gate_leaves_out_each_instruments_open_decisions():
     fold = edge_fold([1.0, 1.0, 1.0, -5.0, -5.0], symbols=["A", "B", "A", "A", "B"])
-    assert stitch.settled_mask(fold["symbol"], 1).tolist() == [True, True, True, False, False]
-    assert stitch.settled_mask(fold["symbol"], 2).tolist() == [True, False, False, False, False]
-    assert not stitch.settled_mask(fold["symbol"], 3).any()  # an instrument with fewer decisions: none counts
-    assert stitch.settled_mask(fold["symbol"], 0).all()
+    symbols = fold[1]
+    assert stitch.settled_mask(symbols, 1).tolist() == [True, True, True, False, False]
+    assert stitch.settled_mask(symbols, 2).tolist() == [True, False, False, False, False]
+    assert not stitch.settled_mask(symbols, 3).any()  # an instrument with fewer decisions: none counts
+    assert stitch.settled_mask(symbols, 0).all()
     assert stitch.gate([fold, edge_fold([1.0])], open_decisions=1)[1] == (True, 3.0)
 
 

@@ -131,26 +131,24 @@ def settled_mask(symbols: np.ndarray, open_decisions: int) -> np.ndarray:
     _, instrument = np.unique(symbols, return_inverse=True)  # (N,)
     order = np.argsort(instrument, kind="stable")  # each instrument's decisions together, in time order
     grouped = instrument[order]
-    from_end = np.searchsorted(grouped, grouped, side="right") - np.arange(
-        len(order)
-    )  # 1 = its last decision
+    # 1 for an instrument's last decision, 2 for the one before, ...
+    from_end = np.searchsorted(grouped, grouped, side="right") - np.arange(len(order))
     keep = np.empty(len(symbols), dtype=bool)
     keep[order] = from_end > open_decisions
     return keep
 
 
-def gate(folds: list[dict[str, np.ndarray]], open_decisions: int) -> list[tuple[bool, float]]:
+def gate(folds: list[tuple[np.ndarray, np.ndarray]], open_decisions: int) -> list[tuple[bool, float]]:
     """Per fold in time order: (does the gated model play the model?, the model's lead before the fold).
 
-    The lead is the model's PnL minus best fixed's over the earlier folds' decisions settled before this fold
-    starts (``METHODS["gated"]``); the gated model plays the model when it is above 0.
+    ``folds`` holds each fold's (edge, symbols), both (N,): the model's PnL minus best fixed's per decision, and
+    the decision's instrument. The lead is the sum of the edges of the earlier folds' decisions settled before
+    this fold starts (``METHODS["gated"]``); the gated model plays the model when it is above 0.
     """
     lead, choices = 0.0, []
-    for arrays in folds:
+    for edge, symbols in folds:
         choices.append((lead > 0.0, lead))
-        rows = np.arange(len(arrays["pnl"]))
-        edge = arrays["pnl"][rows, arrays["actions"]] - arrays["pnl"][rows, arrays["best_fixed"]]  # (N,)
-        lead += float(edge[settled_mask(arrays["symbol"], open_decisions)].sum())
+        lead += float(edge[settled_mask(symbols, open_decisions)].sum())
     return choices
 
 
@@ -253,7 +251,8 @@ def stitch(
 
     arrays = [records[k][1] for k in done]
     parts = [policy_arrays(a) for a in arrays]
-    choices = gate(arrays, math.ceil(int(plan["horizon"]) / stride))
+    edges = [(p["model"][0] - p["best_fixed"][0], a["symbol"]) for p, a in zip(parts, arrays, strict=True)]
+    choices = gate(edges, math.ceil(int(plan["horizon"]) / stride))
     for part, entry, (model_played, lead) in zip(parts, result["folds"], choices, strict=True):
         part["gated"] = part["model" if model_played else "best_fixed"]
         entry["gated"] = _figures(part["gated"], periods, stride) | {

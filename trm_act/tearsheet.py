@@ -38,6 +38,8 @@ LABELS = {
     "best_fixed": "best fixed",
     "random": "random",
 }
+LINESTYLES = {"gated": "--"}
+"""Dashed where a policy's line may lie on another's (the gated model plays the model or best fixed)."""
 POLICY_NAMES = {"model": "model", "gated": "gated model"}
 """How the statistics name the policies compared with the benchmarks."""
 
@@ -80,7 +82,7 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
             label=LABELS[name],
             color=COLOURS[name],
             linewidth=1.2,
-            linestyle="--" if name == "gated" else "-",
+            linestyle=LINESTYLES.get(name, "-"),
             alpha=0.6 if name == "random" else 1.0,
         )
     for fold, start in zip(curves.folds, starts, strict=True):
@@ -107,7 +109,7 @@ def draw_figures(curves: Curves, result: dict[str, Any]) -> dict[str, Any]:
             label=LABELS[name],
             color=COLOURS[name],
             linewidth=1.0,
-            linestyle="--" if name == "gated" else "-",
+            linestyle=LINESTYLES.get(name, "-"),
         )
     axes.legend(loc="lower left", fontsize=8)
     figure.autofmt_xdate()
