@@ -20,6 +20,7 @@ from .universe import is_glob
 
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 LABEL_SOURCES: tuple[str, ...] = ("hindsight", "hmm", "regime")
+LABEL_COSTS: tuple[str, ...] = ("realized", "single")
 
 
 def _is_int(value: object) -> bool:
@@ -83,6 +84,13 @@ class TradeReplayConfig:
     to the train split's bars; one instrument only; see trm_act.envs.regimes); or "regime" (synthetic data only:
     the same for the true regime, i.e. the regime oracle's choice: a research control, clean supervision that
     real data never offers). label_pnl and rewards are unchanged."""
+    label_costs: Literal["realized", "single"] = "realized"
+    """How the label PnL charges costs when label_horizon exceeds horizon: "realized" charges an entry and an exit
+    every `horizon` bars, as a policy pays that picks the strategy at each decision of the label horizon (the label
+    PnL is the sum of those back-to-back trades' PnL); "single" (the labels before this option) charges one entry
+    and one exit over the whole label horizon, which undercharges a trading strategy's costs label_horizon /
+    horizon times. Both have the same gross PnL; rewards are always the realized PnL over `horizon`. "realized"
+    was chosen on validation data (docs/results.md)."""
     label_states: int = 16
     """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; docs/results.md)."""
     stride: int | None = None
@@ -140,6 +148,11 @@ class TradeReplayConfig:
         feature_columns(self.features)  # a ValueError naming the sets when it is none of them
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source={self.label_source!r}: expected one of {LABEL_SOURCES}")
+        if self.label_costs not in LABEL_COSTS:
+            raise ValueError(
+                f"label_costs={self.label_costs!r}: expected one of {LABEL_COSTS} ('realized': an entry and an exit "
+                "every horizon bars, as the policy pays them)"
+            )
         if not _is_int(self.label_states) or self.label_states < 2:
             raise ValueError(
                 f"label_states={self.label_states!r}: expected an int >= 2 (states of the regime model)"

@@ -416,17 +416,26 @@ class ReplayData:
 
 
 def _label_pnl(
-    positions: np.ndarray, close: np.ndarray, decision_bars: np.ndarray, label_horizon: int, cost: float
+    positions: np.ndarray,
+    close: np.ndarray,
+    decision_bars: np.ndarray,
+    label_horizon: int,
+    trade_bars: int,
+    cost: float,
 ) -> np.ndarray:
-    """(D, S) strategy PnL over label_horizon bars; trades that would run past the last bar are cut there."""
+    """(D, S) strategy PnL over label_horizon bars as back-to-back trades of trade_bars bars, each paying its own
+    entry and exit (one trade when trade_bars >= label_horizon); trades that would run past the last bar are cut
+    there, and trades that would start at or after it are left out."""
     last_bar = close.shape[0] - 1
-    fits = decision_bars + label_horizon <= last_bar  # (D,) a prefix: decision bars increase
-    n_full = int(fits.sum())
-    pnl = np.empty((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
-    pnl[:n_full] = trade_pnl(positions, close, decision_bars[:n_full], label_horizon, cost)
-    for i in range(n_full, decision_bars.shape[0]):  # at most label_horizon / stride tail decisions
-        t = decision_bars[i : i + 1]
-        pnl[i] = trade_pnl(positions, close, t, int(last_bar - t[0]), cost)[0]
+    pnl = np.zeros((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
+    for offset in range(0, label_horizon, trade_bars):
+        length = min(trade_bars, label_horizon - offset)
+        starts = decision_bars + offset  # (D,)
+        n_full = int((starts + length <= last_bar).sum())  # a prefix: decision bars increase
+        pnl[:n_full] += trade_pnl(positions, close, starts[:n_full], length, cost)
+        for i in range(n_full, starts.shape[0]):  # at most label_horizon / stride tail decisions
+            if starts[i] < last_bar:
+                pnl[i] += trade_pnl(positions, close, starts[i : i + 1], int(last_bar - starts[i]), cost)[0]
     return pnl
 
 
@@ -466,12 +475,14 @@ def _build(
     test_fraction: float,
     label_horizon: int | None = None,
     label_source: str = "hindsight",
+    label_costs: str = "realized",
     label_states: int = 16,
     features: str = "all",
 ) -> ReplayData:
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
     label_horizon = horizon if label_horizon is None else label_horizon
+    trade_bars = horizon if label_costs == "realized" else label_horizon  # bars between the label's round trips
     bars, pnls, label_pnls, symbol_index = [], [], [], []
     for k in range(len(offsets) - 1):
         first, stop = offsets[k], offsets[k + 1]
@@ -489,7 +500,9 @@ def _build(
         bars.append(local + first)
         pnls.append(pnl)
         label_pnls.append(
-            pnl if label_horizon == horizon else _label_pnl(positions, close, local, label_horizon, cost)
+            pnl
+            if label_horizon == horizon
+            else _label_pnl(positions, close, local, label_horizon, trade_bars, cost)
         )
         symbol_index.append(np.full(local.shape[0], k, dtype=np.int64))
     one = len(bars) == 1  # a single market keeps its arrays as computed (no concatenation copy)
@@ -594,6 +607,7 @@ def build_replay(config: TradeReplayConfig | None = None) -> ReplayData:
         config.test_fraction,
         config.effective_label_horizon,
         config.label_source,
+        config.label_costs,
         config.label_states,
         config.features,
     )

@@ -129,7 +129,8 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     (bar index), ``decision`` (decision index into ``env.replay``), ``regime`` (int, the true
     regime; synthetic data only) and ``symbol`` (str, the instrument; real data only: the file stem,
     dict key or Symbol value, "DataFrame" for a single DataFrame). With a ``label_horizon`` other than ``horizon``, ``label`` is the argmax of
-    ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars), which info then also holds.
+    ``label_pnl`` (float64[8], each strategy's PnL over ``label_horizon`` bars, costs charged as ``label_costs``
+    says), which info then also holds.
     With ``label_source="hmm"``, ``label`` is instead the strategy with the best mean PnL on the train split in
     the decision's state of a regime model fitted to the train split (``trm_act.envs.regimes``); with
     ``label_source="regime"`` (synthetic data only, a research control), the same for its true regime.
@@ -162,7 +163,7 @@ class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):
     * ``data``: ``"synthetic"`` (the embedded regime-switching market), an OHLCV CSV path, a DataFrame,
       or a universe: a directory or glob of CSVs (one instrument each, file stem = symbol), a long
       CSV/Parquet with a Symbol/Ticker column, or a dict {symbol: DataFrame} (see ``trm_act.envs.universe``).
-    * ``window``, ``horizon``, ``label_horizon``, ``label_source``, ``stride``, ``cost``, ``split``,
+    * ``window``, ``horizon``, ``label_horizon``, ``label_costs``, ``label_source``, ``stride``, ``cost``, ``split``,
       ``test_fraction``, ``episode_length``, ``synthetic``, ``skip_bad_files``: see ``TradeReplayConfig``. Or pass a whole
       ``config=TradeReplayConfig(...)`` instead (not both).
     * ``render_mode``: None or ``"rgb_array"``: ``render()`` then returns an (H, W, 3) uint8 chart of the

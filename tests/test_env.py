@@ -585,6 +585,7 @@ def test_every_config_field_is_an_env_keyword(name):
         "horizon": 6,
         "label_horizon": 10,
         "label_source": "regime",
+        "label_costs": "realized",
         "label_states": 4,
         "stride": 3,
         "cost": 0.001,

@@ -223,8 +223,11 @@ def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():
     assert (default.preset, default.n_bars) == ("default", 40_000)
     assert synthetic("--market", "slow", "--bars", "80000").n_bars == 80_000
     assert base_config(parse_args(["--steps", "7"])).train.steps == 7
-    with pytest.raises(SystemExit):
-        parse_args(["--bars", "100"])
+    assert base_config(parse_args([])).env.cost == 0.0005
+    assert base_config(parse_args(["--cost", "0.002"])).env.cost == 0.002  # every recipe, every market
+    for flags in (["--bars", "100"], ["--cost", "1.5"], ["--cost", "-0.001"]):
+        with pytest.raises(SystemExit):
+            parse_args(flags)
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
@@ -260,7 +263,7 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(runs), "runs": runs}))
     assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
     out = capsys.readouterr().out
-    assert "| default | 60% ± 10% |" in out
+    assert "| default | 60% ± 10% |" in out and "Costs:" not in out  # the runs predate --cost: the default
     assert "Thinking pays? default - one_step: +2.00 ± 1.00 PnL per market (2.0 standard errors" in out
     assert (
         "Thinking pays with clean labels? regime_labels - regime_labels_one_step: -1.50 ± 0.50 PnL per market "
@@ -277,6 +280,10 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
         "| default | 40% ± 10% | 60% ± 10% |" in out
         and "| one_step |" not in out.split("exactly k")[1].split("Where PnL")[0]
     )
+    costly = [{**r, "cost": 0.002} for r in runs]
+    (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(costly), "runs": costly}))
+    assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
+    assert "Costs: 20 bp (`--cost 0.002`)." in capsys.readouterr().out
 
 
 def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():

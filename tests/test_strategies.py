@@ -162,6 +162,33 @@ def test_labels_are_argmax_with_ties_to_lowest(replay):
     assert np.isfinite(flat.features).all()
 
 
+def test_realized_label_costs_charge_a_round_trip_per_trade():
+    """label_costs="realized": the label PnL of a decision is the sum of the back-to-back horizon-bar trades that
+    start at it, each paying its entry and exit; "single" charges one round trip over the label horizon."""
+    single = build_replay(TradeReplayConfig(synthetic={"n_bars": 3000}, label_costs="single"))
+    realized = build_replay(TradeReplayConfig(synthetic={"n_bars": 3000}, label_costs="realized"))
+    chained = sum(realized.strategy_pnl[k : realized.n_decisions - 3 + k] for k in range(4))  # (D - 3, S)
+    np.testing.assert_allclose(realized.label_pnl[:-3], chained, rtol=0, atol=1e-12)  # stride = horizon = 32 / 4
+    # Gross PnL is the same; realized pays 3 extra round trips of |position|: flat alone never pays.
+    extra = single.label_pnl - realized.label_pnl  # (D, S)
+    assert np.all(extra[:, 0] == 0.0) and np.all(extra[:-3, 1:3] == pytest.approx(3 * 2 * 0.0005))
+    np.testing.assert_array_equal(realized.labels, np.argmax(realized.label_pnl, axis=1))
+    # A worked example: price up 1% a bar, cost 1%, trades of 2 bars, labels over 4. Long earns 4 log(1.01) gross;
+    # one round trip costs 0.02, two cost 0.04 (the last decision's label is cut at the last bar).
+    close = 1.01 ** np.arange(40)
+    frame = pd.DataFrame(
+        {"open": close, "high": close, "low": close, "close": close, "volume": 1.0},
+        index=pd.bdate_range("2020-01-01", periods=40, name="date"),
+    )
+    options = {"data": frame, "window": 8, "horizon": 2, "label_horizon": 4, "cost": 0.01}
+    for costs, round_trips in (("single", 1), ("realized", 2)):
+        replay = build_replay(TradeReplayConfig(**options, label_costs=costs))
+        long = replay.label_pnl[:-2, 1]  # (D - 2,) decisions whose label window fits
+        np.testing.assert_allclose(long, 4 * np.log(1.01) - round_trips * 0.02, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"label_costs='twice'.*expected one of \('realized', 'single'\)"):
+        TradeReplayConfig(label_costs="twice")
+
+
 def test_decision_points_and_splits(replay):
     t = replay.decision_bars
     assert t[0] == replay.window  # first bar whose window holds only valid features (bar 0 has none)

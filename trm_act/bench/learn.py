@@ -71,6 +71,7 @@ from torch import nn
 from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
 from trm_act.envs import build_replay
+from trm_act.envs.config import TradeReplayConfig
 from trm_act.envs.features import FEATURE_SETS
 from trm_act.evaluation import evaluate
 from trm_act.loss import LossConfig
@@ -84,6 +85,7 @@ VALIDATION_MARKET_SEED = 2000  # --validation: market k uses synthetic seed VALI
 # decisions captured 23% of the regime oracle, less the longer it trained), and at 160,000 bars the same GRU
 # captured 41% against 34% for the memoryless MLP (docs/thinking.md).
 SLOW_MARKET_BARS = 160_000
+DEFAULT_COST = TradeReplayConfig().cost
 
 
 class MLPControl(nn.Module):
@@ -163,8 +165,11 @@ def _one_step(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, max_steps=1))
 
 
-def _short_labels(config: ExperimentConfig) -> ExperimentConfig:
-    return dataclasses.replace(config, env=dataclasses.replace(config.env, label_horizon=None))
+def _env_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    def edit(config: ExperimentConfig) -> ExperimentConfig:
+        return dataclasses.replace(config, env=dataclasses.replace(config.env, **changes))
+
+    return edit
 
 
 def _model_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
@@ -298,7 +303,10 @@ RECIPES: dict[
     "regime_labels": (_regime_labels, None),
     "regime_labels_one_step": (_regime_labels_one_step, None),
     # Ablations of the default recipe (not run unless named in --recipes):
-    "short_labels": (_short_labels, None),  # labels over the 8-bar trade horizon
+    "short_labels": (_env_edit(label_horizon=None), None),  # labels over the 8-bar trade horizon
+    # Labels that charge a round trip per trade, as the policy pays, or one per label horizon.
+    "realized_costs": (_env_edit(label_costs="realized"), None),
+    "single_costs": (_env_edit(label_costs="single"), None),
     "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
     "no_label_loss": (_no_label_loss, None),  # the expected-PnL term alone (lambda_profit 0)
     "max_steps8": (_model_edit(max_steps=8), None),  # twice the reasoning steps
@@ -441,7 +449,7 @@ def run_one(
         )
     return {
         "recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "compiled": trainer.compiled,
-        "steps": trainer.step, "features": config.env.features, "markets": rows,
+        "steps": trainer.step, "features": config.env.features, "cost": config.env.cost, "markets": rows,
     }  # fmt: skip
 
 
@@ -553,11 +561,13 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|"
     )
     bounds = [row["filter_bound_pnl"] for row in summary if row.get("filter_bound_pnl") is not None]
+    cost = runs[0].get("cost", DEFAULT_COST)  # learn.json files before --cost ran at the default
     lines = [
         f"{n_seeds} seeds x ({markets}); PnL columns are means per market; the regime oracle earns "
         f"{summary[0]['regime_oracle_pnl']:+.2f} per market"
         + (f", the filter bound {bounds[0]:+.2f}." if bounds else ".")
-        + (" Features: each bar's own shape only (`--features bar`)." if runs[0].get("features") == "bar" else ""),
+        + (" Features: each bar's own shape only (`--features bar`)." if runs[0].get("features") == "bar" else "")
+        + (f" Costs: {cost * 1e4:g} bp (`--cost {cost:g}`)." if cost != DEFAULT_COST else ""),
         "",
         header,
     ]
@@ -673,6 +683,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="env.features of every recipe: all (the default features, some of them EWMs of many earlier bars) "
         "or bar (each bar's own shape only, so that integrating evidence is left to the model)",
     )
+    parser.add_argument(
+        "--cost",
+        type=float,
+        default=DEFAULT_COST,
+        help=f"env.cost of every recipe and market (default {DEFAULT_COST:g}, 5 bp): a market where costs weigh more",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
@@ -684,6 +700,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--recipes: unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     if args.seeds < 1 or args.markets < 0 or args.threads < 1 or args.jobs < 1:
         parser.error("--seeds, --threads and --jobs must be >= 1 and --markets >= 0")
+    if not 0.0 <= args.cost < 1.0:
+        parser.error(f"--cost {args.cost}: expected a fraction of capital in [0, 1), e.g. 0.002 for 20 bp")
     if args.bars is not None and args.bars < 2_000:
         parser.error(f"--bars {args.bars}: a market needs at least 2,000 bars to split into train and test")
     if args.quick:
@@ -700,7 +718,7 @@ def base_config(args: argparse.Namespace) -> ExperimentConfig:
     train = dataclasses.replace(config.train, compile=args.compile)
     if args.steps is not None:
         train = dataclasses.replace(train, steps=args.steps)
-    env = dataclasses.replace(config.env, synthetic=synthetic, features=args.features)
+    env = dataclasses.replace(config.env, synthetic=synthetic, features=args.features, cost=args.cost)
     return dataclasses.replace(config, env=env, train=train)
 
 

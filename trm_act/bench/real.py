@@ -101,6 +101,8 @@ SUPPORTED_RECIPES = (
     "seed_loss_hmm",
     "one_step",
     "short_labels",
+    "realized_costs",
+    "single_costs",
     "no_ema",
     "fresh_priced",
     "fresh_gain",
