@@ -21,21 +21,27 @@ def _replay(**options):
     return build_replay(TradeReplayConfig(window=16, synthetic=SMALL, **options))
 
 
-def test_label_horizon_scores_labels_over_it_and_leaves_rewards_alone():
-    short, long = _replay(label_horizon=None), _replay(label_horizon=32)  # None: labels over the trade's horizon
+@pytest.mark.parametrize("costs", ["realized", "single"])
+def test_label_horizon_scores_labels_over_it_and_leaves_rewards_alone(costs):
+    short, long = _replay(label_horizon=None), _replay(label_horizon=32, label_costs=costs)  # None: the trade's
     np.testing.assert_array_equal(long.strategy_pnl, short.strategy_pnl)  # rewards: still over `horizon`
     assert short.label_pnl is short.strategy_pnl
+    trade = long.horizon if costs == "realized" else 32  # bars between the label's round trips
+
+    def label(bars: np.ndarray, length: int) -> np.ndarray:  # (N, S) back-to-back trades over `length` bars
+        return sum(
+            trade_pnl(long.positions, long.close, bars + k, min(trade, length - k), long.cost)
+            for k in range(0, length, trade)
+        )
+
     bars = long.decision_bars
     full = bars + 32 <= long.n_bars - 1
-    expected = trade_pnl(long.positions, long.close, bars[full], 32, long.cost)
-    np.testing.assert_allclose(long.label_pnl[full], expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(long.label_pnl[full], label(bars[full], 32), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(long.labels, np.argmax(long.label_pnl, axis=1))
     # The last decisions' labels are cut at the last bar, not dropped: the test split keeps every decision.
     assert long.n_decisions == short.n_decisions and (~full).sum() > 0
     tail = int(np.flatnonzero(~full)[0])
-    cut = trade_pnl(
-        long.positions, long.close, bars[tail : tail + 1], long.n_bars - 1 - int(bars[tail]), long.cost
-    )
+    cut = label(bars[tail : tail + 1], long.n_bars - 1 - int(bars[tail]))
     np.testing.assert_allclose(long.label_pnl[tail], cut[0], rtol=0, atol=1e-12)
     # Longer labels agree more often with the regime's best strategy (they are less noisy).
     oracle = regime_oracle_actions(long, "train")
