@@ -205,6 +205,10 @@ class TradeReplayConfig:
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TradeReplayConfig))
 
+# The value a run's saved env options stand for when they predate a field: that version's behaviour, which may
+# differ from the field's default today (a resumed run must keep the labels it trained on).
+ABSENT_FIELDS: dict[str, object] = {"label_costs": "single"}
+
 
 def resolve_config(
     config: TradeReplayConfig | None, options: dict[str, Any], owner: str

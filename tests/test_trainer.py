@@ -135,6 +135,22 @@ def test_a_checkpoint_from_before_a_model_field_existed_resumes(tmp_path):
     assert resumed.step == 5 and resumed.model_config.graph == "answer" and resumed.model_config.halt_grad == 1.0
 
 
+def test_a_run_from_before_label_costs_resumes_with_the_labels_it_trained_on(tmp_path):
+    # env.label_costs came after runs were saved without it, when every label charged one round trip ("single"):
+    # a resume must not switch such a run to today's default labels halfway through.
+    interrupted = Trainer(tiny_config(), tmp_path, [StopAt(5)])
+    assert interrupted.fit() is None and interrupted.config.env.label_costs == "realized"
+    state = load_checkpoint(tmp_path)
+    del state["config"]["env"]["label_costs"]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["env"]["label_costs"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resumed = Trainer.from_checkpoint(tmp_path)
+    assert resumed.step == 5 and resumed.config.env.label_costs == "single"
+    assert ExperimentConfig.from_dict({"env": {}}).env.label_costs == "realized"  # a user's config: today's
+
+
 def test_ema_weights_are_used_and_saved(tmp_path):
     trainer = Trainer(tiny_config(ema_decay=0.5, steps=4), tmp_path)
     trainer.fit()

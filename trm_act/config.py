@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from trm_act.envs import STRATEGIES, TradeReplayConfig
+from trm_act.envs.config import ABSENT_FIELDS as ABSENT_ENV_FIELDS
 from trm_act.envs.features import FEATURE_SETS
 from trm_act.evaluation import EVAL_BATCH_SIZE
 from trm_act.loss import LossConfig, recipe_loss
@@ -237,6 +238,16 @@ class ExperimentConfig:
                 )
             sections[name] = dataclasses.replace(getattr(defaults, name), **values)
         return cls(**sections)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        """The config a run saved (its checkpoint, ``config.json``, a walk-forward's plan). An env field the saving
+        version did not have takes the value that version used (``envs.config.ABSENT_FIELDS``), not today's
+        default, so a resumed run goes on with the labels it trained on."""
+        env = data.get("env")
+        if isinstance(env, dict):
+            data = {**data, "env": {**{k: v for k, v in ABSENT_ENV_FIELDS.items() if k not in env}, **env}}
+        return cls.from_dict(data, source)
 
 
 SECTIONS: dict[str, type] = {

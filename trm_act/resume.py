@@ -140,7 +140,7 @@ def verify_config_json(
     found_history = found.pop(HISTORY_KEY, [])
     found.pop(RUNTIME_KEY, None)
     try:
-        found = ExperimentConfig.from_dict(found, source=str(path)).to_dict()
+        found = ExperimentConfig.from_saved(found, source=str(path)).to_dict()
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"corrupt config {path}: {exc}") from None
     if found == saved_config and found_history == history:

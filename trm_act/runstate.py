@@ -212,7 +212,7 @@ def from_checkpoint(
     if not isinstance(state["config"], dict) or not isinstance(state["history"], list):
         raise corrupt(file, "its config or history is not a table")
     try:
-        config = ExperimentConfig.from_dict(state["config"], source=f"checkpoint {file}")
+        config = ExperimentConfig.from_saved(state["config"], source=f"checkpoint {file}")
     except (ValueError, TypeError) as exc:
         raise corrupt(file, f"its config is invalid: {exc}") from None
     run_dir = file.parent

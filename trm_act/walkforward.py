@@ -664,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python -m trm_act.walkforward --data FILE --logdir DIR --run-name NAME"
                 )
             saved = _read_json(plan_file)
-            config = ExperimentConfig.from_dict(saved["config"], source=str(plan_file))
+            config = ExperimentConfig.from_saved(saved["config"], source=str(plan_file))
             if saved["data"] in ("DataFrame",) or saved["data"].startswith("dict of "):
                 raise ValueError(
                     f"--resume {root}: it was run on in-memory data ({saved['data']}); rerun it from Python"
