@@ -225,8 +225,9 @@ class ReplayData:
     strategy_pnl: np.ndarray
     """(D, 8) float64 realized PnL of each strategy's trade over bars t+1..t+horizon, net of costs."""
     label_pnl: np.ndarray
-    """(D, 8) float64 each strategy's PnL over bars t+1..t+label_horizon (cut at the last bar); the same
-    array as strategy_pnl when label_horizon == horizon. Supervision only, like the labels."""
+    """(D, 8) float64 each strategy's PnL over bars t+1..t+label_horizon (cut at the last bar), costs charged as
+    ``TradeReplayConfig.label_costs`` says; the same array as strategy_pnl when label_horizon == horizon.
+    Supervision only, like the labels."""
     labels: np.ndarray
     """(D,) int64 best strategy in hindsight (argmax of label_pnl, ties to the lowest index); with
     label_source "hmm", the best strategy of the decision's state in a regime model (``regimes``); with
@@ -424,18 +425,20 @@ def _label_pnl(
     cost: float,
 ) -> np.ndarray:
     """(D, S) strategy PnL over label_horizon bars as back-to-back trades of trade_bars bars, each paying its own
-    entry and exit (one trade when trade_bars >= label_horizon); trades that would run past the last bar are cut
-    there, and trades that would start at or after it are left out."""
+    entry and exit (one trade when trade_bars >= label_horizon). A last trade shorter than trade_bars (label_horizon
+    not a multiple of it) pays its share of a round trip, length / trade_bars. Trades that would run past the last
+    bar are cut there, and trades that would start at or after it are left out."""
     last_bar = close.shape[0] - 1
     pnl = np.zeros((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
     for offset in range(0, label_horizon, trade_bars):
         length = min(trade_bars, label_horizon - offset)
+        share = cost * length / min(trade_bars, label_horizon)  # the cost of this trade's part of a round trip
         starts = decision_bars + offset  # (D,)
         n_full = int((starts + length <= last_bar).sum())  # a prefix: decision bars increase
-        pnl[:n_full] += trade_pnl(positions, close, starts[:n_full], length, cost)
+        pnl[:n_full] += trade_pnl(positions, close, starts[:n_full], length, share)
         for i in range(n_full, starts.shape[0]):  # at most label_horizon / stride tail decisions
             if starts[i] < last_bar:
-                pnl[i] += trade_pnl(positions, close, starts[i : i + 1], int(last_bar - starts[i]), cost)[0]
+                pnl[i] += trade_pnl(positions, close, starts[i : i + 1], int(last_bar - starts[i]), share)[0]
     return pnl
 
 

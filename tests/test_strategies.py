@@ -185,6 +185,9 @@ def test_realized_label_costs_charge_a_round_trip_per_trade():
         replay = build_replay(TradeReplayConfig(**options, label_costs=costs))
         long = replay.label_pnl[:-2, 1]  # (D - 2,) decisions whose label window fits
         np.testing.assert_allclose(long, 4 * np.log(1.01) - round_trips * 0.02, rtol=0, atol=1e-12)
+    # Labels over 5 bars with 2-bar trades: two round trips and half of a third.
+    replay = build_replay(TradeReplayConfig(**{**options, "label_horizon": 5}, label_costs="realized"))
+    np.testing.assert_allclose(replay.label_pnl[:-3, 1], 5 * np.log(1.01) - 2.5 * 0.02, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"label_costs='twice'.*expected one of \('realized', 'single'\)"):
         TradeReplayConfig(label_costs="twice")
 

@@ -152,6 +152,21 @@ def test_a_plan_saved_before_fold_steps_existed_resumes_as_equal_steps(tmp_path,
         )
 
 
+def test_a_plan_saved_before_label_costs_existed_continues_with_its_labels(tmp_path, wf_run, market_csv):
+    # Its folds trained on labels charging one round trip per label horizon: --resume reads the plan through
+    # ExperimentConfig.from_saved, and a config with today's default labels is refused.
+    root = tmp_path / "old"
+    shutil.copytree(wf_run, root)
+    plan = json.loads((root / "plan.json").read_text())
+    del plan["config"]["env"]["label_costs"]
+    (root / "plan.json").write_text(json.dumps(plan))
+    resumed = ExperimentConfig.from_saved(plan["config"])
+    assert resumed.env.label_costs == "single"
+    walk_forward(resumed, WalkForwardConfig(folds=2), root, stitch_only=True, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"config.env.label_costs \('single' then, 'realized' now\)"):
+        walk_forward(tiny_config(market_csv), WalkForwardConfig(folds=2), root, stitch_only=True)
+
+
 def _errors(short: Path) -> list[ValueError]:
     out = []
     for settings in (WalkForwardConfig(folds=12), WalkForwardConfig(folds=2, embargo=140)):

@@ -241,14 +241,18 @@ class ExperimentConfig:
 
     @classmethod
     def from_saved(cls, data: dict[str, Any], source: str = "config") -> ExperimentConfig:
-        """The config a run saved (its checkpoint, ``config.json``, a walk-forward's plan). An env field the saving
-        version did not have takes the value that version used (``envs.config.ABSENT_FIELDS``), not today's
-        default, so a resumed run goes on with the labels it trained on."""
-        env = data.get("env")
-        if isinstance(env, dict):
-            data = {**data, "env": {**{k: v for k, v in ABSENT_ENV_FIELDS.items() if k not in env}, **env}}
-        return cls.from_dict(data, source)
+        """The config a run saved (its checkpoint, ``config.json``, a walk-forward's plan), read through
+        :func:`with_absent_fields`, so that a resumed run goes on with the labels it trained on."""
+        return cls.from_dict(with_absent_fields(data), source)
 
+
+def with_absent_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's sections with each env field the saving version did not have set to the value that
+    version used (``envs.config.ABSENT_FIELDS``), not today's default."""
+    env = saved.get("env")
+    if not isinstance(env, dict):
+        return saved
+    return {**saved, "env": {**{k: v for k, v in ABSENT_ENV_FIELDS.items() if k not in env}, **env}}
 
 SECTIONS: dict[str, type] = {
     "env": TradeReplayConfig,

@@ -36,7 +36,7 @@ import numpy as np
 from trm_act import interrupts
 from trm_act.checkpoint import LATEST, CheckpointError, load_checkpoint
 from trm_act.cli import report_user_mistake
-from trm_act.config import SECTIONS, ExperimentConfig
+from trm_act.config import SECTIONS, ExperimentConfig, with_absent_fields
 from trm_act.files import write_json
 from trm_act.foldrun import FoldJob, is_finished, load_record, run_fold
 from trm_act.folds import (
@@ -262,11 +262,11 @@ def check_same_plan(saved: dict[str, Any], new: dict[str, Any], root: Path) -> N
             f"{root}: the data changed since this walk-forward started ({saved.get('data')}); its folds were "
             "trained on other bars: pick another --run-name, or restore the data"
         )
-    # A setting an older plan.json lacks (fold_steps) had its default then.
+    # A setting an older plan.json lacks (fold_steps, env.label_costs) had its value of then.
     settings = dataclasses.asdict(WalkForwardConfig()) | saved.get("walkforward", {})
     settings = {k: v for k, v in settings.items() if k not in STATS_SETTINGS}
     difference = _first_difference(
-        {"walkforward": settings, "config": _without_runtime(saved.get("config", {}))},
+        {"walkforward": settings, "config": _without_runtime(with_absent_fields(saved.get("config", {})))},
         {
             "walkforward": {k: v for k, v in new["walkforward"].items() if k not in STATS_SETTINGS},
             "config": _without_runtime(new["config"]),

@@ -449,7 +449,8 @@ def run_one(
         )
     return {
         "recipe": recipe, "seed": seed, "max_steps": max_steps, "train_s": train_s, "compiled": trainer.compiled,
-        "steps": trainer.step, "features": config.env.features, "cost": config.env.cost, "markets": rows,
+        "steps": trainer.step, "features": config.env.features, "cost": config.env.cost,
+        "label_costs": config.env.label_costs, "markets": rows,
     }  # fmt: skip
 
 
