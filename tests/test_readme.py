@@ -303,6 +303,8 @@ TABLES = {
             "learn-steps3000-slow-validation-4",
             "learn-one-layer-validation-4",
             "learn-one-layer-slow-validation-4",
+            "learn-belief-realized-validation-4",
+            "learn-belief-realized-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
