@@ -90,8 +90,8 @@ class TradeReplayConfig:
     decision comes as each trade ends (stride == horizon, the default): the label PnL is the sum of those
     back-to-back trades' PnL, a last partial trade paying its share of a round trip. "single" (the labels before
     this option) charges one entry and one exit over the whole label horizon, which undercharges a trading
-    strategy's costs label_horizon / horizon times. Both have the same gross PnL; rewards are always the realized PnL over `horizon`. "realized"
-    was chosen on validation data (docs/results.md)."""
+    strategy's costs label_horizon / horizon times. Both have the same gross PnL; rewards are always the realized
+    PnL over `horizon`. "realized" was chosen on validation data (docs/results.md)."""
     label_states: int = 16
     """Hidden states of the regime model of label_source="hmm" (chosen on validation markets; docs/results.md)."""
     stride: int | None = None

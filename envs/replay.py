@@ -424,15 +424,15 @@ def _label_pnl(
     trade_bars: int,
     cost: float,
 ) -> np.ndarray:
-    """(D, S) strategy PnL over label_horizon bars as back-to-back trades of trade_bars bars, each paying its own
-    entry and exit (one trade when trade_bars >= label_horizon). A last trade shorter than trade_bars (label_horizon
-    not a multiple of it) pays its share of a round trip, length / trade_bars. Trades that would run past the last
+    """(D, S) strategy PnL over label_horizon bars as back-to-back trades of trade_bars (<= label_horizon) bars,
+    each paying its own entry and exit. A last trade shorter than trade_bars (label_horizon not a multiple of it)
+    pays its share of a round trip, length / trade_bars. Trades that would run past the last
     bar are cut there, and trades that would start at or after it are left out."""
     last_bar = close.shape[0] - 1
     pnl = np.zeros((decision_bars.shape[0], N_STRATEGIES))  # (D, S)
     for offset in range(0, label_horizon, trade_bars):
         length = min(trade_bars, label_horizon - offset)
-        share = cost * length / min(trade_bars, label_horizon)  # the cost of this trade's part of a round trip
+        share = cost * length / trade_bars  # the cost of this trade's part of a round trip
         starts = decision_bars + offset  # (D,)
         n_full = int((starts + length <= last_bar).sum())  # a prefix: decision bars increase
         pnl[:n_full] += trade_pnl(positions, close, starts[:n_full], length, share)
@@ -485,7 +485,8 @@ def _build(
     need = window + horizon + 1
     offsets = market.bar_offsets.tolist()
     label_horizon = horizon if label_horizon is None else label_horizon
-    trade_bars = horizon if label_costs == "realized" else label_horizon  # bars between the label's round trips
+    # Bars between the label's round trips: one per trade, or one over the whole label horizon.
+    trade_bars = min(horizon, label_horizon) if label_costs == "realized" else label_horizon
     bars, pnls, label_pnls, symbol_index = [], [], [], []
     for k in range(len(offsets) - 1):
         first, stop = offsets[k], offsets[k + 1]

@@ -254,6 +254,7 @@ def with_absent_fields(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
     return {**saved, "env": {**{k: v for k, v in ABSENT_ENV_FIELDS.items() if k not in env}, **env}}
 
+
 SECTIONS: dict[str, type] = {
     "env": TradeReplayConfig,
     "model": TRMConfig,

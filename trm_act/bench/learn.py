@@ -70,8 +70,7 @@ from torch import nn
 
 from trm_act.bench import bench_parser
 from trm_act.config import ExperimentConfig
-from trm_act.envs import build_replay
-from trm_act.envs.config import TradeReplayConfig
+from trm_act.envs import TradeReplayConfig, build_replay
 from trm_act.envs.features import FEATURE_SETS
 from trm_act.evaluation import evaluate
 from trm_act.loss import LossConfig
