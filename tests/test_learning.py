@@ -237,7 +237,7 @@ def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():
 
 
 def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
-    from trm_act.bench.learn import main, paired_gain, summarize
+    from trm_act.bench.learn import main, markdown, paired_gain, summarize
 
     def run(recipe, seed, pnl, by_steps=None):
         market = {
@@ -290,6 +290,13 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(costly), "runs": costly}))
     assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
     assert "Costs: 20 bp (`--cost 0.002`)." in capsys.readouterr().out
+    labelled = [{**r, "label_costs": "single" if r["recipe"] == "one_step" else "realized"} for r in runs]
+    (tmp_path / "learn.json").write_text(json.dumps({"summary": summarize(labelled), "runs": labelled}))
+    assert main(["--from-json", str(tmp_path / "learn.json")]) == 0
+    out = capsys.readouterr().out
+    assert "per market. Labels charge one round trip of costs per label horizon (`--env.label-costs single`) " \
+        "for one_step.\n" in out
+    assert "label-costs" not in markdown(summarize(runs), runs)  # runs before the option: the docs say so
 
 
 def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():

@@ -740,3 +740,12 @@ def test_bench_real_over_several_seeds_names_each_seed_and_summarises_the_spread
         "- googl / default, 3 seeds, minus long (mean ± standard error over seeds; significant seeds): "
         "model -1.000 ± 0.577 (worse on 2, better on 0); gated model -0.500 ± 0.000 (worse on 0, better on 0)."
     ) in table
+    assert "label-costs" not in table  # rows saved before label_costs trained on single labels; the docs say so
+    rows = [
+        {**row(0, -1.0, "worse", -0.5), "recipe": "single_costs", "label_costs": "single"},
+        {**row(0, 0.0, "worse", -0.5), "label_costs": "realized"},
+    ]
+    table = markdown(rows, argparse.Namespace(folds=3, steps=10, embargo=0))
+    assert table.endswith(
+        "Labels charge one round trip of costs per label horizon (`--env.label-costs single`) for single_costs."
+    )

@@ -39,6 +39,22 @@ def bench_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"python -m trm_act.bench {name}", description=doc.splitlines()[0])
 
 
+def single_label_costs_note(runs: list[dict[str, Any]]) -> str:
+    """A caption sentence naming the recipes trained on labels that charge one round trip per label horizon.
+
+    Runs saved before ``env.label_costs`` existed carry no such key and trained on those labels too; the docs
+    say so beside their tables, so only runs that record ``"single"`` are named here.
+    """
+    recipes = sorted({run["recipe"] for run in runs if run.get("label_costs") == "single"})
+    if not recipes:
+        return ""
+    return (
+        " Labels charge one round trip of costs per label horizon (`--env.label-costs single`) for "
+        + ", ".join(recipes)
+        + "."
+    )
+
+
 def add_throughput_options(parser: argparse.ArgumentParser) -> None:
     """The options of a vector-env throughput measurement, shared by ``bench env`` and ``bench universe``."""
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement round")

@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trm_act.bench import bench_parser
+from trm_act.bench import bench_parser, single_label_costs_note
 from trm_act.config import ExperimentConfig
 from trm_act.envs import TradeReplayConfig, build_replay
 from trm_act.envs.features import FEATURE_SETS
@@ -243,12 +243,12 @@ def _belief(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, env=env, model=dataclasses.replace(config.model, carry="belief"))
 
 
-
 _fresh = _model_edit(carry="fresh")
 
 
 def _unrolled(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, unroll=True))
+
 
 def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
     """A belief trained by backpropagation through ``decisions`` consecutive decisions of each slot's episode
@@ -298,6 +298,9 @@ RECIPES: dict[
     # trend, autocorrelation and volatility) hands every model before any model remembers anything.
     "mlp_last_bar": (_one_step_last_bar, MLPControl),
     "seed_loss_hmm": (_hmm_labels(), None),
+    # The default recipe (its loss and halting) on the same regime-model labels, and its one-step twin.
+    "hmm_labels": (_env_edit(label_source="hmm"), None),
+    "hmm_labels_one_step": (_chain(_env_edit(label_source="hmm"), _one_step), None),
     # Controls with clean supervision: does thinking pay once the labels are not the bottleneck?
     "regime_labels": (_regime_labels, None),
     "regime_labels_one_step": (_regime_labels_one_step, None),
@@ -567,7 +570,8 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         f"{summary[0]['regime_oracle_pnl']:+.2f} per market"
         + (f", the filter bound {bounds[0]:+.2f}." if bounds else ".")
         + (" Features: each bar's own shape only (`--features bar`)." if runs[0].get("features") == "bar" else "")
-        + (f" Costs: {cost * 1e4:g} bp (`--cost {cost:g}`)." if cost != DEFAULT_COST else ""),
+        + (f" Costs: {cost * 1e4:g} bp (`--cost {cost:g}`)." if cost != DEFAULT_COST else "")
+        + single_label_costs_note(runs),
         "",
         header,
     ]

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trm_act.bench import bench_parser
+from trm_act.bench import bench_parser, single_label_costs_note
 from trm_act.config import ExperimentConfig
 from trm_act.envs import load_ohlcv
 from trm_act.stitch import verdict
@@ -167,7 +167,7 @@ def recipe_config(recipe: str, data: Path, steps: int, seed: int = 0) -> Experim
 
 
 def summarize(
-    series: str, recipe: str, result: dict[str, Any], seconds: float, seed: int = 0
+    series: str, recipe: str, result: dict[str, Any], seconds: float, seed: int = 0, label_costs: str = "realized"
 ) -> dict[str, Any]:
     """One row of the table: the stitched model and gated model against long, best fixed and flat."""
     stitched = result["stitched"]
@@ -202,6 +202,7 @@ def summarize(
         "mean_steps": model["mean_steps"],
         "max_steps": model["max_steps"],
         "seconds": seconds,
+        "label_costs": label_costs,
     }
 
 
@@ -269,6 +270,7 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             if gated
             else ""
         )
+        + single_label_costs_note(rows)
     )
     if seeded:
         lines += ["", *seed_summary(rows)]
@@ -378,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                     name = f"{series}-{recipe}" + (f"-seed{seed}" if seed else "")  # seed 0: the old name
                     if args.fold_steps != "equal":
                         name += f"-{args.fold_steps}"
-                    result = walk_forward(
-                        recipe_config(recipe, data, args.steps, seed), settings, out / name, jobs=args.jobs
-                    )
-                    rows.append(summarize(series, recipe, result, time.perf_counter() - begun, seed))
+                    config = recipe_config(recipe, data, args.steps, seed)
+                    result = walk_forward(config, settings, out / name, jobs=args.jobs)
+                    seconds = time.perf_counter() - begun
+                    rows.append(summarize(series, recipe, result, seconds, seed, config.env.label_costs))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
