@@ -305,6 +305,10 @@ TABLES = {
             "learn-one-layer-slow-validation-4",
             "learn-belief-realized-validation-4",
             "learn-belief-realized-slow-validation-4",
+            "learn-hmm-validation-4",
+            "learn-hmm-slow-validation-4",
+            "learn-step-cost05-validation-4",
+            "learn-step-cost05-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

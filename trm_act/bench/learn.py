@@ -309,6 +309,8 @@ RECIPES: dict[
     # Labels that charge a round trip per trade, as the policy pays, or one per label horizon.
     "realized_costs": (_env_edit(label_costs="realized"), None),
     "single_costs": (_env_edit(label_costs="single"), None),
+    # Gain halting at half its step cost (a twentieth of a typical decision's PnL): do more second steps pay?
+    "step_cost05": (_loss_edit(halt_step_cost=0.05), None),
     "correct_halt": (_correct_halt, None),  # the seed's halt target: confident (> 0.7) and correct
     "no_label_loss": (_no_label_loss, None),  # the expected-PnL term alone (lambda_profit 0)
     "max_steps8": (_model_edit(max_steps=8), None),  # twice the reasoning steps
