@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -80,10 +81,31 @@ def check_split(replay: ReplayData, config: TradeReplayConfig) -> EpisodeStarts:
         where = "" if replay.n_symbols == 1 else f"the largest of its {replay.n_symbols} instruments "
         raise ValueError(
             f"split={config.split!r} of {replay.source} has {where}{episodes.largest} decision point(s) but an "
-            f"episode needs {need} (episode_length={config.episode_length}); use more bars, a smaller "
-            "stride/episode_length, or another test_fraction"
+            f"episode needs {need} (episode_length={config.episode_length}); "
+            + _bars_for_one_episode(replay, config.split, need)
         )
     return episodes
+
+
+def _bars_for_one_episode(replay: ReplayData, split: str, decisions: int) -> str:
+    """How many bars an instrument needs for ``decisions`` decisions of ``split``, and the options that lower it."""
+    # Decisions run from bar `window` every `stride` bars. A train decision's trade and label end before the test
+    # split's first bar (reach bars ahead); a test decision's trade ends by the last bar.
+    reach = max(replay.horizon, replay.label_horizon)
+    span = (decisions - 1) * replay.stride + 1
+    if split == "train":
+        bars = math.ceil((replay.window + reach + span) / (1 - replay.test_fraction))
+    elif split == "test":
+        # The test split's first decision is the first of the grid at or after its first bar: up to stride - 1 later.
+        bars = math.ceil((replay.horizon + span + replay.stride - 1) / replay.test_fraction)
+    else:
+        bars = replay.window + replay.horizon + span
+    return (
+        f"that takes about {bars:,} bars (window={replay.window}, stride={replay.stride}, trades and labels "
+        f"reaching {reach} bars ahead, test_fraction={replay.test_fraction}); use more bars, or a smaller "
+        "episode_length (--env.episode-length), stride (--env.stride), label_horizon (--env.label-horizon) or "
+        "window (--env.window)"
+    )
 
 
 class TradeReplayEnv(gym.Env[np.ndarray, np.int64]):

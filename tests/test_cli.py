@@ -142,6 +142,26 @@ def test_cli_trains_on_a_csv(tmp_path, train_cli):
     assert metrics["test_split"]["decisions"] > 10
 
 
+def test_a_run_on_a_relative_data_path_resumes_from_another_directory(tmp_path, train_cli):
+    write_csv(tmp_path / "prices.csv")
+    first = train_cli(*TINY, "--steps", "4", "--data", "prices.csv", "--logdir", "runs", "--run-name", "r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "runs" / "r"
+    saved = json.loads((run_dir / "config.json").read_text())["env"]["data"]
+    assert saved == str(tmp_path / "prices.csv")  # absolute: the saved config finds it from anywhere
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = train_cli("--resume", str(run_dir), "--steps", "6", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    (tmp_path / "prices.csv").rename(tmp_path / "moved.csv")
+    gone = train_cli("--resume", str(run_dir), "--steps", "8", cwd=elsewhere)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr
+    assert gone.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir / 'checkpoint.pt'}: its run trained on --data {tmp_path / 'prices.csv'}, which is not "
+        "there now; put the data back at that path (a relative path is read from the directory you run in)"
+    )
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -162,6 +182,10 @@ def test_cli_trains_on_a_csv(tmp_path, train_cli):
         ),
         (["--config", "nope.toml"], "--config: file not found: nope.toml"),
         (["--window", "8"], "Unrecognized options: --window"),  # derived/nested fields have no flat flag
+        (  # a misspelt flag keeps tyro's suggestion
+            ["--skip-bad-files"],
+            "Unrecognized options: --skip-bad-files (perhaps you meant --env.skip-bad-files, --env.no-skip-bad-files)",
+        ),
     ],
 )
 def test_user_mistakes_exit_with_one_line(tmp_path, train_cli, args, message):

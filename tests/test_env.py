@@ -621,6 +621,31 @@ def test_split_too_small_for_episode():
         TradeReplayEnv(split="test", episode_length=500, **SMALL)
 
 
+@pytest.mark.parametrize("split", ["train", "test", "all"])
+def test_a_split_too_small_says_how_many_bars_one_episode_takes(split):
+    from trm_act.envs import example_csv, load_ohlcv
+
+    frame = load_ohlcv(example_csv())
+    with pytest.raises(ValueError, match=r"that takes about [\d,]+ bars") as exc:
+        TradeReplayEnv(data=frame.iloc[:100], split=split, episode_length=40)
+    bars = int(str(exc.value).split("that takes about ")[1].split(" bars")[0].replace(",", ""))
+    assert "--env.episode-length" in str(exc.value)
+    TradeReplayEnv(data=frame.iloc[:bars], split=split, episode_length=40)  # the count it names is enough
+    fewest = bars  # and not much more than enough: exact but for where the stride's grid meets the test split
+    while fewest > 0 and _episode_fits(frame.iloc[: fewest - 1], split):
+        fewest -= 1
+    slack = 8 / 0.2 if split == "test" else 0  # stride / test_fraction
+    assert 0 <= bars - fewest <= slack, (bars, fewest)
+
+
+def _episode_fits(frame: pd.DataFrame, split: str) -> bool:
+    try:
+        TradeReplayEnv(data=frame, split=split, episode_length=40)
+    except ValueError:
+        return False
+    return True
+
+
 def test_benchmark_runs(capsys):
     pytest.importorskip("gym_anytrading")
     from trm_act.bench.env import main

@@ -231,7 +231,10 @@ def test_learn_benchmark_bars_default_to_the_family_and_refuse_a_tiny_market():
     assert base_config(parse_args(["--steps", "7"])).train.steps == 7
     assert base_config(parse_args([])).env.cost == 0.0005
     assert base_config(parse_args(["--cost", "0.002"])).env.cost == 0.002  # every recipe, every market
-    for flags in (["--bars", "100"], ["--cost", "1.5"], ["--cost", "-0.001"]):
+    assert parse_args(["--quick"]).steps == 30 and parse_args(["--quick", "--steps", "50"]).steps == 50
+    for flags in (
+        ["--bars", "100"], ["--cost", "1.5"], ["--cost", "-0.001"], ["--steps", "-5"], ["--from-json", "nothing.json"]
+    ):
         with pytest.raises(SystemExit):
             parse_args(flags)
 
@@ -297,6 +300,8 @@ def test_paired_gain_and_tables_from_a_saved_json(tmp_path: Path, capsys):
     assert "per market. Labels charge one round trip of costs per label horizon (`--env.label-costs single`) " \
         "for one_step.\n" in out
     assert "label-costs" not in markdown(summarize(runs), runs)  # runs before the option: the docs say so
+    one_seed = [r for r in runs if r["seed"] == 0]
+    assert "| default | 50% (one seed) | 50% |" in markdown(summarize(one_seed), one_seed)  # no "± nan%"
 
 
 def test_label_quality_bounds_what_labels_and_the_seeds_halt_target_can_reach():

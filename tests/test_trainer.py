@@ -234,6 +234,8 @@ def test_config_round_trips_through_a_dict():
         ExperimentConfig.from_dict({"train": {"stepz": 3}})
     with pytest.raises(ValueError, match="unknown section"):
         ExperimentConfig.from_dict({"trian": {}})
+    with pytest.raises(ValueError, match=r"^--config c\.toml: \[train\] train\.steps must be a positive int"):
+        ExperimentConfig.from_dict({"train": {"steps": "abc"}}, source="--config c.toml")  # names the file
 
 
 def test_device_resolution():

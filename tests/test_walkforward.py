@@ -560,12 +560,20 @@ def test_cli_error_lines_name_the_flag(tmp_path, market_csv, capsys):
         (["--scheme", "sliding"], "error: argument --scheme: invalid choice: 'sliding'"),
         (["--folds", "400"], "error: --folds 400: "),
         (["--resume", str(tmp_path / "nothing")], "error: --resume "),
+        (["--fold", "7", "--run-name", "x"], "error: --fold 7: the walk-forward has folds 0..4"),
     ):
         assert (
             walkforward.main(["--data", str(market_csv), *TINY_FLAGS, "--logdir", str(tmp_path), *argv]) == 2
         )
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith(start), (argv, err)
+    assert not (tmp_path / "x").exists()  # a refused --fold leaves nothing that would block the corrected retry
+    (tmp_path / "afile").write_text("")
+    assert walkforward.main(["--data", str(market_csv), *TINY_FLAGS, "--logdir", str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: [Errno 20] Not a directory: ") and err[0].endswith(
+        "; finished folds and checkpoints are kept."
+    ), err
 
 
 def test_cli_fold_alone_then_stitch_only_names_the_missing_fold(tmp_path, market_csv, capsys):

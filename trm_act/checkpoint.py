@@ -100,6 +100,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = existing_checkpoint(path)
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text would advise weights_only=False: never for a foreign file
+        raise corrupt(path, "not a torch file that loads safely (is it a trm_act checkpoint.pt?)") from None
     except _LOAD_ERRORS as exc:
         raise corrupt(path, f"cannot read it ({type(exc).__name__}: {_one_line(exc)})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:

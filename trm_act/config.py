@@ -7,6 +7,7 @@ Precedence when building a config: dataclass defaults < config file (TOML or JSO
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import tyro
 from trm_act.envs import STRATEGIES, TradeReplayConfig
 from trm_act.envs.config import ABSENT_FIELDS as ABSENT_ENV_FIELDS
 from trm_act.envs.features import FEATURE_SETS
+from trm_act.envs.universe import is_glob
 from trm_act.evaluation import EVAL_BATCH_SIZE
 from trm_act.loss import LossConfig, recipe_loss
 from trm_act.model import TRMConfig
@@ -236,7 +238,10 @@ class ExperimentConfig:
                 raise ValueError(
                     f"{source}: [{name}] unknown key(s) {sorted(unknown)}; valid keys: {sorted(fields)}."
                 )
-            sections[name] = dataclasses.replace(getattr(defaults, name), **values)
+            try:
+                sections[name] = dataclasses.replace(getattr(defaults, name), **values)
+            except ValueError as exc:  # a value the section refuses: say which file said it
+                raise ValueError(f"{source}: [{name}] {exc}") from None
         return cls(**sections)
 
     @classmethod
@@ -244,6 +249,25 @@ class ExperimentConfig:
         """The config a run saved (its checkpoint, ``config.json``, a walk-forward's plan), read through
         :func:`with_absent_fields`, so that a resumed run goes on with the labels it trained on."""
         return cls.from_dict(with_absent_fields(data), source)
+
+
+def with_absolute_data(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with a relative ``env.data`` path (or glob) made absolute, so that the run's saved config finds
+    its data when it is resumed from another directory; "synthetic" and in-memory data are kept as they are."""
+    data = config.env.data
+    if not isinstance(data, (str, Path)) or str(data) == "synthetic" or Path(data).is_absolute():
+        return config
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, data=str(Path(data).absolute())))
+
+
+def missing_data(saved: dict[str, Any]) -> str | None:
+    """The ``env.data`` path of a saved config when no file, directory or glob match is there now, else None."""
+    env = saved.get("env")
+    data = env.get("data") if isinstance(env, dict) else None
+    if not isinstance(data, str) or data == "synthetic":
+        return None
+    found = glob.glob(data) if is_glob(data) else Path(data).exists()
+    return None if found else data
 
 
 def with_absent_fields(saved: dict[str, Any]) -> dict[str, Any]:

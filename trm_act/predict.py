@@ -188,7 +188,8 @@ def _main(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", UserWarning)  # decide's note is reported below, in one line
             decisions = policy.decide(args.data)
         if decisions.empty:
-            raise ValueError(f"no decisions: {decisions.attrs.get('note', 'no bars')}")
+            note = decisions.attrs.get("note", "no bars")
+            raise ValueError(note if "no decisions" in note else f"no decisions: {note}")
         buffer = io.StringIO()
         decisions.to_csv(buffer)
         out = Path(args.out)

@@ -39,7 +39,8 @@ def check_new_run_dir(run_dir: str | os.PathLike) -> None:
     run_dir = Path(run_dir)
     if (run_dir / LATEST).exists():
         raise RunDirError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-name."
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} (in Python: "
+            f"Trainer.from_checkpoint({str(run_dir)!r})) or pick another --run-name (another directory)."
         )
     leftovers = sorted(
         path.name

@@ -29,7 +29,7 @@ from trm_act.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from trm_act.config import ExperimentConfig
+from trm_act.config import ExperimentConfig, missing_data
 from trm_act.envs.timing import WRITING
 from trm_act.interrupts import GracefulInterrupt
 from trm_act.model import TRMConfig
@@ -211,6 +211,12 @@ def from_checkpoint(
         raise corrupt(file, f"missing {', '.join(missing)} (not written by this version of trm_act)")
     if not isinstance(state["config"], dict) or not isinstance(state["history"], list):
         raise corrupt(file, "its config or history is not a table")
+    data = missing_data(state["config"])
+    if data is not None:
+        raise CheckpointError(
+            f"{file}: its run trained on --data {data}, which is not there now; put the data back at that path "
+            "(a relative path is read from the directory you run in)"
+        )
     try:
         config = ExperimentConfig.from_saved(state["config"], source=f"checkpoint {file}")
     except (ValueError, TypeError) as exc:

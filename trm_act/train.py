@@ -28,7 +28,7 @@ from trm_act import distributed, interrupts
 from trm_act.callbacks import CallbackList, ProgressCallback, TensorBoardCallback
 from trm_act.checkpoint import existing_checkpoint
 from trm_act.cli import report_user_mistake
-from trm_act.config import SECTIONS, ExperimentConfig, load_config_file
+from trm_act.config import SECTIONS, ExperimentConfig, load_config_file, with_absolute_data
 from trm_act.rundir import check_new_run_dir, owned
 
 # Exit statuses: 2 user mistake, refused run directory or corrupt checkpoint; 1 divergence or a
@@ -87,7 +87,9 @@ def _one_line(panel: str) -> str:
         if not text or _is_rule(text) or text.startswith("For full helptext"):
             break
         message.append(text)
-    return " ".join(message) or "invalid arguments (see --help)"
+    # A misspelt flag: tyro lists the flags it resembles under "Perhaps you meant:", the first line naming them.
+    hint = next((lines[i + 1] for i, text in enumerate(lines[:-1]) if text == "Perhaps you meant:"), "")
+    return " ".join(message) + (f" (perhaps you meant {hint})" if hint else "") or "invalid arguments (see --help)"
 
 
 def _is_rule(text: str) -> bool:
@@ -187,7 +189,7 @@ def _main(argv: list[str] | None) -> int:
                     return 0
             else:
                 config = ExperimentConfig(**{name: getattr(args, name) for name in SECTIONS})
-                trainer = Trainer(config, _new_run_dir(args.logdir, args.run_name))
+                trainer = Trainer(with_absolute_data(config), _new_run_dir(args.logdir, args.run_name))
             run_dir = trainer.run_dir
             zero = trainer.dist.is_zero
             trainer.callbacks = CallbackList(

@@ -36,7 +36,7 @@ import numpy as np
 from trm_act import interrupts
 from trm_act.checkpoint import LATEST, CheckpointError, load_checkpoint
 from trm_act.cli import report_user_mistake
-from trm_act.config import SECTIONS, ExperimentConfig, with_absent_fields
+from trm_act.config import SECTIONS, ExperimentConfig, with_absent_fields, with_absolute_data
 from trm_act.files import write_json
 from trm_act.foldrun import FoldJob, is_finished, load_record, run_fold
 from trm_act.folds import (
@@ -497,13 +497,13 @@ def walk_forward(
     """
     root = Path(root)
     log = log or (lambda message: print(message, file=sys.stderr))
-    plan = make_plan(config, settings)
-    plan_json = prepare_root(plan, root)
-    log(f"walk-forward directory: {root}  (tensorboard --logdir {root})")
-    if fold is not None and not 0 <= fold < settings.folds:
+    if fold is not None and not 0 <= fold < settings.folds:  # before anything is written
         raise ValueError(
             f"--fold {fold}: the walk-forward has folds 0..{settings.folds - 1}; pick one of them"
         )
+    plan = make_plan(config, settings)
+    plan_json = prepare_root(plan, root)
+    log(f"walk-forward directory: {root}  (tensorboard --logdir {root})")
     if not stitch_only:
         wanted = [fold] if fold is not None else list(range(settings.folds))
         records = run_folds(plan, root, wanted, jobs or _cores(), log)
@@ -672,11 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = _settings(args, saved["walkforward"])
         else:
             assert config is not None
-            data = config.env.data
-            if isinstance(data, str) and data != "synthetic":  # a resume from another directory finds it
-                config = dataclasses.replace(
-                    config, env=dataclasses.replace(config.env, data=os.path.abspath(data))
-                )
+            config = with_absolute_data(config)  # a resume from another directory finds it
             settings = _settings(args)
             root = Path(args.logdir) / (args.run_name or time.strftime("%Y%m%d-%H%M%S"))
         result = walk_forward(
@@ -700,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_FAILED
         raise
+    except OSError as exc:  # the file system refused: a --logdir that is a file, a full disk, no permission
+        print(f"error: {exc}; finished folds and checkpoints are kept.", file=sys.stderr)
+        return EXIT_FAILED
     except (KeyboardInterrupt, WalkForwardStopped) as exc:
         print(
             f"interrupted; finished folds and checkpoints are kept. Continue with: "

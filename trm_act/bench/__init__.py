@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the dispatcher imports this module; the config (and torch) load only where a bench needs them
@@ -34,9 +36,30 @@ def peer_config(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, **parts)
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """--help lists each option's default, unless its help already speaks of one or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if not action.option_strings or "default" in text or not shown:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def bench_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The argument parser of ``python -m trm_act.bench <name>``, described by the first line of its docstring."""
-    return argparse.ArgumentParser(prog=f"python -m trm_act.bench {name}", description=doc.splitlines()[0])
+    return argparse.ArgumentParser(
+        prog=f"python -m trm_act.bench {name}", description=doc.splitlines()[0], formatter_class=_DefaultsHelp
+    )
+
+
+def saved_results(path: str, parser: argparse.ArgumentParser, written_by: str) -> dict[str, Any]:
+    """The JSON file ``--from-json`` names; a one-line usage error when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--from-json {path}: {exc}; pass {written_by}")
 
 
 def single_label_costs_note(runs: list[dict[str, Any]]) -> str:

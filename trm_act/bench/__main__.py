@@ -26,7 +26,10 @@ BENCHMARKS = {
         "trm_act.bench.universe",
         "build time, peak RSS, vector-env speed and a 30-step run on 500 x 5,000 bars (bar: 120 s)",
     ),
-    "real": ("trm_act.bench.real", "walk-forward on real GOOGL daily and EURUSD hourly series vs long / best fixed"),
+    "real": (
+        "trm_act.bench.real",
+        "walk-forward on real series (GOOGL daily, EURUSD hourly, S&P 500 daily) vs long / best fixed",
+    ),
     "predict": (
         "trm_act.bench.predict",
         "streaming latency p50/p99 and decisions/s, torch vs onnxruntime, 1 and 256 instruments (bar: p99 2 ms)",

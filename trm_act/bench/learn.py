@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trm_act.bench import bench_parser, single_label_costs_note
+from trm_act.bench import bench_parser, saved_results, single_label_costs_note
 from trm_act.config import ExperimentConfig
 from trm_act.envs import TradeReplayConfig, build_replay
 from trm_act.envs.features import FEATURE_SETS
@@ -345,6 +345,8 @@ RECIPES: dict[
     # The same at max_steps 2: the belief recipes' second step is their best on the slow markets.
     "belief_gain_two_steps": (_chain(_belief, _gain, _model_edit(max_steps=2)), None),
     "fresh_gain_two_steps": (_chain(_fresh, _gain, _model_edit(max_steps=2)), None),
+    # A belief over the default's 64-decision episodes: does it keep its slow-market gain and stop costing on today's?
+    "belief_gain_episode64": (_chain(_belief, _gain, _env_edit(episode_length=64)), None),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
@@ -556,6 +558,11 @@ def paired_gain(runs: list[dict[str, Any]], recipe: str, baseline: str) -> tuple
     return mean, se, len(seeds)
 
 
+def _share(mean: float, se: float) -> str:
+    """A capture as "53% ± 1%", or "53% (one seed)" where one seed gives no standard error."""
+    return f"{mean:.0%} (one seed)" if math.isnan(se) else f"{mean:.0%} ± {se:.0%}"
+
+
 def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     """The benchmark's table (and the paired "thinking pays" line when both recipes ran)."""
     n_seeds = len({run["seed"] for run in runs})
@@ -587,7 +594,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         bound = row.get("filter_bound_pnl")
         of_filter = "n/a" if not bound or bound <= 0 else f"{row['pnl'] / bound:.0%}"
         lines.append(
-            f"| {row['recipe']} | {row['capture_mean']:.0%} ± {row['capture_se']:.0%} | "
+            f"| {row['recipe']} | {_share(row['capture_mean'], row['capture_se'])} | "
             f"{row['capture_worst_seed']:.0%} | {row['pnl']:+.2f} | {of_filter} | {row['fixed_max_pnl']:+.2f} | "
             f"{row['best_fixed_pnl']:+.2f} | {row['random_pnl']:+.2f} | {row['beats_best_fixed']} | "
             f"{row['mean_steps']:.2f} / {row['max_steps']} | {row['steps_histogram']} | "
@@ -605,7 +612,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         ]
         for row in deep:
             cells = [
-                f"{mean:.0%} ± {se:.0%}"
+                _share(mean, se)
                 for mean, se in zip(
                     row["capture_by_fixed_steps"], row["capture_by_fixed_steps_se"], strict=True
                 )
@@ -649,7 +656,9 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = bench_parser("learn", __doc__)
     parser.add_argument(
-        "--recipes", default=",".join(DEFAULT_RECIPES), help=f"comma-separated, from {list(RECIPES)}"
+        "--recipes",
+        default=",".join(DEFAULT_RECIPES),
+        help=f"comma-separated, from {list(RECIPES)} (default: {','.join(DEFAULT_RECIPES)})",
     )
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (0, 1, ...)")
     parser.add_argument("--markets", type=int, default=3, help="fresh synthetic markets to score on")
@@ -695,7 +704,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_COST,
         help=f"env.cost of every recipe and market (default {DEFAULT_COST:g}, 5 bp): a market where costs weigh more",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 seed, 1 market, 30 steps (or --steps)"
+    )
     parser.add_argument(
         "--from-json", default=None, help="print the tables of a saved learn.json again, without training"
     )
@@ -710,8 +721,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--cost {args.cost}: expected a fraction of capital in [0, 1), e.g. 0.002 for 20 bp")
     if args.bars is not None and args.bars < 2_000:
         parser.error(f"--bars {args.bars}: a market needs at least 2,000 bars to split into train and test")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected a positive number of optimizer steps")
     if args.quick:
-        args.seeds, args.markets, args.steps = 1, 1, 30
+        args.seeds, args.markets = 1, 1
+        args.steps = 30 if args.steps is None else args.steps
+    if args.from_json is not None:
+        args.saved = saved_results(args.from_json, parser, "the learn.json that python -m trm_act.bench learn writes in its --out directory")
     return args
 
 
@@ -731,8 +747,7 @@ def base_config(args: argparse.Namespace) -> ExperimentConfig:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        runs = saved["runs"]
+        runs = args.saved["runs"]
         print(markdown(summarize(runs), runs))
         return 0
     torch.set_num_threads(args.threads)

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trm_act.bench import bench_parser, single_label_costs_note
+from trm_act.bench import bench_parser, saved_results, single_label_costs_note
 from trm_act.config import ExperimentConfig
 from trm_act.envs import load_ohlcv
 from trm_act.stitch import verdict
@@ -106,6 +106,7 @@ SUPPORTED_RECIPES = (
     "no_ema",
     "fresh_priced",
     "fresh_gain",
+    "belief_gain_episode64",
 )
 """Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
 
@@ -309,7 +310,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated, from {list(SERIES)} (default: the reported {', '.join(REPORTED)})",
     )
     parser.add_argument(
-        "--recipes", default="default,seed_loss_hmm", help=f"comma-separated, from {list(SUPPORTED_RECIPES)}"
+        "--recipes",
+        default="default,seed_loss_hmm",
+        help=f"comma-separated, from {list(SUPPORTED_RECIPES)} (default: default,seed_loss_hmm)",
     )
     parser.add_argument("--folds", type=int, default=3, help="walk-forward folds (default 3)")
     parser.add_argument(
@@ -350,13 +353,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.seeds < 1 or args.embargo < 0:
         parser.error("--folds must be >= 2, --steps, --jobs and --seeds >= 1, --embargo >= 0")
+    if args.from_json is not None:
+        args.saved = saved_results(args.from_json, parser, "the real.json that python -m trm_act.bench real writes in its --out directory")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
+        saved = args.saved
         print(markdown(saved["rows"], argparse.Namespace(**saved["budget"])))
         return 0
     out = Path(args.out)
