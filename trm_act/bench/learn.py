@@ -347,6 +347,7 @@ RECIPES: dict[
     "fresh_gain_two_steps": (_chain(_fresh, _gain, _model_edit(max_steps=2)), None),
     # A belief over the default's 64-decision episodes: does it keep its slow-market gain and stop costing on today's?
     "belief_gain_episode64": (_chain(_belief, _gain, _env_edit(episode_length=64)), None),
+    "belief_one_step_episode64": (_chain(_belief, _one_step, _env_edit(episode_length=64)), None),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
