@@ -262,6 +262,7 @@ def test_the_benches_peer_is_commit_1d55271s_recipe_whatever_the_default_becomes
     assert (peer.model.n_cycles, peer.model.graph, peer.loss.halt_target, peer.loss.confidence_threshold) == (
         2, "window", "profitable", 0.9
     )
+    assert peer.model.carry == "fresh"  # 1d55271 had no belief, whatever carry the default takes
     assert (default.model.n_cycles, default.loss.halt_target) == (1, "gain")  # ... which is no longer the default
     assert dataclasses.replace(peer, model=default.model, loss=default.loss) == default  # and nothing else changes
     # bench busy's flags and bench train's eager config are that recipe; the compiled rows keep the default

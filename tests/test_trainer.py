@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, tiny_config
+from helpers import TINY_MODEL, StopAt, tiny_config
 from trm_act.callbacks import Callback
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
@@ -133,6 +133,22 @@ def test_a_checkpoint_from_before_a_model_field_existed_resumes(tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     resumed = Trainer.from_checkpoint(tmp_path)
     assert resumed.step == 5 and resumed.model_config.graph == "answer" and resumed.model_config.halt_grad == 1.0
+
+
+def test_a_run_from_before_model_norm_and_carry_resumes_as_the_model_it_trained(tmp_path):
+    # TRMConfig.norm and carry came after runs were saved without them, when every model was post-norm with a fresh
+    # carry: the saved run config must read them so too, or it builds another model than its checkpoint holds.
+    interrupted = Trainer(tiny_config(model=TINY_MODEL | {"norm": "post"}), tmp_path, [StopAt(5)])
+    assert interrupted.fit() is None
+    state = load_checkpoint(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for model in (state["config"]["model"], state["model_config"], saved["model"]):
+        del model["norm"], model["carry"]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resumed = Trainer.from_checkpoint(tmp_path)
+    assert resumed.step == 5 and (resumed.config.model.norm, resumed.config.model.carry) == ("post", "fresh")
+    assert ExperimentConfig.from_dict({"model": {}}).model.norm == "pre"  # a user's config: today's default
 
 
 def test_a_run_from_before_label_costs_resumes_with_the_labels_it_trained_on(tmp_path):

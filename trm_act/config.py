@@ -21,6 +21,7 @@ from trm_act.envs.features import FEATURE_SETS
 from trm_act.envs.universe import is_glob
 from trm_act.evaluation import EVAL_BATCH_SIZE
 from trm_act.loss import LossConfig, recipe_loss
+from trm_act.model import ABSENT_FIELDS as ABSENT_MODEL_FIELDS
 from trm_act.model import TRMConfig
 
 try:  # Python >= 3.11
@@ -271,12 +272,14 @@ def missing_data(saved: dict[str, Any]) -> str | None:
 
 
 def with_absent_fields(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config's sections with each env field the saving version did not have set to the value that
-    version used (``envs.config.ABSENT_FIELDS``), not today's default."""
-    env = saved.get("env")
-    if not isinstance(env, dict):
-        return saved
-    return {**saved, "env": {**{k: v for k, v in ABSENT_ENV_FIELDS.items() if k not in env}, **env}}
+    """A saved config's sections with each env or model field the saving version did not have set to the value
+    that version used (``envs.config.ABSENT_FIELDS``, ``model.ABSENT_FIELDS``), not today's default."""
+    out = dict(saved)
+    for section, absent in (("env", ABSENT_ENV_FIELDS), ("model", ABSENT_MODEL_FIELDS)):
+        values = saved.get(section)
+        if isinstance(values, dict):
+            out[section] = {**{k: v for k, v in absent.items() if k not in values}, **values}
+    return out
 
 
 SECTIONS: dict[str, type] = {

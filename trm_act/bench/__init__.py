@@ -13,9 +13,10 @@ if TYPE_CHECKING:  # the dispatcher imports this module; the config (and torch) 
 
 # Issue 24's peer is commit 1d55271's default recipe, run eagerly. The recipe has changed since (one cycle per
 # reasoning step and gain halting, docs/thinking.md section 11) and so has the step (its graph covers only the
-# bars the answer reads, docs/model.md), so the peer sets the changed fields back.
+# bars the answer reads, docs/model.md), so the peer sets the changed fields back; it had no belief, so its carry is
+# fresh whatever the default's.
 PEER_RECIPE: dict[str, dict[str, Any]] = {
-    "model": {"n_cycles": 2, "graph": "window"},
+    "model": {"n_cycles": 2, "graph": "window", "carry": "fresh"},
     "loss": {"halt_target": "profitable", "confidence_threshold": 0.9},
 }
 
