@@ -134,11 +134,14 @@ def test_step_shapes_and_dtypes(mixer, pool, norm):
 
 
 @pytest.mark.parametrize("mixer", MIXER_NAMES)
-def test_float64_model_keeps_its_dtype(mixer):
-    model = make_model(mixer=mixer).double()
+@pytest.mark.parametrize("carry", ["fresh", "belief"])
+def test_float64_model_keeps_its_dtype(mixer, carry):
+    model = make_model(mixer=mixer, carry=carry).double()
     obs = make_obs(model.config)  # float32 observations are cast to the model's dtype
     out = model(obs, model.init_carry(obs.shape[0]))
     assert out.carry.y.dtype == torch.float64 and out.task_logits.dtype == torch.float32
+    if carry == "belief":  # the belief is revised in the model's dtype too
+        assert out.carry.proposal.dtype == torch.float64
 
 
 def test_init_carry_is_the_fixed_init_broadcast():

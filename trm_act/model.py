@@ -495,7 +495,9 @@ class RecurrentTRM(nn.Module):
             y, z = _rms_norm(y), _rms_norm(z)
         proposal = None
         if self.has_belief:
-            proposal = self.belief_write(pooled.float(), carry.belief.float())  # (B, D) revised belief
+            # In the cell's own dtype: float32 under bf16 autocast (the belief persists), float64 in a .double() model.
+            dtype = self.belief_write.weight_ih.dtype
+            proposal = self.belief_write(pooled.to(dtype), carry.belief.to(dtype))  # (B, D) revised belief
             pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         share = self.config.halt_grad
