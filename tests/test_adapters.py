@@ -54,7 +54,9 @@ def _batch(replay, n=16):
 
 def test_deep_supervision_is_the_mean_of_trmloss_over_steps(small_replay):
     torch.manual_seed(0)
-    config = resolve_model_config({"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 3}, small_replay)
+    config = resolve_model_config(
+        {"d_model": 16, "n_layers": 1, "n_heads": 2, "max_steps": 3, "carry": "fresh"}, small_replay
+    )
     model, loss_fn = RecurrentTRM(config), TRMLoss(lambda_halt=0.5)
     obs, labels, strategy_pnl = _batch(small_replay)
 

@@ -49,7 +49,7 @@ def sample_dependent_halting(model: RecurrentTRM) -> None:
 
 
 def test_a_fresh_model_has_no_belief_and_its_weights_are_unchanged():
-    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2))
+    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, carry="fresh"))
     assert not fresh.has_belief
     assert not any("belief" in key for key in fresh.state_dict())  # old checkpoints still load
     assert fresh.init_carry(2).belief is None
@@ -74,7 +74,7 @@ def test_the_belief_is_fixed_within_a_decision_and_changes_the_answer():
 def test_belief_mode_is_validated():
     with pytest.raises(ValueError, match="carry='dream' is not a known carry"):
         TRMConfig(carry="dream")
-    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2))
+    fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, carry="fresh"))
     with pytest.raises(ValueError, match="model has no belief"):
         act_predict(fresh, torch.zeros(2, 8, 5), belief=torch.zeros(2, 16))
     with pytest.raises(ValueError, match="belief must have shape"):
@@ -282,7 +282,8 @@ def test_a_belief_needs_episodes_that_start_anywhere(tmp_path):
 
 
 def test_deep_supervision_checks_the_belief_it_is_given():
-    model, fresh = belief_model(), RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, max_steps=2))
+    fresh_config = TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, max_steps=2, carry="fresh")
+    model, fresh = belief_model(), RecurrentTRM(fresh_config)
     obs = obs_for(model, 4)
     labels, pnl = torch.zeros(4, dtype=torch.long), torch.zeros(4, 8)
     loss_fn = TRMLoss()
@@ -334,7 +335,7 @@ def test_bptt_needs_unroll_and_a_belief():
     with pytest.raises(ValueError, match=r"train.bptt_decisions=4 .* needs --unroll and --carry belief"):
         ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(bptt_decisions=4))
     with pytest.raises(ValueError, match=r"train.bptt_decisions=4 .* needs --unroll and --carry belief"):
-        ExperimentConfig(train=TrainConfig(unroll=True, bptt_decisions=4))
+        ExperimentConfig(model=TRMConfig(carry="fresh"), train=TrainConfig(unroll=True, bptt_decisions=4))
     with pytest.raises(ValueError, match=r"train.bptt_decisions must be a positive int; got 0"):
         TrainConfig(bptt_decisions=0)
     ExperimentConfig(model=TRMConfig(carry="belief"), train=TrainConfig(unroll=True, bptt_decisions=4))

@@ -19,7 +19,8 @@ MIXER_NAMES = sorted(MIXERS)
 
 def small_config(**overrides) -> TRMConfig:
     base = dict(
-        window=8, n_features=5, d_model=16, n_heads=2, n_layers=2, n_latent=2, n_cycles=2, max_steps=4
+        window=8, n_features=5, d_model=16, n_heads=2, n_layers=2, n_latent=2, n_cycles=2, max_steps=4,
+        carry="fresh",  # the carry's mechanics within a decision; tests/test_belief.py covers the belief
     )
     base.update(overrides)
     return TRMConfig(**base)

@@ -79,7 +79,8 @@ def test_train_logs_required_tags_and_writes_metrics(tmp_path):
 
 def test_committed_rewards_are_the_envs_realized_pnl(tmp_path):
     """Halted slots commit their argmax; the env pays exactly the strategy_pnl the loss was shown."""
-    trainer = Trainer(tiny_config(log_every=1000), tmp_path)
+    # A fresh carry: one env step per commit (a belief's slots hop train_stride decisions; test_belief.py)
+    trainer = Trainer(tiny_config(model=TINY_MODEL | {"carry": "fresh"}, log_every=1000), tmp_path)
     calls = []
     step_masked = trainer.env.step_masked
 
@@ -138,7 +139,7 @@ def test_a_checkpoint_from_before_a_model_field_existed_resumes(tmp_path):
 def test_a_run_from_before_model_norm_and_carry_resumes_as_the_model_it_trained(tmp_path):
     # TRMConfig.norm and carry came after runs were saved without them, when every model was post-norm with a fresh
     # carry: the saved run config must read them so too, or it builds another model than its checkpoint holds.
-    interrupted = Trainer(tiny_config(model=TINY_MODEL | {"norm": "post"}), tmp_path, [StopAt(5)])
+    interrupted = Trainer(tiny_config(model=TINY_MODEL | {"norm": "post", "carry": "fresh"}), tmp_path, [StopAt(5)])
     assert interrupted.fit() is None
     state = load_checkpoint(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import StopAt, tiny_config
+from helpers import TINY_MODEL, StopAt, tiny_config
 
 from trm_act.supervision import deep_supervision
 from trm_act.trainer import Trainer
@@ -25,7 +25,8 @@ def batch_of(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def test_an_unrolled_step_is_deep_supervision_of_every_slots_decision(tmp_path):
-    trainer = Trainer(tiny_config(unroll=True, log_every=1), tmp_path)
+    # A fresh carry: one env step per commit (a belief's slots hop train_stride decisions; test_belief.py)
+    trainer = Trainer(tiny_config(model=TINY_MODEL | {"carry": "fresh"}, unroll=True, log_every=1), tmp_path)
     batch, decisions = batch_of(trainer), trainer.info["decision"].copy()
     model, generator = copy.deepcopy(trainer.model), torch.Generator().set_state(trainer.generator.get_state())
     expected = deep_supervision(model, copy.deepcopy(trainer.loss_fn), **batch, generator=generator)
