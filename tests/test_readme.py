@@ -311,6 +311,8 @@ TABLES = {
             "learn-step-cost05-slow-validation-4",
             "learn-belief64-validation-4",
             "learn-belief64-slow-validation-4",
+            "learn-belief64",
+            "learn-slow-belief64",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
