@@ -226,10 +226,16 @@ def test_trainer_keeps_beliefs_within_an_episode_and_forgets_them_at_its_end(tmp
     assert seen_reset and seen_kept
 
 
-def test_a_belief_trains_on_every_phase_of_its_stride(tmp_path):
+@pytest.mark.parametrize("carry", ["belief", "fresh"])
+def test_a_model_trains_on_every_phase_of_its_stride(tmp_path, carry):
     """On the fixed 4-bar grid evaluation walks, a belief model would train on a quarter of the windows (and
-    overfit them); the trainer walks the 1-bar grid, a slot hopping 4 decisions per commit from a random start."""
-    trainer = Trainer(belief_config(unroll=True, batch_size=32), tmp_path)
+    overfit them); the trainer walks the 1-bar grid, a slot hopping 4 decisions per commit from a random start.
+    A fresh carry given --train-stride 4 walks the same way."""
+    config = belief_config(unroll=True, batch_size=32)
+    if carry == "fresh":
+        train = dataclasses.replace(config.train, train_stride=4)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, carry="fresh"), train=train)
+    trainer = Trainer(config, tmp_path)
     assert trainer.hop == 4 and trainer.env.config.stride == 1
     assert trainer.env.config.episode_length == (5 - 1) * 4 + 1  # 5 decisions of 4 bars each, as configured
     starts = trainer.info["t"].copy()

@@ -68,8 +68,9 @@ class TrainConfig:
     """Seed for weights, environment starts and halting exploration."""
     train_stride: int | None = None
     """Bars between training decision points; None = 1 with a fresh carry, env.stride with a belief (a belief
-    learns the cadence it is updated at, so it trains at the one evaluation walks). Evaluation always uses
-    env.stride, a true backtest."""
+    learns the cadence it is updated at, so it trains at the one evaluation walks). Above 1, each slot walks its
+    episode's decisions that many bars apart from a random phase of the 1-bar grid, and env.episode_length counts
+    those decisions. Evaluation always uses env.stride, a true backtest."""
     eval_burn_in: int = 64
     """Belief mode: decisions each chunk of the time-ordered evaluation walk replays, unscored, before the
     decisions it scores (chunks run in parallel; the burn-in lets each chunk's belief forget its start)."""

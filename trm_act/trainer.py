@@ -117,18 +117,19 @@ class Trainer:
         self.timings = PhaseTimes()
         self._started = time.perf_counter()
         train_env = dataclasses.replace(config.env, split="train", stride=config.train_stride)
-        # A belief is revised every train_stride bars, the cadence evaluation walks at. On a fixed grid of that
-        # stride a belief model would see only 1 / train_stride of the training windows (and overfit them), so
-        # its env runs on the 1-bar grid and a slot hops train_stride decisions per commit: every episode walks
-        # the stride from its own random phase. `hop` = 1 with a fresh carry.
-        self.hop = config.train_stride if config.model.carry == "belief" else 1
+        # A belief is revised every train_stride bars, the cadence evaluation walks at (a fresh carry trains on
+        # every bar unless --train-stride says otherwise). On a fixed grid of that stride a model would see only
+        # 1 / train_stride of the training windows (and overfit them), so its env runs on the 1-bar grid and a
+        # slot hops train_stride decisions per commit: every episode walks the stride from its own random phase.
+        self.hop = config.train_stride
         if self.hop > 1:
             length = config.env.episode_length
             if length is None:  # whole-split episodes all start at the split's first bar: one phase only
                 raise ValueError(
-                    f"--env.episode-length None with --carry belief: every episode would start at the first bar "
-                    f"of the split, so training would see one phase of the {self.hop}-bar stride, every slot in "
-                    "lockstep; set --env.episode-length (the belief recipes use 256)."
+                    f"--env.episode-length None with a {self.hop}-bar train stride (--carry belief or "
+                    "--train-stride): every episode would start at the first bar of the split, so training would "
+                    "see one phase of the stride, every slot in lockstep; set --env.episode-length (the belief "
+                    "recipes use 256)."
                 )
             train_env = dataclasses.replace(train_env, stride=1, episode_length=(length - 1) * self.hop + 1)
         with self.timings.recording():

@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
@@ -164,18 +165,19 @@ def _one_step(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(config, model=dataclasses.replace(config.model, max_steps=1))
 
 
-def _env_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
+def _edit(section: str, **changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
+    """A recipe edit: ``changes`` to the fields of one section (env, model, loss or train) of the config."""
+
     def edit(config: ExperimentConfig) -> ExperimentConfig:
-        return dataclasses.replace(config, env=dataclasses.replace(config.env, **changes))
+        return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **changes)})
 
     return edit
 
 
-def _model_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
-    def edit(config: ExperimentConfig) -> ExperimentConfig:
-        return dataclasses.replace(config, model=dataclasses.replace(config.model, **changes))
-
-    return edit
+_env_edit = functools.partial(_edit, "env")
+_model_edit = functools.partial(_edit, "model")
+_loss_edit = functools.partial(_edit, "loss")
+_train_edit = functools.partial(_edit, "train")
 
 
 def _window16(config: ExperimentConfig) -> ExperimentConfig:
@@ -219,13 +221,6 @@ def _hmm_labels(n_states: int | None = None) -> Callable[[ExperimentConfig], Exp
 
 def _regime_labels_one_step(config: ExperimentConfig) -> ExperimentConfig:
     return _one_step(_regime_labels(config))
-
-
-def _loss_edit(**changes: Any) -> Callable[[ExperimentConfig], ExperimentConfig]:
-    def edit(config: ExperimentConfig) -> ExperimentConfig:
-        return dataclasses.replace(config, loss=dataclasses.replace(config.loss, **changes))
-
-    return edit
 
 
 def _chain(*edits: Callable[[ExperimentConfig], ExperimentConfig]) -> Callable[[ExperimentConfig], ExperimentConfig]:
@@ -348,6 +343,9 @@ RECIPES: dict[
     # A belief over the default's 64-decision episodes: does it keep its slow-market gain and stop costing on today's?
     "belief_gain_episode64": (_chain(_belief, _gain, _env_edit(episode_length=64)), None),
     "belief_one_step_episode64": (_chain(_belief, _one_step, _env_edit(episode_length=64)), None),
+    # The default (a fresh carry) trained on that belief's walk: decisions 8 bars apart from a random phase of the
+    # 1-bar grid, 64 of them an episode. Is the belief's gain the belief's, or the walk's?
+    "fresh_walk8": (_train_edit(train_stride=8), None),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
