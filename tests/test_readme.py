@@ -313,6 +313,8 @@ TABLES = {
             "learn-belief64-slow-validation-4",
             "learn-belief64",
             "learn-slow-belief64",
+            "learn-walk8-validation-4",
+            "learn-walk8-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),

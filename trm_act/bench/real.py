@@ -107,6 +107,7 @@ SUPPORTED_RECIPES = (
     "fresh_priced",
     "fresh_gain",
     "belief_gain_episode64",
+    "fresh_walk8",
 )
 """Recipes of ``bench learn`` that run on real data (no true regimes, the RecurrentTRM model)."""
 
