@@ -321,6 +321,7 @@ TABLES = {
     "real": (real_table, ["docs/walkforward.md"]),
     "real-nasdaq-realized": (lambda: real_table("real-nasdaq-realized"), ["docs/results.md"]),
     "real-nasdaq-belief64": (lambda: real_table("real-nasdaq-belief64"), ["docs/thinking.md"]),
+    "real-nasdaq-walk8": (lambda: real_table("real-nasdaq-walk8"), ["docs/thinking.md"]),
     **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in (
         "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq",
         "real-nasdaq-seeds", "real-nasdaq-proportional", "real-proportional", "real-realized"

@@ -346,6 +346,9 @@ RECIPES: dict[
     # The default (a fresh carry) trained on that belief's walk: decisions 8 bars apart from a random phase of the
     # 1-bar grid, 64 of them an episode. Is the belief's gain the belief's, or the walk's?
     "fresh_walk8": (_train_edit(train_stride=8), None),
+    # ... and the MLP controls on that walk: does the TRM still beat them there?
+    "mlp_walk8": (_chain(_one_step, _train_edit(train_stride=8)), MLPControl),
+    "mlp_window16_walk8": (_chain(_one_step_window16, _train_edit(train_stride=8)), MLPControl),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
     "fresh_one_step": (_chain(_fresh, _one_step), None),
