@@ -315,6 +315,8 @@ TABLES = {
             "learn-slow-belief64",
             "learn-walk8-validation-4",
             "learn-walk8-slow-validation-4",
+            "learn-mlp-walk8-validation-4",
+            "learn-mlp-walk8-slow-validation-4",
         )
     },
     "labels": (labels_table, ["docs/results.md"]),
