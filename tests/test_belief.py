@@ -283,7 +283,7 @@ def test_a_belief_checkpoint_from_another_training_grid_is_refused(tmp_path):
 def test_a_belief_needs_episodes_that_start_anywhere(tmp_path):
     config = belief_config()
     config = dataclasses.replace(config, env=dataclasses.replace(config.env, episode_length=None))
-    with pytest.raises(ValueError, match=r"^--env.episode-length None with --carry belief: .* one phase of the 4-bar"):
+    with pytest.raises(ValueError, match=r"^--env.episode-length None with a 4-bar train stride .* one phase of the"):
         Trainer(config, tmp_path)
 
 
