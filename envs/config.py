@@ -23,6 +23,12 @@ LABEL_SOURCES: tuple[str, ...] = ("hindsight", "hmm", "regime")
 LABEL_COSTS: tuple[str, ...] = ("realized", "single")
 
 
+def data_exists(data: str | Path) -> bool:
+    """Whether a ``data`` path names a file, a directory or, as a glob, at least one match."""
+    path = Path(data)
+    return path.is_file() or path.is_dir() or (is_glob(data) and bool(glob.glob(str(data))))
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -115,8 +121,7 @@ class TradeReplayConfig:
         if isinstance(data, str) and data == "synthetic":
             pass
         elif isinstance(data, str | Path):
-            path = Path(data)
-            if not (path.is_file() or path.is_dir() or (is_glob(data) and glob.glob(str(data)))):
+            if not data_exists(data):
                 raise ValueError(
                     f"data={str(data)!r}: no such file, directory or matching files; pass 'synthetic', an OHLCV "
                     "CSV, a directory or glob of CSVs (one instrument each), a long CSV/Parquet with a Symbol "

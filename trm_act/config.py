@@ -7,7 +7,6 @@ Precedence when building a config: dataclass defaults < config file (TOML or JSO
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,8 @@ import tyro
 
 from trm_act.envs import STRATEGIES, TradeReplayConfig
 from trm_act.envs.config import ABSENT_FIELDS as ABSENT_ENV_FIELDS
+from trm_act.envs.config import data_exists
 from trm_act.envs.features import FEATURE_SETS
-from trm_act.envs.universe import is_glob
 from trm_act.evaluation import EVAL_BATCH_SIZE
 from trm_act.loss import LossConfig, recipe_loss
 from trm_act.model import ABSENT_FIELDS as ABSENT_MODEL_FIELDS
@@ -268,8 +267,7 @@ def missing_data(saved: dict[str, Any]) -> str | None:
     data = env.get("data") if isinstance(env, dict) else None
     if not isinstance(data, str) or data == "synthetic":
         return None
-    found = glob.glob(data) if is_glob(data) else Path(data).exists()
-    return None if found else data
+    return None if data_exists(data) else data
 
 
 def with_absent_fields(saved: dict[str, Any]) -> dict[str, Any]:

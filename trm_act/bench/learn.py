@@ -293,9 +293,8 @@ RECIPES: dict[
     # trend, autocorrelation and volatility) hands every model before any model remembers anything.
     "mlp_last_bar": (_one_step_last_bar, MLPControl),
     "seed_loss_hmm": (_hmm_labels(), None),
-    # The default recipe (its loss and halting) on the same regime-model labels, and its one-step twin.
+    # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),
-    "hmm_labels_one_step": (_chain(_env_edit(label_source="hmm"), _one_step), None),
     # Controls with clean supervision: does thinking pay once the labels are not the bottleneck?
     "regime_labels": (_regime_labels, None),
     "regime_labels_one_step": (_regime_labels_one_step, None),
@@ -346,8 +345,7 @@ RECIPES: dict[
     # The default (a fresh carry) trained on that belief's walk: decisions 8 bars apart from a random phase of the
     # 1-bar grid, 64 of them an episode. Is the belief's gain the belief's, or the walk's?
     "fresh_walk8": (_train_edit(train_stride=8), None),
-    # ... and the MLP controls on that walk: does the TRM still beat them there?
-    "mlp_walk8": (_chain(_one_step, _train_edit(train_stride=8)), MLPControl),
+    # ... and the 16-bar MLP control on that walk: does the TRM still beat it there?
     "mlp_window16_walk8": (_chain(_one_step_window16, _train_edit(train_stride=8)), MLPControl),
     "belief_profitable": (_chain(_belief, _profitable), None),
     "belief_priced": (_chain(_belief, _priced), None),
@@ -729,7 +727,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds, args.markets = 1, 1
         args.steps = 30 if args.steps is None else args.steps
     if args.from_json is not None:
-        args.saved = saved_results(args.from_json, parser, "the learn.json that python -m trm_act.bench learn writes in its --out directory")
+        args.saved = saved_results(
+            args.from_json, parser, "the learn.json that python -m trm_act.bench learn writes in its --out directory"
+        )
     return args
 
 

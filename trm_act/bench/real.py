@@ -355,7 +355,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.folds < 2 or args.steps < 1 or args.jobs < 1 or args.seeds < 1 or args.embargo < 0:
         parser.error("--folds must be >= 2, --steps, --jobs and --seeds >= 1, --embargo >= 0")
     if args.from_json is not None:
-        args.saved = saved_results(args.from_json, parser, "the real.json that python -m trm_act.bench real writes in its --out directory")
+        args.saved = saved_results(
+            args.from_json, parser, "the real.json that python -m trm_act.bench real writes in its --out directory"
+        )
     return args
 
 
