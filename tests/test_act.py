@@ -12,6 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 from trm_act.act import (
     ACTResult,
     ACTState,
+    act_every_depth,
     act_predict,
     act_step,
     draw_min_steps,
@@ -515,3 +516,21 @@ def test_halt_rows_refuses_a_max_steps_below_one():
     for rows in (1, 3):  # the one-row path and the general loop
         with pytest.raises(ValueError, match=r"^max_steps must be an integer >= 1, got 0"):
             halt_rows(model.step, x.expand(rows, -1, -1), model.init_carry(rows), max_steps=0, num_classes=8)
+
+
+def test_every_depth_at_once_answers_and_believes_as_each_fixed_depth_alone():
+    torch.manual_seed(0)
+    model = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, n_layers=1, carry="belief"))
+    obs = torch.randn(6, 8, 5)  # (B, W, F)
+    belief = torch.randn(6, 3, 16)  # (B, K, D): each depth's own belief
+    answers, beliefs = act_every_depth(model, obs, 3, belief)
+    assert answers.shape == (3, 6) and beliefs.shape == (6, 3, 16)
+    for k in (1, 2, 3):
+        alone = act_predict(model, obs, max_steps=k, adaptive=False, belief=belief[:, k - 1])
+        assert torch.equal(answers[k - 1], alone.actions)
+        torch.testing.assert_close(beliefs[:, k - 1], alone.belief, rtol=1e-5, atol=1e-6)
+    # The initial belief for every depth, as a stream starts.
+    answers, _ = act_every_depth(model, obs, 3)
+    initial = act_predict(model, obs, max_steps=2, adaptive=False)
+    assert torch.equal(answers[1], initial.actions)
+    assert not torch.equal(answers, act_every_depth(model, obs, 3, belief)[0])  # the beliefs matter

@@ -19,6 +19,7 @@ from trm_act.callbacks import (
     TensorBoardCallback,
     component_scalars,
 )
+from trm_act.callbacks.logger import CURVE_POINTS
 
 
 def test_importing_callbacks_imports_no_framework():
@@ -190,3 +191,18 @@ def test_custom_scalars_layout_gives_each_line_its_own_chart():
     logged = plain + examples + unplotted
     for pattern in plain:
         assert [tag for tag in logged if re.search(pattern, tag)] == [pattern], pattern
+
+
+def test_a_long_curve_is_written_as_evenly_spaced_points_with_its_ends(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    curve = np.cumsum(np.random.default_rng(0).normal(size=25_000))  # (N,) an equity curve
+    logger.log_curve("equity/model", curve)
+    logger.log_curve("equity/short", curve[:7])
+    logger.close()
+    events = read_events(tmp_path)
+    written = events.Scalars("equity/model")
+    steps = [e.step for e in written]
+    assert len(steps) == CURVE_POINTS and steps[0] == 0 and steps[-1] == 24_999
+    assert set(np.diff(steps).tolist()) <= {12, 13}  # evenly spaced
+    assert [e.value for e in written] == pytest.approx(curve[steps].tolist())
+    assert [e.step for e in events.Scalars("equity/short")] == list(range(7))  # short curves whole

@@ -467,3 +467,42 @@ def test_a_run_records_its_phases_in_timings_json_and_its_summary(tmp_path):
     assert all(record["phases"][name] > 0 for name in PHASES)
     assert sum(record["phases"].values()) <= record["wall_s"]
     assert trainer.summary().splitlines()[-1].startswith("phases: parse and validate ")
+
+
+def test_a_belief_scores_its_per_depth_curve_on_a_fixed_sample_of_a_large_split(replay, monkeypatch):
+    model = halting_model("belief", replay)
+    walk_args = {"max_steps": 3, "device": CPU, "batch_size": 32, "burn_in": 8, "seed": 7}
+    whole = evaluate(model, replay, depth_sample=None, **walk_args)
+    calls = []
+    real_predict = evaluation.predict
+    monkeypatch.setattr(evaluation, "predict", lambda *a, **k: calls.append(k) or real_predict(*a, **k))
+    part = evaluate(model, replay, depth_sample=100, **walk_args)
+    # The adaptive and fixed-max answers still score all 299 decisions, exactly as before ...
+    curve = part.metrics["model"].pop("pnl_by_fixed_steps")
+    assert part.metrics["model"].pop("fixed_depth_decisions") == 100
+    whole_figures = figures(whole)
+    assert whole_figures["model"].pop("pnl_by_fixed_steps")[-1] == whole.metrics["model"]["fixed_max_steps"]["pnl"]
+    assert figures(part) == whole_figures
+    # ... and only the curve's walk (every depth at once) walks the sample: its decisions, each answered as the
+    # whole walk at that depth answers it.
+    test_idx = replay.split_indices("test")
+    sample = sample_walk(evaluation_walk(model, replay, test_idx, 32, 8), 100, seed=7)
+    kept = walk_positions(sample)
+    walks = [(k["adaptive"], k["every_depth"], len(walk_positions(k["walk"]))) for k in calls]
+    assert walks == [(True, False, 299), (False, False, 299), (False, True, 100)]
+    expected = []
+    for depth in (1, 2, 3):
+        actions = real_predict(
+            model, replay, test_idx, max_steps=depth, adaptive=False, batch_size=32, device=CPU, burn_in=8
+        ).actions  # (299,) the whole walk at this depth
+        expected.append(replay.strategy_pnl[test_idx[kept], actions[kept]].sum())
+    assert curve == pytest.approx(expected, abs=1e-9)
+    assert "(on a fixed sample of 100 decisions)" in report.format_summary(
+        part.metrics | {"model": part.metrics["model"] | {"pnl_by_fixed_steps": curve, "fixed_depth_decisions": 100}}
+    )
+    # A periodic evaluation's sample of 200 decisions is cut to the curve's 100 the same way.
+    periodic = evaluate(model, replay, sample=200, depth_sample=100, **walk_args)
+    assert periodic.metrics["model"]["fixed_depth_decisions"] == 100
+    assert evaluate(model, replay, sample=100, depth_sample=100, **walk_args).metrics["model"].get(
+        "fixed_depth_decisions"
+    ) is None  # not more than the curve's sample: the curve scores them all

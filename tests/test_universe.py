@@ -371,7 +371,8 @@ def test_long_csv_of_the_universe_benchmark_reads_back_as_the_universe(frames, t
 def test_bench_universe_reports_the_end_to_end_training_run(capsys):
     from trm_act.bench.universe import main as bench_universe
 
-    argv = ["--instruments", "3", "--bars", "600", "--num-envs", "8", "--seconds", "0.01", "--rounds", "1"]
+    # 900 daily bars: a belief trains 8 bars apart, so an episode of 64 decisions spans 505 bars of the train split.
+    argv = ["--instruments", "3", "--bars", "900", "--num-envs", "8", "--seconds", "0.01", "--rounds", "1"]
     assert bench_universe([*argv, "--train-steps", "2"]) == 0
     out = capsys.readouterr().out
     run = next(line for line in out.splitlines() if "python -m trm_act.train --data <long csv> --steps 2" in line)

@@ -24,6 +24,7 @@ from trm_act.model import RecurrentTRM, StepOutput, TRMCarry
 __all__ = [
     "ACTResult",
     "ACTState",
+    "act_every_depth",
     "act_predict",
     "act_step",
     "checked_belief",
@@ -364,5 +365,39 @@ def act_predict(
             )
 
         return halt_rows(model.step, x, carry, max_steps, model.config.num_classes)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def act_every_depth(
+    model: RecurrentTRM, obs: torch.Tensor, max_steps: int, belief: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed-depth answers at every depth k = 1..max_steps at once, each depth carrying its own belief.
+
+    ``belief`` (B, K, D), K = max_steps: before this decision, the belief the depth-k walk carries in
+    ``belief[:, k - 1]`` (None = the initial belief for every depth). Returns the answers (K, B), row k - 1 being
+    ``act_predict(model, obs, max_steps=k, adaptive=False, belief=belief[:, k - 1]).actions``, and the beliefs after
+    this decision (B, K, D). The K runs share one encoding and one batch: K * B rows at the first step, and the B
+    rows of depth k leave after step k, so a walk over a stream calls the model K times per decision instead of
+    1 + 2 + ... + K times (what keeps a belief's per-depth evaluation fast on small batches).
+    """
+    _check_max_steps(max_steps)
+    was_training = model.training
+    model.eval()
+    try:
+        b = obs.shape[0]
+        x = model.encode(obs).repeat(max_steps, 1, 1)  # (K*B, W, D) depth-major: rows [(k-1)B, kB) run depth k
+        carry = model.init_carry(b * max_steps, device=x.device)
+        if belief is not None:
+            stacked = belief.transpose(0, 1).reshape(b * max_steps, -1)  # (K*B, D) depth-major
+            carry = carry.with_belief(checked_belief(stacked, carry.belief))
+        answers, beliefs = [], []
+        for _ in range(max_steps):
+            out = model.step(x, carry)
+            answers.append(out.task_logits[:b].argmax(-1))  # (B,) the shallowest depth left ends at this step
+            beliefs.append(out.carry.proposal[:b])  # (B, D)
+            x, carry = x[b:], out.carry.select(slice(b, None))  # the deeper depths go on
+        return torch.stack(answers), torch.stack(beliefs, dim=1)  # (K, B), (B, K, D)
     finally:
         model.train(was_training)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from trm_act.act import act_predict, halt_rule
+from trm_act.act import act_every_depth, act_predict, halt_rule
 from trm_act.baselines import baseline_actions
 from trm_act.envs import STRATEGIES, ReplayData
 from trm_act.metrics import (
@@ -43,6 +43,14 @@ TIMED_DECISIONS = 2048
 :func:`predict_full_depth`), instead of once adaptively and once at fixed depth; the adaptive and fixed-depth wall
 times are then measured on a fixed sample of this many decisions (``model.timed_decisions`` in the metrics). On the
 2,000,000-row CSV of ``bench memory`` (25,000 test decisions) this halves the final evaluation."""
+
+DEPTH_DECISIONS = 4096
+"""A model with a belief walks the split once per fixed depth for the ``pnl_by_fixed_steps`` curve (the belief at
+depth k differs from the belief at depth max_steps), which costs 1 + 2 + ... + max_steps reasoning steps per
+decision against max_steps for a fresh carry's one full-depth pass. On a split of more decisions than this, the
+curve's walk (every depth at once, :func:`trm_act.act.act_every_depth`) scores a fixed sample of this many decisions
+(``model.fixed_depth_decisions`` in the metrics); the adaptive and fixed-max answers still score every decision, and
+each sampled decision gets at depth max_steps the answer the whole fixed-depth walk gives it."""
 
 
 class Walk(NamedTuple):
@@ -135,7 +143,9 @@ class Prediction(NamedTuple):
     seconds: float
     """Wall time of the forward passes."""
     step_actions: np.ndarray | None
-    """(max_steps, N) the answer after each step (fixed depth with a fresh carry only, else None)."""
+    """(max_steps, N) fixed depth only: the answer at each depth k = 1..max_steps (row k - 1). With a fresh carry
+    it is the answer after each step of the one run; with a belief, that of each depth's own walk
+    (``every_depth``), else None."""
 
 
 @torch.no_grad()
@@ -151,6 +161,7 @@ def predict(
     bf16: bool = False,
     burn_in: int = 0,
     walk: Walk | None = None,
+    every_depth: bool = False,
 ) -> Prediction:
     """ACT inference on decisions ``indices`` (N,) of ``replay``, walked in time order per instrument.
 
@@ -162,14 +173,19 @@ def predict(
 
     ``walk`` (default: ``evaluation_walk(model, replay, indices, batch_size, burn_in)``) runs only some chunks,
     e.g. a :func:`sample_walk`; the decisions it does not score (not in ``walk_positions(walk)``) answer 0.
+
+    ``every_depth`` (fixed depth, a belief): walk every depth 1..max_steps at once, each carrying its own belief
+    (:func:`trm_act.act.act_every_depth`), for ``step_actions``; the answers are those of depth max_steps.
     """
     n = len(indices)
     has_belief = bool(getattr(model, "has_belief", False))
+    every_depth = every_depth and has_belief and not adaptive
     if walk is None:
         walk = evaluation_walk(model, replay, indices, batch_size, burn_in)
     actions = np.zeros(n, dtype=np.int64)
     steps = np.zeros(n, dtype=np.int64)
-    step_actions = None if has_belief or adaptive else np.zeros((max_steps, n), dtype=np.int64)
+    with_steps = every_depth or not (has_belief or adaptive)
+    step_actions = np.zeros((max_steps, n), dtype=np.int64) if with_steps else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     seconds = 0.0
     for group in range(0, len(walk.begin), batch_size):
@@ -189,15 +205,23 @@ def predict(
             _sync(device)
             start = time.perf_counter()  # time the model only, not building the batch
             with autocast:
-                result = act_predict(model, obs, max_steps=max_steps, adaptive=adaptive, belief=belief)
+                if every_depth:  # belief (A, K, D): one per depth
+                    answers, belief = act_every_depth(model, obs, max_steps, belief)  # (K, A)
+                    result = None
+                else:
+                    result = act_predict(model, obs, max_steps=max_steps, adaptive=adaptive, belief=belief)
+                    answers, belief = result.step_actions, result.belief
             _sync(device)
             seconds += time.perf_counter() - start
-            belief = result.belief
             scored = pos >= begin[rows]  # (A,) burn-in answers belong to the chunk before
-            actions[at[scored]] = result.actions.cpu().numpy()[scored]
-            steps[at[scored]] = result.steps.cpu().numpy()[scored]
+            if result is None:
+                actions[at[scored]] = answers[-1].cpu().numpy()[scored]
+                steps[at[scored]] = max_steps
+            else:
+                actions[at[scored]] = result.actions.cpu().numpy()[scored]
+                steps[at[scored]] = result.steps.cpu().numpy()[scored]
             if step_actions is not None:
-                step_actions[:, at[scored]] = result.step_actions.cpu().numpy()[:, scored]
+                step_actions[:, at[scored]] = answers.cpu().numpy()[:, scored]
     return Prediction(actions, steps, seconds, step_actions)
 
 
@@ -316,6 +340,7 @@ def evaluate(
     split: str = "test",
     burn_in: int = 64,
     sample: int | None = None,
+    depth_sample: int | None = DEPTH_DECISIONS,
 ) -> EvalReport:
     """Score the model (adaptive and fixed max steps) and every baseline on ``split`` (default: held out).
 
@@ -326,6 +351,9 @@ def evaluate(
     ``sample`` (None or 0 = all): score only that many of the split's decisions, a fixed sample drawn with
     ``seed`` (:func:`sample_walk`: the same decisions on every call), as the trainer's periodic evaluations do;
     every figure, the baselines' too, is then over the sample, and ``test_split`` says so (``sampled_from``).
+
+    ``depth_sample`` (None or 0 = all): with a belief, the decisions the per-depth curve scores when more are
+    scored (:data:`DEPTH_DECISIONS`); benchmarks that compare the curve with the adaptive PnL pass None.
     """
     test_idx = replay.split_indices(split)
     if replay.n_symbols > 1:  # pool the instruments' decisions in time order: one calendar equity curve
@@ -338,18 +366,27 @@ def evaluate(
         walk = sample_walk(walk, sample, seed)
         kept = walk_positions(walk)
 
-    def run(depth: int, adaptive: bool) -> Prediction:
+    def run(depth: int, adaptive: bool, on: Walk | None = None, every_depth: bool = False) -> Prediction:
+        """The answers of the decisions walk ``on`` (default: ``walk``) scores, in time order."""
+        on = walk if on is None else on
         out = predict(
             model, replay, test_idx, max_steps=depth, adaptive=adaptive, batch_size=batch_size,
-            device=device, bf16=bf16, burn_in=burn_in, walk=walk,
+            device=device, bf16=bf16, burn_in=burn_in, walk=on, every_depth=every_depth,
         )  # fmt: skip
-        if kept is None:
+        scored = kept if on is walk else walk_positions(on)
+        if scored is None:
             return out
-        step_actions = None if out.step_actions is None else out.step_actions[:, kept]
-        return out._replace(actions=out.actions[kept], steps=out.steps[kept], step_actions=step_actions)
+        step_actions = None if out.step_actions is None else out.step_actions[:, scored]
+        return out._replace(actions=out.actions[scored], steps=out.steps[scored], step_actions=step_actions)
 
+    has_belief = bool(getattr(model, "has_belief", False))
+    scored_decisions = split_decisions if kept is None else len(kept)
+    # A belief at depth k carries another belief than at depth max_steps: the curve walks each depth (at once),
+    # on a fixed sample of a large split.
+    sampled_curve = has_belief and bool(depth_sample) and scored_decisions > depth_sample
+    depth_walk = sample_walk(walk, depth_sample, seed) if sampled_curve else walk
     timed = None  # decisions the wall times are measured on, when not all of them
-    if kept is None and split_decisions > TIMED_DECISIONS and not getattr(model, "has_belief", False):
+    if kept is None and split_decisions > TIMED_DECISIONS and not has_belief:
         # One pass at full depth gives both answers; the wall times come from both kinds of pass on a sample.
         adaptive, fixed = predict_full_depth(
             model, replay, test_idx, max_steps=max_steps, batch_size=batch_size, device=device, bf16=bf16
@@ -358,11 +395,15 @@ def evaluate(
         adaptive = adaptive._replace(seconds=run(max_steps, adaptive=True).seconds)
         fixed = fixed._replace(seconds=run(max_steps, adaptive=False).seconds)
     else:
-        adaptive, fixed = run(max_steps, adaptive=True), run(max_steps, adaptive=False)
+        adaptive = run(max_steps, adaptive=True)
+        fixed = run(max_steps, adaptive=False, every_depth=not sampled_curve)  # then the curve's walk too
     adaptive_actions, adaptive_steps, adaptive_s, _ = adaptive
     fixed_actions, fixed_steps, fixed_s, step_actions = fixed
-    if step_actions is None:  # a belief carried at depth k differs from depth max_steps': walk each depth
-        step_actions = [run(k, adaptive=False).actions for k in range(1, max_steps)] + [fixed_actions]
+    depth_rows = None  # (K,) rows of the scored decisions the per-depth curve scores; None = all of them
+    if step_actions is None:  # a belief on a large split: the curve's walk scores a sample
+        positions = walk_positions(depth_walk)  # (K,) sorted positions in test_idx
+        depth_rows = positions if kept is None else np.searchsorted(kept, positions)
+        step_actions = run(max_steps, adaptive=False, on=depth_walk, every_depth=True).step_actions
     if kept is not None:
         test_idx = test_idx[kept]  # (M,) still in time order
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
@@ -370,8 +411,10 @@ def evaluate(
     periods = replay.bars_per_year / replay.stride
     rows = np.arange(len(test_idx))
 
-    def score(actions: np.ndarray) -> dict[str, float]:
-        return trading_metrics(pnl_matrix[rows, actions], actions, labels, periods)
+    def score(actions: np.ndarray, at: np.ndarray | None = None) -> dict[str, float]:
+        """Metrics of ``actions`` on the scored decisions, or on their rows ``at``."""
+        at = rows if at is None else at
+        return trading_metrics(pnl_matrix[at, actions], actions, labels[at], periods)
 
     model_metrics: dict[str, Any] = score(adaptive_actions)
     model_metrics |= {
@@ -383,11 +426,13 @@ def evaluate(
         | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s},
         "time_ratio_adaptive_vs_fixed": adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
         # Does each extra reasoning step pay? PnL when every decision runs exactly k = 1..max_steps steps.
-        "pnl_by_fixed_steps": [score(actions)["pnl"] for actions in step_actions],
+        "pnl_by_fixed_steps": [score(actions, depth_rows)["pnl"] for actions in step_actions],
         "strategy_usage": np.bincount(adaptive_actions, minlength=len(STRATEGIES)).tolist(),
     }
     if timed is not None:  # the wall times are those of a fixed sample of the decisions (TIMED_DECISIONS)
         model_metrics["timed_decisions"] = timed
+    if depth_rows is not None:  # the per-depth curve is that of a fixed sample of them (DEPTH_DECISIONS)
+        model_metrics["fixed_depth_decisions"] = len(depth_rows)
     if replay.bar_regimes is not None:
         model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)

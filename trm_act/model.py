@@ -226,11 +226,12 @@ class TRMConfig:
     bar."""
     dropout: float = 0.0
     """Dropout inside the blocks (training only)."""
-    carry: Literal["fresh", "belief"] = "fresh"
-    """What survives from one decision to the next: "fresh" (every decision starts from the initial y and z and
-    sees only its window) or "belief" (a belief vector persists across the decisions of one episode and
-    instrument: every reasoning step reads it into the tokens and proposes a revision of it from its answer,
-    and the proposal of the step that halts becomes the next decision's belief)."""
+    carry: Literal["fresh", "belief"] = "belief"
+    """What survives from one decision to the next: "belief" (the default: a belief vector persists across the
+    decisions of one episode and instrument: every reasoning step reads it into the tokens and proposes a revision
+    of it from its answer, and the proposal of the step that halts becomes the next decision's belief) or "fresh"
+    (every decision starts from the initial y and z and sees only its window). The belief earned more than a
+    fresh carry on the validation markets of the slow family and as much on today's (docs/thinking.md §17)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -340,8 +341,8 @@ class TRMCarry:
         """The carry with ``fn`` applied to each of its tensors."""
         return TRMCarry(*(None if t is None else fn(t) for t in (self.y, self.z, self.belief, self.proposal)))
 
-    def select(self, index: torch.Tensor) -> TRMCarry:
-        """Rows ``index`` (long indices or a (B,) bool mask): used by adaptive inference to compact."""
+    def select(self, index: torch.Tensor | slice) -> TRMCarry:
+        """Rows ``index`` (long indices, a (B,) bool mask or a slice): used by adaptive inference to compact."""
         return self.map(lambda t: t[index])
 
     def reset(self, mask: torch.Tensor, fresh: TRMCarry) -> TRMCarry:

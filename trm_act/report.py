@@ -44,7 +44,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
     )
     if len(model["pnl_by_fixed_steps"]) > 1:
         depths = ", ".join(f"{pnl:+.3f}" for pnl in model["pnl_by_fixed_steps"])
-        lines.append(f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}")
+        sample = model.get("fixed_depth_decisions")
+        lines.append(
+            f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}"
+            + (f" (on a fixed sample of {sample} decisions)" if sample else "")
+        )
     if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
         lines.append(
             f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL"

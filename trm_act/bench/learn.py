@@ -431,7 +431,10 @@ def run_one(
     first_seed = VALIDATION_MARKET_SEED if validation else FRESH_MARKET_SEED
     scored = [] if validation else [("held-out", trainer.last_report.metrics)]
     for k, replay in enumerate(fresh_market_replays(config, n_markets, first_seed)):
-        report = evaluate(model, replay, max_steps=max_steps, device=trainer.device, seed=seed, split="all")
+        # The whole per-depth curve: the tables compare it with the adaptive PnL of the same decisions.
+        report = evaluate(
+            model, replay, max_steps=max_steps, device=trainer.device, seed=seed, split="all", depth_sample=None
+        )
         scored.append((f"market {first_seed + k}", report.metrics))
     rows = []
     for name, metrics in scored:
