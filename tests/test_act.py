@@ -534,3 +534,15 @@ def test_every_depth_at_once_answers_and_believes_as_each_fixed_depth_alone():
     initial = act_predict(model, obs, max_steps=2, adaptive=False)
     assert torch.equal(answers[1], initial.actions)
     assert not torch.equal(answers, act_every_depth(model, obs, 3, belief)[0])  # the beliefs matter
+
+
+def test_every_depth_runs_a_peer_whose_encoding_is_not_per_bar():
+    from trm_act.bench.learn import GRUControl
+
+    torch.manual_seed(0)
+    gru = GRUControl(TRMConfig(window=8, n_features=5, max_steps=1))  # encodes (B, W * F), a belief (B, 128)
+    obs, belief = torch.randn(6, 8, 5), torch.randn(6, 1, 128)
+    answers, beliefs = act_every_depth(gru, obs, 1, belief)
+    alone = act_predict(gru, obs, max_steps=1, adaptive=False, belief=belief[:, 0])
+    assert torch.equal(answers[0], alone.actions)
+    torch.testing.assert_close(beliefs[:, 0], alone.belief)

@@ -387,7 +387,8 @@ def act_every_depth(
     model.eval()
     try:
         b = obs.shape[0]
-        x = model.encode(obs).repeat(max_steps, 1, 1)  # (K*B, W, D) depth-major: rows [(k-1)B, kB) run depth k
+        x = model.encode(obs)  # (B, W, D), or another encoding with rows first (e.g. a peer's (B, W * F))
+        x = x.repeat(max_steps, *[1] * (x.dim() - 1))  # (K*B, ...) depth-major: rows [(k-1)B, kB) run depth k
         carry = model.init_carry(b * max_steps, device=x.device)
         if belief is not None:
             stacked = belief.transpose(0, 1).reshape(b * max_steps, -1)  # (K*B, D) depth-major

@@ -1,8 +1,8 @@
 """``python -m trm_act.bench memory``: wall time per phase and peak memory of a short training run on a large CSV.
 
 Writes a generated OHLCV CSV (2,000,000 one-minute bars by default) to a temporary directory and runs
-``python -m trm_act.train --data <csv> --steps 30 --no-progress`` with horizon 16 in a subprocess, at
-training's stride of 1 (one decision per bar). The peer, measured in the same run, is the same command
+``python -m trm_act.train --data <csv> --steps 30 --no-progress`` with horizon 16 in a subprocess, at the
+default's training stride (the env's stride, 16 bars, for the default belief; 1 bar for a fresh carry). The peer, measured in the same run, is the same command
 on the package's 3000-bar example CSV: the difference is what the data costs. Peak RSS is the child's
 ``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)``, the largest of the children waited for so far).
 
@@ -151,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         peer = train_run(example_csv(), root / "runs", "example", args.steps, config)
         large = train_run(str(csv), root / "runs", "large", args.steps, config)
 
+    from trm_act.config import ExperimentConfig
+    from trm_act.envs import TradeReplayConfig
+
+    stride = ExperimentConfig(env=TradeReplayConfig(horizon=args.horizon)).train_stride
     print(
-        f"\n`python -m trm_act.train --steps {args.steps}` at horizon {args.horizon}, train stride 1 "
+        f"\n`python -m trm_act.train --steps {args.steps}` at horizon {args.horizon}, train stride {stride} "
         f"({os.environ.get('OMP_NUM_THREADS', '1')} thread(s)): wall seconds per phase (the run's timings.json)\n"
     )
     print(
