@@ -56,12 +56,14 @@ class ReplayDataset(Dataset):
 def resolve_model_config(model_config: TRMConfig | Mapping[str, Any] | None, replay: Any) -> TRMConfig:
     """``TRMConfig`` sized to the replay's observations.
 
-    None: TRMConfig's defaults; a mapping: those defaults updated by
-    its fields (``window`` / ``n_features`` default to the replay's); a TRMConfig: checked against the replay.
+    None: TRMConfig's defaults with a fresh carry; a mapping: those defaults updated by its fields (``window`` /
+    ``n_features`` default to the replay's, ``carry`` to "fresh"); a TRMConfig: checked against the replay. The
+    adapters train on shuffled decisions, which have no stream to carry a belief along (each would start from the
+    initial belief, and the revisions it proposes would never be trained), so their default carry is fresh.
     """
     window, n_features = replay.window, replay.n_features
     if model_config is None or isinstance(model_config, Mapping):
-        fields = {"window": window, "n_features": n_features, **(model_config or {})}
+        fields = {"window": window, "n_features": n_features, "carry": "fresh", **(model_config or {})}
         model_config = TRMConfig(**fields)
     if not isinstance(model_config, TRMConfig):
         raise ValueError(

@@ -123,6 +123,9 @@ def test_model_config_must_match_the_replay(small_replay):
     with pytest.raises(ValueError, match="n_features"):
         resolve_model_config(TRMConfig(window=8, n_features=small_replay.n_features + 1), small_replay)
     assert resolve_model_config(None, small_replay).window == 8
+    # Shuffled decisions carry no stream: the adapters' default carry is fresh, a belief only when asked for.
+    assert resolve_model_config(None, small_replay).carry == "fresh" != TRMConfig().carry
+    assert resolve_model_config({"carry": "belief"}, small_replay).carry == "belief"
 
 
 @pytest.mark.parametrize("target", ["priced", "gain"])
