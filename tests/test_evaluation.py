@@ -482,6 +482,12 @@ def test_a_belief_scores_its_per_depth_curve_on_a_fixed_sample_of_a_large_split(
     assert part.metrics["model"].pop("fixed_depth_decisions") == 100
     whole_figures = figures(whole)
     assert whole_figures["model"].pop("pnl_by_fixed_steps")[-1] == whole.metrics["model"]["fixed_max_steps"]["pnl"]
+    # The whole curve came from one walk of every depth at once, whose time is not that of max_steps alone ...
+    assert whole_figures["model"]["fixed_max_steps"].pop("every_depth") is True
+    assert whole.metrics["model"]["time_ratio_adaptive_vs_fixed"] is None
+    assert "ms for the fixed depths 1..3 walked at once" in report.format_summary(whole.metrics)
+    # ... while with the curve on a sample, the fixed-depth walk is max_steps' alone, timed as such.
+    assert part.metrics["model"]["time_ratio_adaptive_vs_fixed"] > 0
     assert figures(part) == whole_figures
     # ... and only the curve's walk (every depth at once) walks the sample: its decisions, each answered as the
     # whole walk at that depth answers it.

@@ -191,7 +191,7 @@ def real_table(name: str = "real") -> str:
 
 # The README's CLI output is seed 0 of the learning benchmark's `default` runs, which compile their training step
 # as the CLI does (`--compile auto` at 1,500 steps).
-DEFAULT_RUN = "learn-realized"
+DEFAULT_RUN = "learn-belief-default"
 
 
 def default_run_over_seeds() -> str:
@@ -242,6 +242,8 @@ def predict_table() -> str:
 TABLES = {
     "learn": (lambda: learn_table("learn"), ["docs/results.md"]),
     "learn headline": (lambda: first_table(learn_table(DEFAULT_RUN)), ["README.md"]),
+    "learn-belief-default": (lambda: learn_table("learn-belief-default"), ["docs/results.md"]),
+    "learn-slow-belief-default": (lambda: learn_table("learn-slow-belief-default"), ["docs/results.md"]),
     "learn-realized": (lambda: learn_table("learn-realized"), ["docs/results.md"]),
     "learn-slow-realized": (lambda: learn_table("learn-slow-realized"), ["docs/results.md"]),
     **{
