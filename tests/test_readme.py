@@ -328,7 +328,8 @@ TABLES = {
     "real-nasdaq-walk8": (lambda: real_table("real-nasdaq-walk8"), ["docs/thinking.md"]),
     **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in (
         "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq",
-        "real-nasdaq-seeds", "real-nasdaq-proportional", "real-proportional", "real-realized"
+        "real-nasdaq-seeds", "real-nasdaq-proportional", "real-proportional", "real-realized", "real-belief-default",
+        "real-belief-googl3"
     )},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
