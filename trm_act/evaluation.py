@@ -205,21 +205,17 @@ def predict(
             _sync(device)
             start = time.perf_counter()  # time the model only, not building the batch
             with autocast:
-                if every_depth:  # belief (A, K, D): one per depth
+                if every_depth:  # belief (A, K, D): one per depth; the answer is depth max_steps'
                     answers, belief = act_every_depth(model, obs, max_steps, belief)  # (K, A)
-                    result = None
+                    chosen, taken = answers[-1], None  # (A,); every row took max_steps
                 else:
                     result = act_predict(model, obs, max_steps=max_steps, adaptive=adaptive, belief=belief)
-                    answers, belief = result.step_actions, result.belief
+                    answers, belief, chosen, taken = result.step_actions, result.belief, result.actions, result.steps
             _sync(device)
             seconds += time.perf_counter() - start
             scored = pos >= begin[rows]  # (A,) burn-in answers belong to the chunk before
-            if result is None:
-                actions[at[scored]] = answers[-1].cpu().numpy()[scored]
-                steps[at[scored]] = max_steps
-            else:
-                actions[at[scored]] = result.actions.cpu().numpy()[scored]
-                steps[at[scored]] = result.steps.cpu().numpy()[scored]
+            actions[at[scored]] = chosen.cpu().numpy()[scored]
+            steps[at[scored]] = max_steps if taken is None else taken.cpu().numpy()[scored]
             if step_actions is not None:
                 step_actions[:, at[scored]] = answers.cpu().numpy()[:, scored]
     return Prediction(actions, steps, seconds, step_actions)

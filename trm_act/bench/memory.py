@@ -2,8 +2,9 @@
 
 Writes a generated OHLCV CSV (2,000,000 one-minute bars by default) to a temporary directory and runs
 ``python -m trm_act.train --data <csv> --steps 30 --no-progress`` with horizon 16 in a subprocess, at the
-default's training stride (the env's stride, 16 bars, for the default belief; 1 bar for a fresh carry). The peer, measured in the same run, is the same command
-on the package's 3000-bar example CSV: the difference is what the data costs. Peak RSS is the child's
+default's training stride (the env's stride, 16 bars, for the default belief; 1 bar for a fresh carry). The peer,
+measured in the same run, is the same command on the package's 3000-bar example CSV: the difference is what the data
+costs. Peak RSS is the child's
 ``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)``, the largest of the children waited for so far).
 
 Each phase's wall time comes from the run itself: the trainer records parse and validate, features and
