@@ -469,7 +469,7 @@ def test_a_run_records_its_phases_in_timings_json_and_its_summary(tmp_path):
     assert trainer.summary().splitlines()[-1].startswith("phases: parse and validate ")
 
 
-def test_a_belief_scores_its_per_depth_curve_on_a_fixed_sample_of_a_large_split(replay, monkeypatch):
+def test_a_belief_scores_its_fixed_depths_on_a_fixed_sample_of_a_large_split(replay, monkeypatch):
     model = halting_model("belief", replay)
     walk_args = {"max_steps": 3, "device": CPU, "batch_size": 32, "burn_in": 8, "seed": 7}
     whole = evaluate(model, replay, depth_sample=None, **walk_args)
@@ -477,38 +477,47 @@ def test_a_belief_scores_its_per_depth_curve_on_a_fixed_sample_of_a_large_split(
     real_predict = evaluation.predict
     monkeypatch.setattr(evaluation, "predict", lambda *a, **k: calls.append(k) or real_predict(*a, **k))
     part = evaluate(model, replay, depth_sample=100, **walk_args)
-    # The adaptive and fixed-max answers still score all 299 decisions, exactly as before ...
-    curve = part.metrics["model"].pop("pnl_by_fixed_steps")
-    assert part.metrics["model"].pop("fixed_depth_decisions") == 100
+    # The whole split's fixed depths came from one walk of every depth at once, whose time is not max_steps' alone.
     whole_figures = figures(whole)
-    assert whole_figures["model"].pop("pnl_by_fixed_steps")[-1] == whole.metrics["model"]["fixed_max_steps"]["pnl"]
-    # The whole curve came from one walk of every depth at once, whose time is not that of max_steps alone ...
-    assert whole_figures["model"]["fixed_max_steps"].pop("every_depth") is True
+    assert whole_figures["model"]["pnl_by_fixed_steps"][-1] == whole.metrics["model"]["fixed_max_steps"]["pnl"]
+    assert whole_figures["model"]["fixed_max_steps"]["every_depth"] is True
     assert whole.metrics["model"]["time_ratio_adaptive_vs_fixed"] is None
     assert "ms for the fixed depths 1..3 walked at once" in report.format_summary(whole.metrics)
-    # ... while with the curve on a sample, the fixed-depth walk is max_steps' alone, timed as such.
-    assert part.metrics["model"]["time_ratio_adaptive_vs_fixed"] > 0
-    assert figures(part) == whole_figures
-    # ... and only the curve's walk (every depth at once) walks the sample: its decisions, each answered as the
-    # whole walk at that depth answers it.
+    # Two walks: the adaptive one of all 299 decisions, and one of every depth at once over the sample's 100.
     test_idx = replay.split_indices("test")
     sample = sample_walk(evaluation_walk(model, replay, test_idx, 32, 8), 100, seed=7)
     kept = walk_positions(sample)
     walks = [(k["adaptive"], k["every_depth"], len(walk_positions(k["walk"]))) for k in calls]
-    assert walks == [(True, False, 299), (False, False, 299), (False, True, 100)]
+    assert walks == [(True, False, 299), (False, True, 100)]
+    # The adaptive answers and the baselines still score every decision, exactly as before ...
+    part_figures = figures(part)
+    for name in ("fixed_max_steps", "pnl_by_fixed_steps"):
+        whole_figures["model"].pop(name), part_figures["model"].pop(name)
+    assert part_figures["model"].pop("fixed_depth_decisions") == 100
+    sample_adaptive = part_figures["model"].pop("fixed_depth_sample_adaptive_pnl")
+    assert part_figures == whole_figures
+    # ... and each fixed depth scores the sample's decisions, each answered as the whole walk at that depth answers
+    # it; the adaptive PnL on the same decisions is recorded beside them.
+    adaptive = real_predict(
+        model, replay, test_idx, max_steps=3, adaptive=True, batch_size=32, device=CPU, burn_in=8
+    ).actions  # (299,)
+    assert sample_adaptive == pytest.approx(replay.strategy_pnl[test_idx[kept], adaptive[kept]].sum(), abs=1e-9)
     expected = []
     for depth in (1, 2, 3):
         actions = real_predict(
             model, replay, test_idx, max_steps=depth, adaptive=False, batch_size=32, device=CPU, burn_in=8
         ).actions  # (299,) the whole walk at this depth
         expected.append(replay.strategy_pnl[test_idx[kept], actions[kept]].sum())
-    assert curve == pytest.approx(expected, abs=1e-9)
-    assert "(on a fixed sample of 100 decisions)" in report.format_summary(
-        part.metrics | {"model": part.metrics["model"] | {"pnl_by_fixed_steps": curve, "fixed_depth_decisions": 100}}
-    )
-    # A periodic evaluation's sample of 200 decisions is cut to the curve's 100 the same way.
+    model_part = part.metrics["model"]
+    assert model_part["pnl_by_fixed_steps"] == pytest.approx(expected, abs=1e-9)
+    assert model_part["fixed_max_steps"]["pnl"] == pytest.approx(expected[-1], abs=1e-9)
+    assert model_part["fixed_max_steps"]["mean_steps"] == 3.0
+    summary = report.format_summary(part.metrics)
+    assert "model (fixed 3 steps, 100 sampled decisions)" in summary
+    assert f"(on a fixed sample of 100 decisions, where the adaptive answers earn {sample_adaptive:+.3f})" in summary
+    # A periodic evaluation's sample of 200 decisions is cut to the fixed depths' 100 the same way.
     periodic = evaluate(model, replay, sample=200, depth_sample=100, **walk_args)
     assert periodic.metrics["model"]["fixed_depth_decisions"] == 100
     assert evaluate(model, replay, sample=100, depth_sample=100, **walk_args).metrics["model"].get(
         "fixed_depth_decisions"
-    ) is None  # not more than the curve's sample: the curve scores them all
+    ) is None  # not more than the fixed depths' sample: they score them all

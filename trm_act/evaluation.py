@@ -348,8 +348,10 @@ def evaluate(
     ``seed`` (:func:`sample_walk`: the same decisions on every call), as the trainer's periodic evaluations do;
     every figure, the baselines' too, is then over the sample, and ``test_split`` says so (``sampled_from``).
 
-    ``depth_sample`` (None or 0 = all): with a belief, the decisions the per-depth curve scores when more are
-    scored (:data:`DEPTH_DECISIONS`); benchmarks that compare the curve with the adaptive PnL pass None.
+    ``depth_sample`` (None or 0 = all): with a belief, the decisions the fixed depths (the fixed-max answers and
+    the per-depth curve) score when more are scored (:data:`DEPTH_DECISIONS`); ``fixed_depth_sample_adaptive_pnl``
+    is then the adaptive PnL on the same decisions. Benchmarks that compare the curve with the adaptive PnL of the
+    whole split pass None.
     """
     test_idx = replay.split_indices(split)
     if replay.n_symbols > 1:  # pool the instruments' decisions in time order: one calendar equity curve
@@ -377,12 +379,19 @@ def evaluate(
 
     has_belief = bool(getattr(model, "has_belief", False))
     scored_decisions = split_decisions if kept is None else len(kept)
-    # A belief at depth k carries another belief than at depth max_steps: the curve walks each depth (at once),
-    # on a fixed sample of a large split.
-    sampled_curve = has_belief and bool(depth_sample) and scored_decisions > depth_sample
-    depth_walk = sample_walk(walk, depth_sample, seed) if sampled_curve else walk
     timed = None  # decisions the wall times are measured on, when not all of them
-    if kept is None and split_decisions > TIMED_DECISIONS and not has_belief:
+    depth_rows = None  # (K,) rows of the scored decisions the fixed depths score; None = all of them
+    if has_belief:
+        # A belief carried at depth k is another belief than at depth max_steps, so the fixed depths take a walk of
+        # their own, every depth at once; on a large split that walk covers a fixed sample (DEPTH_DECISIONS).
+        adaptive = run(max_steps, adaptive=True)
+        depth_walk = walk
+        if depth_sample and scored_decisions > depth_sample:
+            depth_walk = sample_walk(walk, depth_sample, seed)
+            positions = walk_positions(depth_walk)  # (K,) sorted positions in test_idx
+            depth_rows = positions if kept is None else np.searchsorted(kept, positions)
+        fixed = run(max_steps, adaptive=False, on=depth_walk, every_depth=True)
+    elif kept is None and split_decisions > TIMED_DECISIONS:
         # One pass at full depth gives both answers; the wall times come from both kinds of pass on a sample.
         adaptive, fixed = predict_full_depth(
             model, replay, test_idx, max_steps=max_steps, batch_size=batch_size, device=device, bf16=bf16
@@ -392,15 +401,9 @@ def evaluate(
         fixed = fixed._replace(seconds=run(max_steps, adaptive=False).seconds)
     else:
         adaptive = run(max_steps, adaptive=True)
-        fixed = run(max_steps, adaptive=False, every_depth=not sampled_curve)  # then the curve's walk too
-    walked_every_depth = has_belief and not sampled_curve
+        fixed = run(max_steps, adaptive=False)
     adaptive_actions, adaptive_steps, adaptive_s, _ = adaptive
     fixed_actions, fixed_steps, fixed_s, step_actions = fixed
-    depth_rows = None  # (K,) rows of the scored decisions the per-depth curve scores; None = all of them
-    if step_actions is None:  # a belief on a large split: the curve's walk scores a sample
-        positions = walk_positions(depth_walk)  # (K,) sorted positions in test_idx
-        depth_rows = positions if kept is None else np.searchsorted(kept, positions)
-        step_actions = run(max_steps, adaptive=False, on=depth_walk, every_depth=True).step_actions
     if kept is not None:
         test_idx = test_idx[kept]  # (M,) still in time order
     pnl_matrix = replay.strategy_pnl[test_idx]  # (N, 8)
@@ -419,12 +422,12 @@ def evaluate(
         "max_steps": max_steps,
         "steps_histogram": np.bincount(adaptive_steps, minlength=max_steps + 1)[1:].tolist(),
         "wall_time_s": adaptive_s,
-        "fixed_max_steps": score(fixed_actions)
+        "fixed_max_steps": score(fixed_actions, depth_rows)
         | {"mean_steps": float(fixed_steps.mean()), "wall_time_s": fixed_s}
         # A belief's fixed-depth walk ran every depth 1..max_steps at once: its time is theirs, not max_steps' alone.
-        | ({"every_depth": True} if walked_every_depth else {}),
+        | ({"every_depth": True} if has_belief else {}),
         "time_ratio_adaptive_vs_fixed": None
-        if walked_every_depth
+        if has_belief
         else adaptive_s / fixed_s if fixed_s > 0 else float("nan"),
         # Does each extra reasoning step pay? PnL when every decision runs exactly k = 1..max_steps steps.
         "pnl_by_fixed_steps": [score(actions, depth_rows)["pnl"] for actions in step_actions],
@@ -432,8 +435,10 @@ def evaluate(
     }
     if timed is not None:  # the wall times are those of a fixed sample of the decisions (TIMED_DECISIONS)
         model_metrics["timed_decisions"] = timed
-    if depth_rows is not None:  # the per-depth curve is that of a fixed sample of them (DEPTH_DECISIONS)
+    if depth_rows is not None:  # the fixed depths scored a fixed sample of them (DEPTH_DECISIONS) ...
         model_metrics["fixed_depth_decisions"] = len(depth_rows)
+        # ... where the adaptive answers earn this: the figure to read the fixed depths' PnL against.
+        model_metrics["fixed_depth_sample_adaptive_pnl"] = score(adaptive_actions[depth_rows], depth_rows)["pnl"]
     if replay.bar_regimes is not None:
         model_metrics["steps_by_regime_age"] = steps_by_regime_age(replay, test_idx, adaptive_steps)
     baselines_actions = baseline_actions(replay, test_idx, seed)

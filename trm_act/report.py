@@ -13,9 +13,11 @@ SUMMARY_COLUMNS = (PNL, SHARPE, Column("accuracy", "accuracy", 8, ".3f"), MAX_DR
 def format_summary(metrics: dict[str, Any]) -> str:
     """A readable table of the held-out results."""
     model, baselines, split = metrics["model"], metrics["baselines"], metrics["test_split"]
+    sample = model.get("fixed_depth_decisions")  # a belief's fixed depths on a fixed sample of a large split
+    fixed_name = f"model (fixed {model['max_steps']} steps" + (f", {sample} sampled decisions)" if sample else ")")
     rows = [
         (f"model (adaptive, {model['mean_steps']:.2f} steps)", model),
-        (f"model (fixed {model['max_steps']} steps)", model["fixed_max_steps"]),
+        (fixed_name, model["fixed_max_steps"]),
     ]
     if "regime_oracle" in baselines:
         rows.append(("regime oracle", baselines["regime_oracle"]))
@@ -53,11 +55,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
     )
     if len(model["pnl_by_fixed_steps"]) > 1:
         depths = ", ".join(f"{pnl:+.3f}" for pnl in model["pnl_by_fixed_steps"])
-        sample = model.get("fixed_depth_decisions")
-        lines.append(
-            f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}"
-            + (f" (on a fixed sample of {sample} decisions)" if sample else "")
-        )
+        where = ""
+        if sample:
+            adaptive = model["fixed_depth_sample_adaptive_pnl"]
+            where = f" (on a fixed sample of {sample} decisions, where the adaptive answers earn {adaptive:+.3f})"
+        lines.append(f"pnl when every decision runs exactly 1..{model['max_steps']} steps: {depths}{where}")
     if "regime_oracle" in baselines and baselines["regime_oracle"]["pnl"] > 0:
         lines.append(
             f"model captures {model['pnl'] / baselines['regime_oracle']['pnl']:.0%} of the regime oracle's PnL"
