@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -546,3 +547,17 @@ def test_every_depth_runs_a_peer_whose_encoding_is_not_per_bar():
     alone = act_predict(gru, obs, max_steps=1, adaptive=False, belief=belief[:, 0])
     assert torch.equal(answers[0], alone.actions)
     torch.testing.assert_close(beliefs[:, 0], alone.belief)
+
+
+@pytest.mark.parametrize("carry", ["belief", "fresh"])
+def test_bench_act_spreads_the_batch_evenly_over_the_halting_steps(carry, monkeypatch):
+    """The benchmark's halt head reads what the real one reads (with a belief: answer plus revised belief), so the
+    steps act_predict takes on its batch are spread evenly over 1..max_steps, as its ideal ratio assumes."""
+    from trm_act.bench import act as bench_act
+
+    args = bench_act.parse_args(["--batch", "64", "--max-steps", "4", "--candidates", "512"])
+    monkeypatch.setattr(bench_act, "TRMConfig", functools.partial(TRMConfig, carry=carry))
+    model, obs = bench_act.build_benchmark(args)
+    assert model.has_belief == (carry == "belief")
+    steps = act_predict(model, obs, adaptive=True).steps
+    assert torch.bincount(steps, minlength=5)[1:].tolist() == [16, 16, 16, 16]

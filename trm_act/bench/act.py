@@ -7,7 +7,8 @@ TRM and HRM run every sample for all steps at evaluation; :func:`trm_act.act.act
 ``mean_steps / max_steps`` (the ideal); the target is at most 1.15 x that.
 
 The batch: a model at the default :class:`~trm_act.model.TRMConfig` (random weights) gets a halt
-head that reads the direction in which its pooled answer moves over the steps. Its halting step on each of ``--candidates`` random observations is
+head that reads the direction in which what it reads (the pooled answer, and with a belief the revised
+belief added to it) moves over the steps. Its halting step on each of ``--candidates`` random observations is
 found with the real halting rule; the bias is set so that as many steps as possible occur, and the
 benchmark batch is drawn evenly from the candidates of each halting step 1..max_steps (with
 replacement). So halting depends on the input through the model's own halt head, and the halting
@@ -55,19 +56,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def pooled_answer_trajectories(
+def halt_input_trajectories(
     model: RecurrentTRM, obs: torch.Tensor, max_steps: int, chunk: int = 512
 ) -> torch.Tensor:
-    """The pooled answer y that the heads read, for every row after every step of a full run: (N, S, D)."""
-    rows = []
-    for start in range(0, obs.shape[0], chunk):
-        x = model.encode(obs[start : start + chunk])  # (n, W, D)
-        carry = model.init_carry(x.shape[0], device=x.device)
-        per_step = []
-        for _ in range(max_steps):
-            carry = model.step(x, carry).carry
-            per_step.append(model.pool(carry.y))  # (n, D)
-        rows.append(torch.stack(per_step, dim=1))  # (n, S, D)
+    """What the halt head reads (the pooled answer, plus the revised belief when the model carries one), for every
+    row after every step of a full run: (N, S, D)."""
+    seen: list[torch.Tensor] = []
+    hook = model.halt_head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+    try:
+        rows = []
+        for start in range(0, obs.shape[0], chunk):
+            x = model.encode(obs[start : start + chunk])  # (n, W, D)
+            carry = model.init_carry(x.shape[0], device=x.device)
+            seen.clear()
+            for _ in range(max_steps):
+                carry = model.step(x, carry).carry
+            rows.append(torch.stack(seen, dim=1))  # (n, S, D)
+    finally:
+        hook.remove()
     return torch.cat(rows).cpu()
 
 
@@ -82,7 +88,7 @@ def build_benchmark(args: argparse.Namespace) -> tuple[RecurrentTRM, torch.Tenso
     model = RecurrentTRM(config).to(args.device).eval()
     gen = torch.Generator().manual_seed(args.seed)
     candidates = torch.randn(args.candidates, config.window, config.n_features, generator=gen)
-    pooled = pooled_answer_trajectories(model, candidates.to(args.device), args.max_steps)  # (N, S, D)
+    pooled = halt_input_trajectories(model, candidates.to(args.device), args.max_steps)  # (N, S, D)
     # The halt head reads the direction in which the answer moves while the model thinks (so its
     # logit grows with the steps taken) plus a random direction (so that where it starts depends on
     # the sample). Search their mix and the bias for the most even spread of halting steps.
