@@ -233,9 +233,9 @@ def default_run_over_seeds() -> str:
 
 
 # Each bench table and the pages that show it.
-def predict_table() -> str:
+def predict_table(name: str = "predict") -> str:
     """The table rows of ``python -m trm_act.bench predict``'s saved output."""
-    text = (RESULTS / "predict" / "predict.txt").read_text(encoding="utf-8")
+    text = (RESULTS / name / "predict.txt").read_text(encoding="utf-8")
     return "\n".join(line for line in text.splitlines() if line.startswith("|"))
 
 
@@ -333,6 +333,7 @@ TABLES = {
     )},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
+    "predict-belief": (lambda: predict_table("predict-belief"), ["docs/policy.md"]),
 }
 
 
