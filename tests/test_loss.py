@@ -17,8 +17,10 @@ from trm_act.loss import (
     LossConfig,
     compute_reward_loss,
     compute_task_loss,
+    compute_value_loss,
     expected_pnl,
     halt_target,
+    played_pnl,
     profit_weight,
     recipe_loss,
 )
@@ -307,6 +309,39 @@ def test_reward_loss_gradient_moves_toward_the_best_strategy():
     assert logits.grad.argmin().item() == 6  # gradient descent raises logit 6
 
 
+def test_value_term_is_off_by_default_and_exact_when_on():
+    logits, halt, labels, pnl = make_batch(batch=16)
+    strategy_pnl = torch.randn(16, C) * 0.03
+    base = TRMLoss()(logits, halt, labels, pnl, strategy_pnl=strategy_pnl, return_components=True)
+    assert "value_loss" not in base
+    parts = TRMLoss(lambda_value=3.0)(logits, halt, labels, pnl, return_components=True, strategy_pnl=strategy_pnl)
+    expected_value = ((logits - strategy_pnl / 0.05) ** 2).mean()
+    torch.testing.assert_close(parts["value_loss"], expected_value)
+    torch.testing.assert_close(compute_value_loss(logits, strategy_pnl), expected_value)
+    torch.testing.assert_close(parts["total_loss"], base["total_loss"] + 3.0 * expected_value)
+    assert parts["lambda_value"] == 3.0
+
+
+def test_value_regression_learns_each_strategys_expected_pnl_where_hindsight_labels_pick_the_volatile_one():
+    """Strategy 2 earns +0.01 every time; strategies 0 and 1 earn +-0.05 at random, 0 on average. The argmax of
+    the realized PnLs (a hindsight label) almost never names strategy 2, but the regressed values rank it first."""
+    gen = torch.Generator().manual_seed(0)
+    n = 4096
+    coin = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1  # (n,) +-1
+    strategy_pnl = torch.zeros(n, C)
+    strategy_pnl[:, 0], strategy_pnl[:, 1], strategy_pnl[:, 2] = 0.05 * coin, -0.05 * coin, 0.01
+    assert (strategy_pnl.argmax(-1) == 2).float().mean() == 0.0
+    values = torch.zeros(1, C, requires_grad=True)  # one observation, so one value per strategy
+    optimizer = torch.optim.SGD([values], lr=0.2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        compute_value_loss(values.expand(n, C), strategy_pnl).backward()
+        optimizer.step()
+    expected = strategy_pnl.mean(0) / 0.05  # (C,) the conditional means, in pnl_scale units
+    torch.testing.assert_close(values[0].detach(), expected, atol=1e-5, rtol=0)
+    assert values.argmax().item() == 2
+
+
 # ----------------------------------------------------------------------------- class weights from labels
 
 
@@ -367,6 +402,7 @@ BAD_CONSTRUCTOR_ARGS = [
     ({"lambda_halt": -0.1}, "lambda_halt must be"),
     ({"lambda_profit": -1.0}, "lambda_profit must be"),
     ({"lambda_reward": float("nan")}, "lambda_reward must be"),
+    ({"lambda_value": -1.0}, "lambda_value must be"),
     ({"confidence_threshold": 1.5}, "confidence_threshold must lie in"),
     ({"confidence_threshold": -0.1}, "confidence_threshold must lie in"),
     ({"class_weights": torch.ones(7)}, r"class_weights must have shape \(8,\)"),
@@ -393,6 +429,10 @@ def test_functions_reject_bad_arguments():
         compute_task_loss(logits, labels, class_weights=torch.ones(3))
     with pytest.raises(ValueError, match="strategy_pnl is required"):
         TRMLoss(lambda_reward=1.0)(logits, halt, labels, pnl)
+    with pytest.raises(ValueError, match="strategy_pnl is required when lambda_value > 0"):
+        TRMLoss(lambda_value=1.0)(logits, halt, labels, pnl)
+    with pytest.raises(ValueError, match="strategy_pnl must have shape"):
+        compute_value_loss(logits, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="strategy_pnl must have shape"):
         compute_reward_loss(logits, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="labels must lie in"):
@@ -651,3 +691,29 @@ def test_gain_halt_target_is_the_value_of_stopping_and_the_halt_head_regresses_i
     assert float(parts["halt_target_rate"]) == pytest.approx(2 / 3)  # the share where stopping is worth it
     with pytest.raises(ValueError, match="next_task_logits and strategy_pnl are required when halt_target='gain'"):
         loss(now, halt_logits, labels, torch.zeros(3), strategy_pnl=strategy_pnl)
+
+
+def test_played_answers_are_valued_by_the_realized_pnl_of_their_argmax():
+    """answer_value="played": a step's answer is worth what its argmax earns, so a step that changes no argmax gains
+    nothing, however it moves the softmax (the look-ahead for value-regressed logits, whose softmax means nothing)."""
+    strategy_pnl = torch.tensor([[0.02, -0.02, 0.01] + [0.0] * 5] * 3)
+    now = torch.zeros(3, 8)
+    now[:, 1] = 0.3  # every row plays strategy 1 (-0.02)
+    ahead = now.clone()
+    ahead[0, 1] = 5.0  # the same argmax, a sharper softmax: no gain
+    ahead[1, 0] = 0.4  # now plays strategy 0: +0.04
+    ahead[2, 2] = 0.4  # now plays strategy 2: +0.03
+    assert played_pnl(now, strategy_pnl).tolist() == pytest.approx([-0.02] * 3)
+    labels = torch.zeros(3, dtype=torch.long)
+    args = {"target": "gain", "strategy_pnl": strategy_pnl, "next_task_logits": ahead, "step_cost": 0.1}
+    typical = strategy_pnl.abs().mean()
+    played = halt_target(now, labels, answer_value="played", **args)  # (3,)
+    torch.testing.assert_close(played, 0.1 - torch.tensor([0.0, 0.04, 0.03]) / typical)
+    expected = halt_target(now, labels, **args)  # a sharper softmax on a losing strategy loses expected PnL
+    assert float(expected[0]) > 0.1 and float(played[0]) == pytest.approx(0.1)
+    loss = TRMLoss(halt_target="gain", halt_step_cost=0.1, answer_value="played", lambda_profit=0.0)
+    halt_logits = torch.zeros(3)
+    parts = loss(now, halt_logits, labels, torch.zeros(3), True, strategy_pnl, next_task_logits=ahead)
+    assert float(parts["halt_loss"]) == pytest.approx(float((played**2).mean()))
+    with pytest.raises(ValueError, match=r"answer_value must be one of \('expected', 'played'\)"):
+        LossConfig(answer_value="argmax")

@@ -174,6 +174,10 @@ class LossConfig:
     """Weight of the profit-weighted task loss, CE x (1 - tanh(pnl / pnl_scale))."""
     lambda_reward: float = 0.0
     """Weight of the expected-PnL term over all 8 strategies (0 = the seed's loss; docs/faq.md compares the two)."""
+    lambda_value: float = 0.0
+    """Weight of the value regression: each strategy's logit regresses that strategy's realized PnL in pnl_scale
+    units (squared error), so the argmax estimates the strategy of highest expected PnL, where the argmax of
+    noisy realized PnLs (a hindsight label) favours the volatile strategies (0 = off)."""
     confidence_threshold: float = 0.7
     """Halt target is 1 when max softmax probability exceeds this and the answer is good (see halt_target)."""
     halt_target: Literal["correct", "profitable", "priced", "gain"] = "correct"
@@ -187,18 +191,25 @@ class LossConfig:
     of capital) for halt_target="priced"; for "gain", a share of the batch's mean absolute strategy PnL, so that
     one setting means the same on an hourly FX series and on a volatile stock. None = the target's own
     (STEP_COSTS: 0 for "priced", 0.1 for "gain", the cost its recipes were measured with)."""
+    answer_value: Literal["expected", "played"] = "expected"
+    """How "priced" and "gain" halting value a step's answer (ANSWER_VALUES): "expected" (the realized PnL expected
+    under the answer's softmax, the quantity the reward term maximises) or "played" (the realized PnL of its argmax,
+    the strategy a policy plays: for logits that regress each strategy's PnL, lambda_value, whose softmax means
+    nothing)."""
     pnl_scale: float = 0.05
     """PnL (fraction of capital) that sets the profit-weight and reward scale."""
     class_weights: bool = False
     """Weight the cross-entropy by inverse label frequency on the train split."""
 
     def __post_init__(self) -> None:
-        for name in ("lambda_halt", "lambda_profit", "lambda_reward"):
+        for name in ("lambda_halt", "lambda_profit", "lambda_reward", "lambda_value"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
         _check_threshold(self.confidence_threshold)
         _check_halt_target(self.halt_target)
+        if self.answer_value not in ANSWER_VALUES:
+            raise ValueError(f"answer_value must be one of {tuple(ANSWER_VALUES)}; got {self.answer_value!r}.")
         _check_step_cost(self.halt_step_cost)
         _check_pnl_scale(self.pnl_scale)
 
@@ -276,6 +287,16 @@ def expected_pnl(task_logits: Tensor, strategy_pnl: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def played_pnl(task_logits: Tensor, strategy_pnl: Tensor) -> Tensor:
+    """(B,) the answer's value: the realized PnL of the strategy it plays, its argmax."""
+    return strategy_pnl.detach().float().gather(-1, task_logits.detach().argmax(-1, keepdim=True)).squeeze(-1)
+
+
+# How the look-ahead halt targets value an answer (LossConfig.answer_value).
+ANSWER_VALUES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"expected": expected_pnl, "played": played_pnl}
+
+
+@torch.no_grad()
 def halt_target(
     task_logits: Tensor,
     labels: Tensor,
@@ -286,6 +307,7 @@ def halt_target(
     strategy_pnl: Tensor | None = None,
     next_task_logits: Tensor | None = None,
     step_cost: float | None = LossConfig.halt_step_cost,
+    answer_value: str = LossConfig.answer_value,
 ) -> Tensor:
     """The halt head's target for one reasoning step, (B,) float32, without gradient: in {0, 1} for the
     classified targets, a real number for ``"gain"``.
@@ -297,7 +319,8 @@ def halt_target(
       answer's value by more than ``step_cost``: ``value(next_task_logits) - value(task_logits) <= step_cost``,
       where value is the realized PnL expected under the answer's softmax over ``strategy_pnl`` (B, C)
       (:func:`expected_pnl`, the quantity the reward term maximises; smoother than the argmax's PnL, which
-      most steps leave unchanged). ``next_task_logits`` (B, C) come from one look-ahead step without
+      most steps leave unchanged), or with ``answer_value="played"`` the realized PnL of its argmax
+      (:func:`played_pnl`). ``next_task_logits`` (B, C) come from one look-ahead step without
       gradient, as HRM computes its Q-learning continue target; at the step cap the caller passes the
       step's own logits (no next step: gain 0). Confidence plays no part, and the value is myopic: it asks
       whether the next step pays, not whether some later one would.
@@ -313,7 +336,8 @@ def halt_target(
         step_cost = step_cost_of(target, step_cost)
         values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")
         later = _need(next_task_logits, "next_task_logits", target, "the (B, C) logits of one more step")
-        gain = expected_pnl(later, values) - expected_pnl(task_logits, values)  # (B,)
+        value = ANSWER_VALUES[answer_value]
+        gain = value(later, values) - value(task_logits, values)  # (B,)
         if target == "gain":
             typical = values.abs().mean().clamp_min(1e-12)  # the batch's mean absolute PnL
             return step_cost - gain / typical  # (B,) the value of stopping, in typical PnLs
@@ -473,6 +497,25 @@ def _check_strategy_pnl(strategy_pnl: Tensor, batch: int, width: int) -> None:
         raise ValueError("strategy_pnl must be a finite floating-point tensor (fraction of capital).")
 
 
+def compute_value_loss(
+    task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float = LossConfig.pnl_scale
+) -> Tensor:
+    """Squared error of each strategy's logit against its realized PnL in units of ``pnl_scale``.
+
+    ``mean_ik (task_logits_ik - strategy_pnl_ik / pnl_scale)^2``: its minimiser is each strategy's expected PnL
+    given the observation, so the argmax of the logits is the strategy of highest expected PnL.
+    """
+    _check_pnl_scale(pnl_scale)
+    batch, width = _check_logits(task_logits)
+    _check_strategy_pnl(strategy_pnl, batch, width)
+    return _value_loss(task_logits, strategy_pnl, pnl_scale)
+
+
+def _value_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) -> Tensor:
+    target = strategy_pnl.detach().float() / pnl_scale  # (B, C)
+    return (task_logits.float() - target).square().mean()
+
+
 def _reward_loss(task_logits: Tensor, strategy_pnl: Tensor, pnl_scale: float) -> Tensor:
     probs = torch.softmax(task_logits.float(), dim=-1)  # (B, C)
     expected = (probs * strategy_pnl.detach().float()).sum(dim=-1)  # (B,)
@@ -513,6 +556,10 @@ class TRMLoss(nn.Module):
         pnl_scale: PnL (fraction of capital) that sets the profit-weight scale, ``1 - tanh(pnl / pnl_scale)``.
         num_classes: number of strategies (logit width).
         lambda_reward: weight of the optional expected-PnL term (needs ``strategy_pnl`` in forward); 0 = off.
+        lambda_value: weight of the optional value regression of every strategy's PnL (needs ``strategy_pnl``);
+            0 = off.
+        answer_value: how "priced" and "gain" value an answer, "expected" (under its softmax) or "played" (its
+            argmax's realized PnL: for value-regressed logits).
         halt_target: one of HALT_TARGETS: "correct" (the seed's rule: confident and argmax == label),
             "profitable" (confident and the answer's pnl >= 0), "priced" (the next step would not add more
             than ``halt_step_cost`` of expected PnL) or "gain" (the halt head regresses that gain net of its cost);
@@ -537,6 +584,8 @@ class TRMLoss(nn.Module):
         validate: bool = True,
         halt_target: str = LossConfig.halt_target,
         halt_step_cost: float | None = LossConfig.halt_step_cost,
+        lambda_value: float = LossConfig.lambda_value,
+        answer_value: str = LossConfig.answer_value,
     ) -> None:
         arguments = locals()
         super().__init__()
@@ -550,9 +599,11 @@ class TRMLoss(nn.Module):
         self.lambda_halt = float(config.lambda_halt)
         self.lambda_profit = float(config.lambda_profit)
         self.lambda_reward = float(config.lambda_reward)
+        self.lambda_value = float(config.lambda_value)
         self.confidence_threshold = float(config.confidence_threshold)
         self.halt_target = config.halt_target
         self.halt_step_cost = step_cost_of(config.halt_target, config.halt_step_cost)
+        self.answer_value = config.answer_value
         self.pnl_scale = float(config.pnl_scale)
         self.num_classes = num_classes
         self.validate = bool(validate)
@@ -594,11 +645,12 @@ class TRMLoss(nn.Module):
                 "(B, C) logits of one more reasoning step (the trainer looks one step ahead) and every strategy's "
                 "(B, C) PnL, or choose another halt_target."
             )
-        if self.lambda_reward > 0 and strategy_pnl is None:
-            raise ValueError(
-                f"strategy_pnl is required when lambda_reward > 0 (got lambda_reward={self.lambda_reward}); "
-                "pass info['strategy_pnl'] as a (B, num_classes) tensor or set lambda_reward=0."
-            )
+        for name in ("lambda_reward", "lambda_value"):
+            if getattr(self, name) > 0 and strategy_pnl is None:
+                raise ValueError(
+                    f"strategy_pnl is required when {name} > 0 (got {name}={getattr(self, name)}); "
+                    f"pass info['strategy_pnl'] as a (B, num_classes) tensor or set {name}=0."
+                )
         if self.validate:
             batch, _ = _check_logits(task_logits, self.num_classes)
             labels = _check_labels(labels, batch, self.num_classes)
@@ -617,6 +669,7 @@ class TRMLoss(nn.Module):
             strategy_pnl=strategy_pnl,
             next_task_logits=next_task_logits,
             step_cost=self.halt_step_cost,
+            answer_value=self.answer_value,
         )  # (B,) without gradient
         regressed = self.halt_target in REGRESSED_TARGETS
         halt_loss = _halt_loss(halt_logits, target, "mean", regressed)
@@ -624,11 +677,14 @@ class TRMLoss(nn.Module):
             task_logits, labels, pnl, self.pnl_scale, self.class_weights, "mean"
         )
         total = self.lambda_halt * halt_loss + self.lambda_profit * profit_loss
-        reward_loss = None
+        reward_loss = value_loss = None
         if strategy_pnl is not None:
             reward_loss = _reward_loss(task_logits, strategy_pnl, self.pnl_scale)
             if self.lambda_reward > 0:
                 total = total + self.lambda_reward * reward_loss
+            if self.lambda_value > 0:
+                value_loss = _value_loss(task_logits, strategy_pnl, self.pnl_scale)
+                total = total + self.lambda_value * value_loss
         if not return_components:
             return total
 
@@ -646,6 +702,9 @@ class TRMLoss(nn.Module):
         if reward_loss is not None:
             components["reward_loss"] = reward_loss.detach()
             components["lambda_reward"] = self.lambda_reward
+        if value_loss is not None:
+            components["value_loss"] = value_loss.detach()
+            components["lambda_value"] = self.lambda_value
         return components
 
     @property
@@ -658,7 +717,8 @@ class TRMLoss(nn.Module):
         weights = None if self.class_weights is None else [round(w, 4) for w in self.class_weights.tolist()]
         return (
             f"lambda_halt={self.lambda_halt}, lambda_profit={self.lambda_profit}, "
-            f"lambda_reward={self.lambda_reward}, confidence_threshold={self.confidence_threshold}, "
+            f"lambda_reward={self.lambda_reward}, lambda_value={self.lambda_value}, confidence_threshold={self.confidence_threshold}, "
             f"halt_target={self.halt_target!r}, halt_step_cost={self.halt_step_cost}, "
+            f"answer_value={self.answer_value!r}, "
             f"pnl_scale={self.pnl_scale}, num_classes={self.num_classes}, class_weights={weights}"
         )

@@ -262,6 +262,7 @@ def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
     return edit
 
 
+_value = _loss_edit(lambda_value=1.0, lambda_reward=0.0, lambda_profit=0.0)
 _priced = _loss_edit(halt_target="priced")
 _gain = _loss_edit(halt_target="gain")  # its own step cost (loss.STEP_COSTS): a tenth of a typical decision's PnL
 
@@ -292,6 +293,19 @@ RECIPES: dict[
     # The same control on the decision bar's features alone: what the features' own memory (their EWMs of
     # trend, autocorrelation and volatility) hands every model before any model remembers anything.
     "mlp_last_bar": (_one_step_last_bar, MLPControl),
+    # Value regression: every strategy's logit regresses its realized PnL, and the argmax picks the highest
+    # expected PnL (no hindsight label, no softmax policy); "_with_recipe" adds it to the default's terms.
+    "mlp_window16_value": (_chain(_one_step_window16, _value), MLPControl),
+    "mlp_window16_value_with_recipe": (_chain(_one_step_window16, _loss_edit(lambda_value=1.0)), MLPControl),
+    "value": (_value, None),
+    # The same with halting that values an answer by what its argmax plays (a value's softmax means nothing).
+    "value_played": (_chain(_value, _loss_edit(answer_value="played")), None),
+    "value10_one_step": (_chain(_value, _loss_edit(lambda_value=10.0), _one_step), None),
+    "mlp_value": (_chain(_one_step, _value), MLPControl),
+    "value_one_step_fresh": (_chain(_value, _one_step, _fresh), None),
+    "value_one_step_window16": (_chain(_value, _one_step_window16), None),
+    "value_one_step_wide": (_chain(_value, _one_step, _model_edit(d_model=64)), None),
+    "value_one_step": (_chain(_value, _one_step), None),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),
