@@ -292,11 +292,18 @@ TABLES = {
             "learn-exploration-slow-validation",
             "learn-exploration-validation-4",
             "learn-exploration-slow-validation-4",
+            "learn-value-mlp-validation-4",
+            "learn-value-mlp-slow-validation-4",
+            "learn-value-validation-4",
+            "learn-value-played-validation-4",
+            "learn-value-played-slow-validation-4",
         )
     },
     **{
         name: (lambda name=name: first_table(learn_table(name)), ["docs/thinking.md"])
         for name in (
+            "learn-value-mlp",
+            "learn-value-mlp-slow",
             "learn-steps1850-validation-4",
             "learn-steps1850-slow-validation-4",
             "learn-steps2500-validation-4",
