@@ -52,7 +52,7 @@ def trm_metrics(outputs: Any) -> dict[str, float]:
     """The TRM scalars in a ``training_step`` output, keyed by TensorBoard tag.
 
     Keys named like TRMLoss components (``total_loss``, ``halt_loss``, ``task_loss``,
-    ``profit_weighted_task_loss``, ``reward_loss``, ``halt_target_rate``) map to their tags
+    ``profit_weighted_task_loss``, ``reward_loss``, ``value_loss``, ``halt_target_rate``) map to their tags
     (``loss/total``, ...); keys that already are tags (contain ``/``, e.g. ``halt/rate``) pass as they
     are. Everything else (``loss``, the lambdas, non-scalars) is ignored.
     """

@@ -39,6 +39,7 @@ COMPONENT_TAGS = {
     "task_loss": "loss/task",
     "profit_weighted_task_loss": "loss/profit_weighted_task",
     "reward_loss": "loss/reward",
+    "value_loss": "loss/value",
     "halt_target_rate": "halt/target_rate",
 }
 
@@ -61,6 +62,7 @@ LAYOUT = {
             "task (cross-entropy)": "loss/task",
             "profit-weighted task": "loss/profit_weighted_task",
             "reward (expected PnL)": "loss/reward",
+            "value (regressed PnL)": "loss/value",
         }
     ),
     "TRM halting": _charts(

@@ -172,7 +172,7 @@ def test_custom_scalars_layout_gives_each_line_its_own_chart():
     # the data), group lines.
     assert all(kind == "Multiline" for kind, _ in charts)
     assert [chart_tags for _, chart_tags in charts if len(chart_tags) != 1] == []
-    for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward"):
+    for tag in ("loss/total", "loss/halt", "loss/task", "loss/profit_weighted_task", "loss/reward", "loss/value"):
         assert [tag] in [chart_tags for _, chart_tags in LAYOUT["TRM loss"].values()]
     assert len(tags) == len(set(tags))
     # Custom Scalars reads every tag of a chart as a regex and searches with it, so "eval/pnl" would also draw

@@ -38,6 +38,17 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
+def test_a_run_with_the_value_regression_logs_it_as_loss_value(tmp_path):
+    plain = tiny_config(steps=4)
+    valued = dataclasses.replace(plain, loss=dataclasses.replace(plain.loss, lambda_value=1.0, answer_value="played"))
+    logs = {}
+    for name, config in (("plain", plain), ("valued", valued)):
+        collect = Collect()
+        Trainer(config, tmp_path / name, [collect]).fit()
+        logs[name] = collect.steps[3][1]  # step 4: a log step
+    assert math.isfinite(logs["valued"]["loss/value"]) and logs["valued"]["loss/value"] > 0
+    assert "loss/value" not in logs["plain"]
+
 def test_train_logs_required_tags_and_writes_metrics(tmp_path):
     collect = Collect()
     trainer = Trainer(tiny_config(), tmp_path, [collect])

@@ -9,7 +9,8 @@ Three terms, each a function of one reasoning step's outputs:
   so samples whose chosen strategy lost money are pushed harder toward the label.
 
 ``total = lambda_halt * halt_loss + lambda_profit * profit_weighted_task_loss``
-(``+ lambda_reward * reward_loss`` with the optional expected-PnL term).
+(``+ lambda_reward * reward_loss`` with the optional expected-PnL term, ``+ lambda_value * value_loss`` with the
+optional regression of every strategy's realized PnL).
 
 Targets and weights are computed without gradient and in float32, so the loss is the same
 under bf16 autocast and on any device. This module imports only torch (and ``trm_act.shapes``, plain numbers).

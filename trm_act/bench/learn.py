@@ -300,6 +300,8 @@ RECIPES: dict[
     "value": (_value, None),
     # The same with halting that values an answer by what its argmax plays (a value's softmax means nothing).
     "value_played": (_chain(_value, _loss_edit(answer_value="played")), None),
+    # The default's own terms (labels, expected PnL, gain halting on the softmax) plus the value regression.
+    "with_value": (_loss_edit(lambda_value=1.0), None),
     "value10_one_step": (_chain(_value, _loss_edit(lambda_value=10.0), _one_step), None),
     "mlp_value": (_chain(_one_step, _value), MLPControl),
     "value_one_step_fresh": (_chain(_value, _one_step, _fresh), None),
