@@ -297,6 +297,8 @@ TABLES = {
             "learn-value-validation-4",
             "learn-value-played-validation-4",
             "learn-value-played-slow-validation-4",
+            "learn-with-value-validation-4",
+            "learn-with-value-slow-validation-4",
         )
     },
     **{

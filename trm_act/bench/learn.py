@@ -302,6 +302,7 @@ RECIPES: dict[
     "value_played": (_chain(_value, _loss_edit(answer_value="played")), None),
     # The default's own terms (labels, expected PnL, gain halting on the softmax) plus the value regression.
     "with_value": (_loss_edit(lambda_value=1.0), None),
+    "with_value_one_step": (_chain(_loss_edit(lambda_value=1.0), _one_step), None),
     "value10_one_step": (_chain(_value, _loss_edit(lambda_value=10.0), _one_step), None),
     "mlp_value": (_chain(_one_step, _value), MLPControl),
     "value_one_step_fresh": (_chain(_value, _one_step, _fresh), None),
