@@ -299,6 +299,8 @@ TABLES = {
             "learn-value-played-slow-validation-4",
             "learn-with-value-validation-4",
             "learn-with-value-slow-validation-4",
+            "learn-with-value",
+            "learn-with-value-slow",
         )
     },
     **{
