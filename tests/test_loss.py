@@ -717,3 +717,5 @@ def test_played_answers_are_valued_by_the_realized_pnl_of_their_argmax():
     assert float(parts["halt_loss"]) == pytest.approx(float((played**2).mean()))
     with pytest.raises(ValueError, match=r"answer_value must be one of \('expected', 'played'\)"):
         LossConfig(answer_value="argmax")
+    with pytest.raises(ValueError, match=r"answer_value must be one of \('expected', 'played'\); got 'argmax'"):
+        halt_target(now, labels, answer_value="argmax", **args)

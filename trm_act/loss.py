@@ -144,6 +144,11 @@ def _check_halt_target(target: str) -> None:
         raise ValueError(f"halt_target must be one of {list(HALT_TARGETS)}; got {target!r}.")
 
 
+def _check_answer_value(answer_value: str) -> None:
+    if answer_value not in ANSWER_VALUES:
+        raise ValueError(f"answer_value must be one of {tuple(ANSWER_VALUES)}; got {answer_value!r}.")
+
+
 def _check_step_cost(step_cost: float | None) -> None:
     if step_cost is not None and not (
         isinstance(step_cost, (int, float)) and math.isfinite(step_cost) and step_cost >= 0
@@ -209,8 +214,7 @@ class LossConfig:
                 raise ValueError(f"{name} must be a finite float >= 0; got {value!r}.")
         _check_threshold(self.confidence_threshold)
         _check_halt_target(self.halt_target)
-        if self.answer_value not in ANSWER_VALUES:
-            raise ValueError(f"answer_value must be one of {tuple(ANSWER_VALUES)}; got {self.answer_value!r}.")
+        _check_answer_value(self.answer_value)
         _check_step_cost(self.halt_step_cost)
         _check_pnl_scale(self.pnl_scale)
 
@@ -333,6 +337,7 @@ def halt_target(
       buy. Regressed, the head learns the mean gain, and a step worth less than its cost on average is not taken.
     """
     _check_halt_target(target)
+    _check_answer_value(answer_value)
     if target in LOOK_AHEAD_TARGETS:
         step_cost = step_cost_of(target, step_cost)
         values = _need(strategy_pnl, "strategy_pnl", target, "every strategy's (B, C) realized PnL")

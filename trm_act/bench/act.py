@@ -88,16 +88,16 @@ def build_benchmark(args: argparse.Namespace) -> tuple[RecurrentTRM, torch.Tenso
     model = RecurrentTRM(config).to(args.device).eval()
     gen = torch.Generator().manual_seed(args.seed)
     candidates = torch.randn(args.candidates, config.window, config.n_features, generator=gen)
-    pooled = halt_input_trajectories(model, candidates.to(args.device), args.max_steps)  # (N, S, D)
+    halt_inputs = halt_input_trajectories(model, candidates.to(args.device), args.max_steps)  # (N, S, D)
     # The halt head reads the direction in which the answer moves while the model thinks (so its
     # logit grows with the steps taken) plus a random direction (so that where it starts depends on
     # the sample). Search their mix and the bias for the most even spread of halting steps.
-    progress = (pooled[:, -1] - pooled[:, 0]).mean(0)  # (D,)
+    progress = (halt_inputs[:, -1] - halt_inputs[:, 0]).mean(0)  # (D,)
     noise = torch.randn(progress.shape, generator=gen)  # (D,)
     best_weight, best_bias, best_score = progress, 0.0, (-1, -1)
     for mix in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0):
         weight = progress / progress.norm() + mix * noise / noise.norm()  # (D,)
-        traj = pooled @ weight  # (N, S) halt logits before the bias
+        traj = halt_inputs @ weight  # (N, S) halt logits before the bias
         for q in torch.linspace(0.02, 0.98, 49).tolist():
             bias = -torch.quantile(traj.flatten(), q).item()
             counts = torch.bincount(halting_steps(traj, bias, args.max_steps), minlength=args.max_steps + 1)[
@@ -109,7 +109,7 @@ def build_benchmark(args: argparse.Namespace) -> tuple[RecurrentTRM, torch.Tenso
     with torch.no_grad():
         model.halt_head.weight.copy_(best_weight[None].to(model.halt_head.weight))
         model.halt_head.bias.fill_(best_bias)
-    traj = pooled @ best_weight  # (N, S)
+    traj = halt_inputs @ best_weight  # (N, S)
     steps = halting_steps(traj, best_bias, args.max_steps)
 
     # Equal share of the batch for every halting step that occurs (drawn with replacement).

@@ -262,7 +262,8 @@ def _bptt(decisions: int) -> Callable[[ExperimentConfig], ExperimentConfig]:
     return edit
 
 
-_value = _loss_edit(lambda_value=1.0, lambda_reward=0.0, lambda_profit=0.0)
+_with_values = _loss_edit(lambda_value=1.0)  # the value regression beside the recipe's own terms
+_value = _chain(_with_values, _loss_edit(lambda_reward=0.0, lambda_profit=0.0))  # the values alone
 _priced = _loss_edit(halt_target="priced")
 _gain = _loss_edit(halt_target="gain")  # its own step cost (loss.STEP_COSTS): a tenth of a typical decision's PnL
 
@@ -296,13 +297,13 @@ RECIPES: dict[
     # Value regression: every strategy's logit regresses its realized PnL, and the argmax picks the highest
     # expected PnL (no hindsight label, no softmax policy); "_with_recipe" adds it to the default's terms.
     "mlp_window16_value": (_chain(_one_step_window16, _value), MLPControl),
-    "mlp_window16_value_with_recipe": (_chain(_one_step_window16, _loss_edit(lambda_value=1.0)), MLPControl),
+    "mlp_window16_value_with_recipe": (_chain(_one_step_window16, _with_values), MLPControl),
     "value": (_value, None),
     # The same with halting that values an answer by what its argmax plays (a value's softmax means nothing).
     "value_played": (_chain(_value, _loss_edit(answer_value="played")), None),
     # The default's own terms (labels, expected PnL, gain halting on the softmax) plus the value regression.
-    "with_value": (_loss_edit(lambda_value=1.0), None),
-    "with_value_one_step": (_chain(_loss_edit(lambda_value=1.0), _one_step), None),
+    "with_value": (_with_values, None),
+    "with_value_one_step": (_chain(_with_values, _one_step), None),
     "value10_one_step": (_chain(_value, _loss_edit(lambda_value=10.0), _one_step), None),
     "mlp_value": (_chain(_one_step, _value), MLPControl),
     "value_one_step_fresh": (_chain(_value, _one_step, _fresh), None),
