@@ -544,6 +544,7 @@ def test_the_recipe_is_the_seeds_loss_with_the_changes_it_lists():
         "lambda_profit": 0.1,
         "halt_target": "gain",
         "lambda_halt": 0.5,
+        "lambda_value": 1.0,
     }
     assert recipe_loss() is not recipe_loss()  # a fresh config each call: a caller may change its own
 

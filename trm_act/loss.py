@@ -240,6 +240,10 @@ def recipe_loss() -> LossConfig:
         halt_target="gain",
         # ... and a strong halt loss teaches it within a short run.
         lambda_halt=0.5,
+        # Each strategy's logit also regresses that strategy's realized PnL: hindsight labels are argmaxes of noisy
+        # PnLs and rarely name a steady strategy, and the expected-PnL term reaches a strategy the policy seldom
+        # plays only through its softmax (docs/thinking.md section 19).
+        lambda_value=1.0,
     )
 
 
