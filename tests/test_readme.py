@@ -191,7 +191,7 @@ def real_table(name: str = "real") -> str:
 
 # The README's CLI output is seed 0 of the learning benchmark's `default` runs, which compile their training step
 # as the CLI does (`--compile auto` at 1,500 steps).
-DEFAULT_RUN = "learn-belief-default"
+DEFAULT_RUN = "learn-value-default"
 
 
 def default_run_over_seeds() -> str:
@@ -242,6 +242,8 @@ def predict_table(name: str = "predict") -> str:
 TABLES = {
     "learn": (lambda: learn_table("learn"), ["docs/results.md"]),
     "learn headline": (lambda: first_table(learn_table(DEFAULT_RUN)), ["README.md"]),
+    "learn-value-default": (lambda: learn_table("learn-value-default"), ["docs/results.md"]),
+    "learn-slow-value-default": (lambda: learn_table("learn-slow-value-default"), ["docs/results.md"]),
     "learn-belief-default": (lambda: learn_table("learn-belief-default"), ["docs/results.md"]),
     "learn-slow-belief-default": (lambda: learn_table("learn-slow-belief-default"), ["docs/results.md"]),
     "learn-realized": (lambda: learn_table("learn-realized"), ["docs/results.md"]),
@@ -340,7 +342,7 @@ TABLES = {
     **{name: (lambda name=name: real_table(name), ["docs/walkforward.md"]) for name in (
         "real-full", "real-priced", "real-gain", "real-one-cycle-gain", "real-gated", "real-nasdaq",
         "real-nasdaq-seeds", "real-nasdaq-proportional", "real-proportional", "real-realized", "real-belief-default",
-        "real-belief-googl3"
+        "real-belief-googl3", "real-value-default", "real-value-googl3"
     )},
     "default run over seeds": (default_run_over_seeds, ["README.md"]),
     "predict": (lambda: predict_table(), ["docs/policy.md"]),
