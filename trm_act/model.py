@@ -412,7 +412,9 @@ class RecurrentTRM(nn.Module):
     detached between decisions (truncated backpropagation of one decision): the revision is trained to
     serve the decision at hand, and what serves it (a running summary of the regime) is what the next
     decision needs too. ``StepOutput.proposal`` keeps the revision's graph for a trainer that
-    backpropagates through several decisions (``train.bptt_decisions``).
+    backpropagates through several decisions (``train.bptt_decisions``). With ``belief_source="evidence"`` the
+    revision reads the decision's pooled tokens instead of its answer, ``b' = GRUCell(pool(x), b)``, so every step
+    proposes the same one and depth cannot reach the belief later decisions inherit.
     """
 
     def __init__(self, config: TRMConfig) -> None:
