@@ -71,9 +71,35 @@ def test_the_belief_is_fixed_within_a_decision_and_changes_the_answer():
     assert not torch.allclose(first.task_logits, other.task_logits)  # what the model believes matters
 
 
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_an_evidence_belief_is_revised_the_same_whatever_step_halts(pool):
+    # belief_source="evidence": the revision reads the decision's tokens, not the answer, so a decision that thinks
+    # longer hands on the same belief, bit for bit, while its answer still moves.
+    model = belief_model(belief_source="evidence", pool=pool, mixer="attention", attn_radius=1, max_steps=4)
+    answers = belief_model(pool=pool, mixer="attention", attn_radius=1, max_steps=4)
+    answers.load_state_dict(model.state_dict())  # the same weights, the revision read from the answer
+    sample_dependent_halting(model)
+    obs, belief = obs_for(model, 16), torch.randn(16, 16)
+    with torch.no_grad():
+        by_depth = [act_predict(model, obs, max_steps=k, adaptive=False, belief=belief) for k in (1, 2, 3, 4)]
+        from_answers = [act_predict(answers, obs, max_steps=k, adaptive=False, belief=belief) for k in (1, 4)]
+    for deeper in by_depth[1:]:
+        assert torch.equal(deeper.belief, by_depth[0].belief)
+    assert not torch.allclose(by_depth[3].task_logits, by_depth[0].task_logits)  # thinking still moves the answer
+    assert not torch.allclose(from_answers[1].belief, from_answers[0].belief)  # the "answer" source: depth writes it
+    adaptive = act_predict(model, obs, belief=belief)
+    assert 1 < adaptive.steps.float().mean() < 4
+    # Halted rows leave the batch, and a smaller matmul may round otherwise: equal up to float rounding.
+    torch.testing.assert_close(adaptive.belief, by_depth[0].belief, rtol=1e-5, atol=1e-6)
+    model.train()  # forward's answer-only graph hands on the same revision as the whole window's step
+    torch.testing.assert_close(model(obs, model.init_carry(16).with_belief(belief)).carry.proposal, by_depth[0].belief)
+
+
 def test_belief_mode_is_validated():
     with pytest.raises(ValueError, match="carry='dream' is not a known carry"):
         TRMConfig(carry="dream")
+    with pytest.raises(ValueError, match="belief_source='tokens' is not a known belief source"):
+        TRMConfig(belief_source="tokens")
     fresh = RecurrentTRM(TRMConfig(window=8, n_features=5, d_model=16, n_heads=2, carry="fresh"))
     with pytest.raises(ValueError, match="model has no belief"):
         act_predict(fresh, torch.zeros(2, 8, 5), belief=torch.zeros(2, 16))

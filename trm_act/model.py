@@ -27,7 +27,7 @@ from torch import nn
 
 from trm_act.shapes import N_FEATURES, N_STRATEGIES, WINDOW
 
-__all__ = ["CARRIES", "GRAPHS", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+__all__ = ["BELIEF_SOURCES", "CARRIES", "GRAPHS", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
 
 
 def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -123,6 +123,9 @@ NORMS = ("post", "pre")
 
 # What survives from one decision to the next (TRMConfig.carry).
 CARRIES = ("fresh", "belief")
+
+# What a belief's revision reads (TRMConfig.belief_source).
+BELIEF_SOURCES = ("answer", "evidence")
 
 # What forward's autograd graph covers (TRMConfig.graph).
 GRAPHS = ("answer", "window")
@@ -232,6 +235,11 @@ class TRMConfig:
     of it from its answer, and the proposal of the step that halts becomes the next decision's belief) or "fresh"
     (every decision starts from the initial y and z and sees only its window). The belief earned more than a
     fresh carry on the validation markets of the slow family and as much on today's (docs/thinking.md §17)."""
+    belief_source: Literal["answer", "evidence"] = "answer"
+    """What a belief's revision reads (BELIEF_SOURCES), with carry="belief": "answer" (each step's pooled answer, so
+    the revision handed on depends on the step that halts) or "evidence" (the decision's own tokens, pooled as the
+    answer is, before the belief is read: every step proposes the same revision, so how long a decision thinks
+    changes its answer but never the belief later decisions inherit)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -259,6 +267,7 @@ class TRMConfig:
             ("mixer", sorted(MIXERS), "mixer"),
             ("norm", list(NORMS), "placement"),
             ("carry", list(CARRIES), "carry"),
+            ("belief_source", list(BELIEF_SOURCES), "belief source"),
             ("pool", list(POOLINGS), "pooling"),
             ("graph", list(GRAPHS), "graph"),
         ):
@@ -403,7 +412,9 @@ class RecurrentTRM(nn.Module):
     detached between decisions (truncated backpropagation of one decision): the revision is trained to
     serve the decision at hand, and what serves it (a running summary of the regime) is what the next
     decision needs too. ``StepOutput.proposal`` keeps the revision's graph for a trainer that
-    backpropagates through several decisions (``train.bptt_decisions``).
+    backpropagates through several decisions (``train.bptt_decisions``). With ``belief_source="evidence"`` the
+    revision reads the decision's pooled tokens instead of its answer, ``b' = GRUCell(pool(x), b)``, so every step
+    proposes the same one and depth cannot reach the belief later decisions inherit.
     """
 
     def __init__(self, config: TRMConfig) -> None:
@@ -480,9 +491,12 @@ class RecurrentTRM(nn.Module):
                 f"carry shapes y={tuple(carry.y.shape)}, z={tuple(carry.z.shape)} must equal the tokens' "
                 f"{tuple(x.shape)}; build it with model.init_carry(batch_size)."
             )
+        evidence = None
         if self.has_belief:
             if carry.belief is None:
                 raise ValueError("this model carries a belief (carry='belief'); build the carry with model.init_carry.")
+            if self.config.belief_source == "evidence":
+                evidence = self.pool(x)  # (B, D) the decision's tokens, read where the answer is, before the belief
             x = x + self.belief_read(carry.belief.to(x.dtype))[:, None, :]  # (B, W, D) the belief reaches every bar
         y, z = carry.y, carry.z
         # TRM deep recursion: T-1 cycles only move the state (no graph, no saved activations) ...
@@ -498,7 +512,8 @@ class RecurrentTRM(nn.Module):
         if self.has_belief:
             # In the cell's own dtype: float32 under bf16 autocast (the belief persists), float64 in a .double() model.
             dtype = self.belief_write.weight_ih.dtype
-            proposal = self.belief_write(pooled.to(dtype), carry.belief.to(dtype))  # (B, D) revised belief
+            source = pooled if evidence is None else evidence  # (B, D)
+            proposal = self.belief_write(source.to(dtype), carry.belief.to(dtype))  # (B, D) revised belief
             pooled = pooled + proposal.to(pooled.dtype)  # (B, D) the heads answer from window and belief
         task_logits = self.task_head(pooled).float()  # (B, C) float32 even under bf16 autocast
         share = self.config.halt_grad

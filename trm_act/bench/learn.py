@@ -310,6 +310,10 @@ RECIPES: dict[
     "value_one_step_window16": (_chain(_value, _one_step_window16), None),
     "value_one_step_wide": (_chain(_value, _one_step, _model_edit(d_model=64)), None),
     "value_one_step": (_chain(_value, _one_step), None),
+    # The belief revised from the decision's own tokens rather than from the halting step's answer, so that depth
+    # refines the answer without changing what later decisions inherit; and its one-step twin.
+    "evidence_belief": (_model_edit(belief_source="evidence"), None),
+    "evidence_belief_one_step": (_chain(_model_edit(belief_source="evidence"), _one_step), None),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),
