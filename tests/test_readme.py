@@ -303,6 +303,8 @@ TABLES = {
             "learn-with-value-slow-validation-4",
             "learn-with-value",
             "learn-with-value-slow",
+            "learn-evidence-validation-4",
+            "learn-evidence-slow-validation-4",
         )
     },
     **{
