@@ -305,6 +305,7 @@ TABLES = {
             "learn-with-value-slow",
             "learn-evidence-validation-4",
             "learn-evidence-slow-validation-4",
+            "learn-evidence-quiet-validation-4",
         )
     },
     **{

@@ -314,6 +314,12 @@ RECIPES: dict[
     # refines the answer without changing what later decisions inherit; and its one-step twin.
     "evidence_belief": (_model_edit(belief_source="evidence"), None),
     "evidence_belief_one_step": (_chain(_model_edit(belief_source="evidence"), _one_step), None),
+    # ... with neither the halt loss's gradient in the shared network nor forced extra steps: does the 4-step model's
+    # first step then learn as the one-step twin's does?
+    "evidence_belief_quiet_halt": (
+        _model_edit(belief_source="evidence", halt_grad=0.0, halt_exploration_prob=0.0),
+        None,
+    ),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),
