@@ -49,6 +49,7 @@ def test_a_run_with_the_value_regression_logs_it_as_loss_value(tmp_path):
     assert math.isfinite(logs["valued"]["loss/value"]) and logs["valued"]["loss/value"] > 0
     assert "loss/value" not in logs["plain"]
 
+
 def test_train_logs_required_tags_and_writes_metrics(tmp_path):
     collect = Collect()
     trainer = Trainer(tiny_config(), tmp_path, [collect])

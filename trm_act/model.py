@@ -27,7 +27,18 @@ from torch import nn
 
 from trm_act.shapes import N_FEATURES, N_STRATEGIES, WINDOW
 
-__all__ = ["BELIEF_SOURCES", "CARRIES", "GRAPHS", "MIXERS", "NORMS", "POOLINGS", "RecurrentTRM", "StepOutput", "TRMCarry", "TRMConfig"]
+__all__ = [
+    "BELIEF_SOURCES",
+    "CARRIES",
+    "GRAPHS",
+    "MIXERS",
+    "NORMS",
+    "POOLINGS",
+    "RecurrentTRM",
+    "StepOutput",
+    "TRMCarry",
+    "TRMConfig",
+]
 
 
 def _rms_norm(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
