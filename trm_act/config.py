@@ -108,6 +108,12 @@ class TrainConfig:
     (truncated BPTT over the stream; the belief still carries on, detached, into the next optimizer step).
     1 = each decision's gradient stops at its own belief. Costs bptt_decisions times the compute per step:
     lower batch_size to keep the decisions per step."""
+    depth_warmup: float = 0.0
+    """Share of the optimizer steps, from the start, in which every decision halts after its first reasoning step
+    (the model trains as at max_steps 1, without forced extra steps); the later steps train after it. A model that
+    may think spends part of every batch on second and later steps, so its first step learns from fewer decisions
+    than a one-step model's; a warm-up gives the first step a one-step model's start (docs/thinking.md, section 21).
+    0 = off. The continual trainer only (--unroll runs every step of every decision)."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
     (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
@@ -153,6 +159,15 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0; got {self.lr!r}.")
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise ValueError("train.weight_decay and train.grad_clip must be >= 0.")
+        if not (isinstance(self.depth_warmup, (int, float)) and 0.0 <= self.depth_warmup < 1.0):
+            raise ValueError(
+                f"train.depth_warmup must be a share of the steps in [0, 1) (0 = off); got {self.depth_warmup!r}."
+            )
+        if self.depth_warmup > 0 and self.unroll:
+            raise ValueError(
+                f"train.depth_warmup={self.depth_warmup} shapes the continual trainer, but --unroll runs every "
+                "reasoning step of every decision; drop one of them."
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (0 = off); got {self.ema_decay!r}.")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):

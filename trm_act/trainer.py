@@ -208,7 +208,7 @@ class Trainer:
         """
         if self.config.train.unroll:
             return self._unrolled_step()
-        max_steps = self.model_config.max_steps
+        max_steps, exploration_prob = self._depth_now()
         obs, labels, strategy_pnl = self._batch()
         steps_done = self.state.steps + 1  # (B,) reasoning steps completed after this one
 
@@ -219,7 +219,7 @@ class Trainer:
                 obs,
                 self.state,
                 max_steps=max_steps,
-                exploration_prob=self.model_config.halt_exploration_prob,
+                exploration_prob=exploration_prob,
                 generator=self.generator,
             )
         next_logits = None
@@ -247,6 +247,13 @@ class Trainer:
 
         # Tensors, converted only when logged; the detached loss, so no autograd graph outlives the step.
         return self._logs_if_due(parts, grad_norm, chosen_pnl)
+
+    def _depth_now(self) -> tuple[int, float]:
+        """This optimizer step's cap on reasoning steps and share of forced extra steps: 1 and none during
+        ``train.depth_warmup``, the model's own after it."""
+        if self.step < self.config.train.depth_warmup * self.config.train.steps:
+            return 1, 0.0
+        return self.model_config.max_steps, self.model_config.halt_exploration_prob
 
     def _commit(self, actions: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slots in ``mask`` (B,) commit ``actions`` (B,) and move ``self.hop`` decisions on (a slot whose

@@ -320,6 +320,16 @@ RECIPES: dict[
         _model_edit(belief_source="evidence", halt_grad=0.0, halt_exploration_prob=0.0),
         None,
     ),
+    # The first half of training at one reasoning step, so that the first step learns from as many decisions as the
+    # one-step twin's before later steps share the batch (the twin of both is one_step / evidence_belief_one_step).
+    "warm_depth": (_train_edit(depth_warmup=0.5), None),
+    "evidence_warm_quiet": (
+        _chain(
+            _model_edit(belief_source="evidence", halt_grad=0.0, halt_exploration_prob=0.0),
+            _train_edit(depth_warmup=0.5),
+        ),
+        None,
+    ),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),

@@ -1,0 +1,67 @@
+"""train.depth_warmup: the first share of training runs every decision at one reasoning step, then the model's own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import StopAt, tiny_config
+
+from trm_act.config import TrainConfig
+from trm_act.trainer import Trainer
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_the_warm_up_commits_every_decision_after_one_step_then_lets_decisions_think(tmp_path):
+    # A tiny learning rate keeps the halt head near its -5 bias, so after the warm-up no slot halts on its own.
+    trainer = Trainer(tiny_config(steps=12, depth_warmup=0.5, lr=1e-7, halt_lr_scale=1.0, log_every=100), tmp_path)
+    for _ in range(6):  # steps 1-6: 0.5 of 12
+        trainer.train_step()
+        assert trainer.state.steps.eq(0).all()  # every slot committed after its one reasoning step
+    assert trainer.window.committed == 6 * 8  # 8 slots, a decision each per step
+    trainer.train_step()  # step 7: the cap is the model's 3 and the halt head does not fire
+    assert trainer.state.steps.eq(1).all()
+
+
+def test_the_warm_up_trains_exactly_as_a_one_step_model(tmp_path):
+    warm = Trainer(tiny_config(steps=12, depth_warmup=0.5), tmp_path / "warm")
+    one_step = tiny_config(steps=12)
+    one_step = dataclasses.replace(one_step, model=dataclasses.replace(one_step.model, max_steps=1))
+    one = Trainer(one_step, tmp_path / "one")
+    for _ in range(6):
+        warm.train_step()
+        one.train_step()
+    for key, value in weights(one).items():
+        torch.testing.assert_close(weights(warm)[key], value, rtol=0, atol=0, msg=key)
+    for _ in range(2):  # step 7 is every decision's first step in both; at step 8 the warm model's think on
+        warm.train_step()
+        one.train_step()
+    assert any(not torch.equal(weights(warm)[key], value) for key, value in weights(one).items())
+
+
+def test_a_run_stopped_in_its_warm_up_resumes_exactly(tmp_path):
+    config = tiny_config(steps=12, depth_warmup=0.5)
+    full = Trainer(config, tmp_path / "full")
+    full.fit()
+    Trainer(config, tmp_path / "split", [StopAt(4)]).fit()
+    resumed = Trainer.from_checkpoint(tmp_path / "split")
+    resumed.fit()
+    for key, value in weights(full).items():
+        torch.testing.assert_close(weights(resumed)[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"depth_warmup": 1.0}, r"train\.depth_warmup must be a share of the steps in \[0, 1\).*got 1\.0"),
+        ({"depth_warmup": -0.1}, r"train\.depth_warmup must be a share"),
+        ({"depth_warmup": 0.5, "unroll": True}, r"train\.depth_warmup=0\.5 shapes the continual trainer.*--unroll"),
+    ],
+)
+def test_a_bad_depth_warmup_is_refused_with_the_fix(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**changes)
