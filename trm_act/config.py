@@ -114,6 +114,10 @@ class TrainConfig:
     may think spends part of every batch on second and later steps, so its first step learns from fewer decisions
     than a one-step model's; a warm-up gives the first step a one-step model's start (docs/thinking.md, section 21).
     0 = off. The continual trainer only (--unroll runs every step of every decision)."""
+    later_step_weight: float = 1.0
+    """Weight of a decision's second and later reasoning steps in the gradient, against 1 for its first: every
+    step shares one network, so what the later steps learn also moves the first step's answer. Below 1 the first
+    step's loss leads. The losses logged are unweighted (docs/thinking.md, section 21). The continual trainer only."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the training step (inductor): "auto" = on for single-process runs long enough to repay it
     (trm_act.compiled.AUTO_MIN_STEPS = 1000 steps) where inductor finds a C++ compiler (CPU) or runs on CUDA; the first
@@ -167,6 +171,16 @@ class TrainConfig:
             raise ValueError(
                 f"train.depth_warmup={self.depth_warmup} shapes the continual trainer, but --unroll runs every "
                 "reasoning step of every decision; drop one of them."
+            )
+        if not (isinstance(self.later_step_weight, (int, float)) and 0.0 <= self.later_step_weight <= 1.0):
+            raise ValueError(
+                f"train.later_step_weight must lie in [0, 1] (1 = every step weighs the same); got "
+                f"{self.later_step_weight!r}."
+            )
+        if self.later_step_weight != 1 and self.unroll:
+            raise ValueError(
+                f"train.later_step_weight={self.later_step_weight} weighs the continual trainer's rows, but --unroll "
+                "supervises every step of every decision alike; drop one of them."
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (0 = off); got {self.ema_decay!r}.")

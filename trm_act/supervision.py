@@ -44,6 +44,7 @@ __all__ = [
     "look_ahead",
     "loss_tags",
     "supervise_step",
+    "weigh_rows",
 ]
 
 # TRMLoss component -> tag of the loss of one optimizer step. The halt target's rate is a statistic of the
@@ -87,6 +88,18 @@ def supervise_step(
         next_task_logits=next_task_logits,
     )
     return StepSupervision(parts, actions, chosen_pnl)
+
+
+def weigh_rows(out: StepOutput, mask: torch.Tensor, weight: float) -> StepOutput:
+    """``out`` with the same values, whose rows in ``mask`` (B,) pass ``weight`` times their gradient back: every
+    loss term reads only the task and halt logits, so this weighs those rows' losses in the gradient alone."""
+    scale = torch.where(mask, weight, 1.0).to(out.task_logits.dtype)  # (B,)
+
+    def weighed(t: torch.Tensor) -> torch.Tensor:  # value t, gradient scaled row by row
+        s = scale.view(-1, *([1] * (t.dim() - 1)))
+        return t.detach() + s * (t - t.detach())
+
+    return out._replace(task_logits=weighed(out.task_logits), halt_logits=weighed(out.halt_logits))
 
 
 def answer_of(model: torch.nn.Module) -> Callable[[Tensor, Any], Tensor]:

@@ -46,7 +46,15 @@ from trm_act.resume import config_record
 from trm_act.runstate import MAX_ABS_WEIGHT as MAX_ABS_WEIGHT
 from trm_act.runstate import RANK_KEYS as RANK_KEYS
 from trm_act.runstate import SIGNAL_STOP, NonFiniteLossError, RunWriteError, param_groups
-from trm_act.supervision import LOSS_TAGS, answer_of, deep_supervision, look_ahead, loss_tags, supervise_step
+from trm_act.supervision import (
+    LOSS_TAGS,
+    answer_of,
+    deep_supervision,
+    look_ahead,
+    loss_tags,
+    supervise_step,
+    weigh_rows,
+)
 from trm_act.windowstats import WindowStats
 
 
@@ -222,6 +230,8 @@ class Trainer:
                 exploration_prob=exploration_prob,
                 generator=self.generator,
             )
+        if self.config.train.later_step_weight != 1:
+            out = weigh_rows(out, self.state.steps > 0, self.config.train.later_step_weight)
         next_logits = None
         if self.loss_fn.looks_ahead:
             with self._autocast():

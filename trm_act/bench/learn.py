@@ -31,6 +31,9 @@ Recipes (``--recipes``):
 - ``fresh_gain`` / ``belief_gain``: halting whose head regresses the gain of one more reasoning step net of
   its cost (``loss.halt_target="gain"`` with its own step cost, 0.1 of a typical decision's absolute PnL), and both
   at ``max_steps=2`` (``*_gain_two_steps``);
+- ``warm_depth``: the default with its first half of training at one reasoning step (``train.depth_warmup``), so
+  that its first step learns from as many decisions as ``one_step``'s; ``evidence_warm_quiet`` the same warm-up on
+  ``evidence_belief_quiet_halt`` (twin: ``evidence_belief_one_step``);
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
@@ -330,6 +333,9 @@ RECIPES: dict[
         ),
         None,
     ),
+    # The first reasoning step's loss leads the gradient: a decision's later steps weigh a quarter, or nothing.
+    "later_steps_quarter": (_train_edit(later_step_weight=0.25), None),
+    "later_steps_unweighted": (_train_edit(later_step_weight=0.0), None),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),

@@ -1,4 +1,5 @@
-"""train.depth_warmup: the first share of training runs every decision at one reasoning step, then the model's own."""
+"""What a decision's first reasoning step learns from: train.depth_warmup (the first share of training at one step,
+then the model's own) and train.later_step_weight (the later steps' share of the gradient)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from helpers import StopAt, tiny_config
 
 from trm_act.config import TrainConfig
+from trm_act.model import StepOutput
+from trm_act.supervision import weigh_rows
 from trm_act.trainer import Trainer
 
 
@@ -60,8 +63,31 @@ def test_a_run_stopped_in_its_warm_up_resumes_exactly(tmp_path):
         ({"depth_warmup": 1.0}, r"train\.depth_warmup must be a share of the steps in \[0, 1\).*got 1\.0"),
         ({"depth_warmup": -0.1}, r"train\.depth_warmup must be a share"),
         ({"depth_warmup": 0.5, "unroll": True}, r"train\.depth_warmup=0\.5 shapes the continual trainer.*--unroll"),
+        ({"later_step_weight": 1.5}, r"train\.later_step_weight must lie in \[0, 1\].*got 1\.5"),
+        ({"later_step_weight": 0.5, "unroll": True}, r"train\.later_step_weight=0\.5 weighs the continual.*--unroll"),
     ],
 )
-def test_a_bad_depth_warmup_is_refused_with_the_fix(changes, match):
+def test_a_bad_option_is_refused_with_the_fix(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**changes)
+
+
+def test_weigh_rows_keeps_the_values_and_scales_the_gradient_of_the_masked_rows():
+    logits = torch.randn(4, 3, requires_grad=True)
+    halts = torch.randn(4, requires_grad=True)
+    out = StepOutput(logits, halts, carry=None)
+    weighed = weigh_rows(out, torch.tensor([False, True, True, False]), 0.25)
+    assert torch.equal(weighed.task_logits, logits) and torch.equal(weighed.halt_logits, halts)
+    (weighed.task_logits.pow(2).sum() + weighed.halt_logits.sum()).backward()
+    torch.testing.assert_close(logits.grad, 2 * logits.detach() * torch.tensor([1, 0.25, 0.25, 1])[:, None])
+    torch.testing.assert_close(halts.grad, torch.tensor([1, 0.25, 0.25, 1]))
+
+
+@pytest.mark.parametrize(("weight", "moves"), [(0.0, False), (1.0, True)])
+def test_later_steps_of_weight_zero_leave_the_weights_where_they_were(tmp_path, weight, moves):
+    # Weight decay off, so that a step whose gradient is zero moves no weight.
+    trainer = Trainer(tiny_config(later_step_weight=weight, weight_decay=0.0), tmp_path)
+    trainer.state = dataclasses.replace(trainer.state, steps=torch.ones_like(trainer.state.steps))  # all at step 2
+    before = weights(trainer)
+    trainer.train_step()
+    assert any(not torch.equal(weights(trainer)[key], value) for key, value in before.items()) is moves
