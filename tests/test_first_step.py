@@ -62,9 +62,9 @@ def test_a_run_stopped_in_its_warm_up_resumes_exactly(tmp_path):
     [
         ({"depth_warmup": 1.0}, r"train\.depth_warmup must be a share of the steps in \[0, 1\).*got 1\.0"),
         ({"depth_warmup": -0.1}, r"train\.depth_warmup must be a share"),
-        ({"depth_warmup": 0.5, "unroll": True}, r"train\.depth_warmup=0\.5 shapes the continual trainer.*--unroll"),
+        ({"depth_warmup": 0.5, "unroll": True}, r"train\.depth_warmup=0\.5 shapes the continual trainer.*--unroll.*set depth_warmup to 0\.0"),
         ({"later_step_weight": 1.5}, r"train\.later_step_weight must lie in \[0, 1\].*got 1\.5"),
-        ({"later_step_weight": 0.5, "unroll": True}, r"train\.later_step_weight=0\.5 weighs the continual.*--unroll"),
+        ({"later_step_weight": 0.5, "unroll": True}, r"train\.later_step_weight=0\.5 shapes the continual.*--unroll.*set later_step_weight to 1\.0"),
     ],
 )
 def test_a_bad_option_is_refused_with_the_fix(changes, match):

@@ -306,6 +306,8 @@ TABLES = {
             "learn-evidence-validation-4",
             "learn-evidence-slow-validation-4",
             "learn-evidence-quiet-validation-4",
+            "learn-warm-validation-4",
+            "learn-warm-slow-validation-4",
         )
     },
     **{

@@ -167,21 +167,17 @@ class TrainConfig:
             raise ValueError(
                 f"train.depth_warmup must be a share of the steps in [0, 1) (0 = off); got {self.depth_warmup!r}."
             )
-        if self.depth_warmup > 0 and self.unroll:
-            raise ValueError(
-                f"train.depth_warmup={self.depth_warmup} shapes the continual trainer, but --unroll runs every "
-                "reasoning step of every decision; drop one of them."
-            )
         if not (isinstance(self.later_step_weight, (int, float)) and 0.0 <= self.later_step_weight <= 1.0):
             raise ValueError(
                 f"train.later_step_weight must lie in [0, 1] (1 = every step weighs the same); got "
                 f"{self.later_step_weight!r}."
             )
-        if self.later_step_weight != 1 and self.unroll:
-            raise ValueError(
-                f"train.later_step_weight={self.later_step_weight} weighs the continual trainer's rows, but --unroll "
-                "supervises every step of every decision alike; drop one of them."
-            )
+        for name, off in (("depth_warmup", 0.0), ("later_step_weight", 1.0)):
+            if self.unroll and getattr(self, name) != off:
+                raise ValueError(
+                    f"train.{name}={getattr(self, name)} shapes the continual trainer's reasoning steps, but --unroll "
+                    f"supervises every step of every decision alike; drop one of them (or set {name} to {off})."
+                )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (0 = off); got {self.ema_decay!r}.")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
