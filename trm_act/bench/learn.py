@@ -336,6 +336,12 @@ RECIPES: dict[
     # The first reasoning step's loss leads the gradient: a decision's later steps weigh a quarter, or nothing.
     "later_steps_quarter": (_train_edit(later_step_weight=0.25), None),
     "later_steps_unweighted": (_train_edit(later_step_weight=0.0), None),
+    # A diagnostic: the evidence belief, whose first step differs from its one-step twin's only in the share of the
+    # batch it gets (no later step, halt loss or belief written by a later step reaches the shared network).
+    "evidence_later_unweighted": (
+        _chain(_model_edit(belief_source="evidence", halt_grad=0.0), _train_edit(later_step_weight=0.0)),
+        None,
+    ),
     "seed_loss_hmm": (_hmm_labels(), None),
     # The default recipe (its loss and halting) on the same regime-model labels.
     "hmm_labels": (_env_edit(label_source="hmm"), None),
