@@ -308,6 +308,8 @@ TABLES = {
             "learn-evidence-quiet-validation-4",
             "learn-warm-validation-4",
             "learn-warm-slow-validation-4",
+            "learn-later-validation-4",
+            "learn-later-slow-validation-4",
         )
     },
     **{
