@@ -310,6 +310,8 @@ TABLES = {
             "learn-warm-slow-validation-4",
             "learn-later-validation-4",
             "learn-later-slow-validation-4",
+            "learn-evidence-later-validation-4",
+            "learn-evidence-later-slow-validation-4",
         )
     },
     **{
