@@ -33,7 +33,10 @@ Recipes (``--recipes``):
   at ``max_steps=2`` (``*_gain_two_steps``);
 - ``warm_depth``: the default with its first half of training at one reasoning step (``train.depth_warmup``), so
   that its first step learns from as many decisions as ``one_step``'s; ``evidence_warm_quiet`` the same warm-up on
-  ``evidence_belief_quiet_halt`` (twin: ``evidence_belief_one_step``);
+  ``evidence_belief_quiet_halt`` (twin: ``evidence_belief_one_step``); ``later_steps_quarter`` and
+  ``later_steps_unweighted``: the default with a decision's later steps weighing 0.25 or 0 in the gradient
+  (``train.later_step_weight``), and ``evidence_later_unweighted``, whose first step differs from its one-step twin's
+  only in its share of each batch;
 - ablations, run only when named: ``short_labels`` (labels over the 8-bar trade, not 32 bars) and
   ``correct_halt`` (the seed's halt target, "confident (> 0.7) and correct", instead of the default's).
 
