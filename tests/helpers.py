@@ -41,6 +41,11 @@ def tiny_config(*, n_bars: int = 1500, model: dict | None = None, **train) -> Ex
     )
 
 
+def weights(trainer) -> dict[str, torch.Tensor]:
+    """A copy of a trainer's model weights (to compare two runs, or one run before and after a step)."""
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
 def tiny_flags(**changes: object) -> list[str]:
     """The tiny run as ``python -m trm_act.train`` flags. A keyword names a flag with ``_`` for ``-`` and ``__``
     for ``.`` (``env__synthetic__n_bars=1500`` is ``--env.synthetic.n-bars 1500``); None leaves the flag out;

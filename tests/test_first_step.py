@@ -7,16 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import StopAt, tiny_config
+from helpers import StopAt, tiny_config, weights
 
 from trm_act.config import TrainConfig
 from trm_act.model import StepOutput
 from trm_act.supervision import weigh_rows
 from trm_act.trainer import Trainer
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
 def test_the_warm_up_commits_every_decision_after_one_step_then_lets_decisions_think(tmp_path):

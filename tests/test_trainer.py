@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_MODEL, StopAt, tiny_config
+from helpers import TINY_MODEL, StopAt, tiny_config, weights
 from trm_act.callbacks import Callback
 
 from trm_act.checkpoint import load_checkpoint, save_checkpoint
@@ -33,9 +33,6 @@ class Collect(Callback):
     def on_train_end(self, summary):
         self.end = summary
 
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
 def test_a_run_with_the_value_regression_logs_it_as_loss_value(tmp_path):
