@@ -312,6 +312,8 @@ TABLES = {
             "learn-later-slow-validation-4",
             "learn-evidence-later-validation-4",
             "learn-evidence-later-slow-validation-4",
+            "learn-unrolled-validation-4",
+            "learn-unrolled-slow-validation-4",
         )
     },
     **{
