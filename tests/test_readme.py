@@ -314,6 +314,8 @@ TABLES = {
             "learn-evidence-later-slow-validation-4",
             "learn-unrolled-validation-4",
             "learn-unrolled-slow-validation-4",
+            "learn-unrolled",
+            "learn-slow-unrolled",
         )
     },
     **{
