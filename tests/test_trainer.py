@@ -34,7 +34,6 @@ class Collect(Callback):
         self.end = summary
 
 
-
 def test_a_run_with_the_value_regression_logs_it_as_loss_value(tmp_path):
     plain = tiny_config(steps=4)
     valued = dataclasses.replace(plain, loss=dataclasses.replace(plain.loss, lambda_value=1.0, answer_value="played"))

@@ -109,8 +109,9 @@ class TrainConfig:
     1 = each decision's gradient stops at its own belief. Costs bptt_decisions times the compute per step:
     lower batch_size to keep the decisions per step."""
     depth_warmup: float = 0.0
-    """Share of the optimizer steps, from the start, in which every decision halts after its first reasoning step
-    (the model trains as at max_steps 1, without forced extra steps); the later steps train after it. A model that
+    """Share of the optimizer steps, from the start, in which every decision halts after its first reasoning step:
+    the model trains exactly as at max_steps 1, without forced extra steps, and its halt head learns as a one-step
+    model's does (at the cap, where "gain" halting's target is to stop). The later steps train after it. A model that
     may think spends part of every batch on second and later steps, so its first step learns from fewer decisions
     than a one-step model's; a warm-up gives the first step a one-step model's start (docs/thinking.md, section 21).
     0 = off. The continual trainer only (--unroll runs every step of every decision)."""
@@ -163,11 +164,15 @@ class TrainConfig:
             raise ValueError(f"train.lr must be > 0; got {self.lr!r}.")
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise ValueError("train.weight_decay and train.grad_clip must be >= 0.")
-        if not (isinstance(self.depth_warmup, (int, float)) and 0.0 <= self.depth_warmup < 1.0):
+        if isinstance(self.depth_warmup, bool) or not (
+            isinstance(self.depth_warmup, (int, float)) and 0.0 <= self.depth_warmup < 1.0
+        ):
             raise ValueError(
                 f"train.depth_warmup must be a share of the steps in [0, 1) (0 = off); got {self.depth_warmup!r}."
             )
-        if not (isinstance(self.later_step_weight, (int, float)) and 0.0 <= self.later_step_weight <= 1.0):
+        if isinstance(self.later_step_weight, bool) or not (
+            isinstance(self.later_step_weight, (int, float)) and 0.0 <= self.later_step_weight <= 1.0
+        ):
             raise ValueError(
                 f"train.later_step_weight must lie in [0, 1] (1 = every step weighs the same); got "
                 f"{self.later_step_weight!r}."
@@ -182,6 +187,11 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must lie in [0, 1) (0 = off); got {self.ema_decay!r}.")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"train.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}.")
+
+    @property
+    def depth_warmup_steps(self) -> int:
+        """Optimizer steps of the depth warm-up: ``depth_warmup`` of ``steps``, rounded to a whole step."""
+        return round(self.depth_warmup * self.steps)
 
     @property
     def eval_interval(self) -> int:

@@ -74,6 +74,7 @@ def apply_overrides(
         raise ValueError(
             f"--steps {new_steps}: the run is already at step {step}; pass --steps > {step} to extend it."
         )
+    _check_depth_warmup(config, new_steps, step)
     sections = {
         section: dataclasses.replace(
             getattr(config, section),
@@ -86,6 +87,20 @@ def apply_overrides(
         for section in RESUMABLE
     }
     return dataclasses.replace(config, **sections), changes
+
+
+def _check_depth_warmup(config: ExperimentConfig, new_steps: int, step: int) -> None:
+    """Refuse a ``steps`` change that would move the depth warm-up's end (a share of ``steps``) across the run's
+    current step: a run that already thinks would go back to one step, or one still warming up would stop early."""
+    train = config.train
+    old_end = train.depth_warmup_steps
+    new_end = dataclasses.replace(train, steps=new_steps).depth_warmup_steps
+    if new_end != old_end and max(old_end, new_end) > step:
+        raise ValueError(
+            f"--steps {new_steps}: the run's depth warm-up (train.depth_warmup={train.depth_warmup}) would end at "
+            f"step {new_end} instead of {old_end}, and the run is at step {step}; start a new run, or pass --steps "
+            f"with {train.depth_warmup} x steps <= {step} (the warm-up already over)."
+        )
 
 
 def config_record(

@@ -93,10 +93,10 @@ def supervise_step(
 def weigh_rows(out: StepOutput, mask: torch.Tensor, weight: float) -> StepOutput:
     """``out`` with the same values, whose rows in ``mask`` (B,) pass ``weight`` times their gradient back: every
     loss term reads only the task and halt logits, so this weighs those rows' losses in the gradient alone."""
-    scale = torch.where(mask, weight, 1.0).to(out.task_logits.dtype)  # (B,)
+    scale = torch.where(mask, weight, 1.0)  # (B,) float32
 
     def weighed(t: torch.Tensor) -> torch.Tensor:  # value t, gradient scaled row by row
-        s = scale.view(-1, *([1] * (t.dim() - 1)))
+        s = scale.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
         return t.detach() + s * (t - t.detach())
 
     return out._replace(task_logits=weighed(out.task_logits), halt_logits=weighed(out.halt_logits))

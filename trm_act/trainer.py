@@ -259,9 +259,9 @@ class Trainer:
         return self._logs_if_due(parts, grad_norm, chosen_pnl)
 
     def _depth_now(self) -> tuple[int, float]:
-        """This optimizer step's cap on reasoning steps and share of forced extra steps: 1 and none during
-        ``train.depth_warmup``, the model's own after it."""
-        if self.step < self.config.train.depth_warmup * self.config.train.steps:
+        """This optimizer step's cap on reasoning steps and the exploration probability of the decisions it starts:
+        1 and 0 during the depth warm-up (``train.depth_warmup_steps``), the model's own after it."""
+        if self.step < self.config.train.depth_warmup_steps:
             return 1, 0.0
         return self.model_config.max_steps, self.model_config.halt_exploration_prob
 
