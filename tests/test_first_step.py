@@ -63,16 +63,14 @@ def test_a_resume_that_would_move_the_warm_up_across_the_current_step_is_refused
         ValueError, match=r"--steps 40: the run's depth warm-up .* would end at step 20 instead of 6"
     ):
         Trainer.from_checkpoint(tmp_path, overrides={"train": {"steps": 40}})
-    resumed = Trainer.from_checkpoint(
-        tmp_path, overrides={"train": {"steps": 20}}
-    )  # ends at 10: still behind step 12
+    # 0.5 of 20 ends the warm-up at step 10, still behind the run's step 12: allowed.
+    resumed = Trainer.from_checkpoint(tmp_path, overrides={"train": {"steps": 20}})
     assert resumed.config.train.depth_warmup_steps == 10 and resumed._depth_now()[0] == 3
 
 
 def test_the_warm_up_rounds_to_whole_steps():
-    assert (
-        TrainConfig(steps=100, depth_warmup=0.07).depth_warmup_steps == 7
-    )  # 0.07 * 100 is 7.000000000000001
+    # 0.07 * 100 is 7.000000000000001 in floats: the warm-up is 7 steps, not 8.
+    assert TrainConfig(steps=100, depth_warmup=0.07).depth_warmup_steps == 7
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ __all__ = [
     "StepOutput",
     "TRMCarry",
     "TRMConfig",
+    "scale_gradient",
 ]
 
 
@@ -173,6 +174,12 @@ class Block(nn.Module):
             else:
                 h = _rms_norm(h + self.drop(layer(h)))  # (B, W, D)
         return h
+
+
+def scale_gradient(t: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``t``'s value exactly, passing ``scale`` times its gradient back (``scale`` broadcasts against ``t``)."""
+    kept = t.detach()
+    return kept + scale * (t - kept)
 
 
 def _is_int_at_least(value: object, low: int) -> bool:
@@ -530,7 +537,7 @@ class RecurrentTRM(nn.Module):
         share = self.config.halt_grad
         halt_in = pooled if share == 1 else pooled.detach()  # (B, D)
         if 0 < share < 1:  # pooled's value exactly, with that share of its gradient
-            halt_in = halt_in + share * (pooled - halt_in)  # (B, D)
+            halt_in = scale_gradient(pooled, share)  # (B, D)
         halt_logits = self.halt_head(halt_in).float().squeeze(-1)  # (B,)
         # Detached carry: the next step's graph never reaches this one, so memory is flat in steps.
         carry_dtype = self.y_init.dtype

@@ -32,7 +32,7 @@ from torch import Tensor
 from trm_act.act import ACTState, act_step, checked_belief
 from trm_act.callbacks.logger import COMPONENT_TAGS
 from trm_act.loss import TRMLoss
-from trm_act.model import RecurrentTRM, StepOutput
+from trm_act.model import RecurrentTRM, StepOutput, scale_gradient
 
 __all__ = [
     "LOSS_TAGS",
@@ -94,12 +94,11 @@ def weigh_rows(out: StepOutput, mask: torch.Tensor, weight: float) -> StepOutput
     """``out`` with the same values, whose rows in ``mask`` (B,) pass ``weight`` times their gradient back: every
     loss term reads only the task and halt logits, so this weighs those rows' losses in the gradient alone."""
     scale = torch.where(mask, weight, 1.0)  # (B,) float32
-
-    def weighed(t: torch.Tensor) -> torch.Tensor:  # value t, gradient scaled row by row
-        s = scale.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
-        return t.detach() + s * (t - t.detach())
-
-    return out._replace(task_logits=weighed(out.task_logits), halt_logits=weighed(out.halt_logits))
+    task_scale = scale[:, None].to(out.task_logits.dtype)  # (B, 1) against the (B, C) logits
+    return out._replace(
+        task_logits=scale_gradient(out.task_logits, task_scale),
+        halt_logits=scale_gradient(out.halt_logits, scale.to(out.halt_logits.dtype)),
+    )
 
 
 def answer_of(model: torch.nn.Module) -> Callable[[Tensor, Any], Tensor]:
